@@ -1,0 +1,30 @@
+# The README's quick start: `make demo` and `make test`. Both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+VDI := $(VENV)/bin/vdi
+DEMO_CONFIG := etc/demo.toml
+
+.PHONY: setup demo stop test lint format clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@$(VDI) --config $(DEMO_CONFIG) demo
+
+stop:
+	@if [ -x $(VDI) ]; then $(VDI) --config $(DEMO_CONFIG) demo --stop; fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup lint
+	$(VENV)/bin/python -m pytest
+
+clean: stop
+	rm -rf var test-artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,150 @@
+"""Database models: desired state of pools, hosts, desktops, sessions and console tokens.
+
+The gateway reads these models too (read and token consumption only); nothing else outside
+the broker imports them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware datetimes on every backend (SQLite stores naive values)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def result_processor(self, dialect, coltype):
+        parent = super().result_processor(dialect, coltype)
+
+        def process(value):
+            if parent is not None:
+                value = parent(value)
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=dt.UTC)
+            return value
+
+        return process
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    """Cache of a directory identity, refreshed at every login."""
+
+    __tablename__ = "users"
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class PortalSession(Base):
+    """A logged-in browser or API client. The cookie carries the id; only its hash is stored."""
+
+    __tablename__ = "portal_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(ForeignKey("users.username"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Pool(Base):
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(16), default="dedicated")
+    image: Mapped[str] = mapped_column(String(128))
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    memory_mib: Mapped[int] = mapped_column(Integer, default=256)
+    vcpus: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16), default="up")
+    max_desktops: Mapped[int] = mapped_column(Integer, default=20)
+    # Optimistic concurrency: every claim bumps the generation, a stale writer loses.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Desktop(Base):
+    __tablename__ = "desktops"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"), index=True)
+    host_name: Mapped[str | None] = mapped_column(ForeignKey("hosts.name"), index=True)
+    domain_name: Mapped[str] = mapped_column(String(128), unique=True)
+    image: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="provisioning")
+    assigned_user: Mapped[str | None] = mapped_column(ForeignKey("users.username"), index=True)
+    vnc_host: Mapped[str | None] = mapped_column(String(255))
+    vnc_port: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Session(Base):
+    """A user's use of a desktop, from connect to logoff."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    username: Mapped[str] = mapped_column(ForeignKey("users.username"), index=True)
+    desktop_id: Mapped[int] = mapped_column(ForeignKey("desktops.id"), index=True)
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_input_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ConsoleToken(Base):
+    """Single-use permission to open one console tunnel. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "console_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    desktop_id: Mapped[int] = mapped_column(ForeignKey("desktops.id"))
+    target_host: Mapped[str] = mapped_column(String(255))
+    target_port: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuditEvent(Base):
+    """Append-only record of who did what; never holds secrets."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    result: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(256), default="")
+    source_ip: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)

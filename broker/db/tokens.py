@@ -1,0 +1,97 @@
+"""Console tokens: random, hashed at rest, single use, short-lived, bound to session and target.
+
+Shared by the broker (issue) and the gateway and websockify plugin (consume).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from broker.db.models import ConsoleToken, Desktop, utcnow
+from broker.db.models import Session as DesktopSession
+
+TOKEN_BYTES = 32  # 256 random bits, twice the 128 the design asks for
+
+
+class TokenRefused(Exception):
+    """The token cannot open a tunnel. `reason` is safe to show and log; the token never is."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ConsoleTarget:
+    session_id: str
+    desktop_id: int
+    host: str
+    port: int
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def mask(token: str | None) -> str:
+    return "***" if token else ""
+
+
+def issue_token(
+    db: Session, *, session_id: str, desktop_id: int, host: str, port: int, ttl_s: int, now: dt.datetime | None = None
+) -> str:
+    now = now or utcnow()
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    db.add(
+        ConsoleToken(
+            token_hash=hash_token(token),
+            session_id=session_id,
+            desktop_id=desktop_id,
+            target_host=host,
+            target_port=port,
+            created_at=now,
+            expires_at=now + dt.timedelta(seconds=ttl_s),
+        )
+    )
+    return token
+
+
+def consume_token(db: Session, token: str | None, now: dt.datetime | None = None) -> ConsoleTarget:
+    """Mark the token used and return its target, or raise TokenRefused saying why."""
+    if not token or len(token) > 256:
+        raise TokenRefused("missing or malformed console token")
+    now = now or utcnow()
+    digest = hash_token(token)
+    # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
+    # sees rowcount 1, on SQLite and PostgreSQL alike.
+    claimed = db.execute(
+        update(ConsoleToken)
+        .where(ConsoleToken.token_hash == digest, ConsoleToken.used_at.is_(None), ConsoleToken.expires_at > now)
+        .values(used_at=now)
+    ).rowcount
+    row = db.get(ConsoleToken, digest)
+    if row is None:
+        raise TokenRefused("unknown console token")
+    if not claimed:
+        raise TokenRefused("console token already used" if row.used_at is not None else "console token expired")
+    state = db.execute(
+        select(DesktopSession.state, Desktop.state)
+        .join(Desktop, Desktop.id == DesktopSession.desktop_id)
+        .where(DesktopSession.id == row.session_id)
+    ).one_or_none()
+    if state is None or state[0] == "ended":
+        raise TokenRefused("session has ended")
+    if state[1] != "running":
+        raise TokenRefused("desktop is not running")
+    return ConsoleTarget(row.session_id, row.desktop_id, row.target_host, row.target_port)
+
+
+def purge_expired(db: Session, now: dt.datetime | None = None, keep_s: int = 3600) -> int:
+    cutoff = (now or utcnow()) - dt.timedelta(seconds=keep_s)
+    return db.execute(delete(ConsoleToken).where(ConsoleToken.expires_at < cutoff)).rowcount

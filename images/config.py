@@ -1,0 +1,11 @@
+"""Settings of the golden image cache."""
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ImageSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: Path = Field(Path("/var/cache/smartwork-vdi/images"), description="built images, keyed by input hash")

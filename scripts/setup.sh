@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs whatever the lab, the broker and the tests need and is not there yet.
+# Idempotent: every step checks before it acts, so a second run is quick.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+DEBIAN_PACKAGES=(
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config gcc
+  qemu-system-x86 qemu-utils
+  slapd ldap-utils
+  chromium fonts-noto-cjk
+  busybox-static linux-image-amd64 cpio e2fsprogs
+  openssh-server openssl iproute2 procps
+  nodejs npm
+)
+
+missing_packages() {
+  local pkg
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || echo "$pkg"
+  done
+}
+
+install_debian_packages() {
+  local missing
+  missing=$(missing_packages)
+  if [ -z "$missing" ]; then
+    log "Debian packages present"
+    return
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: these Debian packages are missing and installing them needs root: $missing" >&2
+    exit 1
+  fi
+  log "installing Debian packages: $(echo $missing | tr '\n' ' ')"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+prepare_libvirt_host() {
+  # Debian's libvirt-daemon-system would create these; we install the daemon without systemd units.
+  getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+  getent passwd libvirt-qemu >/dev/null || useradd --system --gid libvirt-qemu --home-dir /var/lib/libvirt \
+    --shell /usr/sbin/nologin libvirt-qemu
+  getent group kvm >/dev/null && usermod -a -G kvm libvirt-qemu || true
+  mkdir -p /var/log/libvirt /var/lib/libvirt /var/cache/smartwork-vdi
+}
+
+python_venv() {
+  local key stamp
+  key=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  stamp=".venv/.installed-$key"
+  if [ -f "$stamp" ]; then
+    log "Python environment up to date"
+    return
+  fi
+  log "creating .venv with the Python dependencies"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+}
+
+novnc() {
+  local key stamp
+  key=$(cat package.json package-lock.json | sha256sum | cut -c1-16)
+  stamp="node_modules/.installed-$key"
+  if [ -f "$stamp" ]; then
+    log "noVNC present"
+    return
+  fi
+  log "installing noVNC from the npm registry"
+  npm ci --no-audit --no-fund --silent
+  touch "$stamp"
+}
+
+install_debian_packages
+prepare_libvirt_host
+python_venv
+novnc
+log "building the demo desktop image (cached when unchanged)"
+.venv/bin/vdi image build-demo
+log "ready"

@@ -1,0 +1,20 @@
+"""Settings of the directory (LDAP) authenticator."""
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class LdapSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field("ldap://127.0.0.1:3389", description="ldap:// or ldaps:// URL of the directory")
+    user_base: str = Field(description="DN under which user entries are searched")
+    user_attr: str = Field("uid", description="attribute holding the login name")
+    user_object_class: str = "inetOrgPerson"
+    display_name_attr: str = "displayName"
+    group_base: str = Field(description="DN under which group entries are searched")
+    group_object_class: str = "groupOfNames"
+    group_member_attr: str = "member"
+    group_name_attr: str = "cn"
+    bind_dn: str | None = Field(None, description="service account used to find users; anonymous if unset")
+    bind_password: SecretStr | None = None
+    timeout_s: float = Field(5.0, gt=0, le=60)

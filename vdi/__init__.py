@@ -1,0 +1,1 @@
+"""Command line, configuration file and local lab of smartwork-vdi."""

@@ -13,7 +13,6 @@ DEBIAN_PACKAGES=(
   chromium fonts-noto-cjk
   busybox-static linux-image-amd64 cpio e2fsprogs
   openssh-server openssl iproute2 procps
-  nodejs npm
 )
 
 missing_packages() {
@@ -21,6 +20,8 @@ missing_packages() {
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}\n' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || echo "$pkg"
   done
+  # Node.js may come from another source that bundles npm; only ask Debian for it when absent.
+  command -v npm >/dev/null || echo "nodejs npm"
 }
 
 install_debian_packages() {

@@ -6,5 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class DatabaseSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field("sqlite:////var/lib/smartwork-vdi/vdi.db", description="SQLAlchemy URL (sqlite or postgresql)")
+    url: str = Field(
+        "sqlite:////var/lib/smartwork-vdi/vdi.db", description="SQLAlchemy URL (sqlite or postgresql)"
+    )
     pool_size: int = Field(5, ge=1, le=100)

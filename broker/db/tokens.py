@@ -44,7 +44,14 @@ def mask(token: str | None) -> str:
 
 
 def issue_token(
-    db: Session, *, session_id: str, desktop_id: int, host: str, port: int, ttl_s: int, now: dt.datetime | None = None
+    db: Session,
+    *,
+    session_id: str,
+    desktop_id: int,
+    host: str,
+    port: int,
+    ttl_s: int,
+    now: dt.datetime | None = None,
 ) -> str:
     now = now or utcnow()
     token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -72,14 +79,18 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
     # sees rowcount 1, on SQLite and PostgreSQL alike.
     claimed = db.execute(
         update(ConsoleToken)
-        .where(ConsoleToken.token_hash == digest, ConsoleToken.used_at.is_(None), ConsoleToken.expires_at > now)
+        .where(
+            ConsoleToken.token_hash == digest, ConsoleToken.used_at.is_(None), ConsoleToken.expires_at > now
+        )
         .values(used_at=now)
     ).rowcount
     row = db.get(ConsoleToken, digest)
     if row is None:
         raise TokenRefused("unknown console token")
     if not claimed:
-        raise TokenRefused("console token already used" if row.used_at is not None else "console token expired")
+        raise TokenRefused(
+            "console token already used" if row.used_at is not None else "console token expired"
+        )
     state = db.execute(
         select(DesktopSession.state, Desktop.state)
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)

@@ -8,7 +8,11 @@ class HostSettings(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     uri: str = "qemu:///system"
-    storage_pool: str = Field("smartwork", description="libvirt storage pool holding base images and overlays")
-    storage_path: str = Field("/var/lib/smartwork-vdi/pool", description="directory of the pool if we create it")
+    storage_pool: str = Field(
+        "smartwork", description="libvirt storage pool holding base images and overlays"
+    )
+    storage_path: str = Field(
+        "/var/lib/smartwork-vdi/pool", description="directory of the pool if we create it"
+    )
     max_desktops: int = Field(20, ge=0)
     vnc_listen: str = "127.0.0.1"

@@ -8,4 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 class ImageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    cache_dir: Path = Field(Path("/var/cache/smartwork-vdi/images"), description="built images, keyed by input hash")
+    cache_dir: Path = Field(
+        Path("/var/cache/smartwork-vdi/images"), description="built images, keyed by input hash"
+    )

@@ -49,11 +49,15 @@ CONNECT_DURATION = Histogram(
 )
 SESSIONS_ACTIVE = Gauge("vdi_sessions_active", "Desktop sessions not yet logged off")
 DESKTOPS_STARTED = Counter("vdi_desktops_started_total", "Desktops started on a hypervisor host")
-DESKTOP_START_FAILURES = Counter("vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back")
+DESKTOP_START_FAILURES = Counter(
+    "vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back"
+)
 CONSOLE_TOKENS_ISSUED = Counter("vdi_console_tokens_issued_total", "Console tokens handed to clients")
 
 TUNNELS_OPEN = Gauge("vdi_gateway_tunnels_open", "Console tunnels currently relaying")
-TUNNELS_REFUSED = Counter("vdi_gateway_tunnels_refused_total", "Console tunnels refused, by reason", ["reason"])
+TUNNELS_REFUSED = Counter(
+    "vdi_gateway_tunnels_refused_total", "Console tunnels refused, by reason", ["reason"]
+)
 BYTES_RELAYED = Counter("vdi_gateway_bytes_relayed_total", "Bytes relayed through the gateway", ["direction"])
 
 

@@ -73,7 +73,9 @@ def cmd_image_build_demo(config: Config | None, args: argparse.Namespace) -> int
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdi", description="smartwork-vdi connection broker")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="TOML configuration file (default: %(default)s)")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="TOML configuration file (default: %(default)s)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable, help_text: str, needs_config: bool = True) -> argparse.ArgumentParser:
@@ -91,14 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    up = db_sub.add_parser("upgrade", help="migrate the database to the latest schema",
-                           description="migrate the database to the latest schema")
+    up = db_sub.add_parser(
+        "upgrade",
+        help="migrate the database to the latest schema",
+        description="migrate the database to the latest schema",
+    )
     up.set_defaults(fn=cmd_db_upgrade, needs_config=True)
 
     image = sub.add_parser("image", help="golden images", description="golden images")
     image_sub = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
-    demo_image = image_sub.add_parser("build-demo", help="build the demo desktop image unless cached",
-                                      description="build the demo desktop image unless cached")
+    demo_image = image_sub.add_parser(
+        "build-demo",
+        help="build the demo desktop image unless cached",
+        description="build the demo desktop image unless cached",
+    )
     demo_image.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     demo_image.set_defaults(fn=cmd_image_build_demo, needs_config=False)
     return parser

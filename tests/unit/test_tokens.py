@@ -1,0 +1,91 @@
+"""Console tokens: random, hashed at rest, single use, short-lived, bound to session and target."""
+
+import datetime as dt
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from broker.db import Database
+from broker.db.config import DatabaseSettings
+from broker.db.migrate import upgrade
+from broker.db.models import ConsoleToken, Desktop, Host, Pool, User, utcnow
+from broker.db.models import Session as DesktopSession
+from broker.db.tokens import TOKEN_BYTES, TokenRefused, consume_token, hash_token, issue_token, mask
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path}/tokens.db"
+    upgrade(url)
+    database = Database(DatabaseSettings(url=url))
+    with database.transaction() as s:
+        s.add(User(username="kim", display_name="김민준", groups=["mois"]))
+        s.add(Pool(name="p", display_name="P", image="demo", groups=["mois"]))
+        s.add(Host(name="h", uri="qemu:///system"))
+        s.flush()
+        s.add(Desktop(id=1, pool_name="p", host_name="h", domain_name="d1", image="demo", state="running"))
+        s.flush()
+        s.add(DesktopSession(id="s1", username="kim", desktop_id=1))
+    yield database
+    database.close()
+
+
+def issue(db, ttl_s=30, now=None):
+    with db.transaction() as s:
+        return issue_token(
+            s, session_id="s1", desktop_id=1, host="127.0.0.1", port=5900, ttl_s=ttl_s, now=now
+        )
+
+
+def consume(db, token, now=None):
+    with db.transaction() as s:
+        return consume_token(s, token, now=now)
+
+
+def test_token_has_at_least_128_random_bits_and_only_its_hash_is_stored(db):
+    token = issue(db)
+    assert TOKEN_BYTES * 8 >= 128 and len(token) >= 22
+    with db.transaction() as s:
+        stored = s.scalars(select(ConsoleToken.token_hash)).all()
+    assert stored == [hash_token(token)]
+    assert token not in stored
+
+
+def test_token_opens_its_own_target_once(db):
+    token = issue(db)
+    target = consume(db, token)
+    assert (target.session_id, target.desktop_id, target.host, target.port) == ("s1", 1, "127.0.0.1", 5900)
+    with pytest.raises(TokenRefused, match="already used"):
+        consume(db, token)
+
+
+def test_expired_token_is_refused(db):
+    token = issue(db, ttl_s=30, now=utcnow() - dt.timedelta(seconds=31))
+    with pytest.raises(TokenRefused, match="expired"):
+        consume(db, token)
+
+
+@pytest.mark.parametrize("forged", ["", "x" * 300, "not-a-real-token-at-all-0123456789"])
+def test_forged_token_is_refused(db, forged):
+    issue(db)
+    with pytest.raises(TokenRefused):
+        consume(db, forged)
+
+
+def test_token_for_an_ended_session_is_refused(db):
+    token = issue(db)
+    with db.transaction() as s:
+        s.get(DesktopSession, "s1").state = "ended"
+    with pytest.raises(TokenRefused, match="session has ended"):
+        consume(db, token)
+
+
+def test_refusal_reason_never_contains_the_token(db, caplog):
+    token = issue(db)
+    consume(db, token)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TokenRefused) as refused:
+        consume(db, token)
+    assert token not in str(refused.value)
+    assert mask(token) == "***"

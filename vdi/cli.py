@@ -35,7 +35,7 @@ def cmd_gateway(config: Config, args: argparse.Namespace) -> int:
 def cmd_demo(config: Config, args: argparse.Namespace) -> int:
     from vdi.demo import run_demo, stop_demo
 
-    return stop_demo(config) if args.stop else run_demo(config)
+    return stop_demo(config) if args.stop else run_demo(config, args.config)
 
 
 def cmd_lab(config: Config, args: argparse.Namespace) -> int:

@@ -27,14 +27,14 @@ class LabSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     state_dir: Path = Field(Path("/var/lib/smartwork-vdi/lab"), description="lab daemons' data and pid files")
-    ldap_port: int = Field(3389, ge=1, le=65535)
-    ldap_suffix: str = "dc=smartwork,dc=go,dc=kr"
+    ldap_port: int = Field(3389, ge=1, le=65535, description="loopback port of the lab's slapd")
+    ldap_suffix: str = Field("dc=smartwork,dc=go,dc=kr", description="suffix of the lab's demo directory")
 
 
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
 
 
 class Config(BaseModel):

@@ -9,4 +9,4 @@ class DatabaseSettings(BaseModel):
     url: str = Field(
         "sqlite:////var/lib/smartwork-vdi/vdi.db", description="SQLAlchemy URL (sqlite or postgresql)"
     )
-    pool_size: int = Field(5, ge=1, le=100)
+    pool_size: int = Field(5, ge=1, le=100, description="database connections per process")

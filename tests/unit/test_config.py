@@ -81,3 +81,11 @@ def test_toml_syntax_error_is_reported(tmp_path):
     bad.write_text("[broker\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_configuration_reference_is_up_to_date():
+    from vdi.config_reference import render
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == render(), (
+        "docs/configuration.md is stale: run `python -m vdi.config_reference > docs/configuration.md`"
+    )

@@ -1,0 +1,155 @@
+"""`vdi demo`: the lab, the broker and the gateway together, in the foreground.
+
+Ctrl-C (or `vdi demo --stop` / `make stop` from another shell) stops the broker and gateway,
+removes the desktops the demo started, and stops the lab daemons the demo started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from vdi.config import Config
+
+log = logging.getLogger("vdi.demo")
+
+SERVICES = ("broker", "gateway")
+
+
+def _pid_file(config: Config, service: str) -> Path:
+    return config.lab.state_dir / f"demo-{service}.pid"
+
+
+def _running_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _health_url(config: Config, service: str) -> str:
+    settings = config.broker if service == "broker" else config.gateway
+    return f"http://{settings.listen_address}:{settings.port}/healthz"
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 60.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} process exited with status {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not become healthy within {deadline_s:.0f} s")
+
+
+def _start_service(config_path: str, config: Config, service: str) -> subprocess.Popen:
+    log_path = config.lab.state_dir / f"demo-{service}.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vdi.cli", "--config", config_path, service],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _pid_file(config, service).write_text(str(process.pid))
+    _wait_healthy(_health_url(config, service), process)
+    return process
+
+
+def _print_banner(config: Config) -> None:
+    from vdi.lab.slapd import DEMO_USERS
+
+    url = f"http://{config.broker.listen_address}:{config.broker.port}/"
+    lines = [
+        "",
+        "smartwork-vdi demo is running.",
+        f"  Portal:  {url}",
+        "  Demo logins (user / password / groups):",
+    ]
+    for user in DEMO_USERS:
+        groups = ", ".join(user.groups) or "(no entitled group)"
+        lines.append(f"    {user.uid:<10} {user.password:<12} {user.display_name} — {groups}")
+    lines += ["  Stop with Ctrl-C or `make stop`.", ""]
+    print("\n".join(lines), flush=True)
+
+
+def _remove_demo_desktops(config: Config) -> None:
+    from broker.desktops import remove_all_desktops
+
+    try:
+        count = remove_all_desktops(config)
+    except Exception as exc:  # cleanup must go on to stop the lab
+        log.warning("could not remove demo desktops: %s", exc)
+        return
+    if count:
+        print(f"removed {count} demo desktop(s)")
+
+
+def stop_demo(config: Config) -> int:
+    for service in SERVICES:
+        pid = _running_pid(_pid_file(config, service))
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            _wait_exit(pid)
+        _pid_file(config, service).unlink(missing_ok=True)
+    _remove_demo_desktops(config)
+    from vdi.lab import Lab
+
+    Lab(config).stop()
+    print("demo stopped")
+    return 0
+
+
+def _wait_exit(pid: int, deadline_s: float = 15.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def run_demo(config: Config, config_path: str) -> int:
+    from broker.db.migrate import upgrade
+    from images.demo import build_demo_image
+    from vdi.lab import Lab
+
+    if any(_running_pid(_pid_file(config, s)) for s in SERVICES):
+        print("a demo is already running with this configuration:")
+        _print_banner(config)
+        return 0
+    lab = Lab(config)
+    lab.start()
+    upgrade(config.database.url)
+    build_demo_image(config.images)
+    processes = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        processes = [_start_service(config_path, config, s) for s in SERVICES]
+        _print_banner(config)
+        while not stop.wait(1.0):
+            if any(p.poll() is not None for p in processes):
+                print("a demo service exited; see the logs in", config.lab.state_dir, file=sys.stderr)
+                break
+    finally:
+        print("stopping the demo ...", flush=True)
+        stop_demo(config)
+    return 0

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.ldap",
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
+    "tests.fixtures.e2e",
 ]

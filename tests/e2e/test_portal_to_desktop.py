@@ -1,0 +1,162 @@
+"""A civil servant signs in on the portal and sees their desktop in the browser.
+
+Everything here is real: slapd with the demo directory, libvirtd with a QEMU guest booted from the
+demo image, the broker and gateway as separate processes (or stock websockify with our token
+plugin), and Debian's Chromium driven by Playwright.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import libvirt
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CANVAS_COLOURS = """
+() => {
+  const canvas = document.querySelector('#screen canvas') || document.querySelector('canvas');
+  if (!canvas || !canvas.width || !canvas.height) return 0;
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const colours = new Set();
+  for (let i = 0; i < data.length; i += 4 * 61) {
+    colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    if (colours.size > 3) break;
+  }
+  return colours.size;
+}
+"""
+
+
+def user_in(demo_users, group):
+    return next(u for u in demo_users if group in u.groups)
+
+
+def user_without_groups(demo_users):
+    return next(u for u in demo_users if not u.groups)
+
+
+def sign_in(page, base_url, user, password=None):
+    page.goto(f"{base_url}/login")
+    page.fill("input[name=username]", user.uid)
+    page.fill("input[name=password]", password if password is not None else user.password)
+    page.click("button[type=submit]")
+
+
+def open_console(page, base_url, pool):
+    page.wait_for_url(f"{base_url}/desktops")
+    page.click(f"[data-pool='{pool}'] button[data-action=connect]")
+    page.wait_for_url(f"{base_url}/console/*")
+
+
+def wait_connected_and_painted(page):
+    page.wait_for_function("window.vdiConsoleState === 'connected'", timeout=60_000)
+    # The guest paints its console over VNC; "not blank" means several distinct colours on the canvas.
+    page.wait_for_function(f"({CANVAS_COLOURS})() > 1", timeout=90_000)
+
+
+def domain_exists(host, name):
+    conn = libvirt.open(host.uri)
+    try:
+        conn.lookupByName(name)
+        return True
+    except libvirt.libvirtError:
+        return False
+    finally:
+        conn.close()
+
+
+def session_state(page, base_url, session_id):
+    return page.evaluate(
+        "async (url) => (await fetch(url)).json()", f"{base_url}/api/v1/sessions/{session_id}"
+    )
+
+
+@pytest.mark.parametrize("data_plane", ["gateway", "websockify"])
+def test_user_signs_in_and_sees_their_desktop(
+    stack_factory, page, demo_users, libvirt_host, artifacts_dir, data_plane
+):
+    stack = stack_factory(data_plane)
+    user = user_in(demo_users, "mois")
+    sign_in(page, stack.base_url, user)
+    open_console(page, stack.base_url, "mois-office")
+    wait_connected_and_painted(page)
+    page.screenshot(path=str(artifacts_dir / f"e2e-desktop-{data_plane}.png"))
+    assert page.locator("[data-state=connected]").count() == 1
+
+    session_id = page.url.rsplit("/", 1)[1].split("?")[0]
+    info = session_state(page, stack.base_url, session_id)
+    domain = info["desktop"]["name"]
+    assert domain_exists(libvirt_host, domain)
+
+    page.click("button[data-action=logoff]")
+    page.wait_for_url(f"{stack.base_url}/desktops")
+    assert not domain_exists(libvirt_host, domain)
+
+
+def test_wrong_password_gets_one_generic_answer(stack_factory, page, demo_users):
+    stack = stack_factory()
+    user = user_in(demo_users, "mois")
+    sign_in(page, stack.base_url, user, password="not-the-password")
+    alert = page.locator("[role=alert]")
+    alert.wait_for()
+    wrong_password_text = alert.inner_text()
+    sign_in(page, stack.base_url, SimpleNamespace(uid="nobody-here"), password="x1")
+    page.locator("[role=alert]").wait_for()
+    assert page.locator("[role=alert]").inner_text() == wrong_password_text
+    log = (stack.log_dir / "broker.log").read_text()
+    assert "not-the-password" not in log
+    assert user.uid in log
+
+
+def test_user_in_no_entitled_group_sees_no_desktops(stack_factory, page, demo_users):
+    stack = stack_factory()
+    sign_in(page, stack.base_url, user_without_groups(demo_users))
+    page.wait_for_url(f"{stack.base_url}/desktops")
+    assert page.locator("[data-pool]").count() == 0
+    assert page.locator("[data-empty=true]").count() == 1
+
+
+def test_pool_of_another_ministry_is_forbidden(stack_factory, page, demo_users):
+    stack = stack_factory()
+    sign_in(page, stack.base_url, user_in(demo_users, "mois"))
+    page.wait_for_url(f"{stack.base_url}/desktops")
+    status = page.evaluate(
+        """async () => {
+            const xsrf = document.cookie.split('; ').find(c => c.startsWith('_xsrf=')).slice(6);
+            const r = await fetch('/api/v1/pools/moef-office/connect', {method: 'POST', headers: {'X-XSRFToken': xsrf}});
+            return [r.status, (await r.json()).error.reason];
+        }"""
+    )
+    assert status[0] == 403
+
+
+def test_unreachable_hypervisor_is_named_on_the_portal(stack_factory, page, demo_users, libvirt_host):
+    from tests.fixtures.common import free_port
+
+    dead = libvirt_host.model_copy(
+        update={"name": "dead-host", "uri": f"qemu+tcp://127.0.0.1:{free_port()}/system"}
+    )
+    stack = stack_factory(host=dead)
+    sign_in(page, stack.base_url, user_in(demo_users, "mois"))
+    page.wait_for_url(f"{stack.base_url}/desktops")
+    page.click("[data-pool='mois-office'] button[data-action=connect]")
+    alert = page.locator("[role=alert]")
+    alert.filter(has_text="dead-host").wait_for(timeout=30_000)
+
+
+def test_login_api_rejects_wrong_password_with_401(stack_factory, page, demo_users):
+    stack = stack_factory()
+    page.goto(f"{stack.base_url}/login")
+    status, reason = page.evaluate(
+        """async (uid) => {
+            const xsrf = document.cookie.split('; ').find(c => c.startsWith('_xsrf=')).slice(6);
+            const r = await fetch('/api/v1/login', {method: 'POST',
+                headers: {'X-XSRFToken': xsrf, 'Content-Type': 'application/json'},
+                body: JSON.stringify({username: uid, password: 'wrong'})});
+            return [r.status, (await r.json()).error.reason];
+        }""",
+        user_in(demo_users, "mois").uid,
+    )
+    assert (status, reason) == (401, "invalid_credentials")

@@ -1,0 +1,149 @@
+"""The gateway process: console WebSocket, health and metrics, and a clean shutdown.
+
+It needs only the database: tunnels keep relaying while the broker restarts or is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from tornado.httpserver import HTTPServer
+from tornado.log import access_log
+from tornado.netutil import bind_sockets
+
+from broker.db import Database
+from gateway.relay import ConsoleRelay, TunnelRegistry
+from vdi.config import Config
+
+log = logging.getLogger(__name__)
+
+# stock websockify and older noVNC builds connect to /websockify; keep them working unchanged.
+WEBSOCKIFY_PATH = "/websockify"
+# A browser that vanished without a FIN (lid closed, NAT entry dropped) would otherwise hold a
+# desktop's VNC connection forever; pings find it within a minute.
+PING_INTERVAL_S = 30
+PING_TIMEOUT_S = 30
+SHUTDOWN_GRACE_S = 5.0
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log without the query string: console URLs carry the token there."""
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """Errors as JSON, and exception logs that name the path only (never the query)."""
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        self.finish({"error": self._reason, "status": status_code})
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, tornado.web.HTTPError):
+            log.warning("%d %s %s: %s", value.status_code, self.request.method, self.request.path, value)
+            return
+        log.error(
+            "uncaught exception in %s %s", self.request.method, self.request.path, exc_info=(typ, value, tb)
+        )
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404)
+
+
+class HealthHandler(JsonHandler):
+    def get(self) -> None:
+        self.finish({"status": "ok", "tunnels_open": len(self.application.tunnels)})
+
+
+class MetricsHandler(JsonHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest())
+
+
+class GatewayApplication(tornado.web.Application):
+    """The Tornado application plus the registry of its open tunnels."""
+
+    def __init__(self, config: Config, db: Database) -> None:
+        self.tunnels = TunnelRegistry()
+        relay_args = {"settings": config.gateway, "db": db, "tunnels": self.tunnels}
+        console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
+        routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]
+        routes += [(r"/healthz", HealthHandler), (r"/metrics", MetricsHandler)]
+        super().__init__(
+            routes,
+            log_function=log_request,
+            default_handler_class=NotFoundHandler,
+            websocket_ping_interval=PING_INTERVAL_S,
+            websocket_ping_timeout=PING_TIMEOUT_S,
+        )
+
+    def close_session(self, session_id: str, reason: str) -> int:
+        """Close the session's tunnels (logoff, revoke); returns how many were open."""
+        return self.tunnels.close_session(session_id, reason)
+
+
+def make_app(config: Config, db: Database) -> GatewayApplication:
+    if not config.gateway.allowed_origins:
+        log.warning("gateway.allowed_origins is empty: every browser will be refused")
+    return GatewayApplication(config, db)
+
+
+def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then close tunnels and stop listening."""
+    asyncio.run(serve(config))
+
+
+async def serve(config: Config) -> None:
+    db = Database(config.database)
+    app = make_app(config, db)
+    server = HTTPServer(app)
+    sockets = bind_sockets(config.gateway.port, config.gateway.listen_address)
+    server.add_sockets(sockets)
+    stop = _stop_on_signals()
+    log.info(
+        "gateway listening on %s:%d%s",
+        config.gateway.listen_address,
+        sockets[0].getsockname()[1],
+        config.gateway.path,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await shutdown(app, server, db)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def shutdown(app: GatewayApplication, server: HTTPServer, db: Database) -> None:
+    log.info("gateway stopping: closing %d tunnel(s)", len(app.tunnels))
+    server.stop()
+    await app.tunnels.close_all("gateway shutting down", timeout_s=SHUTDOWN_GRACE_S)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.close_all_connections(), timeout=SHUTDOWN_GRACE_S)
+    db.close()
+    log.info("gateway stopped")

@@ -1,0 +1,87 @@
+"""Console tokens for stock websockify, for sites that already run it instead of `vdi gateway`.
+
+    websockify --token-plugin gateway.websockify_plugin.ConsoleTokens \\
+        --token-source /path/to/vdi.toml 127.0.0.1:PORT
+
+The token source is a smartwork-vdi configuration file; only its [database] section is used.
+Tokens are consumed exactly as `vdi gateway` consumes them: single use, expiring, and refused
+when the session has ended or the desktop is not running. websockify does not check Origin,
+so put it behind something that does, or prefer `vdi gateway`.
+
+websockify itself logs the request path and, on refusal, the token it was given; the plugin
+therefore masks `token=` values in every log handler websockify has set up before loading it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from broker.db import Database
+from broker.db.tokens import TokenRefused, consume_token, mask
+from vdi.config import load_config
+
+log = logging.getLogger(__name__)
+
+# websockify's own messages that carry a token: the request line and "Path: '/?token=…'"
+# (token=…), and "Token '…' not found" on refusal.
+_TOKEN_IN_TEXT = re.compile(r"(?P<lead>token=)[^&\s'\"]+|(?P<quoted>Token ')[^']*(?=')", re.IGNORECASE)
+
+
+def _mask_tokens(text: str) -> str:
+    return _TOKEN_IN_TEXT.sub(lambda m: (m.group("lead") or m.group("quoted")) + "***", text)
+
+
+class TokenRedactingFilter(logging.Filter):
+    """Rewrites log records so that no console token reaches a log handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = _mask_tokens(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def redact_tokens_in_logs(logger: logging.Logger | None = None) -> None:
+    """Attach the redacting filter to the handlers of `logger` (default: root), once each."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, TokenRedactingFilter) for f in handler.filters):
+            handler.addFilter(TokenRedactingFilter())
+
+
+class ConsoleTokens:
+    """websockify token plugin: token → (host, port) of the desktop's display, or None."""
+
+    def __init__(self, src: str) -> None:
+        # Read the file now so a wrong path or a bad config stops websockify at start-up,
+        # not at the first user's connection.
+        self.source = src
+        self.settings = load_config(src).database
+        self._db: Database | None = None
+        self._db_pid = 0
+        redact_tokens_in_logs()
+
+    def lookup(self, token: str) -> tuple[str, str] | None:
+        try:
+            with self._database().transaction() as session:
+                target = consume_token(session, token)
+        except TokenRefused as exc:
+            log.warning("console refused: %s (token %s)", exc.reason, mask(token) or "missing")
+            return None
+        except Exception:
+            # websockify turns an exception here into a dropped connection with the token in
+            # its log; refuse cleanly instead and keep the details in our own log.
+            log.exception("console refused: token lookup failed (token %s)", mask(token))
+            return None
+        log.info("console granted: session %s to %s:%d", target.session_id, target.host, target.port)
+        return target.host, str(target.port)
+
+    def _database(self) -> Database:
+        # websockify forks a process per connection; a pooled connection inherited across fork
+        # is shared with the parent, so each process opens its own engine on first use.
+        if self._db is None or self._db_pid != os.getpid():
+            self._db = Database(self.settings)
+            self._db_pid = os.getpid()
+        return self._db

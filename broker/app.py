@@ -1,0 +1,160 @@
+"""The broker process: the Tornado application, its routes, and a clean start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import tornado.web
+from sqlalchemy.orm import Session
+
+from broker.apihandlers import auth as auth_api
+from broker.apihandlers import desktops as desktops_api
+from broker.apihandlers import health as health_api
+from broker.apihandlers import sessions as sessions_api
+from broker.apihandlers.base import APINotFoundHandler
+from broker.auth import PortalAuth
+from broker.db import Database
+from broker.db.migrate import upgrade
+from broker.db.models import Host, Pool
+from broker.desktops import DesktopService, ImageResolver, count_active_sessions
+from broker.handlers import login, pages, static
+from broker.placement import PlacementEngine
+from broker.web import PageNotFoundHandler, log_request
+from hypervisor.base import Driver
+from hypervisor.config import HostSettings
+from monitoring.metrics import SESSIONS_ACTIVE
+from sso.base import Authenticator
+from vdi.config import Config
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+SHUTDOWN_GRACE_S = 10.0
+ROUTE_MODULES = (pages, login, static, health_api, auth_api, desktops_api, sessions_api)
+
+
+def routes() -> list[tuple]:
+    handlers = [route for module in ROUTE_MODULES for route in module.default_handlers]
+    # Unknown /api/ paths answer in JSON; every other unknown path gets the HTML 404 page.
+    handlers.append((r"/api/.*", APINotFoundHandler))
+    return handlers
+
+
+def content_security_policy(gateway_url: str) -> str:
+    """Scripts and styles only from the broker; WebSockets only to the broker and the gateway."""
+    gateway = urlsplit(gateway_url)
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"connect-src 'self' {gateway.scheme}://{gateway.netloc}",
+            # noVNC draws the remote cursor as a data: URL image.
+            "img-src 'self' data: blob:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
+    # Imported here: libvirt-python is needed only when real hosts are driven.
+    from hypervisor import driver_for
+
+    return {host.name: driver_for(host) for host in hosts}
+
+
+def make_app(
+    config: Config,
+    db: Database,
+    authenticator: Authenticator,
+    drivers: dict[str, Driver] | None = None,
+    *,
+    image_resolver: ImageResolver | None = None,
+    placement: PlacementEngine | None = None,
+) -> tornado.web.Application:
+    """The broker application; `drivers` defaults to one per configured host."""
+    if drivers is None:
+        drivers = drivers_for(config.hosts)
+    settings = {
+        "config": config,
+        "db": db,
+        "portal_auth": PortalAuth(db, authenticator, config.broker.session_lifetime_s),
+        "desktops": DesktopService(config, db, drivers, placement, image_resolver),
+        "cookie_secret": config.broker.cookie_secret.get_secret_value(),
+        "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"samesite": "Lax"},
+        "login_url": "/login",
+        "template_path": str(TEMPLATES),
+        "static_path": str(STATIC),
+        "log_function": log_request,
+        "default_handler_class": PageNotFoundHandler,
+        "content_security_policy": content_security_policy(config.broker.gateway_url),
+    }
+    return tornado.web.Application(routes(), **settings)
+
+
+def sync_inventory(db: Session, config: Config) -> None:
+    """Upsert the configured pools and hosts; hosts keep their state and claim generation."""
+    for pool in config.pools:
+        row = db.get(Pool, pool.name) or Pool(name=pool.name)
+        row.display_name, row.image, row.groups = pool.display_name, pool.image, list(pool.groups)
+        row.memory_mib, row.vcpus = pool.memory_mib, pool.vcpus
+        db.add(row)
+    for host in config.hosts:
+        row = db.get(Host, host.name) or Host(name=host.name, state="up", generation=0)
+        row.uri, row.max_desktops = host.uri, host.max_desktops
+        db.add(row)
+
+
+async def prepare_database(db: Database, config: Config) -> None:
+    await db.run(partial(sync_inventory, config=config))
+    # The gauge restarts at zero with the process; the database knows the real number.
+    SESSIONS_ACTIVE.set(await db.run(count_active_sessions))
+
+
+async def wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def serve(config: Config) -> None:
+    from sso.ldap import LdapAuthenticator
+
+    db = Database(config.database)
+    await prepare_database(db, config)
+    drivers = drivers_for(config.hosts)
+    authenticator = LdapAuthenticator(config.ldap)
+    app = make_app(config, db, authenticator, drivers)
+    server = app.listen(config.broker.port, config.broker.listen_address)
+    log.info("broker listening on http://%s:%d", config.broker.listen_address, config.broker.port)
+    try:
+        await wait_for_stop_signal()
+        log.info("stopping: no new connections, closing open ones")
+        server.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_S)
+    finally:
+        app.settings["desktops"].close()
+        authenticator.close()
+        for driver in drivers.values():
+            driver.close()
+        db.close()
+    log.info("broker stopped")
+
+
+def run(config: Config) -> None:
+    """`vdi broker`: migrate the schema, then serve until SIGTERM or SIGINT."""
+    upgrade(config.database.url)
+    asyncio.run(serve(config))

@@ -1,0 +1,610 @@
+"""Connect and log off: which desktop a user gets in a pool, and its life from placement to logoff.
+
+Connect reuses the user's running desktop in the pool, or places a new one on a host (claimed
+under optimistic concurrency), starts it through the host's driver and opens a session.
+Driver calls block (libvirt, SSH), so they run on a small executor, never on the loop.
+A failed start leaves no half-made state: the driver removes the domain, and the desktop row
+is marked "error" so it holds no capacity and no session points at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import secrets
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from broker import errors
+from broker.auth import PortalUser
+from broker.config import PoolSettings
+from broker.db import Database
+from broker.db.models import AuditEvent, Desktop, Host, utcnow
+from broker.db.models import Session as DesktopSession
+from broker.db.tokens import issue_token
+from broker.entitlement import check_entitled, entitled_pools
+from broker.placement import HostCandidate, PlacementEngine, PlacementRequest, claim_host
+from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, Driver, HypervisorError
+from hypervisor.base import HostUnreachable as DriverHostUnreachable
+from images.config import ImageSettings
+from images.demo import ImageError, find_demo_image
+from monitoring.metrics import (
+    CONNECT_DURATION,
+    CONSOLE_TOKENS_ISSUED,
+    DESKTOP_START_FAILURES,
+    DESKTOPS_STARTED,
+    SESSIONS_ACTIVE,
+    ConnectResult,
+)
+from vdi.config import Config
+
+log = logging.getLogger(__name__)
+
+# Desktops in these states occupy a slot on their host; "error" and "deleted" rows are history.
+HOLDING_STATES = ("provisioning", "running")
+CLAIM_ATTEMPTS = 3
+# A desktop still "provisioning" after this long belongs to a broker that died mid-start.
+STALE_PROVISIONING_S = 600
+DRIVER_THREADS = 4
+
+ImageResolver = Callable[[PoolSettings], BootImage]
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite hands datetimes back without their zone; the broker only ever stores UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value
+
+
+# -- views returned to handlers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesktopView:
+    id: int
+    name: str
+    state: str
+    pool: str
+
+    @classmethod
+    def of(cls, desktop: Desktop) -> DesktopView:
+        return cls(desktop.id, desktop.domain_name, desktop.state, desktop.pool_name)
+
+    def as_json(self) -> dict:
+        return {"id": self.id, "name": self.name, "state": self.state, "pool": self.pool}
+
+
+@dataclass(frozen=True)
+class SessionView:
+    id: str
+    state: str
+    desktop: DesktopView
+    started_at: dt.datetime
+    ended_at: dt.datetime | None = None
+
+    @property
+    def console_url(self) -> str:
+        return f"/console/{self.id}"
+
+    def as_json(self) -> dict:
+        return {
+            "session_id": self.id,
+            "state": self.state,
+            "desktop": self.desktop.as_json(),
+            "console_url": self.console_url,
+            "started_at": as_utc(self.started_at).isoformat(),
+            "ended_at": as_utc(self.ended_at).isoformat() if self.ended_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class PoolView:
+    name: str
+    display_name: str
+    desktop: DesktopView | None = None
+    session_id: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self.desktop.state if self.desktop else "none"
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "state": self.state,
+            "desktop": self.desktop.as_json() if self.desktop else None,
+            "session_id": self.session_id,
+        }
+
+
+@dataclass(frozen=True)
+class ConsoleGrant:
+    token: str
+    gateway_url: str
+    expires_in: int
+
+    def as_json(self) -> dict:
+        return {"token": self.token, "gateway_url": self.gateway_url, "expires_in": self.expires_in}
+
+    def __repr__(self) -> str:
+        # Keeps the token out of any log line or traceback that prints the grant.
+        return f"ConsoleGrant(token='***', gateway_url={self.gateway_url!r}, expires_in={self.expires_in})"
+
+
+# -- images and names -----------------------------------------------------------------------------
+
+
+def _demo_boot_image(settings: ImageSettings) -> BootImage:
+    return find_demo_image(settings).boot_image()
+
+
+# Pool `image` names the broker knows how to boot; a new golden image adds one entry here.
+IMAGE_LOADERS: dict[str, Callable[[ImageSettings], BootImage]] = {"demo": _demo_boot_image}
+
+
+def boot_image_for(settings: ImageSettings, pool: PoolSettings) -> BootImage:
+    loader = IMAGE_LOADERS.get(pool.image)
+    if loader is None:
+        detail = f"pool {pool.name} uses unknown image {pool.image!r}"
+        raise errors.ImageUnavailable(f"The desktop image is not available: {detail}.", detail=detail)
+    try:
+        return loader(settings)
+    except ImageError as exc:
+        raise errors.ImageUnavailable(f"The desktop image is not available: {exc}", detail=str(exc)) from None
+
+
+def _name_part(text: str, limit: int) -> str:
+    part = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return part[:limit].strip("-") or "x"
+
+
+def domain_name_for(pool: str, username: str) -> str:
+    """`vdi-<pool>-<user>-<6 hex>`: readable in virsh, unique, and safe as a libvirt name and a file name."""
+    return f"vdi-{_name_part(pool, 40)}-{_name_part(username, 32)}-{secrets.token_hex(3)}"
+
+
+def connect_result(exc: errors.BrokerError) -> ConnectResult | None:
+    if isinstance(exc, errors.Forbidden):
+        return ConnectResult.FORBIDDEN
+    if isinstance(exc, errors.NoCapacity | errors.PlacementConflict):
+        return ConnectResult.NO_CAPACITY
+    if isinstance(exc, errors.ServiceUnavailable):
+        return ConnectResult.HYPERVISOR_ERROR
+    return None
+
+
+def broker_error_for(exc: HypervisorError) -> errors.ServiceUnavailable:
+    # str(exc) names the host and never a secret (hypervisor.base's contract), so the user sees it.
+    cls = errors.HostUnreachable if isinstance(exc, DriverHostUnreachable) else errors.HypervisorFailed
+    return cls(str(exc), detail=str(exc), host=exc.host)
+
+
+# -- database work, run in Database.run's worker thread ----------------------------------------
+
+
+def _audit(actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any) -> AuditEvent:
+    return AuditEvent(
+        actor=actor, action=action, result=result, target=target, source_ip=client_ip, detail=detail
+    )
+
+
+def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | None:
+    return db.scalars(
+        select(Desktop)
+        .where(
+            Desktop.pool_name == pool, Desktop.assigned_user == username, Desktop.state.in_(HOLDING_STATES)
+        )
+        .order_by(Desktop.id.desc())
+    ).first()
+
+
+def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
+    counts = dict(
+        db.execute(
+            select(Desktop.host_name, func.count())
+            .where(Desktop.state.in_(HOLDING_STATES))
+            .group_by(Desktop.host_name)
+        ).all()
+    )
+    hosts = db.scalars(select(Host).where(Host.name.in_(host_names)).order_by(Host.name))
+    return [
+        HostCandidate(h.name, h.state, h.max_desktops, counts.get(h.name, 0), h.generation) for h in hosts
+    ]
+
+
+def reserve_desktop(db: Session, host: str, generation: int, desktop: Desktop) -> Desktop | None:
+    """Claim a slot on the host and record the desktop in one transaction; None if the claim lost."""
+    if not claim_host(db, host, generation):
+        return None
+    desktop.host_name = host
+    db.add(desktop)
+    db.flush()
+    return desktop
+
+
+def update_display(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> Desktop:
+    desktop = db.get(Desktop, desktop_id)
+    desktop.vnc_host, desktop.vnc_port = endpoint.host, endpoint.port
+    return desktop
+
+
+def mark_running(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> Desktop:
+    desktop = update_display(db, desktop_id, endpoint)
+    desktop.state = "running"
+    return desktop
+
+
+def mark_failed(db: Session, desktop_id: int, error: str, username: str, client_ip: str) -> None:
+    desktop = db.get(Desktop, desktop_id)
+    desktop.state = "error"
+    desktop.error = error
+    db.add(
+        _audit(
+            username,
+            "connect",
+            "error",
+            desktop.pool_name,
+            client_ip,
+            desktop=desktop.domain_name,
+            error=error,
+        )
+    )
+
+
+def end_sessions(db: Session, desktop_id: int) -> int:
+    sessions = db.scalars(
+        select(DesktopSession).where(
+            DesktopSession.desktop_id == desktop_id, DesktopSession.state == "active"
+        )
+    ).all()
+    for session in sessions:
+        session.state, session.ended_at = "ended", utcnow()
+    return len(sessions)
+
+
+def retire_desktop(db: Session, desktop_id: int) -> int:
+    """Mark the desktop deleted and end its sessions; return how many sessions ended."""
+    db.get(Desktop, desktop_id).state = "deleted"
+    return end_sessions(db, desktop_id)
+
+
+def record_logoff(db: Session, desktop: Desktop, username: str, client_ip: str) -> int:
+    ended = retire_desktop(db, desktop.id)
+    db.add(_audit(username, "logoff", "success", desktop.pool_name, client_ip, desktop=desktop.domain_name))
+    return ended
+
+
+def open_session(db: Session, desktop_id: int, username: str, client_ip: str) -> tuple[DesktopSession, bool]:
+    """The user's active session on the desktop, or a new one; True when it was created.
+
+    A session lasts from connect to logoff, so connecting again (another tab, another
+    terminal) continues it rather than starting a second one.
+    """
+    session = db.scalars(
+        select(DesktopSession).where(
+            DesktopSession.desktop_id == desktop_id,
+            DesktopSession.username == username,
+            DesktopSession.state == "active",
+        )
+    ).first()
+    created = session is None
+    if created:
+        session = DesktopSession(
+            id=str(uuid.uuid4()), username=username, desktop_id=desktop_id, started_at=utcnow()
+        )
+        db.add(session)
+    session.client_ip = client_ip
+    desktop = db.get(Desktop, desktop_id)
+    detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
+    db.add(
+        _audit(username, "connect", "success", desktop.pool_name, client_ip, **detail, new_session=created)
+    )
+    db.flush()
+    return session, created
+
+
+def load_owned_session(db: Session, session_id: str, username: str) -> tuple[DesktopSession, Desktop]:
+    # Another user's session answers exactly like a missing one, so ids cannot be probed.
+    session = db.get(DesktopSession, session_id)
+    if session is None or session.username != username:
+        raise errors.UnknownSession()
+    return session, db.get(Desktop, session.desktop_id)
+
+
+def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int) -> str:
+    session, desktop = load_owned_session(db, session_id, username)
+    if session.state != "active":
+        raise errors.SessionEnded()
+    if desktop.state != "running" or desktop.vnc_port is None:
+        raise errors.DesktopNotRunning()
+    return issue_token(
+        db,
+        session_id=session.id,
+        desktop_id=desktop.id,
+        host=desktop.vnc_host,
+        port=desktop.vnc_port,
+        ttl_s=ttl_s,
+    )
+
+
+def session_view(db: Session, session_id: str, username: str) -> SessionView:
+    session, desktop = load_owned_session(db, session_id, username)
+    return SessionView(
+        session.id, session.state, DesktopView.of(desktop), session.started_at, session.ended_at
+    )
+
+
+def users_desktops(db: Session, username: str) -> dict[str, tuple[Desktop, str | None]]:
+    """The user's current desktop per pool, with its active session id if any."""
+    rows = db.execute(
+        select(Desktop, DesktopSession.id)
+        .outerjoin(
+            DesktopSession,
+            (DesktopSession.desktop_id == Desktop.id) & (DesktopSession.state == "active"),
+        )
+        .where(Desktop.assigned_user == username, Desktop.state.in_(HOLDING_STATES))
+        .order_by(Desktop.id)
+    ).all()
+    return {desktop.pool_name: (desktop, session_id) for desktop, session_id in rows}
+
+
+def count_active_sessions(db: Session) -> int:
+    return db.scalar(select(func.count()).select_from(DesktopSession).where(DesktopSession.state == "active"))
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+class DesktopService:
+    """What the handlers ask about desktops: list, connect, console token, session, logoff."""
+
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        drivers: dict[str, Driver],
+        placement: PlacementEngine | None = None,
+        image_resolver: ImageResolver | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.drivers = drivers
+        self.placement = placement or PlacementEngine.default()
+        self.image_resolver = image_resolver or partial(boot_image_for, config.images)
+        self._executor = ThreadPoolExecutor(max_workers=DRIVER_THREADS, thread_name_prefix="hypervisor")
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- listing ---------------------------------------------------------------------------------
+
+    def pool(self, name: str) -> PoolSettings:
+        pool = self.config.pool(name)
+        if pool is None:
+            raise errors.UnknownPool(f"There is no desktop pool named {name}.", pool=name)
+        return pool
+
+    async def pools_for(self, user: PortalUser) -> list[PoolView]:
+        pools = entitled_pools(self.config.pools, user.groups)
+        current = await self.db.run(partial(users_desktops, username=user.username)) if pools else {}
+        views = []
+        for pool in pools:
+            desktop, session_id = current.get(pool.name, (None, None))
+            views.append(
+                PoolView(pool.name, pool.display_name, desktop and DesktopView.of(desktop), session_id)
+            )
+        return views
+
+    async def session(self, user: PortalUser, session_id: str) -> SessionView:
+        return await self.db.run(partial(session_view, session_id=session_id, username=user.username))
+
+    # -- connect ---------------------------------------------------------------------------------
+
+    async def connect(self, user: PortalUser, pool_name: str, client_ip: str) -> SessionView:
+        """The user's session on a running desktop of the pool, starting one when needed."""
+        started = time.monotonic()
+        try:
+            pool = self.pool(pool_name)
+            await self._check_entitled(user, pool, client_ip)
+            # One connect at a time per user and pool: a double click must not start two desktops.
+            async with self._lock(user.username, pool.name):
+                view = await self._connect(user, pool, client_ip)
+        except errors.BrokerError as exc:
+            self._observe_connect(connect_result(exc), started)
+            raise
+        self._observe_connect(ConnectResult.SUCCESS, started)
+        return view
+
+    def _observe_connect(self, result: ConnectResult | None, started: float) -> None:
+        if result is not None:
+            CONNECT_DURATION.labels(result=result.value).observe(time.monotonic() - started)
+
+    def _lock(self, username: str, pool: str) -> asyncio.Lock:
+        lock = self._locks.get((username, pool))
+        if lock is None:
+            lock = self._locks[(username, pool)] = asyncio.Lock()
+        return lock
+
+    async def _check_entitled(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> None:
+        try:
+            check_entitled(pool, user.groups)
+        except errors.NotEntitled as exc:
+            log.warning(
+                "connect denied: user=%s pool=%s: not entitled (groups %s)",
+                user.username,
+                pool.name,
+                user.groups,
+            )
+            event = _audit(user.username, "connect", "denied", pool.name, client_ip, reason=exc.reason)
+            await self.db.run(lambda db: db.add(event))
+            raise
+
+    async def _connect(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> SessionView:
+        desktop = await self._reusable_desktop(user, pool)
+        if desktop is None:
+            desktop = await self._start_desktop(user, pool, client_ip)
+        session, created = await self.db.run(
+            partial(open_session, desktop_id=desktop.id, username=user.username, client_ip=client_ip)
+        )
+        if created:
+            SESSIONS_ACTIVE.inc()
+        log.info(
+            "connect: user=%s pool=%s desktop=%s host=%s session=%s",
+            *(user.username, pool.name, desktop.domain_name, desktop.host_name, session.id),
+        )
+        return SessionView(session.id, session.state, DesktopView.of(desktop), session.started_at)
+
+    async def _reusable_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
+        """The user's desktop in the pool if it is really running; anything else is cleaned up."""
+        desktop = await self.db.run(partial(find_current_desktop, pool=pool.name, username=user.username))
+        if desktop is None:
+            return None
+        if desktop.state == "provisioning":
+            if (utcnow() - as_utc(desktop.created_at)).total_seconds() < STALE_PROVISIONING_S:
+                raise errors.DesktopStarting()
+            actual = "stale provisioning"
+        else:
+            # The database says running; the hypervisor is the truth (principle 1).
+            actual = await self._driver_call(desktop.host_name, "desktop_state", desktop.domain_name)
+            if actual == "running":
+                return await self._refresh_display(desktop)
+        log.info("desktop %s on host %s is %s; replacing it", desktop.domain_name, desktop.host_name, actual)
+        await self._retire(desktop)
+        return None
+
+    async def _refresh_display(self, desktop: Desktop) -> Desktop:
+        # A desktop restarted behind our back (host reboot) gets a new VNC port from autoport.
+        endpoint = await self._driver_call(desktop.host_name, "display", desktop.domain_name)
+        if (endpoint.host, endpoint.port) == (desktop.vnc_host, desktop.vnc_port):
+            return desktop
+        return await self.db.run(partial(update_display, desktop_id=desktop.id, endpoint=endpoint))
+
+    async def _retire(self, desktop: Desktop) -> None:
+        await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        ended = await self.db.run(partial(retire_desktop, desktop_id=desktop.id))
+        SESSIONS_ACTIVE.dec(ended)
+
+    async def _start_desktop(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> Desktop:
+        image = await self._blocking(self.image_resolver, pool)
+        desktop = await self._place(user, pool, image)
+        spec = DesktopSpec(
+            domain_name=desktop.domain_name,
+            image=image,
+            memory_mib=pool.memory_mib,
+            vcpus=pool.vcpus,
+            label=f"{pool.display_name} / {user.display_name}",
+        )
+        try:
+            endpoint = await self._driver_call(desktop.host_name, "create_desktop", spec)
+        except Exception as exc:
+            await self._start_failed(desktop, exc, user, client_ip)
+            raise
+        DESKTOPS_STARTED.inc()
+        log.info(
+            "desktop %s started on host %s, display %s:%d",
+            *(desktop.domain_name, desktop.host_name, endpoint.host, endpoint.port),
+        )
+        return await self.db.run(partial(mark_running, desktop_id=desktop.id, endpoint=endpoint))
+
+    async def _start_failed(self, desktop: Desktop, exc: Exception, user: PortalUser, client_ip: str) -> None:
+        DESKTOP_START_FAILURES.inc()
+        # Only messages known to be safe are kept; an unexpected exception is recorded by type.
+        error = exc.message if isinstance(exc, errors.BrokerError) else type(exc).__name__
+        log.warning(
+            "desktop %s failed to start on host %s: %s", desktop.domain_name, desktop.host_name, error
+        )
+        await self.db.run(
+            partial(
+                mark_failed, desktop_id=desktop.id, error=error, username=user.username, client_ip=client_ip
+            )
+        )
+
+    async def _place(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:
+        """Choose a host and claim a slot on it; a lost claim (another broker won) places again."""
+        request = PlacementRequest(pool=pool.name, memory_mib=pool.memory_mib, vcpus=pool.vcpus)
+        for attempt in range(1, CLAIM_ATTEMPTS + 1):
+            candidates = await self.db.run(partial(load_candidates, host_names=sorted(self.drivers)))
+            decision = self.placement.select(candidates, request)
+            if decision.host is None:
+                raise errors.NoCapacity(decision.reason, detail=decision.reason, pool=pool.name)
+            generation = next(c.generation for c in candidates if c.name == decision.host)
+            row = self._new_desktop(user, pool, image)
+            desktop = await self.db.run(
+                partial(reserve_desktop, host=decision.host, generation=generation, desktop=row)
+            )
+            if desktop is not None:
+                return desktop
+            log.info(
+                "claim on host %s lost (attempt %d of %d); placing again",
+                decision.host,
+                attempt,
+                CLAIM_ATTEMPTS,
+            )
+        raise errors.PlacementConflict()
+
+    def _new_desktop(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:
+        return Desktop(
+            pool_name=pool.name,
+            domain_name=domain_name_for(pool.name, user.username),
+            image=f"{image.name}:{image.version}",
+            state="provisioning",
+            assigned_user=user.username,
+            created_at=utcnow(),
+        )
+
+    # -- console token and logoff ----------------------------------------------------------------
+
+    async def console_token(self, user: PortalUser, session_id: str) -> ConsoleGrant:
+        ttl_s = self.config.broker.console_token_ttl_s
+        token = await self.db.run(
+            partial(issue_for_owner, session_id=session_id, username=user.username, ttl_s=ttl_s)
+        )
+        CONSOLE_TOKENS_ISSUED.inc()
+        log.info("console token issued: user=%s session=%s ttl=%ss", user.username, session_id, ttl_s)
+        return ConsoleGrant(token, self.config.broker.gateway_url, ttl_s)
+
+    async def logoff(self, user: PortalUser, session_id: str, client_ip: str) -> SessionView:
+        """Stop and remove the session's desktop and end the session. Logging off twice is harmless."""
+        session, desktop = await self.db.run(
+            partial(load_owned_session, session_id=session_id, username=user.username)
+        )
+        if session.state == "active":
+            await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+            ended = await self.db.run(
+                partial(record_logoff, desktop=desktop, username=user.username, client_ip=client_ip)
+            )
+            SESSIONS_ACTIVE.dec(ended)
+            log.info("logoff: user=%s desktop=%s session=%s", user.username, desktop.domain_name, session_id)
+        return await self.session(user, session_id)
+
+    # -- blocking calls --------------------------------------------------------------------------
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _driver_call(self, host: str | None, method: str, *args: Any) -> Any:
+        """Call a driver method on the executor; hypervisor errors become 503s naming the host."""
+        driver = self.drivers.get(host or "")
+        if driver is None:
+            detail = f"host {host}: no driver is configured for it"
+            raise errors.HostUnreachable(f"{detail}.", detail=detail, host=str(host))
+        try:
+            return await self._blocking(getattr(driver, method), *args)
+        except HypervisorError as exc:
+            raise broker_error_for(exc) from None

@@ -1,0 +1,113 @@
+// The console page: a fresh single-use console token, then noVNC's RFB over the gateway.
+//
+// Tests and assistive technology follow the connection through #console-status: its text,
+// its data-state attribute and window.vdiConsoleState all change together.
+import RFB from "/novnc/core/rfb.js";
+import { apiPost, errorText, pageStrings } from "./api.js";
+
+const root = document.getElementById("console");
+const sessionId = root.dataset.sessionId;
+const strings = pageStrings("console-strings");
+const status = document.getElementById("console-status");
+const alertRegion = document.getElementById("console-error");
+const screen = document.getElementById("screen");
+const buttons = {
+  reconnect: document.getElementById("reconnect"),
+  disconnect: document.getElementById("disconnect"),
+  logoff: document.getElementById("logoff"),
+};
+const sessionUrl = `/api/v1/sessions/${encodeURIComponent(sessionId)}`;
+
+let rfb = null;
+let leaving = false;
+
+function setState(state, text) {
+  status.dataset.state = state;
+  status.textContent = text;
+  window.vdiConsoleState = state;
+}
+
+function showError(text) {
+  alertRegion.textContent = text;
+}
+
+function consoleUrl(grant) {
+  // The token rides in the query string to the gateway only; the gateway masks it in its logs.
+  const separator = grant.gateway_url.includes("?") ? "&" : "?";
+  return `${grant.gateway_url}${separator}token=${encodeURIComponent(grant.token)}`;
+}
+
+function onConnect() {
+  setState("connected", strings.connected);
+  buttons.reconnect.hidden = true;
+  rfb.focus();
+}
+
+function onDisconnect(event) {
+  rfb = null;
+  if (leaving) return;
+  const text = event.detail.clean ? strings.disconnected : strings.connection_lost;
+  setState("disconnected", text);
+  buttons.reconnect.hidden = false;
+}
+
+function onSecurityFailure(event) {
+  const reason = event.detail.reason ? `: ${event.detail.reason}` : "";
+  showError(`${strings.security_failure}${reason}`);
+}
+
+async function connect() {
+  showError("");
+  buttons.reconnect.hidden = true;
+  setState("connecting", strings.connecting);
+  try {
+    // A token lives seconds and opens one tunnel, so fetch it right before connecting.
+    const grant = await apiPost(`${sessionUrl}/console-token`);
+    rfb = new RFB(screen, consoleUrl(grant));
+  } catch (error) {
+    setState("error", strings.disconnected);
+    showError(errorText(error, strings.network));
+    buttons.reconnect.hidden = false;
+    return;
+  }
+  rfb.scaleViewport = true;
+  rfb.addEventListener("connect", onConnect);
+  rfb.addEventListener("disconnect", onDisconnect);
+  rfb.addEventListener("securityfailure", onSecurityFailure);
+}
+
+function closeConsole() {
+  leaving = true;
+  if (rfb) rfb.disconnect();
+}
+
+async function logoff() {
+  buttons.logoff.disabled = true;
+  setState("logging_off", strings.logging_off);
+  closeConsole();
+  try {
+    await apiPost(`${sessionUrl}/logoff`);
+    window.location.assign("/desktops");
+  } catch (error) {
+    leaving = false;
+    buttons.logoff.disabled = false;
+    setState("error", strings.disconnected);
+    showError(errorText(error, strings.network));
+    buttons.reconnect.hidden = false;
+  }
+}
+
+buttons.disconnect.addEventListener("click", () => {
+  closeConsole();
+  window.location.assign("/desktops");
+});
+buttons.logoff.addEventListener("click", logoff);
+buttons.reconnect.addEventListener("click", connect);
+
+if (root.dataset.sessionState === "active") {
+  connect();
+} else {
+  buttons.reconnect.disabled = true;
+  buttons.logoff.disabled = true;
+  window.vdiConsoleState = "ended";
+}

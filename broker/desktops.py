@@ -61,13 +61,6 @@ DRIVER_THREADS = 4
 ImageResolver = Callable[[PoolSettings], BootImage]
 
 
-def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    # SQLite hands datetimes back without their zone; the broker only ever stores UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
-
-
 # -- views returned to handlers -------------------------------------------------------------------
 
 
@@ -104,8 +97,8 @@ class SessionView:
             "state": self.state,
             "desktop": self.desktop.as_json(),
             "console_url": self.console_url,
-            "started_at": as_utc(self.started_at).isoformat(),
-            "ended_at": as_utc(self.ended_at).isoformat() if self.ended_at else None,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
         }
 
 
@@ -476,7 +469,7 @@ class DesktopService:
         if desktop is None:
             return None
         if desktop.state == "provisioning":
-            if (utcnow() - as_utc(desktop.created_at)).total_seconds() < STALE_PROVISIONING_S:
+            if (utcnow() - desktop.created_at).total_seconds() < STALE_PROVISIONING_S:
                 raise errors.DesktopStarting()
             actual = "stale provisioning"
         else:

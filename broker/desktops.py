@@ -601,3 +601,35 @@ class DesktopService:
             return await self._blocking(getattr(driver, method), *args)
         except HypervisorError as exc:
             raise broker_error_for(exc) from None
+
+
+# -- housekeeping ---------------------------------------------------------------------------------
+
+
+def remove_all_desktops(config: Config) -> int:
+    """Destroy every desktop the database knows of and end its sessions (used when a demo stops).
+
+    Blocking; for command-line use, never on the event loop.
+    """
+    from hypervisor import driver_for
+
+    db = Database(config.database)
+    hosts = {host.name: host for host in config.hosts}
+    removed = 0
+    try:
+        with db.transaction() as session:
+            live = session.scalars(select(Desktop).where(Desktop.state != "deleted")).all()
+        for desktop in live:
+            host = hosts.get(desktop.host_name or "")
+            if host is not None:
+                driver = driver_for(host)
+                try:
+                    driver.destroy_desktop(desktop.domain_name)
+                finally:
+                    driver.close()
+            with db.transaction() as session:
+                retire_desktop(session, desktop.id)
+            removed += 1
+    finally:
+        db.close()
+    return removed

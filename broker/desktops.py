@@ -614,22 +614,17 @@ def remove_all_desktops(config: Config) -> int:
     from hypervisor import driver_for
 
     db = Database(config.database)
-    hosts = {host.name: host for host in config.hosts}
-    removed = 0
+    drivers = {host.name: driver_for(host) for host in config.hosts}
     try:
         with db.transaction() as session:
             live = session.scalars(select(Desktop).where(Desktop.state != "deleted")).all()
         for desktop in live:
-            host = hosts.get(desktop.host_name or "")
-            if host is not None:
-                driver = driver_for(host)
-                try:
-                    driver.destroy_desktop(desktop.domain_name)
-                finally:
-                    driver.close()
+            if desktop.host_name in drivers:
+                drivers[desktop.host_name].destroy_desktop(desktop.domain_name)
             with db.transaction() as session:
                 retire_desktop(session, desktop.id)
-            removed += 1
+        return len(live)
     finally:
+        for driver in drivers.values():
+            driver.close()
         db.close()
-    return removed

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class LibvirtDaemon:
         self.virtlogd_pid_file = self.state_dir / "virtlogd.pid"
         self.libvirtd_pid_file = self.state_dir / "libvirtd.pid"
         self.log_file = self.state_dir / "libvirtd.log"
+        self.virtlogd_log_file = self.state_dir / "virtlogd.log"
 
     def healthy(self) -> bool:
         return _virsh_version_works()
@@ -141,10 +143,15 @@ class LibvirtDaemon:
             return
         self._prepare_host()
         if not _unix_socket_answers(VIRTLOGD_SOCKET):
-            self._spawn("virtlogd", ["virtlogd", "--daemon", "--pid-file", str(self.virtlogd_pid_file)])
-            self._wait_for("virtlogd", self.virtlogd_pid_file, lambda: _unix_socket_answers(VIRTLOGD_SOCKET))
-        self._spawn("libvirtd", ["libvirtd", "--daemon", "--pid-file", str(self.libvirtd_pid_file)])
-        self._wait_for("libvirtd", self.libvirtd_pid_file, _virsh_version_works)
+            self._spawn("virtlogd", self.virtlogd_pid_file, self.virtlogd_log_file)
+            self._wait_for(
+                "virtlogd",
+                self.virtlogd_pid_file,
+                self.virtlogd_log_file,
+                lambda: _unix_socket_answers(VIRTLOGD_SOCKET),
+            )
+        self._spawn("libvirtd", self.libvirtd_pid_file, self.log_file)
+        self._wait_for("libvirtd", self.libvirtd_pid_file, self.log_file, _virsh_version_works)
         log.info("libvirtd started; log in %s", self.log_file)
 
     def stop(self) -> None:
@@ -162,24 +169,27 @@ class LibvirtDaemon:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         ensure_qemu_user()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    @staticmethod
+    def _spawn(name: str, pid_file: Path, log_file: Path) -> None:
         env = dict(os.environ)
         # Daemonized libvirt logs nowhere by default; keep errors where describe() and failures point.
-        env["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{self.log_file}"
+        env["LIBVIRT_LOG_OUTPUTS"] = f"3:file:{log_file}"
+        argv = [name, "--daemon", "--pid-file", str(pid_file)]
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, check=False)
         if result.returncode != 0:
             raise LibvirtDaemonError(f"{name} failed to start: {result.stderr.strip() or result.returncode}")
 
-    def _wait_for(self, name: str, pid_file: Path, ready) -> None:
+    @staticmethod
+    def _wait_for(name: str, pid_file: Path, log_file: Path, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if ready():
                 return
             pid = _read_pid(pid_file)
             if pid is not None and not _process_alive(pid):
-                raise LibvirtDaemonError(f"{name} exited during start-up; see {self.log_file}")
+                raise LibvirtDaemonError(f"{name} exited during start-up; see {log_file}")
             time.sleep(POLL_INTERVAL_S)
-        raise LibvirtDaemonError(f"{name} did not answer within {START_TIMEOUT_S:.0f} s; see {self.log_file}")
+        raise LibvirtDaemonError(f"{name} did not answer within {START_TIMEOUT_S:.0f} s; see {log_file}")
 
     def _stop_one(self, name: str, pid_file: Path) -> None:
         pid = _read_pid(pid_file)

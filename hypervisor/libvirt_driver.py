@@ -1,0 +1,569 @@
+"""The libvirt driver: desktops as QEMU domains on a libvirtd host (local, or qemu+ssh/qemu+tls remote).
+
+Everything goes through the libvirt API, including the image files: base images are uploaded into a
+storage pool as volumes and each desktop gets a qcow2 overlay volume backed by them, so the broker never
+needs a shell or a shared filesystem on the host.
+
+Calls block; the broker runs them in an executor. One connection per driver, opened on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import struct
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import libvirt
+
+from hypervisor import domain_xml
+from hypervisor.base import (
+    BootImage,
+    DesktopNotFound,
+    DesktopSpec,
+    DisplayEndpoint,
+    Driver,
+    HostUnreachable,
+    HypervisorError,
+)
+from hypervisor.config import HostSettings
+
+log = logging.getLogger(__name__)
+
+
+def _ignore_libvirt_error(_ctx: object, _error: object) -> None:
+    """libvirt prints every error to stderr by default; ours are raised as exceptions instead."""
+
+
+libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+
+# Domain and volume names become file names on the host: keep them to a safe alphabet.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+VNC_PORT_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.05
+UPLOAD_CHUNK = 1 << 20
+CONSOLE_LOG_SUFFIX = ".console.log"
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+)
+STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+# Several drivers (threads of one broker) may start desktops of a new image on one host at once; the base
+# volumes must be uploaded once. Keyed by (uri, pool, volume).
+_upload_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_upload_locks_guard = threading.Lock()
+
+
+def _upload_lock(key: tuple[str, str, str]) -> threading.Lock:
+    with _upload_locks_guard:
+        return _upload_locks.setdefault(key, threading.Lock())
+
+
+def safe_uri(uri: str) -> str:
+    """The URI without credentials or query (which may name key files) for messages and logs."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def _error_text(exc: libvirt.libvirtError) -> str:
+    return (exc.get_error_message() or str(exc)).strip()
+
+
+def _error_code(exc: libvirt.libvirtError) -> int:
+    return exc.get_error_code() or 0
+
+
+def qcow2_virtual_size(path: Path) -> int:
+    """The disk size a qcow2 file presents to guests (header bytes 24-31), without needing qemu-img."""
+    with path.open("rb") as stream:
+        header = stream.read(32)
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        raise ValueError(f"{path} is not a qcow2 image")
+    return struct.unpack(">Q", header[24:32])[0]
+
+
+@dataclass(frozen=True)
+class BaseVolumes:
+    """Host-side paths of an image's volumes in the pool."""
+
+    disk: str
+    kernel: str | None
+    initrd: str | None
+
+
+class LibvirtDriver(Driver):
+    def __init__(self, host: HostSettings) -> None:
+        super().__init__(host)
+        self._conn: libvirt.virConnect | None = None
+        self._conn_lock = threading.Lock()
+        self._virt_type: str | None = None
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._conn_lock:
+            if self._conn is not None and not self._alive(self._conn):
+                self._drop_connection()
+            if self._conn is None:
+                self._conn = self._open()
+            return self._conn
+
+    def _open(self) -> libvirt.virConnect:
+        try:
+            conn = libvirt.open(self.host.uri)
+        except libvirt.libvirtError as exc:
+            raise HostUnreachable(
+                self.host.name, f"cannot reach hypervisor at {safe_uri(self.host.uri)}: {_error_text(exc)}"
+            ) from None
+        self._virt_type = None  # a reconnect may reach a reconfigured host
+        log.debug("host %s: connected to %s", self.host.name, safe_uri(self.host.uri))
+        return conn
+
+    @staticmethod
+    def _alive(conn: libvirt.virConnect) -> bool:
+        try:
+            return conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def close(self) -> None:
+        with self._conn_lock:
+            self._drop_connection()
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Turn libvirt errors into ours: HostUnreachable if the connection died, else HypervisorError."""
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            conn = self._conn
+            if conn is None or not self._alive(conn):
+                self.close()
+                raise HostUnreachable(
+                    self.host.name,
+                    f"lost the hypervisor at {safe_uri(self.host.uri)} while trying to {action}",
+                ) from None
+            raise HypervisorError(self.host.name, f"cannot {action}: {_error_text(exc)}") from None
+
+    # -- the Driver contract ---------------------------------------------------------------------------
+
+    def create_desktop(self, spec: DesktopSpec) -> DisplayEndpoint:
+        self._check_spec(spec)
+        conn = self._connection()
+        with self._errors(f"create desktop {spec.domain_name}"):
+            if self._lookup_domain(conn, spec.domain_name) is not None:
+                raise HypervisorError(self.host.name, f"desktop {spec.domain_name} already exists")
+            pool = self._ensure_pool(conn)
+            base = self._ensure_base_volumes(conn, pool, spec.image)
+        return self._create_from_base(conn, pool, spec, base)
+
+    def destroy_desktop(self, domain_name: str) -> None:
+        self._check_name("domain_name", domain_name)
+        conn = self._connection()
+        with self._errors(f"destroy desktop {domain_name}"):
+            domain = self._lookup_domain(conn, domain_name)
+            if domain is not None:
+                if not self._is_ours(domain):
+                    raise HypervisorError(
+                        self.host.name,
+                        f"domain {domain_name} was not created by smartwork-vdi; not destroying it",
+                    )
+                self._remove_domain(domain)
+            pool = self._lookup_pool(conn)
+            if pool is not None:
+                for volume_name in self._desktop_volume_names(domain_name):
+                    self._delete_volume(pool, volume_name)
+        log.info("host %s: desktop %s destroyed", self.host.name, domain_name)
+
+    def desktop_state(self, domain_name: str) -> str:
+        conn = self._connection()
+        with self._errors(f"read the state of desktop {domain_name}"):
+            domain = self._lookup_domain(conn, domain_name)
+            if domain is None:
+                return "missing"
+            state, _reason = domain.state()
+        return STATES.get(state, "shutoff")
+
+    def display(self, domain_name: str) -> DisplayEndpoint:
+        conn = self._connection()
+        with self._errors(f"read the display of desktop {domain_name}"):
+            domain = self._lookup_domain(conn, domain_name)
+            if domain is None:
+                raise DesktopNotFound(self.host.name, f"no desktop {domain_name}")
+            endpoint = domain_xml.vnc_endpoint(domain.XMLDesc(0)) if domain.isActive() else None
+        if endpoint is None:
+            raise HypervisorError(self.host.name, f"desktop {domain_name} is not running")
+        return self._endpoint(*endpoint)
+
+    def list_desktops(self) -> list[str]:
+        conn = self._connection()
+        with self._errors("list desktops"):
+            domains = conn.listAllDomains(0)
+            return sorted(domain.name() for domain in domains if self._is_ours(domain))
+
+    # -- beyond the contract ---------------------------------------------------------------------------
+
+    def console_log(self, domain_name: str, max_bytes: int = 64 * 1024) -> str:
+        """The tail of the desktop's serial console, read through libvirt (so it works for remote hosts)."""
+        self._check_name("domain_name", domain_name)
+        conn = self._connection()
+        with self._errors(f"read the console log of desktop {domain_name}"):
+            pool = self._lookup_pool(conn)
+            volume = self._lookup_volume(pool, domain_name + CONSOLE_LOG_SUFFIX) if pool else None
+            if volume is None:
+                raise DesktopNotFound(self.host.name, f"no console log for desktop {domain_name}")
+            return self._download_tail(conn, volume, max_bytes).decode("utf-8", errors="replace")
+
+    def virt_type(self) -> str:
+        """The domain type desktops get: "kvm" with hardware acceleration, else "qemu" (TCG)."""
+        conn = self._connection()
+        with self._errors("read the host's capabilities"):
+            return self._virt_type_of(conn)
+
+    # -- validation ------------------------------------------------------------------------------------
+
+    def _check_name(self, field: str, value: str) -> None:
+        if not NAME_PATTERN.match(value or ""):
+            raise HypervisorError(
+                self.host.name, f"{field} {value!r} must be 1-63 letters, digits, '.', '_' or '-'"
+            )
+
+    def _check_spec(self, spec: DesktopSpec) -> None:
+        self._check_name("domain_name", spec.domain_name)
+        self._check_name("image.name", spec.image.name)
+        self._check_name("image.version", spec.image.version)
+        if spec.memory_mib < 16:
+            raise HypervisorError(self.host.name, f"memory_mib must be at least 16, not {spec.memory_mib}")
+        if spec.vcpus < 1:
+            raise HypervisorError(self.host.name, f"vcpus must be at least 1, not {spec.vcpus}")
+        for field, path in (
+            ("image.disk", spec.image.disk),
+            ("image.kernel", spec.image.kernel),
+            ("image.initrd", spec.image.initrd),
+        ):
+            if path is not None and not Path(path).is_file():
+                raise HypervisorError(self.host.name, f"{field}: no such file {path}")
+
+    # -- domains ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain | None:
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _error_code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
+
+    @staticmethod
+    def _is_ours(domain: libvirt.virDomain) -> bool:
+        try:
+            domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, domain_xml.NAMESPACE, 0)
+        except libvirt.libvirtError as exc:
+            # A domain undefined while we were listing is not ours any more either.
+            if _error_code(exc) in (libvirt.VIR_ERR_NO_DOMAIN_METADATA, libvirt.VIR_ERR_NO_DOMAIN):
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _remove_domain(domain: libvirt.virDomain) -> None:
+        try:
+            if domain.isActive():
+                domain.destroy()
+            domain.undefineFlags(UNDEFINE_FLAGS)
+        except libvirt.libvirtError as exc:
+            # Someone else (another broker, a reconcile pass) removed it first: that is what we wanted.
+            if _error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+
+    def _virt_type_of(self, conn: libvirt.virConnect) -> str:
+        if self._virt_type is None:
+            self._virt_type = "kvm" if kvm_usable(conn) else "qemu"
+            log.info(
+                "host %s: desktops run with %s",
+                self.host.name,
+                "KVM" if self._virt_type == "kvm" else "TCG (no usable KVM)",
+            )
+        return self._virt_type
+
+    def _create_from_base(
+        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, spec: DesktopSpec, base: BaseVolumes
+    ) -> DisplayEndpoint:
+        """Overlay, console log, define, start; anything made here is removed again if a later step fails."""
+        name = spec.domain_name
+        started = time.monotonic()
+        with ExitStack() as undo:
+            try:
+                overlay = self._create_volume(
+                    pool, name + ".qcow2", qcow2_virtual_size(spec.image.disk), "qcow2", "0600", base.disk
+                )
+                undo.callback(self._undo, "delete overlay", lambda: overlay.delete(0))
+                console = self._create_volume(pool, name + CONSOLE_LOG_SUFFIX, 0, "raw", "0600")
+                undo.callback(self._undo, "delete console log", lambda: console.delete(0))
+                plan = self._plan(conn, spec, base, overlay.path(), console.path())
+                domain = conn.defineXML(domain_xml.domain_xml(plan))
+                undo.callback(self._undo, "remove domain", lambda: self._remove_domain(domain))
+                domain.create()
+                endpoint = self._wait_for_vnc(domain)
+            except libvirt.libvirtError as exc:
+                raise HypervisorError(
+                    self.host.name, f"cannot start desktop {name}: {_error_text(exc)}"
+                ) from None
+            except (OSError, ValueError) as exc:
+                raise HypervisorError(self.host.name, f"cannot start desktop {name}: {exc}") from None
+            undo.pop_all()
+        log.info(
+            "host %s: desktop %s started in %.1f s (%s), VNC %s:%d",
+            self.host.name,
+            name,
+            time.monotonic() - started,
+            plan.virt_type,
+            endpoint.host,
+            endpoint.port,
+        )
+        return endpoint
+
+    def _undo(self, what: str, action: Callable[[], None]) -> None:
+        # Clean-up must not hide the error that made it necessary; a leftover is logged for the reconciler.
+        try:
+            action()
+        except libvirt.libvirtError as exc:
+            log.warning(
+                "host %s: could not %s while undoing a failed start: %s",
+                self.host.name,
+                what,
+                _error_text(exc),
+            )
+
+    def _plan(
+        self, conn: libvirt.virConnect, spec: DesktopSpec, base: BaseVolumes, disk: str, console_log: str
+    ) -> domain_xml.DomainPlan:
+        return domain_xml.DomainPlan(
+            name=spec.domain_name,
+            virt_type=self._virt_type_of(conn),
+            memory_mib=spec.memory_mib,
+            vcpus=spec.vcpus,
+            disk=disk,
+            vnc_listen=self.host.vnc_listen,
+            image_name=spec.image.name,
+            image_version=spec.image.version,
+            label=spec.label,
+            kernel=base.kernel,
+            initrd=base.initrd,
+            cmdline=domain_xml.kernel_cmdline(spec.image.cmdline, spec.domain_name, spec.label),
+            console_log=console_log,
+        )
+
+    def _wait_for_vnc(self, domain: libvirt.virDomain) -> DisplayEndpoint:
+        # libvirt picks the autoport while starting QEMU; poll the live XML until it shows up.
+        deadline = time.monotonic() + VNC_PORT_TIMEOUT_S
+        while True:
+            endpoint = domain_xml.vnc_endpoint(domain.XMLDesc(0))
+            if endpoint is not None:
+                return self._endpoint(*endpoint)
+            if time.monotonic() > deadline:
+                raise ValueError(f"no VNC port assigned within {VNC_PORT_TIMEOUT_S:.0f} s")
+            time.sleep(POLL_INTERVAL_S)
+
+    def _endpoint(self, address: str, port: int) -> DisplayEndpoint:
+        # A wildcard listen address is reachable at the host's own name (or loopback for a local host).
+        if address in ("0.0.0.0", "::"):  # noqa: S104 - comparing, not binding
+            address = urlsplit(self.host.uri).hostname or "127.0.0.1"
+        return DisplayEndpoint(host=address, port=port)
+
+    # -- storage ---------------------------------------------------------------------------------------
+
+    def _lookup_pool(self, conn: libvirt.virConnect) -> libvirt.virStoragePool | None:
+        try:
+            return conn.storagePoolLookupByName(self.host.storage_pool)
+        except libvirt.libvirtError as exc:
+            if _error_code(exc) == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise
+
+    def _ensure_pool(self, conn: libvirt.virConnect) -> libvirt.virStoragePool:
+        """The host's pool, defined as a directory pool at host.storage_path if it does not exist yet."""
+        pool = self._lookup_pool(conn)
+        if pool is None:
+            try:
+                pool = conn.storagePoolDefineXML(
+                    domain_xml.dir_pool_xml(self.host.storage_pool, self.host.storage_path), 0
+                )
+                pool.build(0)
+                log.info(
+                    "host %s: defined storage pool %s at %s",
+                    self.host.name,
+                    self.host.storage_pool,
+                    self.host.storage_path,
+                )
+            except libvirt.libvirtError:
+                pool = self._lookup_pool(conn)  # another driver defined it at the same moment
+                if pool is None:
+                    raise
+        if not pool.isActive():
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.create(0)  # a concurrent start is fine; the check below tells
+            if not pool.isActive():
+                raise HypervisorError(self.host.name, f"storage pool {self.host.storage_pool} will not start")
+        if not pool.autostart():
+            pool.setAutostart(1)
+        return pool
+
+    @staticmethod
+    def _lookup_volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _error_code(exc) == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+
+    def _delete_volume(self, pool: libvirt.virStoragePool, name: str) -> None:
+        volume = self._lookup_volume(pool, name)
+        if volume is None:
+            return
+        try:
+            volume.delete(0)
+        except libvirt.libvirtError as exc:
+            if _error_code(exc) != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise
+
+    @staticmethod
+    def _desktop_volume_names(domain_name: str) -> tuple[str, str]:
+        return domain_name + ".qcow2", domain_name + CONSOLE_LOG_SUFFIX
+
+    @staticmethod
+    def _create_volume(
+        pool: libvirt.virStoragePool,
+        name: str,
+        capacity: int,
+        fmt: str,
+        mode: str,
+        backing: str | None = None,
+    ) -> libvirt.virStorageVol:
+        return pool.createXML(domain_xml.volume_xml(name, capacity, fmt, mode, backing), 0)
+
+    def _ensure_base_volumes(
+        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, image: BootImage
+    ) -> BaseVolumes:
+        prefix = f"{image.name}-{image.version}"
+        disk = self._ensure_uploaded(conn, pool, f"{prefix}.qcow2", image.disk)
+        kernel = self._ensure_uploaded(conn, pool, f"{prefix}.kernel", image.kernel) if image.kernel else None
+        initrd = self._ensure_uploaded(conn, pool, f"{prefix}.initrd", image.initrd) if image.initrd else None
+        return BaseVolumes(disk=disk, kernel=kernel, initrd=initrd)
+
+    def _ensure_uploaded(
+        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str, source: Path
+    ) -> str:
+        """Path of volume `name` holding the bytes of the local file `source`, uploading it if needed.
+
+        Volumes are created empty and grow with the upload, so a size equal to the source's means the
+        upload finished; a shorter one is left from an interrupted upload and is replaced.
+        """
+        size = Path(source).stat().st_size
+        with _upload_lock((self.host.uri, self.host.storage_pool, name)):
+            volume = self._lookup_volume(pool, name)
+            if volume is not None and self._physical_size(volume) == size:
+                return volume.path()
+            if volume is not None:
+                log.warning("host %s: volume %s is incomplete; uploading it again", self.host.name, name)
+                volume.delete(0)
+            return self._upload(conn, pool, name, Path(source), size)
+
+    @staticmethod
+    def _physical_size(volume: libvirt.virStorageVol) -> int:
+        return volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+
+    def _upload(
+        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str, source: Path, size: int
+    ) -> str:
+        started = time.monotonic()
+        # Base images are shared read-only by every desktop on the host, whichever user QEMU runs as.
+        volume = self._create_volume(pool, name, 0, "raw", "0644")
+        try:
+            self._send_file(conn, volume, source, size)
+            uploaded = self._physical_size(volume)
+            if uploaded != size:
+                raise HypervisorError(self.host.name, f"upload of {name} stored {uploaded} of {size} bytes")
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                volume.delete(0)
+            raise
+        log.info(
+            "host %s: uploaded %s (%d bytes) in %.1f s",
+            self.host.name,
+            name,
+            size,
+            time.monotonic() - started,
+        )
+        return volume.path()
+
+    @staticmethod
+    def _send_file(conn: libvirt.virConnect, volume: libvirt.virStorageVol, source: Path, size: int) -> None:
+        stream = conn.newStream(0)
+        try:
+            volume.upload(stream, 0, size, 0)
+            with source.open("rb") as reader:
+                stream.sendAll(lambda _stream, nbytes, _opaque: reader.read(min(nbytes, UPLOAD_CHUNK)), None)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+
+    @staticmethod
+    def _download_tail(conn: libvirt.virConnect, volume: libvirt.virStorageVol, max_bytes: int) -> bytes:
+        size = volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        offset = max(0, size - max_bytes)
+        if size == offset:
+            return b""
+        chunks: list[bytes] = []
+        stream = conn.newStream(0)
+        volume.download(stream, offset, size - offset, 0)
+        stream.recvAll(lambda _stream, data, _opaque: chunks.append(data), None)
+        stream.finish()
+        return b"".join(chunks)
+
+
+def kvm_usable(conn: libvirt.virConnect) -> bool:
+    """Whether KVM on this host is hardware virtualization, not just a /dev/kvm that QEMU can open.
+
+    Some nested sandboxes offer a /dev/kvm without VMX/SVM behind it; libvirt then lists kvm domains,
+    but a Linux guest takes minutes to boot under it where TCG takes seconds. So both must hold: libvirt
+    can run kvm domains, and the host CPU it reports has VMX or SVM.
+    """
+    try:
+        conn.getDomainCapabilities(None, domain_xml.ARCH, None, "kvm", 0)
+    except libvirt.libvirtError:
+        return False
+    host_cpu = ET.fromstring(conn.getCapabilities()).find("./host/cpu")  # noqa: S314 - libvirt's own XML
+    features = (
+        {feature.get("name") for feature in host_cpu.findall("feature")} if host_cpu is not None else set()
+    )
+    return bool(features & {"vmx", "svm"})

@@ -1,0 +1,342 @@
+"""The demo golden image: a Debian kernel, a busybox initramfs and a small qcow2 disk, built in seconds.
+
+Everything comes from Debian packages already on the machine (linux-image-amd64, busybox-static,
+e2fsprogs, qemu-utils), so `make demo` and the tests need no download and no debootstrap. The desktop
+boots straight into a screen that names the image and the desktop's label (see demo_init.sh).
+
+Builds are cached under `<cache_dir>/demo-<key>/`, where the key hashes every build input; a build goes
+into a temporary directory renamed into place when complete, so a directory that exists is a whole image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypervisor.base import BootImage
+from images import initramfs
+from images.config import ImageSettings
+
+log = logging.getLogger(__name__)
+
+NAME = "demo"
+HERE = Path(__file__).resolve().parent
+INIT_SCRIPT = HERE / "demo_init.sh"
+BOOT_DIR = Path("/boot")
+MODULES_ROOT = Path("/lib/modules")
+BUSYBOX = Path("/bin/busybox")
+# virtio disk and ext4 to mount the desktop's disk; crc32c is what ext4 checksums need, found at mount time
+# through the crypto API rather than as a module dependency.
+KERNEL_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+# console=ttyS0 keeps kernel errors in the serial log; tty0 (the VGA text console, last so it is
+# /dev/console) is what VNC shows. consoleblank=0: an idle desktop must keep showing its banner.
+CMDLINE = "console=ttyS0 console=tty0 consoleblank=0 quiet"
+DISK_SIZE_BYTES = 32 * 1024 * 1024
+MARKER = "etc/smartwork-image"
+FILES = {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2", "manifest": "manifest.json"}
+BANNER_TEXT = "SMARTWORK-VDI"
+
+
+class ImageError(Exception):
+    """An image could not be built or found; the message names the file, tool or package involved."""
+
+
+class ImageNotBuilt(ImageError):
+    """The image for the current build inputs is not in the cache."""
+
+
+@dataclass(frozen=True)
+class DemoImage:
+    version: str
+    directory: Path
+    name: str = NAME
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / FILES["kernel"]
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / FILES["initrd"]
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / FILES["disk"]
+
+    def boot_image(self) -> BootImage:
+        return BootImage(
+            name=self.name,
+            version=self.version,
+            disk=self.disk,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            cmdline=CMDLINE,
+        )
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build reads from the machine; their hash is the image version."""
+
+    kernel_version: str
+    kernel: Path
+    busybox_version: str
+
+    @property
+    def modules_dir(self) -> Path:
+        return MODULES_ROOT / self.kernel_version
+
+    def cache_key(self) -> str:
+        digest = hashlib.sha256()
+        for source in (Path(__file__), Path(initramfs.__file__), INIT_SCRIPT):
+            digest.update(source.read_bytes())
+        digest.update(f"\0{self.kernel_version}\0{self.busybox_version}\0".encode())
+        # Debian can rebuild a kernel without changing its ABI version; the bytes tell the builds apart.
+        for binary in (self.kernel, BUSYBOX):
+            digest.update(_sha256_file(binary).encode())
+        return digest.hexdigest()[:16]
+
+
+def build_demo_image(settings: ImageSettings, force: bool = False) -> DemoImage:
+    """The demo image for this machine's kernel and busybox, built unless cached (or always with force)."""
+    inputs = discover_inputs()
+    key = inputs.cache_key()
+    target = settings.cache_dir / f"{NAME}-{key}"
+    if not force and _is_complete(target):
+        log.debug("demo image %s cached in %s", key, target)
+        return DemoImage(version=key, directory=target)
+    started = time.monotonic()
+    settings.cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-{key}.", dir=settings.cache_dir))
+    try:
+        _build(inputs, key, staging)
+        _publish(staging, target, force)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("built demo image %s in %s (%.1f s)", key, target, time.monotonic() - started)
+    return DemoImage(version=key, directory=target)
+
+
+def find_demo_image(settings: ImageSettings) -> DemoImage:
+    """The cached demo image for this machine's build inputs; ImageNotBuilt if it has not been built."""
+    key = discover_inputs().cache_key()
+    target = settings.cache_dir / f"{NAME}-{key}"
+    if not _is_complete(target):
+        raise ImageNotBuilt(
+            f"demo image {key} is not built in {settings.cache_dir}; run `vdi image build-demo`"
+        )
+    return DemoImage(version=key, directory=target)
+
+
+def discover_inputs() -> BuildInputs:
+    kernel_version = _newest_kernel_version()
+    return BuildInputs(
+        kernel_version=kernel_version,
+        kernel=BOOT_DIR / f"vmlinuz-{kernel_version}",
+        busybox_version=_busybox_version(),
+    )
+
+
+def _newest_kernel_version() -> str:
+    versions = [
+        path.name.removeprefix("vmlinuz-")
+        for path in BOOT_DIR.glob("vmlinuz-*")
+        if (MODULES_ROOT / path.name.removeprefix("vmlinuz-") / "modules.dep").exists()
+    ]
+    if not versions:
+        raise ImageError(
+            f"no kernel with modules in {BOOT_DIR} and {MODULES_ROOT} (install linux-image-amd64)"
+        )
+    return max(versions, key=_version_key)
+
+
+def _version_key(version: str) -> list[tuple[int, str]]:
+    # "6.1.0-56-amd64" sorts after "6.1.0-9-amd64": compare the numeric parts as numbers.
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
+
+
+def _busybox_version() -> str:
+    if not BUSYBOX.exists():
+        raise ImageError(f"{BUSYBOX} not found (install busybox-static)")
+    result = subprocess.run([str(BUSYBOX)], capture_output=True, text=True, check=False)
+    first_line = (result.stdout or result.stderr).splitlines()[:1]
+    if not first_line or not first_line[0].startswith("BusyBox"):
+        raise ImageError(f"{BUSYBOX} does not look like busybox")
+    return first_line[0].split(" multi-call")[0]
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in FILES.values())
+
+
+def _build(inputs: BuildInputs, key: str, staging: Path) -> None:
+    _copy_world_readable(inputs.kernel, staging / FILES["kernel"])
+    initrd = staging / FILES["initrd"]
+    initrd.write_bytes(_initramfs(inputs, key))
+    initrd.chmod(0o644)
+    _make_disk(key, staging)
+    _write_manifest(inputs, key, staging)
+    # QEMU runs as libvirt-qemu, and the files get uploaded from here by whoever runs the broker.
+    staging.chmod(0o755)
+
+
+def _publish(staging: Path, target: Path, force: bool) -> None:
+    """Move a finished build into place; if another build got there first, keep that one (unless forced)."""
+    if force or (target.exists() and not _is_complete(target)):
+        _move_aside(target)
+    try:
+        staging.rename(target)
+    except OSError:
+        if not _is_complete(target):
+            raise ImageError(f"cannot move the built image into {target}") from None
+        log.info("another build of %s finished first; using it", target.name)
+
+
+def _move_aside(target: Path) -> None:
+    old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
+    try:
+        target.rename(old)
+    except FileNotFoundError:
+        return  # a concurrent forced build moved it first
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_world_readable(source: Path, target: Path) -> None:
+    try:
+        shutil.copyfile(source, target)
+    except OSError as exc:
+        raise ImageError(f"cannot copy {source}: {exc.strerror}") from None
+    target.chmod(0o644)
+
+
+def _initramfs(inputs: BuildInputs, key: str) -> bytes:
+    archive = initramfs.Archive()
+    for directory in (
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "etc",
+        "lib",
+        "lib/modules",
+        "mnt",
+        "mnt/disk",
+        "root",
+        "tmp",
+    ):
+        archive.directory(directory)
+    # The kernel opens /dev/console for init before any filesystem (devtmpfs) is mounted.
+    archive.char_device("dev/console", 5, 1)
+    archive.file("init", INIT_SCRIPT.read_bytes(), mode=0o755)
+    archive.file("bin/busybox", BUSYBOX.read_bytes(), mode=0o755)
+    archive.file("etc/smartwork-image", f"{key}\n".encode())
+    archive.file("etc/banner", render_banner(BANNER_TEXT).encode())
+    _add_modules(archive, inputs)
+    return archive.gzipped()
+
+
+def _add_modules(archive: initramfs.Archive, inputs: BuildInputs) -> None:
+    try:
+        files = initramfs.module_closure(inputs.modules_dir, KERNEL_MODULES)
+    except initramfs.ModuleNotAvailable as exc:
+        raise ImageError(f"kernel {inputs.kernel_version}: {exc}") from None
+    order = []
+    for relative in files:
+        name = Path(relative).name.split(".ko", 1)[0] + ".ko"
+        archive.file(f"lib/modules/{name}", initramfs.read_module(inputs.modules_dir / relative))
+        order.append(name)
+    archive.file("etc/modules.order", "".join(f"{name}\n" for name in order).encode())
+
+
+def _make_disk(key: str, staging: Path) -> None:
+    """An ext4 filesystem holding the marker file, converted to qcow2 (zero blocks cost nothing)."""
+    tree = staging / "disk-tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / MARKER).write_text(f"{NAME} {key}\n")
+    raw = staging / "disk.raw"
+    with raw.open("wb") as stream:
+        stream.truncate(DISK_SIZE_BYTES)
+    _run(
+        "mkfs.ext4",
+        "e2fsprogs",
+        ["-q", "-F", "-L", "smartwork-demo", "-d", str(tree), "-E", "root_owner=0:0", str(raw)],
+    )
+    disk = staging / FILES["disk"]
+    _run("qemu-img", "qemu-utils", ["convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
+    disk.chmod(0o644)
+    raw.unlink()
+    shutil.rmtree(tree)
+
+
+def _run(tool: str, package: str, args: list[str]) -> None:
+    if shutil.which(tool) is None:
+        raise ImageError(f"{tool} not found (install {package})")
+    result = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageError(f"{tool} failed with status {result.returncode}: {result.stderr.strip()[-500:]}")
+
+
+def _write_manifest(inputs: BuildInputs, key: str, staging: Path) -> None:
+    manifest = {
+        "name": NAME,
+        "version": key,
+        "kernel_version": inputs.kernel_version,
+        "busybox_version": inputs.busybox_version,
+        "cmdline": CMDLINE,
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": {
+            role: {
+                "name": name,
+                "bytes": (staging / name).stat().st_size,
+                "sha256": _sha256_file(staging / name),
+            }
+            for role, name in FILES.items()
+            if role != "manifest"
+        },
+    }
+    path = staging / FILES["manifest"]
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    path.chmod(0o644)
+
+
+# A 5-row block font for the banner; '#' becomes a full block (CP437 0xDB on the VGA text console).
+FONT = {
+    "S": [" ####", "#    ", " ### ", "    #", "#### "],
+    "M": ["#   #", "## ##", "# # #", "#   #", "#   #"],
+    "A": [" ### ", "#   #", "#####", "#   #", "#   #"],
+    "R": ["#### ", "#   #", "#### ", "#  # ", "#   #"],
+    "T": ["#####", "  #  ", "  #  ", "  #  ", "  #  "],
+    "W": ["#   #", "#   #", "# # #", "## ##", "#   #"],
+    "O": [" ### ", "#   #", "#   #", "#   #", " ### "],
+    "K": ["#   #", "#  # ", "###  ", "#  # ", "#   #"],
+    "-": ["   ", "   ", "###", "   ", "   "],
+    "V": ["#   #", "#   #", "#   #", " # # ", "  #  "],
+    "D": ["#### ", "#   #", "#   #", "#   #", "#### "],
+    "I": ["###", " # ", " # ", " # ", "###"],
+}
+
+
+def render_banner(text: str) -> str:
+    rows = [" ".join(FONT[char][row] for char in text).rstrip() for row in range(5)]
+    return "".join(row.replace("#", "\u2588") + "\n" for row in rows)

@@ -1,0 +1,87 @@
+#!/bin/busybox sh
+# PID 1 of the smartwork-vdi demo desktop (packed into its initramfs by images/demo.py).
+#
+# Its whole job is a screen a person (or a test) recognises at a glance through VNC: a big banner, the
+# desktop's label from the kernel command line, its host name and image version, then a shell.
+# It must never exit: when PID 1 exits the kernel panics and the screen shows a crash dump instead.
+
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=linux
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+# Keep late kernel messages from scribbling over the banner.
+dmesg -n 1
+# The label may contain '*' or '?'; word splitting of the command line must not glob.
+set -f
+
+# Value of NAME=VALUE on the kernel command line (parameters with a dot never reach init's environment).
+cmdline_value() {
+    for word in $(cat /proc/cmdline); do
+        case "$word" in "$1="*) echo "${word#*=}"; return ;; esac
+    done
+}
+
+# The driver URL-quotes the label so spaces and non-ASCII survive the command line; control characters
+# are dropped so a label cannot move the cursor or recolour the screen.
+decode_label() {
+    raw=$(cmdline_value vdi.label)
+    [ -n "$raw" ] && httpd -d "$raw" | tr -d '\000-\037\177'
+}
+
+# Insert the modules the image needs, in dependency order (busybox insmod does not resolve dependencies).
+load_modules() {
+    while read -r module; do
+        insmod "/lib/modules/$module" || return 1
+    done < /etc/modules.order
+}
+
+# virtio_blk probes asynchronously, so the device node may appear a moment after insmod returns.
+wait_for_disk() {
+    tries=0
+    while [ ! -b /dev/vda ]; do
+        tries=$((tries + 1))
+        [ "$tries" -gt 100 ] && return 1
+        sleep 0.1
+    done
+}
+
+mount_disk() {
+    if load_modules && wait_for_disk && mount -t ext4 /dev/vda /mnt/disk; then
+        echo "mounted, marker: $(cat /mnt/disk/etc/smartwork-image 2>/dev/null || echo missing)"
+    else
+        echo "not mounted"
+    fi
+}
+
+show_screen() {
+    # White on blue, cursor home, clear: the Linux console clears with the current background colour.
+    printf '\033[0;37;44m\033[H\033[2J\n\033[1;37m'
+    while IFS= read -r line; do printf '   %s\n' "$line"; done < /etc/banner
+    printf '\n\033[1;33m   Desktop : %s\033[0;37;44m\n' "$LABEL"
+    printf '   Host    : %s\n' "$(hostname)"
+    printf '   Image   : demo %s\n' "$VERSION"
+    printf '   Disk    : /dev/vda %s\n\n' "$DISK"
+}
+
+# Tests and the admin console wait for this line on the serial console instead of sleeping.
+report() {
+    echo "smartwork-vdi: $*" > /dev/ttyS0 2>/dev/null
+}
+
+LABEL=$(decode_label)
+DESKTOP=$(cmdline_value vdi.desktop)
+VERSION=$(cat /etc/smartwork-image)
+[ -n "$DESKTOP" ] && hostname "$DESKTOP"
+DISK=$(mount_disk 2>/dev/null)
+# Never blank the screen: a desktop left idle must still show who it belongs to.
+printf '\033[9;0]' > /dev/tty1
+show_screen > /dev/tty1
+report "desktop ready desktop=$DESKTOP image=demo/$VERSION disk=$DISK label=$LABEL"
+
+while true; do
+    PS1='\h:\w# ' setsid -c sh -i < /dev/tty1 > /dev/tty1 2>&1
+    # A shell that dies at once must not spin the CPU; then redraw the screen for the next one.
+    sleep 1
+    show_screen > /dev/tty1
+done

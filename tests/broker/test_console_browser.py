@@ -77,14 +77,14 @@ def console_stack(tmp_path, broker_server, fake_authenticator) -> Iterator[Conso
     gateway.stop()
 
 
-def sign_in(page, base_url: str, path: str) -> None:  # noqa: F811 - `page` is the fixture's object
+def sign_in(page, base_url: str, path: str) -> None:
     page.goto(base_url + path)
     page.get_by_label("사용자 ID").fill("kimmj")
     page.get_by_label("비밀번호").fill(PASSWORD)
     page.get_by_role("button", name="로그인").click()
 
 
-def test_console_connects_and_says_so(console_stack, page, rfb_peer):  # noqa: F811
+def test_console_connects_and_says_so(console_stack, page, rfb_peer):
     session_id, _ = seed_session(console_stack.db, "kimmj", "mois-office", vnc_port=rfb_peer.port)
     problems = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
@@ -106,7 +106,7 @@ def test_console_connects_and_says_so(console_stack, page, rfb_peer):  # noqa: F
     page.wait_for_url("**/desktops")
 
 
-def test_log_off_failure_is_announced_and_the_console_can_reconnect(console_stack, page, rfb_peer):  # noqa: F811
+def test_log_off_failure_is_announced_and_the_console_can_reconnect(console_stack, page, rfb_peer):
     session_id, _ = seed_session(console_stack.db, "kimmj", "mois-office", vnc_port=rfb_peer.port)
     sign_in(page, console_stack.base_url, f"/console/{session_id}")
     page.locator('#console-status[data-state="connected"]').wait_for()
@@ -119,7 +119,7 @@ def test_log_off_failure_is_announced_and_the_console_can_reconnect(console_stac
     assert rfb_peer.handshakes == 2
 
 
-def test_connect_error_is_announced_naming_the_host(console_stack, page):  # noqa: F811
+def test_connect_error_is_announced_naming_the_host(console_stack, page):
     sign_in(page, console_stack.base_url, "/login")
     page.wait_for_url("**/desktops")
     page.get_by_role("button", name="행정안전부 업무용 데스크톱 연결").click()
@@ -130,7 +130,7 @@ def test_connect_error_is_announced_naming_the_host(console_stack, page):  # noq
     assert page.get_by_role("button", name="행정안전부 업무용 데스크톱 연결").is_enabled()
 
 
-def test_keyboard_user_can_skip_to_the_main_content(console_stack, page):  # noqa: F811
+def test_keyboard_user_can_skip_to_the_main_content(console_stack, page):
     sign_in(page, console_stack.base_url, "/login")
     page.wait_for_url("**/desktops")
     page.keyboard.press("Tab")

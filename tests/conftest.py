@@ -8,3 +8,9 @@ pytest_plugins = [
     "tests.fixtures.broker",
     "tests.fixtures.e2e",
 ]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # Once Playwright's sync API starts it keeps an asyncio loop running in the main thread, and
+    # asyncio.run() then refuses to start; so every browser test runs after all the others.
+    items.sort(key=lambda item: "browser" in getattr(item, "fixturenames", ()))

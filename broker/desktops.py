@@ -501,7 +501,8 @@ class DesktopService:
             image=image,
             memory_mib=pool.memory_mib,
             vcpus=pool.vcpus,
-            label=f"{pool.display_name} / {user.display_name}",
+            # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
+            label=f"{pool.name} / {user.username}",
         )
         try:
             endpoint = await self._driver_call(desktop.host_name, "create_desktop", spec)

@@ -16,6 +16,8 @@ DEFAULT_CONFIG = os.environ.get("VDI_CONFIG", "/etc/smartwork-vdi/vdi.toml")
 def _setup_logging(config: Config | None) -> None:
     level = config.logging.level if config else "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic announces each of its plugins at INFO; the migrations it runs are what matters.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def cmd_broker(config: Config, args: argparse.Namespace) -> int:

@@ -23,6 +23,6 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
     ensure_sqlite_directory(url)
     command.upgrade(alembic_config(url), revision)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from ldap3 import BASE, NONE, Connection, Server
+from ldap3 import BASE, MODIFY_ADD, NONE, Connection, Server
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import parse_dn
 
@@ -78,6 +78,16 @@ _POLL_INTERVAL_S = 0.02
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
+@dataclass(frozen=True)
+class SlapdTls:
+    """Serve StartTLS on the ldap:// port and ldaps:// on `ldaps_port` with this certificate (vdi/lab/pki.py)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    ldaps_port: int
+
+
 class SlapdError(RuntimeError):
     """The lab's slapd could not be prepared, started or stopped; the message says what and where to look."""
 
@@ -132,8 +142,11 @@ def _process_state(pid: int) -> str | None:
 class Slapd:
     """One lab slapd: `ldap://127.0.0.1:<port>/` serving `suffix` from files in `state_dir`."""
 
-    def __init__(self, state_dir: Path, port: int, suffix: str = DEFAULT_SUFFIX) -> None:
+    def __init__(
+        self, state_dir: Path, port: int, suffix: str = DEFAULT_SUFFIX, tls: SlapdTls | None = None
+    ) -> None:
         suffix_dc(suffix)  # reject a bad suffix now rather than in slapadd's output
+        self.tls = tls
         # Absolute, because the config path on slapd's command line is how stop() recognises our process.
         self.state_dir = Path(state_dir).resolve()
         self.port = port
@@ -145,6 +158,10 @@ class Slapd:
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def ldaps_url(self) -> str | None:
+        return f"ldaps://127.0.0.1:{self.tls.ldaps_port}" if self.tls else None
 
     @property
     def root_dn(self) -> str:
@@ -242,7 +259,8 @@ class Slapd:
         self._slapadd()
 
     def _render_conf(self, root_password_hash: str) -> str:
-        return Template(CONF_TEMPLATE.read_text(encoding="utf-8")).substitute(
+        # TLS directives are global, so they go before the database section of the template.
+        return self._tls_conf() + Template(CONF_TEMPLATE.read_text(encoding="utf-8")).substitute(
             schema_dir=SCHEMA_DIR,
             module_dir=MODULE_DIR,
             pid_file=self.pid_file,
@@ -252,6 +270,20 @@ class Slapd:
             root_password_hash=root_password_hash,
             db_dir=self._db_dir,
         )
+
+    def _tls_conf(self) -> str:
+        if self.tls is None:
+            return ""
+        t = self.tls
+        return f'TLSCertificateFile "{t.cert_file}"\nTLSCertificateKeyFile "{t.key_file}"\nTLSCACertificateFile "{t.ca_file}"\n'
+
+    def add_certificate(self, uid: str, der: bytes) -> None:
+        """Store a user's certificate in `userCertificate;binary` (certificate login, mapping userCertificate)."""
+        server = Server(self.url, connect_timeout=2, get_info=NONE)
+        dn = f"uid={uid},ou=people,{self.suffix}"
+        with Connection(server, self.root_dn, self.root_password(), auto_bind=True, receive_timeout=5) as c:
+            if not c.modify(dn, {"userCertificate;binary": [(MODIFY_ADD, [der])]}):
+                raise SlapdError(f"could not add a certificate to {dn}: {c.result['description']}")
 
     def _slapadd(self) -> None:
         # -q: skip consistency checks; the database is new and the LDIF ours, and it is several times faster.
@@ -265,7 +297,8 @@ class Slapd:
         # `-d stats` keeps slapd in the foreground writing to our log file: without -d it reports start-up
         # failures (port taken, bad config) only to syslog, which the lab does not have. A new session keeps a
         # Ctrl-C meant for `vdi demo` from reaching it; the demo stops it through stop().
-        command = [str(SLAPD), "-d", "stats", "-h", f"{self.url}/", "-f", str(self.conf_file)]
+        urls = f"{self.url}/ {self.ldaps_url}/" if self.tls else f"{self.url}/"
+        command = [str(SLAPD), "-d", "stats", "-h", urls, "-f", str(self.conf_file)]
         # The log names users and their searches: owner-only, like everything else here.
         with os.fdopen(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             self._process = subprocess.Popen(

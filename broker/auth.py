@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -18,11 +19,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import errors
+from broker import login_security as guard
 from broker.db import Database
 from broker.db.models import AuditEvent, PortalSession, User, utcnow
-from monitoring.metrics import LOGINS, LoginResult
+from broker.revocation import Revoked, revoke_user_sessions
+from monitoring.metrics import (
+    LOCKOUTS,
+    LOGINS,
+    SESSIONS_ACTIVE,
+    SESSIONS_REVOKED,
+    TOTP_VERIFICATIONS,
+    LoginResult,
+    RevocationCause,
+    TotpResult,
+)
 from sso.base import Authenticator, AuthError, Identity
 from sso.base import DirectoryUnavailable as DirectoryDown
+from sso.config import LockoutSettings, TotpSettings
+from sso.lockout import normalize_username
+from sso.totp import SecretBox, TotpError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +82,13 @@ def login_result(exc: AuthError) -> LoginResult:
 
 
 def record_login(
-    db: Session, identity: Identity, id_hash: str, method: str, client_ip: str, lifetime_s: int
+    db: Session,
+    identity: Identity,
+    id_hash: str,
+    method: str,
+    client_ip: str,
+    lifetime_s: int,
+    audit_detail: dict | None = None,
 ) -> None:
     now = utcnow()
     user = db.get(User, identity.username) or User(username=identity.username)
@@ -88,16 +109,19 @@ def record_login(
             expires_at=now + dt.timedelta(seconds=lifetime_s),
         )
     )
-    db.add(audit_login(identity.username, "success", client_ip, method, "authenticated"))
+    db.add(audit_login(identity.username, "success", client_ip, method, "authenticated", audit_detail))
 
 
-def audit_login(actor: str, result: str, client_ip: str, method: str, reason: str) -> AuditEvent:
+def audit_login(
+    actor: str, result: str, client_ip: str, method: str, reason: str, extra: dict | None = None
+) -> AuditEvent:
+    # `extra`: e.g. a certificate login's serial and issuer.
     return AuditEvent(
         actor=actor[:128],
         action="login",
         result=result,
         source_ip=client_ip,
-        detail={"method": method, "reason": reason},
+        detail={**(extra or {}), "method": method, "reason": reason},
     )
 
 
@@ -129,22 +153,199 @@ def revoke(db: Session, id_hash: str, client_ip: str) -> str | None:
     return portal_session.username
 
 
-class PortalAuth:
-    """Logs users in and out and resolves a cookie's session id to the user."""
+def in_networks(client_ip: str, networks: list[str]) -> bool:
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
-    def __init__(self, db: Database, authenticator: Authenticator, session_lifetime_s: int) -> None:
+
+class PortalAuth:
+    """Logs users in (password, then TOTP where policy asks) and out, and resolves cookies to users.
+
+    Order of a password login: lock check (before the directory sees the password) → authenticate →
+    count a failure or → second factor by policy → portal session. Every outcome is audited.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        authenticator: Authenticator,
+        session_lifetime_s: int,
+        *,
+        lockout: LockoutSettings | None = None,
+        totp: TotpSettings | None = None,
+        totp_key: str = "",
+    ) -> None:
         self.db = db
         self.authenticator = authenticator
         self.session_lifetime_s = session_lifetime_s
+        self.lockout = lockout or LockoutSettings()
+        self.totp = totp or TotpSettings()
+        self.secret_box = SecretBox(totp_key or secrets.token_hex(32))
+
+    # -- the password step ----------------------------------------------------------------------
 
     async def login(self, username: str, password: str, client_ip: str) -> tuple[PortalUser, str]:
-        """Authenticate and open a portal session; return the user and the new session id."""
+        """Authenticate and open a portal session; return the user and the new session id.
+
+        Raises TotpRequired (with a pending-login id) when policy asks for a second factor.
+        """
         method = self.authenticator.method
+        user_key = normalize_username(username)
+        await self._check_locks(user_key, username, client_ip, method)
         try:
             identity = await self.authenticator.authenticate(username, password)
         except AuthError as exc:
             await self._refused(username, client_ip, method, exc)
             raise login_refusal(exc) from None
+        if self.totp_required(client_ip):
+            await self._ask_for_totp(identity, method, client_ip)
+        return await self._open_session(identity, method, client_ip)
+
+    def totp_required(self, client_ip: str) -> bool:
+        return self.totp.required_outside_centers and not self.inside_center(client_ip)
+
+    def inside_center(self, client_ip: str) -> bool:
+        return in_networks(client_ip, self.totp.center_networks)
+
+    async def _check_locks(self, user_key: str, username: str, client_ip: str, method: str) -> None:
+        user_wait, source_wait = await self.db.run(
+            partial(guard.lock_waits, user_key=user_key, client_ip=client_ip, now=utcnow())
+        )
+        if not (user_wait or source_wait):
+            return
+        reason = "source address locked" if source_wait else "user locked"
+        LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+        log.warning(
+            "login refused: user=%r method=%s ip=%s reason=%s", username[:128], method, client_ip, reason
+        )
+        await self._audit(username, LoginResult.FAILURE.value, client_ip, method, reason)
+        raise guard.SourceLocked(source_wait) if source_wait else guard.AccountLocked()
+
+    async def _count_failure(self, username: str, client_ip: str) -> None:
+        locked = await self.db.run(
+            partial(
+                guard.count_failure,
+                settings=self.lockout,
+                user_key=normalize_username(username),
+                client_ip=client_ip,
+                now=utcnow(),
+            )
+        )
+        for kind in locked:
+            LOCKOUTS.labels(kind=kind).inc()
+            log.warning(
+                "lockout: %s %r locked for %d s",
+                kind,
+                username[:128] if kind == "user" else client_ip,
+                self.lockout.lock_s,
+            )
+            await self._audit(username, "locked", client_ip, "lockout", f"{kind} locked")
+
+    # -- the TOTP step --------------------------------------------------------------------------
+
+    async def _ask_for_totp(self, identity: Identity, method: str, client_ip: str) -> None:
+        if not await self.db.run(partial(guard.is_enrolled, username=identity.username)):
+            reason = "password ok; no TOTP enrolled, enrolment only inside a center"
+            await self._audit(identity.username, LoginResult.FAILURE.value, client_ip, method, reason)
+            LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+            raise guard.TotpEnrolmentRequired()
+        pending = new_session_id()
+        expires_at = utcnow() + dt.timedelta(seconds=self.totp.pending_ttl_s)
+        await self.db.run(
+            partial(
+                guard.store_pending,
+                identity=identity,
+                id_hash=hash_session_id(pending),
+                method=method,
+                client_ip=client_ip,
+                expires_at=expires_at,
+            )
+        )
+        await self._audit(identity.username, "pending", client_ip, method, "password ok; TOTP code required")
+        raise guard.TotpRequired(pending)
+
+    async def login_totp(self, pending: str, code: str, client_ip: str) -> tuple[PortalUser, str]:
+        """Finish a pending login with its TOTP code; return the user and the new session id."""
+        id_hash = hash_session_id(pending)
+        identity = await self.db.run(
+            partial(guard.load_pending, id_hash=id_hash, client_ip=client_ip, now=utcnow())
+        )
+        if identity is None:
+            TOTP_VERIFICATIONS.labels(result=TotpResult.EXPIRED.value).inc()
+            await self._audit(
+                "", LoginResult.FAILURE.value, client_ip, "totp", "unknown or expired pending login"
+            )
+            raise guard.PendingLoginExpired()
+        await self._check_locks(
+            normalize_username(identity.username), identity.username, client_ip, self.authenticator.method
+        )
+        try:
+            await self.db.run(
+                partial(
+                    guard.check_code, box=self.secret_box, username=identity.username, code=code, now=utcnow()
+                )
+            )
+        except TotpError as exc:
+            await self._totp_refused(identity.username, client_ip, exc)
+            raise guard.InvalidTotp() from None
+        TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
+        await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
+        return await self._open_session(identity, "password+totp", client_ip)
+
+    async def _totp_refused(self, username: str, client_ip: str, exc: TotpError) -> None:
+        TOTP_VERIFICATIONS.labels(result=exc.result).inc()
+        LOGINS.labels(method=self.authenticator.method, result=LoginResult.FAILURE.value).inc()
+        log.warning("login refused: user=%r method=totp ip=%s reason=%s", username, client_ip, exc.reason)
+        await self._audit(username, LoginResult.FAILURE.value, client_ip, "totp", exc.reason)
+        # A wrong code counts like a wrong password: guessing six digits must hit the same lock.
+        await self._count_failure(username, client_ip)
+
+    # -- enrolment (only from inside a center: the place where the user's identity is vouched for) --
+
+    def enrolment_allowed(self, client_ip: str) -> bool:
+        return self.inside_center(client_ip)
+
+    async def start_enrolment(self, user: PortalUser, client_ip: str) -> str:
+        """A fresh secret for the user's app, stored unconfirmed; returns its otpauth:// URI."""
+        from sso.totp import new_secret, provisioning_uri
+
+        secret = new_secret()
+        await self.db.run(
+            partial(guard.start_enrolment, box=self.secret_box, username=user.username, secret=secret)
+        )
+        await self._audit(
+            user.username, "started", client_ip, "totp", "enrolment started", action="totp_enrol"
+        )
+        return provisioning_uri(secret, user.username, self.totp.issuer)
+
+    async def confirm_enrolment(self, user: PortalUser, code: str, client_ip: str) -> None:
+        try:
+            await self.db.run(
+                partial(
+                    guard.confirm_enrolment,
+                    box=self.secret_box,
+                    username=user.username,
+                    code=code,
+                    now=utcnow(),
+                )
+            )
+        except TotpError as exc:
+            TOTP_VERIFICATIONS.labels(result=exc.result).inc()
+            await self._audit(user.username, "failure", client_ip, "totp", exc.reason, action="totp_enrol")
+            raise guard.InvalidTotp() from None
+        TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
+        await self._audit(
+            user.username, "success", client_ip, "totp", "enrolment confirmed", action="totp_enrol"
+        )
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def _open_session(
+        self, identity: Identity, method: str, client_ip: str, audit_detail: dict | None = None
+    ) -> tuple[PortalUser, str]:
         session_id = new_session_id()
         await self.db.run(
             partial(
@@ -154,11 +355,31 @@ class PortalAuth:
                 method=method,
                 client_ip=client_ip,
                 lifetime_s=self.session_lifetime_s,
+                audit_detail=audit_detail,
             )
         )
-        LOGINS.labels(method=method, result=LoginResult.SUCCESS.value).inc()
+        await self.db.run(partial(guard.reset_user, user_key=normalize_username(identity.username)))
+        counted = "certificate" if method == "certificate" else self.authenticator.method
+        LOGINS.labels(method=counted, result=LoginResult.SUCCESS.value).inc()
         log.info("login succeeded: user=%s method=%s ip=%s", identity.username, method, client_ip)
         return PortalUser(identity.username, identity.display_name, list(identity.groups), method), session_id
+
+    async def login_certificate(
+        self, identity: Identity, client_ip: str, certificate: dict
+    ) -> tuple[PortalUser, str]:
+        """A portal session for a user a validated certificate mapped to (sso/cert_auth.py); no password step,
+        so no lockout or TOTP: the certificate's private key is the strong factor."""
+        return await self._open_session(identity, "certificate", client_ip, certificate)
+
+    async def certificate_refused(self, client_ip: str, exc: AuthError, certificate: dict) -> None:
+        """Audit a refused certificate login with its serial and issuer (when the certificate parsed)."""
+        result = login_result(exc)
+        LOGINS.labels(method="certificate", result=result.value).inc()
+        log.warning(
+            "certificate login refused: ip=%s certificate=%s reason=%s", client_ip, certificate, exc.reason
+        )
+        event = audit_login("", result.value, client_ip, "certificate", exc.reason, certificate)
+        await self.db.run(lambda db: db.add(event))
 
     async def _refused(self, username: str, client_ip: str, method: str, exc: AuthError) -> None:
         result = login_result(exc)
@@ -167,7 +388,16 @@ class PortalAuth:
         log.warning(
             "login refused: user=%r method=%s ip=%s reason=%s", username[:128], method, client_ip, exc.reason
         )
-        event = audit_login((username or "").strip(), result.value, client_ip, method, exc.reason)
+        await self._audit(username, result.value, client_ip, method, exc.reason)
+        if exc.status == 401:
+            # A directory outage is nobody's guess: only refused credentials count towards a lock.
+            await self._count_failure(username, client_ip)
+
+    async def _audit(
+        self, username: str, result: str, client_ip: str, method: str, reason: str, action: str = "login"
+    ) -> None:
+        event = audit_login((username or "").strip(), result, client_ip, method, reason)
+        event.action = action
         await self.db.run(lambda db: db.add(event))
 
     async def user_for(self, session_id: str | None) -> PortalUser | None:
@@ -175,11 +405,37 @@ class PortalAuth:
             return None
         return await self.db.run(partial(load_user, id_hash=hash_session_id(session_id)))
 
-    async def logout(self, session_id: str | None, client_ip: str) -> None:
+    async def logout(self, session_id: str | None, client_ip: str) -> str | None:
+        """End this one portal session (also used to drop an old cookie at a new login); returns its user."""
         if not session_id:
-            return
+            return None
         username = await self.db.run(
             partial(revoke, id_hash=hash_session_id(session_id), client_ip=client_ip)
         )
         if username:
             log.info("logout: user=%s ip=%s", username, client_ip)
+        return username
+
+    async def sign_out(self, session_id: str | None, client_ip: str) -> None:
+        """Single sign-out: this session, then every other session of the user and their consoles."""
+        username = await self.logout(session_id, client_ip)
+        if username:
+            await self.revoke_user(username, username, RevocationCause.LOGOUT, client_ip)
+
+    async def revoke_user(self, username: str, actor: str, cause: RevocationCause, client_ip: str) -> Revoked:
+        revoked = await self.db.run(
+            partial(
+                revoke_user_sessions, username=username, actor=actor, cause=cause.value, client_ip=client_ip
+            )
+        )
+        SESSIONS_REVOKED.labels(cause=cause.value).inc(revoked.portal_sessions + revoked.desktop_sessions)
+        SESSIONS_ACTIVE.dec(revoked.desktop_sessions)
+        log.info(
+            "sessions revoked: user=%s by=%s cause=%s portal=%d desktop=%d",
+            username,
+            actor,
+            cause.value,
+            revoked.portal_sessions,
+            revoked.desktop_sessions,
+        )
+        return revoked

@@ -19,6 +19,7 @@ from tornado.netutil import bind_sockets
 
 from broker.db import Database
 from gateway.relay import ConsoleRelay, TunnelRegistry
+from gateway.session_watch import SessionWatch
 from vdi.config import Config
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class GatewayApplication(tornado.web.Application):
 
     def __init__(self, config: Config, db: Database) -> None:
         self.tunnels = TunnelRegistry()
+        self.session_watch = SessionWatch(self.tunnels, db)
+        self.tunnels.on_add = self.session_watch.ensure_started
         relay_args = {"settings": config.gateway, "db": db, "tunnels": self.tunnels}
         console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]
@@ -142,6 +145,7 @@ def _stop_on_signals() -> asyncio.Event:
 async def shutdown(app: GatewayApplication, server: HTTPServer, db: Database) -> None:
     log.info("gateway stopping: closing %d tunnel(s)", len(app.tunnels))
     server.stop()
+    app.session_watch.stop()
     await app.tunnels.close_all("gateway shutting down", timeout_s=SHUTDOWN_GRACE_S)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=SHUTDOWN_GRACE_S)

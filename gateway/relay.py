@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
@@ -84,9 +85,13 @@ class TunnelRegistry:
 
     def __init__(self) -> None:
         self._by_session: dict[str, set[ConsoleRelay]] = {}
+        # Called at every new tunnel; the gateway starts its session watch from here, on the running loop.
+        self.on_add: Callable[[], None] | None = None
 
     def add(self, relay: ConsoleRelay) -> None:
         self._by_session.setdefault(relay.session_id, set()).add(relay)
+        if self.on_add is not None:
+            self.on_add()
 
     def discard(self, relay: ConsoleRelay) -> None:
         relays = self._by_session.get(relay.session_id)

@@ -1,0 +1,35 @@
+"""/api/v1/admin/users/{username}/revoke-sessions: an administrator signs a user out everywhere."""
+
+from __future__ import annotations
+
+from broker import errors
+from broker.apihandlers.base import APIHandler
+from broker.auth import PortalUser
+from broker.revocation import user_exists
+from monitoring.metrics import RevocationCause
+
+USERNAME = r"[^/]{1,128}"
+
+
+class AdminAPIHandler(APIHandler):
+    def require_admin(self) -> PortalUser:
+        user = self.require_user()
+        if not set(user.groups) & {group.lower() for group in self.config.broker.admin_groups}:
+            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
+        return user
+
+
+class RevokeSessionsAPIHandler(AdminAPIHandler):
+    async def post(self, username: str) -> None:
+        admin = self.require_admin()
+        if not await self.db.run(lambda db: user_exists(db, username)):
+            raise errors.NotFound(f"There is no user {username!r} known to the broker.", field="username")
+        revoked = await self.portal_auth.revoke_user(
+            username, admin.username, RevocationCause.ADMIN, self.client_ip
+        )
+        self.write_json({"username": username, "revoked": revoked.as_json()})
+
+
+default_handlers = [
+    (rf"/api/v1/admin/users/({USERNAME})/revoke-sessions", RevokeSessionsAPIHandler),
+]

@@ -1,0 +1,196 @@
+"""Database side of lockout, the TOTP second factor and pending logins (policy lives in sso/).
+
+Every function here runs in Database.run's worker thread, inside one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from broker import errors
+from broker.db.models import LoginThrottle, PendingLogin, TotpCredential
+from sso import lockout
+from sso.base import Identity
+from sso.config import LockoutSettings
+from sso.totp import SecretBox, TotpError, verify
+
+# -- errors the login flow answers with ---------------------------------------------------------------
+
+
+class AccountLocked(errors.InvalidCredentials):
+    """A locked user name: the very answer a wrong password gets, so a lock reveals nothing."""
+
+
+class SourceLocked(errors.LoginRefused):
+    """Too many failures from one address: 429 with Retry-After (RFC 6585 section 4)."""
+
+    status = 429
+    reason = "too_many_attempts"
+    message = "Too many failed sign-in attempts from this address. Please try again later."
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__()
+        self.retry_after_s = retry_after_s
+
+
+class TotpRequired(errors.LoginRefused):
+    """The password was right; the login waits for a TOTP code on POST /api/v1/login/totp."""
+
+    reason = "totp_required"
+    message = "Enter the code from your authenticator app."
+
+    def __init__(self, pending: str) -> None:
+        super().__init__()
+        self.pending = pending
+
+    def as_json(self) -> dict:
+        body = super().as_json()
+        body["error"]["pending"] = self.pending
+        return body
+
+
+class TotpEnrolmentRequired(errors.LoginRefused):
+    status = 403
+    reason = "totp_enrolment_required"
+    message = (
+        "Sign-in from outside a smart work center needs a second factor. "
+        "Enrol an authenticator app at a smart work center first."
+    )
+
+
+class InvalidTotp(errors.LoginRefused):
+    reason = "invalid_totp"
+    message = "The code is not valid. Enter the current code from your authenticator app."
+
+
+class PendingLoginExpired(errors.LoginRefused):
+    reason = "login_expired"
+    message = "The sign-in took too long. Please start again."
+
+
+# -- lockout counters -----------------------------------------------------------------------------
+
+
+def _counter(db: Session, kind: str, key: str, now: dt.datetime) -> LoginThrottle:
+    """The counter row, created if missing, locked for this transaction.
+
+    Two brokers may count the first failure of a key at once: INSERT … ON CONFLICT DO NOTHING lets both
+    go on (a plain INSERT would fail one of them). The insert also takes SQLite's write lock, and FOR
+    UPDATE the row lock on PostgreSQL, so the read-modify-write that follows loses no count.
+    """
+    insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
+    db.execute(
+        insert(LoginThrottle)
+        .values(kind=kind, key=key, failures=0, window_started_at=now)
+        .on_conflict_do_nothing()
+    )
+    return db.get(LoginThrottle, (kind, key), with_for_update=True, populate_existing=True)
+
+
+def lock_waits(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> tuple[int, int]:
+    """Seconds the user name and the source address stay locked (0 = not locked)."""
+    user = db.get(LoginThrottle, (lockout.USER, user_key))
+    source = db.get(LoginThrottle, (lockout.SOURCE, client_ip))
+    return lockout.seconds_locked(user, now), lockout.seconds_locked(source, now)
+
+
+def count_failure(
+    db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
+) -> list[str]:
+    """Count a failed login against the user name and the address; return the kinds it newly locked."""
+    locked = []
+    for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip)):
+        if key and lockout.record_failure(_counter(db, kind, key, now), kind, settings, now):
+            locked.append(kind)
+    return locked
+
+
+def reset_user(db: Session, user_key: str) -> None:
+    db.execute(delete(LoginThrottle).where(LoginThrottle.kind == lockout.USER, LoginThrottle.key == user_key))
+
+
+# -- pending logins -------------------------------------------------------------------------------
+
+
+def store_pending(
+    db: Session, identity: Identity, id_hash: str, method: str, client_ip: str, expires_at: dt.datetime
+) -> None:
+    db.add(
+        PendingLogin(
+            id_hash=id_hash,
+            username=identity.username,
+            display_name=identity.display_name,
+            groups=list(identity.groups),
+            method=method,
+            client_ip=client_ip,
+            expires_at=expires_at,
+        )
+    )
+
+
+def load_pending(db: Session, id_hash: str, client_ip: str, now: dt.datetime) -> Identity | None:
+    """The identity waiting for its code; bound to the address that gave the password."""
+    db.execute(delete(PendingLogin).where(PendingLogin.expires_at <= now))
+    row = db.get(PendingLogin, id_hash)
+    if row is None or row.client_ip != client_ip:
+        return None
+    return Identity(row.username, row.display_name, "", list(row.groups or []))
+
+
+def drop_pending(db: Session, id_hash: str) -> None:
+    db.execute(delete(PendingLogin).where(PendingLogin.id_hash == id_hash))
+
+
+# -- TOTP credentials -----------------------------------------------------------------------------
+
+
+def is_enrolled(db: Session, username: str) -> bool:
+    row = db.get(TotpCredential, username)
+    return row is not None and row.confirmed_at is not None
+
+
+def check_code(db: Session, box: SecretBox, username: str, code: str, now: dt.datetime) -> None:
+    """Verify a code of a confirmed credential and use up its time step; raises TotpError."""
+    row = db.get(TotpCredential, username)
+    if row is None or row.confirmed_at is None:
+        raise TotpError("invalid", "no confirmed TOTP credential")
+    _use_step(db, row, verify(box.open(username, row.secret_encrypted), code, row.last_used_step, now))
+
+
+def _use_step(db: Session, row: TotpCredential, step: int) -> None:
+    # The conditional UPDATE is the replay guard between brokers: of two logins racing with one code,
+    # exactly one moves last_used_step forward.
+    used = db.execute(
+        update(TotpCredential)
+        .where(
+            TotpCredential.username == row.username,
+            (TotpCredential.last_used_step.is_(None)) | (TotpCredential.last_used_step < step),
+        )
+        .values(last_used_step=step)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not used:
+        raise TotpError("replayed", "TOTP code already used")
+
+
+def start_enrolment(db: Session, box: SecretBox, username: str, secret: str) -> None:
+    """Store a new, unconfirmed secret; a confirmed one is kept until the new one is confirmed."""
+    row = db.get(TotpCredential, username)
+    if row is not None and row.confirmed_at is not None:
+        raise errors.Conflict("A second factor is already enrolled for this account.")
+    row = row or TotpCredential(username=username)
+    row.secret_encrypted, row.last_used_step = box.seal(username, secret), None
+    db.add(row)
+
+
+def confirm_enrolment(db: Session, box: SecretBox, username: str, code: str, now: dt.datetime) -> None:
+    row = db.get(TotpCredential, username)
+    if row is None or row.confirmed_at is not None:
+        raise TotpError("invalid", "no enrolment in progress")
+    _use_step(db, row, verify(box.open(username, row.secret_encrypted), code, row.last_used_step, now))
+    row.confirmed_at = now

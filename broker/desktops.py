@@ -30,11 +30,12 @@ from broker import errors
 from broker.auth import PortalUser
 from broker.config import PoolSettings
 from broker.db import Database
-from broker.db.models import AuditEvent, Desktop, Host, utcnow
+from broker.db.models import AuditEvent, Desktop, utcnow
 from broker.db.models import Session as DesktopSession
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
-from broker.placement import HostCandidate, PlacementEngine, PlacementRequest, claim_host
+from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
+from broker.placement.claim import HOLDING_STATES, ClaimLost, load_host_candidates, reserve
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, Driver, HypervisorError
 from hypervisor.base import HostUnreachable as DriverHostUnreachable
 from images.config import ImageSettings
@@ -44,6 +45,7 @@ from monitoring.metrics import (
     CONSOLE_TOKENS_ISSUED,
     DESKTOP_START_FAILURES,
     DESKTOPS_STARTED,
+    PLACEMENT_RETRIES,
     SESSIONS_ACTIVE,
     ConnectResult,
 )
@@ -51,9 +53,6 @@ from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
-# Desktops in these states occupy a slot on their host; "error" and "deleted" rows are history.
-HOLDING_STATES = ("provisioning", "running")
-CLAIM_ATTEMPTS = 3
 # A desktop still "provisioning" after this long belongs to a broker that died mid-start.
 STALE_PROVISIONING_S = 600
 DRIVER_THREADS = 4
@@ -205,27 +204,28 @@ def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | Non
 
 
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
-    counts = dict(
-        db.execute(
-            select(Desktop.host_name, func.count())
-            .where(Desktop.state.in_(HOLDING_STATES))
-            .group_by(Desktop.host_name)
-        ).all()
+    return load_host_candidates(db, host_names)
+
+
+def reserve_desktop(
+    db: Session, host: str, generation: int, desktop: Desktop, request: PlacementRequest
+) -> Desktop:
+    """Claim a slot on the host and record the desktop in one transaction; ClaimLost if the claim lost."""
+    return reserve(db, host, generation, request, desktop)[0]
+
+
+def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
+    """What placement needs of a pool; `image` is the "name:version" its desktops are cloned from."""
+    return PlacementRequest(
+        pool=pool.name,
+        memory_mib=pool.memory_mib,
+        vcpus=pool.vcpus,
+        image=image,
+        zone=pool.zone,
+        site=pool.site,
+        required_labels=tuple(sorted(pool.required_labels.items())),
+        max_per_host=pool.max_per_host,
     )
-    hosts = db.scalars(select(Host).where(Host.name.in_(host_names)).order_by(Host.name))
-    return [
-        HostCandidate(h.name, h.state, h.max_desktops, counts.get(h.name, 0), h.generation) for h in hosts
-    ]
-
-
-def reserve_desktop(db: Session, host: str, generation: int, desktop: Desktop) -> Desktop | None:
-    """Claim a slot on the host and record the desktop in one transaction; None if the claim lost."""
-    if not claim_host(db, host, generation):
-        return None
-    desktop.host_name = host
-    db.add(desktop)
-    db.flush()
-    return desktop
 
 
 def update_display(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> Desktop:
@@ -530,26 +530,30 @@ class DesktopService:
         )
 
     async def _place(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:
-        """Choose a host and claim a slot on it; a lost claim (another broker won) places again."""
-        request = PlacementRequest(pool=pool.name, memory_mib=pool.memory_mib, vcpus=pool.vcpus)
-        for attempt in range(1, CLAIM_ATTEMPTS + 1):
+        """Choose a host and claim a slot on it; a lost claim (another request won) places again."""
+        request = placement_request(pool, f"{image.name}:{image.version}")
+        attempts = self.config.placement.claim_attempts
+        for attempt in range(1, attempts + 1):
+            # Fresh figures every time: the database is the truth, and several brokers may place.
             candidates = await self.db.run(partial(load_candidates, host_names=sorted(self.drivers)))
             decision = self.placement.select(candidates, request)
             if decision.host is None:
                 raise errors.NoCapacity(decision.reason, detail=decision.reason, pool=pool.name)
             generation = next(c.generation for c in candidates if c.name == decision.host)
             row = self._new_desktop(user, pool, image)
-            desktop = await self.db.run(
-                partial(reserve_desktop, host=decision.host, generation=generation, desktop=row)
-            )
-            if desktop is not None:
-                return desktop
-            log.info(
-                "claim on host %s lost (attempt %d of %d); placing again",
-                decision.host,
-                attempt,
-                CLAIM_ATTEMPTS,
-            )
+            try:
+                return await self.db.run(
+                    partial(
+                        reserve_desktop,
+                        host=decision.host,
+                        generation=generation,
+                        desktop=row,
+                        request=request,
+                    )
+                )
+            except ClaimLost as lost:
+                PLACEMENT_RETRIES.inc()
+                log.info("%s (attempt %d of %d); placing again", lost, attempt, attempts)
         raise errors.PlacementConflict()
 
     def _new_desktop(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:

@@ -3,24 +3,32 @@
 Modelled on Nova's scheduler: each filter answers one question, each weigher returns one raw
 number that the engine normalises to [0, 1], multiplies and sums; the pick is random among the
 best few so that concurrent requests do not all race for the same host. The claim that follows
-is guarded by the host's generation number (optimistic concurrency).
+(broker.placement.claim) is guarded by the host's generation number (optimistic concurrency)
+and re-checks capacity in the same transaction.
+
+Every decision explains itself: which filter dropped which hosts, and the weights of the top
+candidates; "no capacity" names the reasons ("all 3 hosts in zone business are full").
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
-
-from broker.db.models import Host
 from broker.placement.base import HostCandidate, HostFilter, HostWeigher, PlacementRequest
+from broker.placement.claim import claim_host
+from broker.placement.config import PlacementSettings
+from broker.placement.filters import FILTERS
 from broker.placement.filters.capacity import DesktopCapacityFilter
 from broker.placement.filters.host_state import HostStateFilter
+from broker.placement.weighers import WEIGHERS
 from broker.placement.weighers.free_slots import FreeSlotsWeigher
+from monitoring.metrics import PLACEMENT_DURATION, PLACEMENTS, PlacementReason, PlacementResult
 
 __all__ = [
     "HostCandidate",
@@ -31,6 +39,27 @@ __all__ = [
 ]
 
 log = logging.getLogger("broker.placement")
+NAMES_SHOWN = 10
+NAMED_IN_REASON = 3
+
+
+@dataclass
+class FilterStep:
+    filter: str
+    reason: str
+    kept: int
+    dropped: list[str]
+
+    def describe(self) -> str:
+        note = f"{self.filter}: kept {self.kept} of {self.kept + len(self.dropped)}"
+        if self.dropped:
+            more = len(self.dropped) - NAMES_SHOWN
+            names = ", ".join(self.dropped[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+            note += f" (dropped as {self.reason}: {names})"
+        return note
+
+    def as_json(self) -> dict:
+        return {"filter": self.filter, "reason": self.reason, "kept": self.kept, "dropped": self.dropped}
 
 
 @dataclass
@@ -39,6 +68,19 @@ class PlacementDecision:
     explanation: list[str] = field(default_factory=list)
     reason: str = ""
     weights: dict[str, float] = field(default_factory=dict)
+    steps: list[FilterStep] = field(default_factory=list)
+    top: list[tuple[str, float]] = field(default_factory=list)
+    blocked_by: str = ""  # the filter that removed the last hosts, when none is left
+    duration_s: float = 0.0  # the engine's own time: filtering and weighing
+
+    def as_json(self) -> dict:
+        return {
+            "host": self.host,
+            "reason": self.reason or None,
+            "filters": [step.as_json() for step in self.steps],
+            "top_candidates": [{"host": name, "weight": round(w, 6)} for name, w in self.top],
+            "explanation": self.explanation,
+        }
 
 
 class PlacementEngine:
@@ -46,7 +88,7 @@ class PlacementEngine:
         self, filters: Sequence[HostFilter], weighers: Sequence[HostWeigher], best_of: int = 3, rng=None
     ) -> None:
         self.filters = list(filters)
-        self.weighers = list(weighers)
+        self.weighers = [w for w in weighers if w.multiplier]
         self.best_of = max(best_of, 1)
         self._rng = rng or random.SystemRandom()
 
@@ -54,19 +96,38 @@ class PlacementEngine:
     def default(cls) -> PlacementEngine:
         return cls([HostStateFilter(), DesktopCapacityFilter()], [FreeSlotsWeigher(1.0)])
 
+    @classmethod
+    def from_settings(cls, settings: PlacementSettings, rng=None) -> PlacementEngine:
+        filters = [FILTERS[name]() for name in settings.filters]
+        weighers = [WEIGHERS[name](multiplier) for name, multiplier in settings.weighers.items()]
+        return cls(filters, weighers, settings.best_of, rng)
+
     def select(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
+        started = time.perf_counter()
+        decision = self._decide(hosts, request)
+        decision.duration_s = time.perf_counter() - started
+        PLACEMENT_DURATION.observe(decision.duration_s)
+        result, reason = _outcome(decision, bool(hosts))
+        PLACEMENTS.labels(result=result.value, reason=reason.value).inc()
+        return decision
+
+    def explain(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
+        """The decision the engine would take now, without counting it in the metrics."""
+        return self._decide(hosts, request)
+
+    def _decide(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
         decision = PlacementDecision(host=None)
         remaining = self._filter(list(hosts), request, decision)
+        decision.explanation = [step.describe() for step in decision.steps]
         if not remaining:
-            decision.reason = _no_host_reason(hosts, decision)
+            decision.reason = no_host_reason(len(hosts), request, decision)
             log.info("placement for pool %s: no host (%s)", request.pool, decision.reason)
             return decision
         decision.weights = self._weigh(remaining, request)
-        ranked = sorted(remaining, key=lambda h: decision.weights[h.name], reverse=True)
-        top = ranked[: self.best_of]
-        decision.host = self._rng.choice(top).name
+        decision.top = heapq.nlargest(self.best_of, decision.weights.items(), key=itemgetter(1))
+        decision.host = self._rng.choice(decision.top)[0]
         decision.explanation.append(
-            "top candidates: " + ", ".join(f"{h.name}={decision.weights[h.name]:.3f}" for h in top)
+            "top candidates: " + ", ".join(f"{name}={weight:.3f}" for name, weight in decision.top)
         )
         log.info(
             "placement for pool %s: %s; %s", request.pool, decision.host, "; ".join(decision.explanation)
@@ -77,42 +138,60 @@ class PlacementEngine:
         self, hosts: list[HostCandidate], request: PlacementRequest, decision: PlacementDecision
     ) -> list[HostCandidate]:
         for host_filter in self.filters:
-            kept = [h for h in hosts if host_filter.host_passes(h, request)]
-            dropped = [h.name for h in hosts if h not in kept]
-            note = f"{host_filter.name}: kept {len(kept)} of {len(hosts)}"
-            if dropped:
-                note += f" (dropped as {host_filter.reason}: {', '.join(dropped[:10])}"
-                note += f" and {len(dropped) - 10} more)" if len(dropped) > 10 else ")"
-            decision.explanation.append(note)
+            if not host_filter.applies(request):
+                continue
+            kept = host_filter.filter_all(hosts, request)
+            dropped = _dropped_names(hosts, kept)
+            decision.steps.append(FilterStep(host_filter.name, host_filter.reason, len(kept), dropped))
             hosts = kept
             if not hosts:
+                decision.blocked_by = host_filter.name
                 break
         return hosts
 
     def _weigh(self, hosts: list[HostCandidate], request: PlacementRequest) -> dict[str, float]:
-        totals = dict.fromkeys((h.name for h in hosts), 0.0)
+        totals = [0.0] * len(hosts)
         for weigher in self.weighers:
-            raw = {h.name: weigher.weigh(h, request) for h in hosts}
-            low, high = min(raw.values()), max(raw.values())
-            span = high - low
-            for name, value in raw.items():
-                normalised = (value - low) / span if span else 0.0
-                totals[name] += weigher.multiplier * normalised
-        return totals
+            raw = weigher.weigh_all(hosts, request)
+            low, high = min(raw), max(raw)
+            if high == low:
+                continue  # every host scores the same: this weigher cannot tell them apart
+            scale = weigher.multiplier / (high - low)
+            totals = [total + (value - low) * scale for total, value in zip(totals, raw, strict=True)]
+        return {host.name: total for host, total in zip(hosts, totals, strict=True)}
 
 
-def _no_host_reason(hosts: Sequence[HostCandidate], decision: PlacementDecision) -> str:
-    if not hosts:
-        return "no hypervisor hosts are configured"
-    last = decision.explanation[-1] if decision.explanation else ""
-    return f"no host can take the desktop: of {len(hosts)} host(s), {last}"
+def _dropped_names(before: list[HostCandidate], kept: list[HostCandidate]) -> list[str]:
+    if len(kept) == len(before):
+        return []
+    kept_ids = set(map(id, kept))
+    return [host.name for host in before if id(host) not in kept_ids]
 
 
-def claim_host(session: Session, host_name: str, generation: int) -> bool:
-    """Take a slot on the host if nobody else has since we read it; False means retry placement."""
-    result = session.execute(
-        update(Host)
-        .where(Host.name == host_name, Host.generation == generation)
-        .values(generation=Host.generation + 1)
-    )
-    return result.rowcount == 1
+def _outcome(decision: PlacementDecision, any_hosts: bool) -> tuple[PlacementResult, PlacementReason]:
+    if decision.host is not None:
+        return PlacementResult.PLACED, PlacementReason.NONE
+    if not any_hosts:
+        return PlacementResult.NO_HOST, PlacementReason.NO_HOSTS
+    known = {reason.value: reason for reason in PlacementReason}
+    return PlacementResult.NO_HOST, known.get(decision.blocked_by, PlacementReason.OTHER)
+
+
+def _hosts(count: int) -> str:
+    return f"{count} host" if count == 1 else f"{count} hosts"
+
+
+def no_host_reason(total: int, request: PlacementRequest, decision: PlacementDecision) -> str:
+    """Why nothing is left, in words: the last filter first, then what the others dropped."""
+    if total == 0:
+        return "no hypervisor hosts are registered"
+    last = decision.steps[-1]
+    scope = request.scope() if any(step.filter == "labels" for step in decision.steps[:-1]) else ""
+    count = len(last.dropped)
+    if count == 1:
+        reason = f"the only host{scope}, {last.dropped[0]}, is {last.reason}"
+    else:
+        reason = f"all {count} hosts{scope} are {last.reason}"
+        reason += f" ({', '.join(last.dropped)})" if count <= NAMED_IN_REASON else ""
+    earlier = [f"{_hosts(len(step.dropped))} {step.reason}" for step in decision.steps[:-1] if step.dropped]
+    return reason + (f"; also {'; '.join(earlier)}" if earlier else "")

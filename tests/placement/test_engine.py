@@ -48,7 +48,7 @@ def test_full_and_down_hosts_are_dropped_and_named():
 def test_no_host_reason_says_why():
     decision = PlacementEngine.default().select([host("a", 10), host("b", 10)], REQUEST)
     assert decision.host is None
-    assert "of 2 host(s)" in decision.reason and "full" in decision.reason
+    assert decision.reason == "all 2 hosts are full (a, b)"
 
 
 def test_no_hosts_configured():
@@ -81,3 +81,77 @@ def test_claim_with_a_stale_generation_loses(db):
     with db.transaction() as session:
         assert not claim_host(session, "a", 0)
         assert session.scalar(select(Host.generation).where(Host.name == "a")) == 1
+
+
+def zoned(name, zone, desktops=0, max_desktops=2):
+    return HostCandidate(name, "up", max_desktops, desktops, 0, labels={"zone": zone})
+
+
+def configured_engine(**settings):
+    from broker.placement.config import PlacementSettings
+
+    return PlacementEngine.from_settings(PlacementSettings(**settings), rng=random.Random(1))
+
+
+def test_no_capacity_names_the_zone_and_what_else_was_dropped():
+    hosts = [zoned(f"b{i}", "business", desktops=2) for i in range(3)] + [zoned("i1", "internet")]
+    request = PlacementRequest(pool="mois-office", zone="business")
+    decision = configured_engine().select(hosts, request)
+    assert decision.host is None
+    assert decision.reason == (
+        "all 3 hosts in zone business are full (b0, b1, b2); "
+        "also 1 host outside the pool's zone, site or labels"
+    )
+
+
+def test_draining_host_gets_nothing_new():
+    hosts = [
+        HostCandidate("drain", "up", 10, 0, 0, admin_state="draining"),
+        HostCandidate("busy", "up", 10, 9, 0),
+    ]
+    assert configured_engine().select(hosts, REQUEST).host == "busy"
+
+
+def test_explanation_lists_filters_and_top_weights():
+    hosts = [HostCandidate(f"h{i}", "up", 10, i, 0) for i in range(5)] + [
+        HostCandidate("x", "down", 10, 0, 0)
+    ]
+    body = configured_engine(best_of=2).explain(hosts, REQUEST).as_json()
+    assert body["filters"][0] == {
+        "filter": "host_state",
+        "reason": "down, disabled or draining",
+        "kept": 5,
+        "dropped": ["x"],
+    }
+    assert [c["host"] for c in body["top_candidates"]] == ["h0", "h1"]
+    assert body["host"] in {"h0", "h1"}
+
+
+def test_pack_multipliers_fill_the_fullest_host_first():
+    hosts = [HostCandidate("empty", "up", 10, 0, 0), HostCandidate("half", "up", 10, 5, 0)]
+    engine = configured_engine(weighers={"desktop_count": -1.0}, best_of=1)
+    assert engine.select(hosts, REQUEST).host == "half"
+
+
+def test_decisions_are_counted_by_result_and_reason():
+    from prometheus_client import REGISTRY
+
+    def count(result, reason):
+        return REGISTRY.get_sample_value("vdi_placements_total", {"result": result, "reason": reason}) or 0
+
+    before = count("no_host", "capacity"), count("placed", "none")
+    engine = configured_engine()
+    engine.select([host("full", desktops=10)], REQUEST)
+    engine.select([host("room")], REQUEST)
+    assert (count("no_host", "capacity"), count("placed", "none")) == (before[0] + 1, before[1] + 1)
+
+
+def test_unknown_filter_or_weigher_is_a_config_error_naming_it():
+    from pydantic import ValidationError
+
+    from broker.placement.config import PlacementSettings
+
+    with pytest.raises(ValidationError, match="unknown filter 'ram'"):
+        PlacementSettings(filters=["ram"])
+    with pytest.raises(ValidationError, match="unknown weigher 'magic'"):
+        PlacementSettings(weighers={"magic": 1.0})

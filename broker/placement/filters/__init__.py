@@ -1,1 +1,11 @@
-"""Host filters, one per module."""
+"""Host filters, one per module, selected by name in `[placement] filters`."""
+
+from broker.placement.filters.anti_affinity import PoolAntiAffinityFilter
+from broker.placement.filters.capacity import DesktopCapacityFilter
+from broker.placement.filters.host_state import HostStateFilter
+from broker.placement.filters.labels import LabelAffinityFilter
+
+FILTERS = {
+    cls.name: cls
+    for cls in (HostStateFilter, LabelAffinityFilter, PoolAntiAffinityFilter, DesktopCapacityFilter)
+}

@@ -1,0 +1,420 @@
+"""Host inventory: add, change, drain and remove hypervisor hosts. The database is the truth.
+
+Hosts in the configuration file (`[[hosts]]`) seed the inventory when the broker starts (inserted
+once, never overwritten); after that, `vdi host ...` and /api/v1/hosts change it. Adding a host
+first connects to it and asks for its capabilities, so a typo in the URI is a 400 on `uri` and
+nothing is stored. Every change bumps the host's generation, so a claim decided on the old
+figures loses and is placed again, and every change is audited.
+
+Label rule: keys are lower-case words, ^[a-z][a-z0-9_-]{0,31}$; a key must be one of
+`[placement] label_keys` (default site, zone, gpu) unless `free_form_labels` is on (the
+default), in which case any key of that form is allowed. Values are short plain words,
+^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ (e.g. gpu=true, zone=business).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from broker import errors
+from broker.db.models import AuditEvent, Desktop, Host
+from broker.db.models import Session as DesktopSession
+from broker.placement.base import HostCandidate
+from broker.placement.claim import HOLDING_STATES, host_usage, load_host_candidates
+from broker.placement.config import PlacementSettings
+from hypervisor.base import Driver, HypervisorError
+from hypervisor.config import HostSettings
+from monitoring.metrics import HOSTS, HostAdminState, HostHealth
+
+log = logging.getLogger(__name__)
+
+HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+HOST_URI = r"^(qemu(\+(ssh|tls|tcp|unix|libssh|libssh2))?|test)://"
+LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+class UnknownHost(errors.NotFound):
+    reason = "unknown_host"
+    message = "There is no such host."
+
+
+class HostExists(errors.Conflict):
+    reason = "host_exists"
+    message = "A host with this name already exists."
+
+
+class HostHasDesktops(errors.Conflict):
+    reason = "host_has_desktops"
+    message = "The host still has desktops; drain it first or remove it with force."
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+class HostChange(BaseModel):
+    """Fields an administrator may change; unset fields stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    admin_state: str | None = Field(None, pattern=r"^(enabled|disabled|draining)$")
+    labels: dict[str, str] | None = None
+    vcpus: int | None = Field(None, ge=1, le=1_000_000)
+    memory_mib: int | None = Field(None, ge=1, le=1 << 40)
+    cpu_ratio: float | None = Field(None, gt=0, le=64)
+    ram_ratio: float | None = Field(None, gt=0, le=64)
+    max_desktops: int | None = Field(None, ge=0, le=100_000)
+
+
+class NewHost(HostChange):
+    name: str = Field(pattern=HOST_NAME)
+    uri: str = Field(pattern=HOST_URI, max_length=512)
+
+    def settings(self) -> HostSettings:
+        return HostSettings(name=self.name, uri=self.uri)
+
+
+def validate_labels(labels: dict[str, str], settings: PlacementSettings) -> None:
+    """Apply the label rule (module docstring); a 400 names the offending label."""
+    for key, value in labels.items():
+        if not LABEL_KEY.match(key):
+            raise errors.InvalidField(
+                f"labels.{key}: label keys are lower-case words (^[a-z][a-z0-9_-]{{0,31}}$)",
+                field=f"labels.{key}",
+            )
+        if key not in settings.label_keys and not settings.free_form_labels:
+            allowed = ", ".join(settings.label_keys)
+            raise errors.InvalidField(
+                f"labels.{key}: unknown label key (allowed: {allowed})", field=f"labels.{key}"
+            )
+        if not isinstance(value, str) or not LABEL_VALUE.match(value):
+            raise errors.InvalidField(
+                f"labels.{key}: label values are short words (^[A-Za-z0-9][A-Za-z0-9._-]{{0,62}}$)",
+                field=f"labels.{key}",
+            )
+
+
+def display_uri(uri: str) -> str:
+    """The URI without a password or query values (keyfile paths, …), for logs, audit and the API."""
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        netloc = f"{userinfo.split(':', 1)[0]}@{host}"
+    query = "&".join(f"{pair.split('=', 1)[0]}=***" for pair in parts.query.split("&") if pair)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostView:
+    host: HostCandidate
+    uri: str
+
+    def as_json(self) -> dict:
+        h = self.host
+        return {
+            "name": h.name,
+            "uri": display_uri(self.uri),
+            "health": h.state,
+            "admin_state": h.admin_state,
+            "labels": h.labels,
+            "capacity": {
+                "vcpus": h.vcpus,
+                "memory_mib": h.memory_mib,
+                "cpu_ratio": h.cpu_ratio,
+                "ram_ratio": h.ram_ratio,
+                "max_desktops": h.max_desktops,
+            },
+            "usage": {"desktops": h.desktops, "vcpus": h.vcpus_used, "memory_mib": h.memory_used_mib},
+            "cpu_load": h.cpu_load,
+            "images": sorted(h.images),
+            "generation": h.generation,
+        }
+
+
+def _views(db: Session, names: list[str] | None = None) -> list[HostView]:
+    uris = dict(db.execute(select(Host.name, Host.uri)).all())
+    return [HostView(c, uris[c.name]) for c in load_host_candidates(db, names)]
+
+
+def list_hosts(db: Session) -> list[HostView]:
+    return _views(db)
+
+
+def show_host(db: Session, name: str) -> HostView:
+    views = _views(db, [name])
+    if not views:
+        raise UnknownHost(f"There is no host named {name}.", host=name)
+    return views[0]
+
+
+# -- changes (run inside one transaction) --------------------------------------------------------
+
+
+def _audit(db: Session, actor: str, action: str, target: str, client_ip: str, **detail: Any) -> None:
+    db.add(
+        AuditEvent(
+            actor=actor, action=action, result="success", target=target, source_ip=client_ip, detail=detail
+        )
+    )
+
+
+def _apply(row: Host, change: HostChange) -> dict:
+    changed = change.model_dump(exclude_unset=True, exclude={"name", "uri"})
+    for key, value in changed.items():
+        setattr(row, key, dict(value) if key == "labels" else value)
+    # Any change invalidates decisions taken on the old figures (optimistic concurrency).
+    row.generation = (row.generation or 0) + 1
+    return changed
+
+
+def insert_host(db: Session, new: NewHost, actor: str, client_ip: str) -> HostView:
+    if db.get(Host, new.name) is not None:
+        raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
+    row = Host(name=new.name, uri=new.uri, state="up", admin_state="enabled", labels={}, images=[])
+    row.max_desktops, row.cpu_ratio, row.ram_ratio = 20, 4.0, 1.0
+    _apply(row, new)
+    row.generation = 0
+    db.add(row)
+    db.flush()
+    _audit(db, actor, "host.add", new.name, client_ip, uri=display_uri(new.uri), labels=row.labels)
+    log.info("host %s added by %s (%s)", new.name, actor, display_uri(new.uri))
+    return show_host(db, new.name)
+
+
+def change_host(db: Session, name: str, change: HostChange, actor: str, client_ip: str) -> HostView:
+    row = db.get(Host, name)
+    if row is None:
+        raise UnknownHost(f"There is no host named {name}.", host=name)
+    changed = _apply(row, change)
+    _audit(db, actor, "host.change", name, client_ip, **changed)
+    log.info("host %s changed by %s: %s", name, actor, changed)
+    db.flush()
+    return show_host(db, name)
+
+
+def delete_host(db: Session, name: str, force: bool, actor: str, client_ip: str) -> int:
+    """Remove the host; with `force`, desktops still on it are marked failed. Returns how many."""
+    if db.get(Host, name) is None:
+        raise UnknownHost(f"There is no host named {name}.", host=name)
+    holding = host_usage(db, [name]).get(name)
+    count = holding.desktops if holding else 0
+    if count and not force:
+        raise HostHasDesktops(
+            f"Host {name} still has {count} desktop(s); drain it first or remove it with force.",
+            host=name,
+        )
+    _detach_desktops(db, name)
+    db.execute(Host.__table__.delete().where(Host.name == name))
+    _audit(db, actor, "host.remove", name, client_ip, forced=force, desktops=count)
+    log.info("host %s removed by %s (forced=%s, desktops=%d)", name, actor, force, count)
+    return count
+
+
+def _detach_desktops(db: Session, name: str) -> None:
+    # Desktops keep their history (audit names the host); live ones can no longer be reached.
+    live = select(Desktop.id).where(Desktop.host_name == name, Desktop.state.in_(HOLDING_STATES))
+    db.execute(
+        update(DesktopSession)
+        .where(DesktopSession.desktop_id.in_(live), DesktopSession.state == "active")
+        .values(state="ended")
+    )
+    db.execute(
+        update(Desktop)
+        .where(Desktop.host_name == name, Desktop.state.in_(HOLDING_STATES))
+        .values(state="error", error=f"host {name} was removed from the inventory")
+    )
+    db.execute(update(Desktop).where(Desktop.host_name == name).values(host_name=None))
+
+
+def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
+    """Insert configured hosts the inventory does not know yet; known hosts stay as they are."""
+    for host in hosts:
+        if db.get(Host, host.name) is not None:
+            continue
+        db.add(
+            Host(
+                name=host.name,
+                uri=host.uri,
+                state="up",
+                admin_state="enabled",
+                generation=0,
+                max_desktops=host.max_desktops,
+                labels=dict(host.labels),
+                vcpus=host.vcpus,
+                memory_mib=host.memory_mib,
+                cpu_ratio=host.cpu_ratio,
+                ram_ratio=host.ram_ratio,
+                images=[],
+            )
+        )
+
+
+def host_settings(db: Session, configured: list[HostSettings]) -> list[HostSettings]:
+    """Driver settings for every host in the inventory: the config's when it has the host."""
+    by_name = {host.name: host for host in configured}
+    rows = db.execute(select(Host.name, Host.uri).order_by(Host.name)).all()
+    return [by_name.get(name) or HostSettings(name=name, uri=uri) for name, uri in rows]
+
+
+def update_host_gauges(db: Session) -> None:
+    counts = dict.fromkeys(((h.value, a.value) for h in HostHealth for a in HostAdminState), 0)
+    for state, admin_state in db.execute(select(Host.state, Host.admin_state)):
+        if (state, admin_state) in counts:
+            counts[(state, admin_state)] += 1
+    for (health, admin_state), count in counts.items():
+        HOSTS.labels(health=health, admin_state=admin_state).set(count)
+
+
+# -- reaching the host -----------------------------------------------------------------------------
+
+
+def probe(settings: HostSettings) -> Driver:
+    """Connect to the host and read its capabilities (blocking); a 400 on `uri` if it cannot be reached.
+
+    Returns the connected driver, which the broker keeps for the host.
+    """
+    from hypervisor import driver_for
+
+    driver = None
+    try:
+        driver = driver_for(settings)
+        virt_type = driver.virt_type()
+    except HypervisorError as exc:
+        if driver is not None:
+            driver.close()
+        raise errors.InvalidField(f"uri: the host cannot be reached: {exc.message}", field="uri") from None
+    log.info("host %s reachable at %s (%s)", settings.name, display_uri(settings.uri), virt_type)
+    return driver
+
+
+# -- command line: vdi host add|remove|enable|disable|drain|list|show ----------------------------
+
+ADMIN_VERBS = {"enable": "enabled", "disable": "disabled", "drain": "draining"}
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+def _parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise errors.InvalidField(f"labels: {pair!r} is not KEY=VALUE", field="labels")
+        labels[key] = value
+    return labels
+
+
+def _cli_add(db, config, args) -> HostView:
+    fields = {"name": args.name, "uri": args.uri, "labels": _parse_labels(args.label)}
+    for key in ("vcpus", "memory_mib", "cpu_ratio", "ram_ratio", "max_desktops"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    try:
+        new = NewHost.model_validate(fields)
+    except ValidationError as exc:
+        from broker.apihandlers.base import invalid_field
+
+        raise invalid_field(exc) from None
+    validate_labels(new.labels or {}, config.placement)
+    with db.transaction() as session:
+        if session.get(Host, new.name) is not None:
+            raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
+    probe(new.settings()).close()
+    with db.transaction() as session:
+        return insert_host(session, new, _cli_actor(), "")
+
+
+def _cli_run(db, config, args) -> HostView | list[HostView] | int:
+    with db.transaction() as session:
+        if args.host_command == "list":
+            return list_hosts(session)
+        if args.host_command == "show":
+            return show_host(session, args.name)
+        if args.host_command == "remove":
+            return delete_host(session, args.name, args.force, _cli_actor(), "")
+        change = HostChange(admin_state=ADMIN_VERBS[args.host_command])
+        return change_host(session, args.name, change, _cli_actor(), "")
+
+
+def _print_hosts(hosts: list[HostView]) -> None:
+    print(f"{'NAME':<20} {'HEALTH':<6} {'ADMIN':<9} {'DESKTOPS':>9}  LABELS")
+    for view in hosts:
+        h = view.host
+        labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items()))
+        print(f"{h.name:<20} {h.state:<6} {h.admin_state:<9} {h.desktops:>4}/{h.max_desktops:<4}  {labels}")
+
+
+def run_host_command(config, args) -> int:
+    """`vdi host ...`: blocking, for the command line only."""
+    import json
+
+    from broker.db import Database
+    from broker.db.migrate import upgrade
+
+    upgrade(config.database.url)
+    db = Database(config.database)
+    try:
+        with db.transaction() as session:
+            seed_from_config(session, config.hosts)
+        result = _cli_add(db, config, args) if args.host_command == "add" else _cli_run(db, config, args)
+    except errors.BrokerError as exc:
+        print(f"vdi host {args.host_command}: {exc.message}", file=sys.stderr)
+        return 1 if exc.status >= 500 else 2
+    finally:
+        db.close()
+    if isinstance(result, list) and not args.json:
+        _print_hosts(result)
+    elif isinstance(result, list):
+        print(json.dumps([v.as_json() for v in result], indent=2, ensure_ascii=False))
+    elif isinstance(result, HostView):
+        print(json.dumps(result.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print(f"host {args.name} removed ({result} desktop(s) detached)")
+    return 0
+
+
+def add_host_commands(sub) -> None:
+    """The `vdi host` subcommands, added to the `vdi` parser."""
+    host = sub.add_parser("host", help="hypervisor host inventory", description="hypervisor host inventory")
+    host.set_defaults(fn=run_host_command, needs_config=True)
+    verbs = host.add_subparsers(dest="host_command", required=True, metavar="ACTION")
+    add = verbs.add_parser(
+        "add", help="connect to a host and add it", description="connect to a host and add it"
+    )
+    add.add_argument("name")
+    add.add_argument("--uri", required=True, help="libvirt URI (qemu:///system, qemu+ssh://..., test:///...)")
+    add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
+    add.add_argument("--vcpus", type=int, help="physical CPUs placement counts")
+    add.add_argument("--memory-mib", dest="memory_mib", type=int, help="physical memory placement counts")
+    add.add_argument("--cpu-ratio", dest="cpu_ratio", type=float, help="vCPU overcommit ratio")
+    add.add_argument("--ram-ratio", dest="ram_ratio", type=float, help="RAM overcommit ratio")
+    add.add_argument("--max-desktops", dest="max_desktops", type=int, help="most desktops on the host")
+    remove = verbs.add_parser("remove", help="remove a host", description="remove a host")
+    remove.add_argument("name")
+    remove.add_argument("--force", action="store_true", help="remove even if desktops are still on it")
+    for verb, state in ADMIN_VERBS.items():
+        text = f"set a host's admin state to {state}"
+        verbs.add_parser(verb, help=text, description=text).add_argument("name")
+    listing = verbs.add_parser("list", help="list hosts", description="list hosts")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    verbs.add_parser("show", help="one host as JSON", description="one host as JSON").add_argument("name")

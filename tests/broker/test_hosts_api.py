@@ -1,0 +1,174 @@
+"""/api/v1/hosts and /api/v1/placement/explain: the host inventory for administrators.
+
+Hosts are added for real: the broker connects to libvirt's test driver (test:///default) and
+reads its capabilities; an unreachable URI is a real refused connection.
+"""
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from broker.db.models import AuditEvent, Host
+from tests.fixtures.broker import (
+    COOKIE_SECRET,
+    TEST_IMAGE,
+    BrokerClient,
+    make_broker_config,
+    seed_session,
+)
+
+POOLS = [
+    {"name": "mois-office", "display_name": "행정안전부", "groups": ["mois"], "zone": "business"},
+    {"name": "moef-office", "display_name": "기획재정부", "groups": ["moef"]},
+]
+
+
+@pytest.fixture
+def config(tmp_path):
+    return make_broker_config(
+        tmp_path / "hosts.db",
+        broker={
+            "cookie_secret": COOKIE_SECRET,
+            "gateway_url": "ws://127.0.0.1:9/ws",
+            "admin_groups": ["mois"],
+        },
+        pools=POOLS,
+    )
+
+
+@pytest.fixture
+def url(broker_server, config, fake_authenticator, unreachable_drivers):
+    return broker_server(
+        config,
+        authenticator=fake_authenticator,
+        drivers=unreachable_drivers,
+        image_resolver=lambda p: TEST_IMAGE,
+    )
+
+
+@pytest.fixture
+def admin(url) -> BrokerClient:
+    client = BrokerClient(url)
+    client.login("kimmj")  # group mois: an administrator here
+    return client
+
+
+def add(admin, name, **fields):
+    body = {"name": name, "uri": "test:///default", **fields}
+    return admin.post("/api/v1/hosts", json=body)
+
+
+def audit_actions(config):
+    from broker.db import Database
+
+    database = Database(config.database)
+    try:
+        with database.transaction() as session:
+            return session.scalars(select(AuditEvent.action).where(AuditEvent.action.like("host.%"))).all()
+    finally:
+        database.close()
+
+
+def test_add_connects_stores_and_lists_the_host(admin, config):
+    response = add(admin, "hv1", labels={"zone": "business", "gpu": "true"}, vcpus=8, memory_mib=16384)
+    assert response.status == 201, response.text
+    host = response.json()
+    assert (host["name"], host["health"], host["admin_state"]) == ("hv1", "up", "enabled")
+    assert host["labels"] == {"zone": "business", "gpu": "true"}
+    assert host["capacity"]["vcpus"] == 8 and host["capacity"]["cpu_ratio"] == 4.0
+    names = [h["name"] for h in admin.get("/api/v1/hosts").json()["hosts"]]
+    assert names == ["hv1", "local"]  # `local` was seeded from the config file
+    assert admin.get("/api/v1/hosts/hv1").json()["labels"]["gpu"] == "true"
+    assert audit_actions(config) == ["host.add"]
+
+
+def test_unreachable_uri_is_400_on_uri_and_stores_nothing(admin):
+    response = add(admin, "hv2", uri="qemu+tcp://127.0.0.1:1/system")
+    assert response.status == 400
+    error = response.json()["error"]
+    assert error["field"] == "uri" and "cannot be reached" in error["message"]
+    assert admin.get("/api/v1/hosts/hv2").status == 404
+
+
+def test_duplicate_name_is_409(admin):
+    assert add(admin, "hv1").status == 201
+    response = add(admin, "hv1")
+    assert (response.status, response.json()["error"]["reason"]) == (409, "host_exists")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"labels": {"Zone": "x"}}, "labels.Zone"),
+        ({"labels": {"zone": "two words"}}, "labels.zone"),
+        ({"vcpus": -2}, "vcpus"),
+        ({"memory_mib": 0}, "memory_mib"),
+        ({"cpu_ratio": -1}, "cpu_ratio"),
+        ({"uri": "http://hv/"}, "uri"),
+        ({"name": "Bad Name"}, "name"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(admin, fields, field):
+    body = {"name": "hv9", "uri": "test:///default", **fields}
+    response = admin.post("/api/v1/hosts", json=body)
+    assert response.status == 400, response.text
+    assert response.json()["error"]["field"] == field
+    assert admin.get("/api/v1/hosts/hv9").status == 404
+
+
+def test_patch_drains_relabels_and_bumps_the_generation(admin, config):
+    add(admin, "hv1")
+    response = admin.request(
+        "PATCH", "/api/v1/hosts/hv1", json={"admin_state": "draining", "labels": {"site": "sejong"}}
+    )
+    assert response.status == 200, response.text
+    host = response.json()
+    assert (host["admin_state"], host["labels"], host["generation"]) == ("draining", {"site": "sejong"}, 1)
+    bad = admin.request("PATCH", "/api/v1/hosts/hv1", json={"admin_state": "asleep"})
+    assert (bad.status, bad.json()["error"]["field"]) == (400, "admin_state")
+    assert REGISTRY.get_sample_value("vdi_hosts", {"health": "up", "admin_state": "draining"}) >= 1
+    assert audit_actions(config) == ["host.add", "host.change"]
+
+
+def test_removing_a_host_with_desktops_needs_force(admin, url, config):
+    from broker.db import Database
+
+    add(admin, "hv1")
+    database = Database(config.database)
+    try:
+        seed_session(database, "kimmj", "mois-office", host="hv1")
+        refused = admin.request("DELETE", "/api/v1/hosts/hv1")
+        assert (refused.status, refused.json()["error"]["reason"]) == (409, "host_has_desktops")
+        forced = admin.request("DELETE", "/api/v1/hosts/hv1?force=true")
+        assert forced.status == 200 and forced.json()["desktops_detached"] == 1
+        with database.transaction() as session:
+            assert session.get(Host, "hv1") is None
+    finally:
+        database.close()
+    assert admin.request("DELETE", "/api/v1/hosts/hv1").status == 404
+
+
+def test_non_admins_are_refused(url):
+    client = BrokerClient(url)
+    assert client.get("/api/v1/hosts").status == 401
+    client.login("choijw")  # moef: not an administrator
+    assert client.get("/api/v1/hosts").status == 403
+    assert add(client, "hv1").status == 403
+    assert client.get("/api/v1/placement/explain?pool=mois-office").status == 403
+
+
+def test_explain_shows_the_filters_and_no_capacity_names_the_zone(admin):
+    # `local` (from the config) has no zone label; two business hosts with room for nobody.
+    for name in ("hv1", "hv2"):
+        assert add(admin, name, labels={"zone": "business"}, max_desktops=0).status == 201
+    explained = admin.get("/api/v1/placement/explain?pool=mois-office").json()
+    assert explained["host"] is None
+    assert [step["filter"] for step in explained["filters"]] == ["host_state", "labels", "capacity"]
+    assert explained["filters"][1]["dropped"] == ["local"]
+    assert explained["reason"].startswith("all 2 hosts in zone business are full")
+    connect = admin.post("/api/v1/pools/mois-office/connect")
+    assert connect.status == 503
+    assert "all 2 hosts in zone business are full" in connect.json()["error"]["message"]
+    missing = admin.get("/api/v1/placement/explain")
+    assert (missing.status, missing.json()["error"]["field"]) == (400, "pool")
+    assert admin.get("/api/v1/placement/explain?pool=nope").status == 404

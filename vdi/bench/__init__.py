@@ -1,0 +1,24 @@
+"""`vdi bench …`: benchmarks that print JSON. Never run as timed tests."""
+
+from __future__ import annotations
+
+
+def cmd_bench_placement(config, args) -> int:
+    from vdi.bench.placement import main
+
+    return main(args)
+
+
+def add_bench_commands(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
+    kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    text = "placement at scale: many hosts, concurrent requests, real engine, claims and SQLite"
+    placement = kinds.add_parser("placement", help=text, description=text)
+    placement.set_defaults(fn=cmd_bench_placement, needs_config=False)
+    placement.add_argument("--hosts", type=int, default=1000, help="hosts in the inventory (default 1000)")
+    placement.add_argument("--concurrency", type=int, default=50, help="concurrent requests (default 50)")
+    placement.add_argument("--requests", type=int, default=5000, help="placements per policy (default 5000)")
+    placement.add_argument("--policy", choices=["spread", "pack", "both"], default="both")
+    placement.add_argument("--json", action="store_true", help="print only the JSON result")
+    placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
+    placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,23 +14,30 @@ from urllib.parse import urlsplit
 import tornado.web
 from sqlalchemy.orm import Session
 
+from broker.apihandlers import admin_sessions as admin_sessions_api
 from broker.apihandlers import auth as auth_api
+from broker.apihandlers import cert_login as cert_login_api
 from broker.apihandlers import desktops as desktops_api
 from broker.apihandlers import health as health_api
+from broker.apihandlers import hosts as hosts_api
+from broker.apihandlers import images as images_api
 from broker.apihandlers import sessions as sessions_api
 from broker.apihandlers.base import APINotFoundHandler
 from broker.auth import PortalAuth
+from broker.config import BrokerSettings
 from broker.db import Database
 from broker.db.migrate import upgrade
-from broker.db.models import Host, Pool
+from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
-from broker.handlers import login, pages, static
+from broker.handlers import cert_login, login, pages, static
+from broker.inventory import host_settings, seed_from_config, update_host_gauges
 from broker.placement import PlacementEngine
 from broker.web import PageNotFoundHandler, log_request
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
 from monitoring.metrics import SESSIONS_ACTIVE
 from sso.base import Authenticator
+from sso.cert_auth import CertificateAuthenticator
 from vdi.config import Config
 
 log = logging.getLogger(__name__)
@@ -38,7 +46,20 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 SHUTDOWN_GRACE_S = 10.0
-ROUTE_MODULES = (pages, login, static, health_api, auth_api, desktops_api, sessions_api)
+ROUTE_MODULES = (
+    pages,
+    login,
+    static,
+    health_api,
+    auth_api,
+    desktops_api,
+    sessions_api,
+    admin_sessions_api,
+    hosts_api,
+    images_api,
+    cert_login,
+    cert_login_api,
+)
 
 
 def routes() -> list[tuple]:
@@ -80,6 +101,7 @@ def make_app(
     *,
     image_resolver: ImageResolver | None = None,
     placement: PlacementEngine | None = None,
+    certificate_auth: CertificateAuthenticator | None = None,
 ) -> tornado.web.Application:
     """The broker application; `drivers` defaults to one per configured host."""
     if drivers is None:
@@ -87,8 +109,19 @@ def make_app(
     settings = {
         "config": config,
         "db": db,
-        "portal_auth": PortalAuth(db, authenticator, config.broker.session_lifetime_s),
-        "desktops": DesktopService(config, db, drivers, placement, image_resolver),
+        "portal_auth": PortalAuth(
+            db,
+            authenticator,
+            config.broker.session_lifetime_s,
+            lockout=config.lockout,
+            totp=config.totp,
+            totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
+        ),
+        "desktops": DesktopService(
+            config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
+        ),
+        # None unless [certificate] is enabled; the certificate login routes then answer 404.
+        "certificate_auth": certificate_auth,
         "cookie_secret": config.broker.cookie_secret.get_secret_value(),
         "xsrf_cookies": True,
         "xsrf_cookie_kwargs": {"samesite": "Lax"},
@@ -109,14 +142,13 @@ def sync_inventory(db: Session, config: Config) -> None:
         row.display_name, row.image, row.groups = pool.display_name, pool.image, list(pool.groups)
         row.memory_mib, row.vcpus = pool.memory_mib, pool.vcpus
         db.add(row)
-    for host in config.hosts:
-        row = db.get(Host, host.name) or Host(name=host.name, state="up", generation=0)
-        row.uri, row.max_desktops = host.uri, host.max_desktops
-        db.add(row)
+    # Configured hosts only seed the inventory; after that the database is the truth (broker.inventory).
+    seed_from_config(db, config.hosts)
 
 
 async def prepare_database(db: Database, config: Config) -> None:
     await db.run(partial(sync_inventory, config=config))
+    await db.run(update_host_gauges)
     # The gauge restarts at zero with the process; the database knows the real number.
     SESSIONS_ACTIVE.set(await db.run(count_active_sessions))
 
@@ -129,16 +161,38 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:
+    """HTTPS for the portal; with a client CA, a client certificate is asked for but not required, so
+    password and certificate users share the port (the application decides, sso/cert_auth.py)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(cafile=settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def certificate_authenticator(config: Config, directory) -> CertificateAuthenticator | None:
+    if not config.certificate.enabled:
+        return None
+    return CertificateAuthenticator.from_settings(config.certificate, directory)
+
+
 async def serve(config: Config) -> None:
     from sso.ldap import LdapAuthenticator
 
     db = Database(config.database)
     await prepare_database(db, config)
-    drivers = drivers_for(config.hosts)
+    drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
     authenticator = LdapAuthenticator(config.ldap)
-    app = make_app(config, db, authenticator, drivers)
-    server = app.listen(config.broker.port, config.broker.listen_address)
-    log.info("broker listening on http://%s:%d", config.broker.listen_address, config.broker.port)
+    certificate_auth = certificate_authenticator(config, authenticator)
+    app = make_app(config, db, authenticator, drivers, certificate_auth=certificate_auth)
+    tls = tls_context(config.broker)
+    server = app.listen(config.broker.port, config.broker.listen_address, ssl_options=tls)
+    scheme = "https" if tls else "http"
+    log.info("broker listening on %s://%s:%d", scheme, config.broker.listen_address, config.broker.port)
     try:
         await wait_for_stop_signal()
         log.info("stopping: no new connections, closing open ones")
@@ -148,6 +202,8 @@ async def serve(config: Config) -> None:
     finally:
         app.settings["desktops"].close()
         authenticator.close()
+        if certificate_auth is not None:
+            certificate_auth.close()
         for driver in drivers.values():
             driver.close()
         db.close()

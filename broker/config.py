@@ -1,6 +1,10 @@
 """Settings of the broker web application and of desktop pools."""
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class BrokerSettings(BaseModel):
@@ -21,6 +25,26 @@ class BrokerSettings(BaseModel):
     default_language: str = Field(
         "ko", pattern=r"^(ko|en)$", description="portal language when the browser states none"
     )
+    admin_groups: list[str] = Field(
+        default_factory=list, description="directory groups whose members may use the admin API"
+    )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (and chain) to serve the portal over HTTPS"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CAs whose client certificates the TLS layer asks for (optional: password users "
+        "on the same port send none); set for certificate login without a TLS-terminating proxy",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> BrokerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_key: tls_cert and tls_key must be set together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca: needs tls_cert and tls_key")
+        return self
 
 
 class PoolSettings(BaseModel):
@@ -32,3 +56,11 @@ class PoolSettings(BaseModel):
     groups: list[str] = Field(min_length=1, description="directory groups entitled to the pool")
     memory_mib: int = Field(256, ge=64, le=1024 * 1024, description="memory of each desktop")
     vcpus: int = Field(1, ge=1, le=256, description="virtual CPUs of each desktop")
+    zone: str | None = Field(None, description="place desktops only on hosts labelled with this zone")
+    site: str | None = Field(None, description="place desktops only on hosts labelled with this site")
+    required_labels: dict[str, str] = Field(
+        default_factory=dict, description="host labels a host must carry to take the pool's desktops"
+    )
+    max_per_host: int | None = Field(
+        None, ge=1, description="anti-affinity: at most this many of the pool's desktops on one host"
+    )

@@ -17,4 +17,15 @@ class HostSettings(BaseModel):
         "/var/lib/smartwork-vdi/pool", description="directory of the pool if we create it"
     )
     max_desktops: int = Field(20, ge=0, description="most desktops placement puts on this host")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="placement labels (site, zone, gpu, ...); seeds the host inventory"
+    )
+    vcpus: int | None = Field(
+        None, ge=1, description="physical CPUs placement counts (unset: only max_desktops limits)"
+    )
+    memory_mib: int | None = Field(
+        None, ge=1, description="physical memory placement counts (unset: only max_desktops limits)"
+    )
+    cpu_ratio: float = Field(4.0, gt=0, description="vCPU overcommit: vCPUs placed per physical CPU")
+    ram_ratio: float = Field(1.0, gt=0, description="RAM overcommit: memory placed per physical MiB")
     vnc_listen: str = Field("127.0.0.1", description="address desktops' VNC servers listen on, on the host")

@@ -73,4 +73,181 @@ def _zero_series() -> None:
         BYTES_RELAYED.labels(direction=direction.value)
 
 
+class PlacementResult(Enum):
+    PLACED = "placed"
+    NO_HOST = "no_host"
+
+
+class PlacementReason(Enum):
+    """The filter that removed the last hosts ("none" when a host was chosen)."""
+
+    NONE = "none"
+    NO_HOSTS = "no_hosts"
+    HOST_STATE = "host_state"
+    LABELS = "labels"
+    ANTI_AFFINITY = "anti_affinity"
+    CAPACITY = "capacity"
+    OTHER = "other"
+
+
+class ClaimConflict(Enum):
+    GENERATION = "generation"  # another request claimed the host since we read it
+    CAPACITY = "capacity"  # the re-check in the claim transaction found the host full
+
+
+class HostHealth(Enum):
+    UP = "up"
+    DOWN = "down"
+
+
+class HostAdminState(Enum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    DRAINING = "draining"
+
+
+PLACEMENT_DURATION = Histogram(
+    "vdi_placement_duration_seconds",
+    "Time the placement engine takes to filter and weigh hosts for one decision",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+PLACEMENTS = Counter(
+    "vdi_placements_total",
+    "Placement decisions by result and by the filter that left no host",
+    ["result", "reason"],
+)
+PLACEMENT_CLAIM_CONFLICTS = Counter(
+    "vdi_placement_claim_conflicts_total", "Host claims lost to concurrent requests, by kind", ["kind"]
+)
+PLACEMENT_RETRIES = Counter("vdi_placement_retries_total", "Placements tried again after a lost claim")
+HOSTS = Gauge(
+    "vdi_hosts", "Hypervisor hosts in the inventory by health and admin state", ["health", "admin_state"]
+)
+
+
+def _zero_placement_series() -> None:
+    for result in PlacementResult:
+        for reason in PlacementReason:
+            PLACEMENTS.labels(result=result.value, reason=reason.value)
+    for conflict in ClaimConflict:
+        PLACEMENT_CLAIM_CONFLICTS.labels(kind=conflict.value)
+    for health in HostHealth:
+        for admin_state in HostAdminState:
+            HOSTS.labels(health=health.value, admin_state=admin_state.value)
+
+
 _zero_series()
+_zero_placement_series()
+
+
+# -- login security: lockout, TOTP, single sign-out --------------------------------------------------
+
+
+class LockoutKind(Enum):
+    USER = "user"
+    SOURCE = "source"
+
+
+class TotpResult(Enum):
+    SUCCESS = "success"
+    INVALID = "invalid"
+    REPLAYED = "replayed"
+    EXPIRED = "expired"
+
+
+class RevocationCause(Enum):
+    LOGOUT = "logout"
+    ADMIN = "admin"
+
+
+LOCKOUTS = Counter(
+    "vdi_login_lockouts_total", "User names or source addresses locked after failed logins", ["kind"]
+)
+TOTP_VERIFICATIONS = Counter("vdi_totp_verifications_total", "TOTP codes checked, by result", ["result"])
+SESSIONS_REVOKED = Counter(
+    "vdi_sessions_revoked_total", "Portal and desktop sessions ended by sign-out or revoke", ["cause"]
+)
+TUNNELS_CLOSED_REVOKED = Counter(
+    "vdi_gateway_tunnels_closed_revoked_total", "Console tunnels closed because their session was ended"
+)
+
+
+def _zero_login_security_series() -> None:
+    for kind in LockoutKind:
+        LOCKOUTS.labels(kind=kind.value)
+    for result in TotpResult:
+        TOTP_VERIFICATIONS.labels(result=result.value)
+    for cause in RevocationCause:
+        SESSIONS_REVOKED.labels(cause=cause.value)
+
+
+_zero_login_security_series()
+
+
+class CertificateLoginOutcome(Enum):
+    SUCCESS = "success"
+    # Revocation unknown, allowed because fail_mode is "open" (audited apart from plain successes).
+    SUCCESS_FAIL_OPEN = "success_fail_open"
+    INVALID = "invalid"
+    REVOKED = "revoked"
+    REVOCATION_UNAVAILABLE = "revocation_unavailable"
+    NO_USER = "no_user"
+    DIRECTORY_ERROR = "directory_error"
+
+
+class RevocationSource(Enum):
+    OCSP = "ocsp"
+    CRL = "crl"
+    NONE = "none"
+
+
+class RevocationResult(Enum):
+    GOOD = "good"
+    REVOKED = "revoked"
+    UNKNOWN = "unknown"
+    ERROR = "error"
+
+
+CERTIFICATE_LOGINS = Counter("vdi_certificate_logins_total", "Certificate logins by outcome", ["outcome"])
+REVOCATION_CHECKS = Counter(
+    "vdi_certificate_revocation_checks_total", "Revocation checks by source and result", ["source", "result"]
+)
+
+
+def _zero_certificate_series() -> None:
+    for outcome in CertificateLoginOutcome:
+        CERTIFICATE_LOGINS.labels(outcome=outcome.value)
+    for source in RevocationSource:
+        for result in RevocationResult:
+            REVOCATION_CHECKS.labels(source=source.value, result=result.value)
+
+
+_zero_certificate_series()
+
+
+class ImageCopy(Enum):
+    """Where a golden image version's bytes were checked against the catalog's SHA-256."""
+
+    STORE = "store"  # the broker's copy, before upload
+    HOST = "host"  # the base volume on a hypervisor host, after upload
+
+
+class ChecksumResult(Enum):
+    MATCH = "match"
+    MISMATCH = "mismatch"
+
+
+IMAGE_CHECKSUM_VERIFICATIONS = Counter(
+    "vdi_image_checksum_verifications_total",
+    "Golden image copies checked against the catalog's SHA-256, by copy and result",
+    ["copy", "result"],
+)
+
+
+def _zero_image_series() -> None:
+    for copy in ImageCopy:
+        for result in ChecksumResult:
+            IMAGE_CHECKSUM_VERIFICATIONS.labels(copy=copy.value, result=result.value)
+
+
+_zero_image_series()

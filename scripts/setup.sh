@@ -11,7 +11,7 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 qemu-utils
   slapd ldap-utils
   chromium fonts-noto-cjk
-  busybox-static linux-image-amd64 cpio e2fsprogs
+  busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
 )
 

@@ -1,6 +1,15 @@
-"""Settings of the directory (LDAP) authenticator."""
+"""Settings of the directory (LDAP) authenticator, login lockout and the TOTP second factor."""
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 class LdapSettings(BaseModel):
@@ -20,5 +29,117 @@ class LdapSettings(BaseModel):
     bind_dn: str | None = Field(None, description="service account used to find users; anonymous if unset")
     bind_password: SecretStr | None = Field(None, description="password of bind_dn")
     timeout_s: float = Field(
-        5.0, gt=0, le=60, description="connect and response timeout of directory requests"
+        2.0,
+        gt=0,
+        le=60,
+        description="connect and response timeout of directory requests: a directory that is down or hangs "
+        "answers 'directory unavailable' after this long",
     )
+    start_tls: bool = Field(False, description="upgrade an ldap:// connection with StartTLS before binding")
+    ca_file: Path | None = Field(
+        None, description="PEM CA bundle that verifies the directory's certificate (ldaps:// and StartTLS)"
+    )
+
+
+class LockoutSettings(BaseModel):
+    """Guessing resistance: failed logins counted per user name and per source address, in the database."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: int = Field(300, ge=10, le=86400, description="period over which failed logins are counted")
+    user_max_failures: int = Field(
+        5, ge=1, le=1000, description="failed logins of one user name within window_s that lock it"
+    )
+    source_max_failures: int = Field(
+        20,
+        ge=1,
+        le=100000,
+        description="failed logins from one source address within window_s that lock it (a center's "
+        "terminals may share one address, hence higher than the per-user limit)",
+    )
+    lock_s: int = Field(
+        300, ge=1, le=86400, description="how long a locked user name or address stays locked"
+    )
+
+
+class TotpSettings(BaseModel):
+    """Second factor (RFC 6238 TOTP) for password logins from outside the smart work centers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    required_outside_centers: bool = Field(
+        False, description="ask for a TOTP code when a password login comes from outside center_networks"
+    )
+    center_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDR networks of the smart work centers; logins from inside need no TOTP code and "
+        "are the only place a user may enrol one",
+    )
+    issuer: str = Field("smartwork-vdi", min_length=1, max_length=64, description="issuer shown by apps")
+    secret_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="key that encrypts TOTP secrets at rest; derived from broker.cookie_secret if unset",
+    )
+    pending_ttl_s: int = Field(
+        120, ge=30, le=600, description="time allowed between the password step and the TOTP code"
+    )
+
+    @field_validator("center_networks")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for index, text in enumerate(value):
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"[{index}] {text!r} is not a CIDR network") from None
+        return value
+
+
+class CertificateSettings(BaseModel):
+    """`[certificate]`: client-certificate login (GPKI-style), its revocation checks and user mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="offer certificate login on the portal and the API")
+    trust_anchors: list[Path] = Field(
+        default_factory=list, description="PEM files of the root CAs user certificates must chain to"
+    )
+    intermediates: list[Path] = Field(
+        default_factory=list, description="PEM files of intermediate CAs used to build chains"
+    )
+    required_policies: list[str] = Field(
+        default_factory=list, description="certificate policy OIDs a user certificate must all carry"
+    )
+    mapping: Literal["userCertificate", "subject_dn", "san", "issuer_serial"] = Field(
+        "userCertificate", description="how a certificate is mapped to a directory user"
+    )
+    subject_dn_template: str | None = Field(
+        None,
+        description="subject_dn mapping: user DN with {attribute} placeholders from the subject (e.g. "
+        "uid={UID},ou=people,dc=example); unset means the subject DN must equal the user's DN",
+    )
+    san_type: Literal["email", "upn"] = Field("email", description="san mapping: which subjectAltName to use")
+    san_attribute: str = Field("mail", description="san mapping: directory attribute holding that name")
+    ocsp_url: str | None = Field(None, description="OCSP responder to ask instead of the certificate's AIA")
+    crl_url: str | None = Field(None, description="CRL to fetch instead of the certificate's CRL DP")
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed", description="when no revocation source answers: closed refuses, open allows and audits"
+    )
+    cache_s: int = Field(60, ge=0, le=3600, description="how long one revocation answer is reused")
+    revocation_timeout_s: float = Field(5.0, gt=0, le=60, description="timeout of each OCSP/CRL request")
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list, description="addresses/CIDRs of TLS terminators allowed to send the header"
+    )
+    proxy_header: str = Field(
+        "X-SSL-Client-Cert", description="header with the verified client certificate, URL-encoded PEM"
+    )
+
+    @model_validator(mode="after")
+    def _anchors_when_enabled(self) -> CertificateSettings:
+        if self.enabled and not self.trust_anchors:
+            raise ValueError("trust_anchors: at least one trust anchor file is required when enabled")
+        for oid in self.required_policies:
+            if not _OID.match(oid):
+                raise ValueError(f"required_policies: not an OID: {oid!r}")
+        return self

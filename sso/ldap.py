@@ -11,14 +11,16 @@ import asyncio
 import logging
 import math
 import ssl
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from ldap3 import NONE, SUBTREE, Connection, Server, Tls
-from ldap3.core.exceptions import LDAPException
+from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
+from pyasn1.error import PyAsn1Error
 
 from sso.base import Authenticator, AuthError, DirectoryUnavailable, Identity, InvalidCredentials
 from sso.config import LdapSettings
@@ -28,10 +30,26 @@ log = logging.getLogger("sso.ldap")
 # LDAP result codes this module branches on (RFC 4511, appendix A).
 _SUCCESS = 0
 _SIZE_LIMIT_EXCEEDED = 4
+_NO_SUCH_OBJECT = 32
+_USER_CERTIFICATE = "userCertificate;binary"
 _INVALID_CREDENTIALS = 49
 
 # Bound for a name that cannot be a user's: binding to it costs the directory about what a real bind costs.
 _DECOY_RDN = "cn=smartwork-vdi-no-such-user"
+
+
+class _StaleServiceConnection(Exception):
+    """A reused service connection failed on the wire: the login is retried once on a fresh one."""
+
+
+@dataclass(frozen=True)
+class _PooledConnection:
+    connection: Connection
+
+    def close(self) -> None:
+        # Unbinding a connection the server already dropped fails on the dead socket; it is closed either way.
+        with suppress(LDAPException):
+            self.connection.unbind()
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,10 @@ class LdapAuthenticator(Authenticator):
         # A pool of our own: a slow directory then queues logins here instead of starving the loop's default
         # executor, which other blocking work (libvirt) shares.
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sso-ldap")
+        # Bound service connections kept between logins (at most one per worker): a login then costs the
+        # directory one search, one user bind and one group search, not also a TCP/TLS set-up and a bind.
+        self._idle_service: list[_PooledConnection] = []
+        self._service_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LdapAuthenticator(url={self.settings.url!r}, bind_dn={self.settings.bind_dn!r})"
@@ -58,6 +80,10 @@ class LdapAuthenticator(Authenticator):
     def close(self) -> None:
         """Release the worker threads; logins already running finish on their own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._service_lock:
+            idle, self._idle_service = self._idle_service, []
+        for pooled in idle:
+            pooled.close()
 
     async def _authenticate(self, username: str, password: str) -> Identity:
         loop = asyncio.get_running_loop()
@@ -78,7 +104,15 @@ class LdapAuthenticator(Authenticator):
             # some servers (Active Directory) answer with success. The base class refuses it too; never rely on
             # a single check for this.
             raise InvalidCredentials("empty password")
-        with self._directory_errors(password), self._service_connection() as service:
+        with self._directory_errors(password):
+            try:
+                return self._login_with_service(username, password, reuse=True)
+            except _StaleServiceConnection:
+                # The directory restarted or dropped an idle connection: once more, on a fresh one.
+                return self._login_with_service(username, password, reuse=False)
+
+    def _login_with_service(self, username: str, password: str, reuse: bool) -> Identity:
+        with self._service_connection(reuse) as service:
             user = self._find_user(service, username, password)
             self._check_password(user.dn, password)
             groups = self._groups_of(service, user.dn)
@@ -124,6 +158,47 @@ class LdapAuthenticator(Authenticator):
         }
         return sorted(names)
 
+    # --- lookups without a password (certificate login) --------------------------------------------------------
+
+    async def identity_by_filter(self, query: str, certificate: bytes | None = None) -> Identity:
+        """The one user entry matching `query` under user_base, with its groups; none or several → refused.
+
+        With `certificate`, only entries whose `userCertificate;binary` holds exactly those bytes count.
+        """
+        return await self._lookup(self.settings.user_base, SUBTREE, query, certificate)
+
+    async def identity_by_dn(self, dn: str) -> Identity:
+        """The user entry at `dn` (it must be of the user object class), with its groups."""
+        return await self._lookup(dn, BASE, "(objectClass=*)")
+
+    async def _lookup(self, base: str, scope: str, query: str, certificate: bytes | None = None) -> Identity:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._lookup_blocking, base, scope, query, certificate
+        )
+
+    def _lookup_blocking(self, base: str, scope: str, query: str, certificate: bytes | None) -> Identity:
+        s = self.settings
+        query = f"(&(objectClass={s.user_object_class}){query})"
+        attributes = [s.user_attr, s.display_name_attr]
+        if certificate is not None:
+            attributes.append(_USER_CERTIFICATE)
+        with self._directory_errors(""), self._service_connection(reuse=False) as service:
+            entries = self._search(service, base, query, attributes, 2, scope)
+            if certificate is not None:
+                entries = [e for e in entries if certificate in _raw_values(e, _USER_CERTIFICATE)]
+            if len(entries) != 1:
+                reason = (
+                    f"ambiguous: {len(entries)} or more directory entries match"
+                    if entries
+                    else "no such user"
+                )
+                raise InvalidCredentials(reason)
+            names = _values(entries[0]["attributes"], s.user_attr)
+            user = self._user_entry(entries[0], names[0] if names else "")
+            groups = self._groups_of(service, user.dn)
+        return Identity(username=user.username, display_name=user.display_name, dn=user.dn, groups=groups)
+
     # --- ldap3 plumbing -------------------------------------------------------------------------------------
 
     def _bind(self, dn: str, password: str) -> dict:
@@ -133,24 +208,58 @@ class LdapAuthenticator(Authenticator):
             return connection.result
 
     @contextmanager
-    def _service_connection(self) -> Iterator[Connection]:
+    def _service_connection(self, reuse: bool = True) -> Iterator[Connection]:
+        """A bound service connection for this thread alone; back to the idle list if it stayed healthy."""
+        with self._service_lock:
+            pooled = self._idle_service.pop() if reuse and self._idle_service else None
+        reused = pooled is not None
+        pooled = pooled or self._open_service()
+        try:
+            yield pooled.connection
+        except AuthError:
+            self._give_back(pooled)  # a refused login says nothing against the connection
+            raise
+        except LDAPCommunicationError:
+            pooled.close()
+            if reused:
+                raise _StaleServiceConnection() from None
+            raise
+        except BaseException:
+            pooled.close()
+            raise
+        self._give_back(pooled)
+
+    def _give_back(self, pooled: _PooledConnection) -> None:
+        with self._service_lock:
+            self._idle_service.append(pooled)
+
+    def _open_service(self) -> _PooledConnection:
         s = self.settings
         secret = s.bind_password.get_secret_value() if s.bind_password else None
-        with self._connection(s.bind_dn, secret) as connection:
-            if s.bind_dn and not connection.bind():
-                description = connection.result["description"]
-                raise DirectoryUnavailable(f"service bind as {s.bind_dn} to {s.url} refused: {description}")
-            yield connection
+        connection = self._open_connection(s.bind_dn, secret)
+        pooled = _PooledConnection(connection)
+        if s.bind_dn and not connection.bind():
+            pooled.close()
+            description = connection.result["description"]
+            raise DirectoryUnavailable(f"service bind as {s.bind_dn} to {s.url} refused: {description}")
+        return pooled
 
     @contextmanager
     def _connection(self, dn: str | None, password: str | None) -> Iterator[Connection]:
+        connection = self._open_connection(dn, password)
+        try:
+            yield connection
+        finally:
+            connection.unbind()
+
+    def _open_connection(self, dn: str | None, password: str | None) -> Connection:
         # Certificates are checked for ldaps:// (ldap3 does not by default); referrals are not followed, so the
         # password goes to no server but the configured one.
         server = Server(
             self.settings.url,
             connect_timeout=self.settings.timeout_s,
             get_info=NONE,
-            tls=Tls(validate=ssl.CERT_REQUIRED),
+            tls=self._tls(),
         )
         connection = Connection(
             server,
@@ -160,24 +269,37 @@ class LdapAuthenticator(Authenticator):
             auto_referrals=False,
             receive_timeout=self._receive_timeout,
         )
-        try:
-            connection.open()
-            yield connection
-        finally:
+        connection.open()
+        if self.settings.start_tls and not connection.start_tls():
             connection.unbind()
+            raise DirectoryUnavailable(f"StartTLS with {self.settings.url} refused: {connection.result}")
+        return connection
+
+    def _tls(self) -> Tls:
+        # ldap3 checks the host name against the certificate itself once validation is required.
+        ca_file = str(self.settings.ca_file) if self.settings.ca_file else None
+        return Tls(validate=ssl.CERT_REQUIRED, version=ssl.PROTOCOL_TLS_CLIENT, ca_certs_file=ca_file)
 
     def _search(
-        self, connection: Connection, base: str, query: str, attributes: list[str], size_limit: int = 0
+        self,
+        connection: Connection,
+        base: str,
+        query: str,
+        attributes: list[str],
+        size_limit: int = 0,
+        scope: str = SUBTREE,
     ) -> list[dict]:
         connection.search(
             base,
             query,
-            search_scope=SUBTREE,
+            search_scope=scope,
             attributes=attributes,
             size_limit=size_limit,
             time_limit=self._receive_timeout,
         )
         result = connection.result
+        if result["result"] == _NO_SUCH_OBJECT and scope == BASE:
+            return []  # a mapped DN with no entry: no such user, not a broken directory
         if result["result"] not in (_SUCCESS, _SIZE_LIMIT_EXCEEDED):
             # A wrong base DN or missing rights: a configuration problem, not the user's.
             url, description = self.settings.url, result["description"]
@@ -189,13 +311,20 @@ class LdapAuthenticator(Authenticator):
         """Turn ldap3's network and protocol errors into DirectoryUnavailable naming the server."""
         try:
             yield
-        except LDAPException as exc:
+        except (LDAPException, PyAsn1Error, KeyError, IndexError) as exc:
+            # ldap3 raises plain KeyError/IndexError (or pyasn1 errors) when a peer answers with bytes that are not
+            # LDAP (something else listening on the port): that is an unavailable directory too.
             hidden = [password]
             if self.settings.bind_password:
                 hidden.append(self.settings.bind_password.get_secret_value())
             detail = _redact(f"{type(exc).__name__}: {exc}", hidden)
             # `from None`: the reason carries the detail, redacted; the original must not ride along in tracebacks.
             raise DirectoryUnavailable(f"directory {self.settings.url} unavailable: {detail}") from None
+
+
+def _raw_values(entry: dict, name: str) -> list[bytes]:
+    value = entry.get("raw_attributes", {}).get(name) or []
+    return value if isinstance(value, list) else [value]
 
 
 def _values(attributes: dict, name: str) -> list[str]:

@@ -7,6 +7,8 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
     "tests.fixtures.e2e",
+    "tests.fixtures.pki",
+    "tests.fixtures.login_security",
 ]
 
 

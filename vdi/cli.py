@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_image.add_argument("--force", action="store_true", help="rebuild even if a cached build exists")
     demo_image.set_defaults(fn=cmd_image_build_demo, needs_config=False)
+    from images.cli import add_commands as add_image_commands
+
+    add_image_commands(image_sub)
+    from broker.inventory import add_host_commands
+    from vdi.bench import add_bench_commands
+
+    add_host_commands(sub)
+    add_bench_commands(sub)
     return parser
 
 

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from broker.config import BrokerSettings, PoolSettings
 from broker.db.config import DatabaseSettings
+from broker.placement.config import PlacementSettings
 from gateway.config import GatewaySettings
 from hypervisor.config import HostSettings
 from images.config import ImageSettings
-from sso.config import LdapSettings
+from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
 class ConfigError(Exception):
@@ -44,8 +45,12 @@ class Config(BaseModel):
     broker: BrokerSettings
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     ldap: LdapSettings
+    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    totp: TotpSettings = Field(default_factory=TotpSettings)
+    certificate: CertificateSettings = Field(default_factory=CertificateSettings)
     hosts: list[HostSettings] = Field(min_length=1)
     pools: list[PoolSettings] = Field(default_factory=list)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     lab: LabSettings = Field(default_factory=LabSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

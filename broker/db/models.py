@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -86,6 +98,16 @@ class Host(Base):
     max_desktops: Mapped[int] = mapped_column(Integer, default=20)
     # Optimistic concurrency: every claim bumps the generation, a stale writer loses.
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # Host inventory (migration 0004): `state` above is health (up | down), `admin_state` is what
+    # an administrator chose (enabled | disabled | draining); placement needs both to say yes.
+    admin_state: Mapped[str] = mapped_column(String(16), default="enabled")
+    labels: Mapped[dict] = mapped_column(JSON, default=dict)
+    vcpus: Mapped[int | None] = mapped_column(Integer)  # physical, from override or capability query
+    memory_mib: Mapped[int | None] = mapped_column(Integer)
+    cpu_ratio: Mapped[float] = mapped_column(Float, default=4.0)
+    ram_ratio: Mapped[float] = mapped_column(Float, default=1.0)
+    images: Mapped[list] = mapped_column(JSON, default=list)  # image versions present on the host
+    cpu_load: Mapped[float | None] = mapped_column(Float)  # last reported load, 0..1 per core
 
 
 class Desktop(Base):
@@ -102,6 +124,9 @@ class Desktop(Base):
     vnc_port: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     error: Mapped[str | None] = mapped_column(Text)
+    # What the desktop holds on its host (migration 0004); placement sums these per host.
+    vcpus: Mapped[int | None] = mapped_column(Integer)
+    memory_mib: Mapped[int | None] = mapped_column(Integer)
 
 
 class Session(Base):
@@ -147,3 +172,89 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(256), default="")
     source_ip: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Image(Base):
+    """A golden image: a name pools refer to, with its versions."""
+
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    os: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ImageVersion(Base):
+    """One built or imported qcow2 of an image. Immutable once registered: a new build is a new version."""
+
+    __tablename__ = "image_versions"
+    __table_args__ = (UniqueConstraint("image_name", "version", name="uq_image_versions_image_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_name: Mapped[str] = mapped_column(ForeignKey("images.name"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    virtual_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    os: Mapped[str] = mapped_column(String(64), default="")
+    build_log: Mapped[str | None] = mapped_column(String(1024))
+    # Direct kernel boot (images built here have no boot loader); empty for images that boot from disk.
+    kernel: Mapped[str | None] = mapped_column(String(1024))
+    initrd: Mapped[str | None] = mapped_column(String(1024))
+    cmdline: Mapped[str] = mapped_column(String(512), default="")
+    built_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    immutable: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class LoginThrottle(Base):
+    """Failed logins of one user name or one source address in the current window (lockout).
+
+    In the database, not in memory, so every broker process counts the same failures.
+    """
+
+    __tablename__ = "login_throttles"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # "user" or "source"
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    window_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class TotpCredential(Base):
+    """A user's TOTP secret, encrypted at rest, and the last time step used (replay protection)."""
+
+    __tablename__ = "totp_credentials"
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_used_step: Mapped[int | None] = mapped_column(Integer)
+
+
+class PendingLogin(Base):
+    """A password login waiting for its TOTP code: not yet a portal session. Only the id's hash is stored."""
+
+    __tablename__ = "pending_logins"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    display_name: Mapped[str] = mapped_column(String(256), default="")
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    method: Mapped[str] = mapped_column(String(32))
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SessionRevocation(Base):
+    """Why a desktop session ended by sign-out or an administrator's revoke (its console tunnels close)."""
+
+    __tablename__ = "session_revocations"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(String(64))

@@ -34,19 +34,6 @@ def with_changes(settings: LdapSettings, **changes) -> LdapSettings:
 
 
 @pytest.fixture
-def make_authenticator() -> Iterator:
-    made: list[LdapAuthenticator] = []
-
-    def make(settings: LdapSettings) -> LdapAuthenticator:
-        made.append(LdapAuthenticator(settings))
-        return made[-1]
-
-    yield make
-    for authenticator in made:
-        authenticator.close()
-
-
-@pytest.fixture
 def silent_directory_url() -> Iterator[str]:
     """A port that completes TCP handshakes (the kernel's backlog) but never says a word."""
     with socket.socket() as listener:

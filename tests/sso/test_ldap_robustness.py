@@ -8,7 +8,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -68,19 +67,6 @@ class DroppingProxy:
         self.drop_all()
 
 
-@pytest.fixture
-def authenticator_for() -> Iterator:
-    made: list[LdapAuthenticator] = []
-
-    def make(settings: LdapSettings) -> LdapAuthenticator:
-        made.append(LdapAuthenticator(settings))
-        return made[-1]
-
-    yield make
-    for authenticator in made:
-        authenticator.close()
-
-
 def settings_for(ldap_settings: LdapSettings, url: str) -> LdapSettings:
     # timeout_s is left at its default: that default is what must keep a login from hanging.
     return LdapSettings.model_validate(ldap_settings.model_dump() | {"url": url})
@@ -97,11 +83,11 @@ def test_the_default_timeout_is_two_seconds():
     assert LdapSettings(user_base="dc=x", group_base="dc=x").timeout_s == 2.0
 
 
-def test_a_silent_directory_is_unavailable_not_a_hang(ldap_settings, authenticator_for):
+def test_a_silent_directory_is_unavailable_not_a_hang(ldap_settings, make_authenticator):
     with socket.create_server(("127.0.0.1", 0)) as silent:
         url = f"ldap://127.0.0.1:{silent.getsockname()[1]}"
         refused, elapsed = timed_refusal(
-            authenticator_for(settings_for(ldap_settings, url)), "kimmj", DEMO_PASSWORD
+            make_authenticator(settings_for(ldap_settings, url)), "kimmj", DEMO_PASSWORD
         )
     assert isinstance(refused, DirectoryUnavailable)
     assert "unavailable" in refused.reason and DEMO_PASSWORD not in refused.reason
@@ -131,11 +117,11 @@ class GarbageServer:
         self.listener.close()
 
 
-def test_a_peer_that_is_not_a_directory_is_unavailable(ldap_settings, authenticator_for):
+def test_a_peer_that_is_not_a_directory_is_unavailable(ldap_settings, make_authenticator):
     server = GarbageServer()
     try:
         refused, _ = timed_refusal(
-            authenticator_for(settings_for(ldap_settings, f"ldap://127.0.0.1:{server.port}")),
+            make_authenticator(settings_for(ldap_settings, f"ldap://127.0.0.1:{server.port}")),
             "kimmj",
             DEMO_PASSWORD,
         )
@@ -145,21 +131,21 @@ def test_a_peer_that_is_not_a_directory_is_unavailable(ldap_settings, authentica
     assert DEMO_PASSWORD not in refused.reason
 
 
-def test_a_closed_port_is_unavailable_at_once(ldap_settings, authenticator_for):
+def test_a_closed_port_is_unavailable_at_once(ldap_settings, make_authenticator):
     url = f"ldap://127.0.0.1:{free_port()}"
     refused, elapsed = timed_refusal(
-        authenticator_for(settings_for(ldap_settings, url)), "kimmj", DEMO_PASSWORD
+        make_authenticator(settings_for(ldap_settings, url)), "kimmj", DEMO_PASSWORD
     )
     assert isinstance(refused, DirectoryUnavailable)
     assert elapsed < NO_HANG_S
 
 
 def test_the_service_connection_is_reused_and_replaced_when_dropped(
-    slapd: Slapd, ldap_settings, authenticator_for
+    slapd: Slapd, ldap_settings, make_authenticator
 ):
     proxy = DroppingProxy(slapd.port)
     try:
-        authenticator = authenticator_for(settings_for(ldap_settings, f"ldap://127.0.0.1:{proxy.port}"))
+        authenticator = make_authenticator(settings_for(ldap_settings, f"ldap://127.0.0.1:{proxy.port}"))
         for _ in range(3):
             asyncio.run(authenticator.authenticate("kimmj", DEMO_PASSWORD))
         # One service connection for all three, plus one fresh connection per user bind.

@@ -57,3 +57,32 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path, ldap_settings, lib
     assert not port_open(broker_port)
     assert not port_open(gateway_port)
     assert not port_open(ldap_port)
+
+
+def test_lab_start_status_stop(tmp_path, ldap_settings, libvirt_host, libvirtd):
+    ldap_port = free_port()
+    config = write_config(
+        tmp_path / "vdi.toml",
+        ldap=ldap_settings,
+        host=libvirt_host,
+        broker_port=free_port(),
+        gateway_port=free_port(),
+        gateway_url="ws://127.0.0.1:1/ws",
+    )
+    with config.open("a") as extra:
+        extra.write(f'\n[lab]\nstate_dir = "{tmp_path}/lab"\nldap_port = {ldap_port}\n')
+
+    def lab(action: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "vdi.cli", "--config", str(config), "lab", action]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    assert lab("status").returncode == 3  # nothing started yet
+    started = lab("start")
+    assert started.returncode == 0, started.stderr
+    assert port_open(ldap_port)
+    status = lab("status")
+    assert status.returncode == 0 and str(ldap_port) in status.stdout
+    assert lab("start").returncode == 0  # idempotent
+    assert lab("stop").returncode == 0
+    assert not port_open(ldap_port)
+    assert lab("status").returncode == 3

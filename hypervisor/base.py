@@ -56,6 +56,15 @@ class DesktopSpec:
 
 
 @dataclass(frozen=True)
+class HostStats:
+    """A host's health as the monitor sees it: answering at all is the main signal."""
+
+    free_memory_mib: int
+    cpu_load: float | None  # 0..1 per core, from the host's CPU time counters; None on the first sample
+    running_desktops: int
+
+
+@dataclass(frozen=True)
 class DisplayEndpoint:
     """Where the desktop's VNC server listens, as seen from the host."""
 
@@ -86,6 +95,13 @@ class Driver(ABC):
     @abstractmethod
     def list_desktops(self) -> list[str]:
         """Names of the domains on this host that smartwork-vdi created."""
+
+    def host_stats(self) -> HostStats:
+        """Free memory, CPU load and running desktops; raises HostUnreachable when the host does not answer.
+
+        Optional: drivers without a cheaper probe answer with list_desktops(), which proves the host is alive.
+        """
+        return HostStats(free_memory_mib=0, cpu_load=None, running_desktops=len(self.list_desktops()))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

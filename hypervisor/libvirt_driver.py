@@ -31,6 +31,7 @@ from hypervisor.base import (
     DesktopSpec,
     DisplayEndpoint,
     Driver,
+    HostStats,
     HostUnreachable,
     HypervisorError,
 )
@@ -63,6 +64,37 @@ STATES = {
     libvirt.VIR_DOMAIN_PAUSED: "paused",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
 }
+
+# Keepalive: a host that stops answering (network cut, hung libvirtd) closes the connection after about
+# KEEPALIVE_INTERVAL_S * (KEEPALIVE_COUNT + 1) seconds instead of hanging calls for the TCP timeout.
+KEEPALIVE_INTERVAL_S = 2
+KEEPALIVE_COUNT = 3
+CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "I/O error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by us",
+}
+
+# libvirt runs keepalives and close callbacks only with an event loop; one per process, in its own thread.
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    global _event_loop_started
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        libvirt.virEventRunDefaultImpl()
+
 
 # Several drivers (threads of one broker) may start desktops of a new image on one host at once; the base
 # volumes must be uploaded once. Keyed by (uri, pool, volume).
@@ -116,18 +148,21 @@ class LibvirtDriver(Driver):
         self._conn: libvirt.virConnect | None = None
         self._conn_lock = threading.Lock()
         self._virt_type: str | None = None
+        self._cpu_sample: tuple[float, int, int] | None = None  # (monotonic, busy ns, total ns)
+        self._closed = threading.Event()  # set by libvirt's close callback when the connection dies
 
     # -- connection ------------------------------------------------------------------------------------
 
     def _connection(self) -> libvirt.virConnect:
         with self._conn_lock:
-            if self._conn is not None and not self._alive(self._conn):
+            if self._conn is not None and (self._closed.is_set() or not self._alive(self._conn)):
                 self._drop_connection()
             if self._conn is None:
                 self._conn = self._open()
             return self._conn
 
     def _open(self) -> libvirt.virConnect:
+        ensure_event_loop()
         try:
             conn = libvirt.open(self.host.uri)
         except libvirt.libvirtError as exc:
@@ -135,8 +170,33 @@ class LibvirtDriver(Driver):
                 self.host.name, f"cannot reach hypervisor at {safe_uri(self.host.uri)}: {_error_text(exc)}"
             ) from None
         self._virt_type = None  # a reconnect may reach a reconfigured host
+        self._watch(conn)
         log.debug("host %s: connected to %s", self.host.name, safe_uri(self.host.uri))
         return conn
+
+    def _watch(self, conn: libvirt.virConnect) -> None:
+        self._closed.clear()
+        try:
+            conn.registerCloseCallback(self._on_close, None)
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+        except libvirt.libvirtError as exc:
+            # Local and test:/// connections may not support keepalive; they cannot hang on a network.
+            log.debug("host %s: no keepalive: %s", self.host.name, _error_text(exc))
+
+    def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        # Runs on the libvirt event thread: only flag it; the next call reconnects or reports unreachable.
+        self._closed.set()
+        if reason != libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:
+            log.warning(
+                "host %s: connection to the hypervisor closed: %s",
+                self.host.name,
+                CLOSE_REASONS.get(reason, reason),
+            )
+
+    def is_connected(self) -> bool:
+        """Whether the driver holds a live connection (False after the close callback fired)."""
+        conn = self._conn
+        return conn is not None and not self._closed.is_set() and self._alive(conn)
 
     @staticmethod
     def _alive(conn: libvirt.virConnect) -> bool:
@@ -148,6 +208,8 @@ class LibvirtDriver(Driver):
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
             with contextlib.suppress(libvirt.libvirtError):
                 conn.close()
 
@@ -244,6 +306,30 @@ class LibvirtDriver(Driver):
         conn = self._connection()
         with self._errors("read the host's capabilities"):
             return self._virt_type_of(conn)
+
+    def host_stats(self) -> HostStats:
+        """One round of cheap calls; the monitor treats HostUnreachable as "did not answer"."""
+        conn = self._connection()
+        with self._errors("read the host's statistics"):
+            free_mib = conn.getFreeMemory() // (1024 * 1024)
+            busy, total = self._cpu_times(conn)
+            running = len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+        return HostStats(
+            free_memory_mib=free_mib, cpu_load=self._cpu_load(busy, total), running_desktops=running
+        )
+
+    @staticmethod
+    def _cpu_times(conn: libvirt.virConnect) -> tuple[int, int]:
+        times = conn.getCPUStats(libvirt.VIR_NODE_CPU_STATS_ALL_CPUS, 0)
+        busy = sum(times.get(key, 0) for key in ("kernel", "user"))
+        return busy, busy + times.get("idle", 0) + times.get("iowait", 0)
+
+    def _cpu_load(self, busy: int, total: int) -> float | None:
+        # Counters only grow, so load is the busy share of the time elapsed since the previous sample.
+        previous, self._cpu_sample = self._cpu_sample, (time.monotonic(), busy, total)
+        if previous is None or total <= previous[2]:
+            return None
+        return min(1.0, max(0.0, (busy - previous[1]) / (total - previous[2])))
 
     # -- validation ------------------------------------------------------------------------------------
 

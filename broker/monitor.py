@@ -1,0 +1,325 @@
+"""The host monitor: notice dead hypervisor hosts fast, tell users, and converge database and hosts.
+
+One asyncio task in the broker. Every `poll_interval_s` it asks each enabled host for its statistics (in a
+thread of its own pool: libvirt calls block, and a host that hangs must not starve the database's threads).
+A host silent for `down_after_s` is marked down: its desktops become "lost" and their sessions end, so the
+portal says so and the next connect starts a new desktop on a healthy host (placement skips hosts that are
+not "up"). A host that answers again goes back up, and is reconciled on every pass:
+
+- a desktop the database has as running whose domain is gone → lost;
+- a domain the database has as provisioning, running on the host, older than ADOPT_AFTER_S → adopted as
+  running (the broker that started it died before recording it);
+- a domain of ours the database does not know, or knows as deleted → orphan: reported, or destroyed when
+  `[monitor] orphans = "destroy"`.
+
+Everything is level-triggered: a pass looks at what is, not at what happened, so it is idempotent and
+catches up after a broker restart or a lost event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.config import MonitorSettings
+from broker.db import Database
+from broker.db.models import AuditEvent, Desktop, Host, utcnow
+from broker.db.models import Session as DesktopSession
+from broker.inventory import update_host_gauges
+from hypervisor.base import DisplayEndpoint, Driver, HostStats, HypervisorError
+from monitoring.metrics import (
+    DESKTOPS_LOST,
+    HOST_DOWN_TRANSITIONS,
+    ORPHAN_DOMAINS,
+    RECONCILE_FIXES,
+    SESSIONS_ACTIVE,
+    OrphanAction,
+    ReconcileFix,
+)
+
+log = logging.getLogger(__name__)
+
+ACTOR = "monitor"
+HOST_DOWN_REASON = "host_down"
+# A start takes seconds (define, boot, VNC port); a row still "provisioning" this long after its domain runs
+# was left by a broker that died between starting the domain and recording it.
+ADOPT_AFTER_S = 60.0
+LIVE_STATES = ("provisioning", "running")
+GONE_STATES = ("deleted", "lost", "error")
+
+
+# -- database work, run in Database.run's worker thread ----------------------------------------------
+
+
+def _audit(action: str, result: str, target: str, **detail: Any) -> AuditEvent:
+    return AuditEvent(actor=ACTOR, action=action, result=result, target=target, detail=detail)
+
+
+def enabled_hosts(db: Session) -> dict[str, str]:
+    """Name → health state of the hosts the monitor polls (disabled hosts are left alone)."""
+    rows = db.execute(select(Host.name, Host.state).where(Host.admin_state != "disabled"))
+    return dict(rows.all())
+
+
+def record_up(db: Session, name: str, stats: HostStats) -> bool:
+    """Store the host's stats and mark it up; True if it was down before."""
+    host = db.get(Host, name)
+    if host is None:
+        return False
+    host.cpu_load = stats.cpu_load if stats.cpu_load is not None else host.cpu_load
+    was_down, host.state = host.state != "up", "up"
+    if was_down:
+        db.add(_audit("host_up", "success", name))
+        update_host_gauges(db)
+    return was_down
+
+
+def _end_sessions(db: Session, desktop: Desktop, reason: str) -> int:
+    sessions = db.scalars(
+        select(DesktopSession).where(
+            DesktopSession.desktop_id == desktop.id, DesktopSession.state == "active"
+        )
+    ).all()
+    for session in sessions:
+        session.state, session.ended_at = "ended", utcnow()
+        db.add(_audit("session_end", "success", desktop.pool_name, session=session.id, reason=reason))
+    return len(sessions)
+
+
+def _mark_lost(db: Session, desktop: Desktop, reason: str) -> int:
+    """Mark the desktop lost and end its sessions; return how many sessions ended."""
+    desktop.state, desktop.error = "lost", reason
+    db.add(_audit("desktop_lost", "failure", desktop.pool_name, desktop=desktop.domain_name, reason=reason))
+    return _end_sessions(db, desktop, reason)
+
+
+@dataclass
+class DownResult:
+    desktops: list[str] = field(default_factory=list)
+    sessions_ended: int = 0
+
+
+def record_down(db: Session, name: str, silent_s: float) -> DownResult | None:
+    """Mark the host down, its live desktops lost and their sessions ended, in one transaction.
+
+    None if the host was down already (or is gone): the transition happens once.
+    """
+    host = db.get(Host, name)
+    if host is None or host.state == "down":
+        return None
+    result = DownResult()
+    host.state = "down"
+    desktops = db.scalars(select(Desktop).where(Desktop.host_name == name, Desktop.state.in_(LIVE_STATES)))
+    for desktop in desktops:
+        result.sessions_ended += _mark_lost(db, desktop, HOST_DOWN_REASON)
+        result.desktops.append(desktop.domain_name)
+    db.add(_audit("host_down", "failure", name, silent_s=round(silent_s, 1), desktops=result.desktops))
+    update_host_gauges(db)
+    return result
+
+
+@dataclass(frozen=True)
+class ReconcilePlan:
+    """What the database knows about the domains on one host, split by what reconcile does with each."""
+
+    lost: list[int]  # desktop ids: running in the database, no domain on the host
+    adopt: list[tuple[int, str]]  # (desktop id, domain name): provisioning too long, domain present
+    orphans: list[str]  # domain names the database does not know or knows as deleted
+
+
+def plan_reconcile(db: Session, name: str, domains: list[str]) -> ReconcilePlan:
+    present = set(domains)
+    rows = db.scalars(select(Desktop).where(Desktop.host_name == name, Desktop.state.in_(LIVE_STATES))).all()
+    cutoff = utcnow() - dt.timedelta(seconds=ADOPT_AFTER_S)
+    known = dict(
+        db.execute(select(Desktop.domain_name, Desktop.state).where(Desktop.domain_name.in_(present))).all()
+    )
+    return ReconcilePlan(
+        lost=[d.id for d in rows if d.state == "running" and d.domain_name not in present],
+        adopt=[
+            (d.id, d.domain_name)
+            for d in rows
+            if d.state == "provisioning" and d.domain_name in present and d.created_at < cutoff
+        ],
+        orphans=sorted(n for n in present if known.get(n) in (None, "deleted")),
+    )
+
+
+def mark_missing_lost(db: Session, desktop_ids: list[int]) -> int:
+    """Desktops whose domain vanished; rows that changed state meanwhile are left alone."""
+    ended = 0
+    for desktop in db.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids), Desktop.state == "running")):
+        ended += _mark_lost(db, desktop, "domain_missing")
+        RECONCILE_FIXES.labels(fix=ReconcileFix.LOST.value).inc()
+    return ended
+
+
+def adopt_running(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> bool:
+    desktop = db.get(Desktop, desktop_id)
+    if desktop is None or desktop.state != "provisioning":
+        return False
+    desktop.state, desktop.vnc_host, desktop.vnc_port = "running", endpoint.host, endpoint.port
+    db.add(_audit("desktop_adopted", "success", desktop.pool_name, desktop=desktop.domain_name))
+    return True
+
+
+def record_orphan(db: Session, host: str, domain: str, action: OrphanAction) -> None:
+    db.add(_audit("orphan_domain", action.value, host, domain=domain))
+
+
+# -- the monitor task --------------------------------------------------------------------------------
+
+
+class HostMonitor:
+    """Polls hosts and reconciles them; `start()` on the broker's loop, `await stop()` at shutdown."""
+
+    def __init__(self, settings: MonitorSettings, db: Database, drivers: dict[str, Driver]) -> None:
+        self.settings = settings
+        self.db = db
+        self.drivers = drivers
+        # One thread per host at most: a hung host blocks only its own poll (see _pending).
+        self._executor = ThreadPoolExecutor(max_workers=max(2, len(drivers)), thread_name_prefix="monitor")
+        self._pending: dict[str, Future] = {}
+        self._last_answer: dict[str, float] = {}
+        self._reported_orphans: set[tuple[str, str]] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="host-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        log.info(
+            "host monitor: polling every %.1f s, down after %.1f s, orphans: %s",
+            self.settings.poll_interval_s,
+            self.settings.down_after_s,
+            self.settings.orphans,
+        )
+        while True:
+            try:
+                await self.pass_once()
+            except Exception:
+                # A failed pass (database hiccup) must not end monitoring; the next pass looks afresh.
+                log.exception("host monitor: pass failed")
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def pass_once(self) -> None:
+        """Poll every enabled host once, concurrently, and reconcile the ones that answered."""
+        hosts = await self.db.run(enabled_hosts)
+        names = [name for name in hosts if name in self.drivers]
+        await asyncio.gather(*(self._check_host(name) for name in names))
+
+    async def _check_host(self, name: str) -> None:
+        now = time.monotonic()
+        self._last_answer.setdefault(name, now)
+        stats = await self._poll(name)
+        if stats is None:
+            silent_s = now - self._last_answer[name]
+            if silent_s >= self.settings.down_after_s:
+                await self._host_down(name, silent_s)
+            return
+        self._last_answer[name] = now
+        if await self.db.run(partial(record_up, name=name, stats=stats)):
+            log.warning("host %s: answering again; marked up (its lost desktops stay lost)", name)
+        await self.reconcile_host(name)
+
+    async def _poll(self, name: str) -> HostStats | None:
+        """The host's stats, or None if it did not answer within one poll interval."""
+        future = self._pending.get(name)
+        if future is None or future.done():
+            # A call still hanging from an earlier pass is awaited again rather than piled up.
+            future = self._executor.submit(self.drivers[name].host_stats)
+            self._pending[name] = future
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.poll_interval_s)
+        except TimeoutError:
+            log.info("host %s: no answer within %.1f s", name, self.settings.poll_interval_s)
+        except HypervisorError as exc:
+            log.info("host %s: not answering: %s", name, exc.message)
+        return None
+
+    async def _host_down(self, name: str, silent_s: float) -> None:
+        result = await self.db.run(partial(record_down, name=name, silent_s=silent_s))
+        if result is None:
+            return
+        HOST_DOWN_TRANSITIONS.inc()
+        DESKTOPS_LOST.inc(len(result.desktops))
+        SESSIONS_ACTIVE.dec(result.sessions_ended)
+        log.warning(
+            "host %s: marked down after %.1f s without an answer; %d desktops lost, %d sessions ended",
+            *(name, silent_s, len(result.desktops), result.sessions_ended),
+        )
+
+    async def reconcile_all(self) -> None:
+        """Reconcile every enabled host that is up (at broker start, before the first poll)."""
+        hosts = await self.db.run(enabled_hosts)
+        for name, state in hosts.items():
+            if state == "up" and name in self.drivers:
+                await self.reconcile_host(name)
+
+    async def reconcile_host(self, name: str) -> None:
+        try:
+            domains = await self._call(name, "list_desktops")
+        except HypervisorError as exc:
+            log.info("host %s: cannot reconcile now: %s", name, exc.message)
+            return
+        plan = await self.db.run(partial(plan_reconcile, name=name, domains=domains))
+        if plan.lost:
+            ended = await self.db.run(partial(mark_missing_lost, desktop_ids=plan.lost))
+            SESSIONS_ACTIVE.dec(ended)
+            log.warning("host %s: %d running desktops have no domain; marked lost", name, len(plan.lost))
+        for desktop_id, domain in plan.adopt:
+            await self._adopt(name, desktop_id, domain)
+        for domain in plan.orphans:
+            await self._orphan(name, domain)
+
+    async def _adopt(self, name: str, desktop_id: int, domain: str) -> None:
+        try:
+            endpoint = await self._call(name, "display", domain)
+        except HypervisorError as exc:
+            log.info("host %s: cannot adopt %s yet: %s", name, domain, exc.message)
+            return
+        if await self.db.run(partial(adopt_running, desktop_id=desktop_id, endpoint=endpoint)):
+            RECONCILE_FIXES.labels(fix=ReconcileFix.ADOPTED.value).inc()
+            log.warning(
+                "host %s: adopted %s, left provisioning by an earlier broker, as running", name, domain
+            )
+
+    async def _orphan(self, name: str, domain: str) -> None:
+        if self.settings.orphans == "destroy":
+            try:
+                await self._call(name, "destroy_desktop", domain)
+            except HypervisorError as exc:
+                log.warning("host %s: cannot destroy orphan %s: %s", name, domain, exc.message)
+                return
+            action = OrphanAction.DESTROYED
+        elif (name, domain) in self._reported_orphans:
+            return  # reported once per broker process; the audit log is not a heartbeat
+        else:
+            action = OrphanAction.REPORTED
+            self._reported_orphans.add((name, domain))
+        await self.db.run(partial(record_orphan, host=name, domain=domain, action=action))
+        ORPHAN_DOMAINS.labels(action=action.value).inc()
+        log.warning("host %s: orphan domain %s (not in the database): %s", name, domain, action.value)
+
+    async def _call(self, name: str, method: str, *args: Any) -> Any:
+        driver = self.drivers[name]
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, getattr(driver, method), *args
+        )

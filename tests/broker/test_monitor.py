@@ -1,0 +1,240 @@
+"""The host monitor against the real libvirtd: a host that dies, and reconcile of orphan domains.
+
+A host "dies" without touching the shared libvirtd: its URI goes through a unix-socket relay the test owns,
+and stopping the relay (closing its listener and every relayed connection) makes the host stop answering.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from broker.app import prepare_database
+from broker.db import Database
+from broker.db.migrate import upgrade
+from broker.db.models import AuditEvent, Desktop, Host, utcnow
+from broker.db.models import Session as DesktopSession
+from broker.monitor import ADOPT_AFTER_S, HostMonitor
+from hypervisor.base import DesktopSpec
+from hypervisor.config import HostSettings
+from hypervisor.libvirt_driver import LibvirtDriver
+from images.demo import DemoImage
+from tests.fixtures.broker import (
+    BrokerClient,
+    FakeAuthenticator,
+    LoopThread,
+    make_broker_config,
+    seed_session,
+)
+from tests.fixtures.common import wait_until
+from tests.fixtures.libvirt import desktop_prefix, destroy_quietly
+from tests.hypervisor.libvirt_relay import UnixRelay
+from vdi.config import Config, ConfigError
+
+DOWN_DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[UnixRelay]:
+    relay = UnixRelay(tmp_path / "libvirt-relay.sock")
+    yield relay
+    relay.stop()
+
+
+def two_host_config(tmp_path: Path, libvirt_host: HostSettings, relay: UnixRelay, **monitor) -> Config:
+    common = {"storage_pool": libvirt_host.storage_pool, "storage_path": libvirt_host.storage_path}
+    hosts = [
+        {"name": "flaky", "uri": f"qemu+unix:///system?socket={relay.path}", **common},
+        {"name": "healthy", "uri": "qemu:///system", **common},
+    ]
+    settings = {"poll_interval_s": 0.5, "down_after_s": 3.0, **monitor}
+    return make_broker_config(tmp_path / "broker.db", hosts=hosts, monitor=settings)
+
+
+class SessionScopedDriver(LibvirtDriver):
+    """The real driver, seeing only this test session's domains: other sessions share the libvirtd, and
+    an orphan policy of "destroy" must never reach their desktops."""
+
+    def __init__(self, host: HostSettings, prefix: str) -> None:
+        super().__init__(host)
+        self.prefix = prefix
+
+    def list_desktops(self) -> list[str]:
+        return [name for name in super().list_desktops() if name.startswith(self.prefix)]
+
+
+class MonitorRunner:
+    """The monitor on its own loop thread, as the broker process runs it."""
+
+    def __init__(self, config: Config, drivers: dict) -> None:
+        self.db = Database(config.database)
+        self.loop = LoopThread("monitor-under-test")
+        self.monitor = HostMonitor(config.monitor, self.db, drivers)
+        self.loop.call(self._start())
+
+    async def _start(self) -> None:
+        self.monitor.start()
+
+    def stop(self) -> None:
+        self.loop.call(self.monitor.stop())
+        self.loop.close()
+        self.db.close()
+
+
+def row(db: Database, model, key):
+    with db.transaction() as session:
+        found = session.get(model, key)
+        session.expunge_all()
+        return found
+
+
+def desktop_by_domain(db: Database, domain: str) -> Desktop:
+    with db.transaction() as session:
+        desktop = session.scalars(select(Desktop).where(Desktop.domain_name == domain)).one()
+        session.expunge_all()
+        return desktop
+
+
+def audit_actions(db: Database, action: str) -> list[AuditEvent]:
+    with db.transaction() as session:
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
+        session.expunge_all()
+        return list(events)
+
+
+def set_admin_state(db: Database, host: str, admin_state: str) -> None:
+    with db.transaction() as session:
+        session.get(Host, host).admin_state = admin_state
+
+
+@pytest.fixture
+def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
+    """Two hosts on the real libvirtd (one behind the relay), the broker, and cleanup of every domain."""
+    config = two_host_config(tmp_path, libvirt_host, relay)
+    upgrade(config.database.url)
+    drivers = {host.name: LibvirtDriver(host) for host in config.hosts}
+    url = broker_server(
+        config,
+        authenticator=FakeAuthenticator(),
+        drivers=drivers,
+        image_resolver=lambda pool: demo_image.boot_image(),
+    )
+    db = Database(config.database)
+    yield config, drivers, url, db
+    cleaner = LibvirtDriver(libvirt_host)
+    with db.transaction() as session:
+        domains = session.scalars(select(Desktop.domain_name)).all()
+    for domain in domains:
+        destroy_quietly(cleaner, domain)
+    cleaner.close()
+    for driver in drivers.values():
+        driver.close()
+    db.close()
+
+
+def test_dead_host_is_marked_down_its_desktop_lost_and_new_connects_go_elsewhere(lab, relay):
+    config, drivers, url, db = lab
+    set_admin_state(db, "healthy", "disabled")  # the first desktop must land on the host that will die
+    client = BrokerClient(url)
+    client.login("kimmj")
+    first = client.post("/api/v1/pools/mois-office/connect").json()
+    domain = first["desktop"]["name"]
+    assert desktop_by_domain(db, domain).host_name == "flaky"
+    set_admin_state(db, "healthy", "enabled")
+
+    runner = MonitorRunner(config, drivers)
+    try:
+        wait_until(lambda: row(db, Host, "flaky").cpu_load is not None, 10, "a first health sample")
+        relay.stop()
+        wait_until(lambda: row(db, Host, "flaky").state == "down", DOWN_DEADLINE_S, "flaky marked down")
+    finally:
+        runner.stop()
+
+    assert desktop_by_domain(db, domain).state == "lost"
+    assert row(db, Host, "healthy").state == "up"
+    session = client.get(f"/api/v1/sessions/{first['session_id']}").json()
+    assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+    (down,) = audit_actions(db, "host_down")
+    assert (down.target, down.detail["desktops"]) == ("flaky", [domain])
+    assert [e.detail["reason"] for e in audit_actions(db, "session_end")] == ["host_down"]
+    assert "연결 끊김: 호스트 장애" in client.get("/desktops").text
+    english = client.get("/desktops", headers={"Accept-Language": "en"}).text
+    assert 'data-state="lost">Lost: its host failed' in english
+
+    second = client.post("/api/v1/pools/mois-office/connect").json()
+    assert second["session_id"] != first["session_id"]
+    assert desktop_by_domain(db, second["desktop"]["name"]).host_name == "healthy"
+    assert 'data-state="running"' in client.get("/desktops").text
+
+
+@pytest.mark.parametrize("policy", ["report", "destroy"])
+def test_orphan_domain_is_reported_or_destroyed(
+    policy, tmp_path, libvirt_host, relay, demo_image, libvirt_session_token
+):
+    config = two_host_config(tmp_path, libvirt_host, relay, orphans=policy)
+    upgrade(config.database.url)
+    db = Database(config.database)
+    prepare = LoopThread("prepare")
+    prepare.call(prepare_database(db, config))
+    prepare.close()
+    healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
+    orphan = f"{desktop_prefix(libvirt_session_token)}orphan-{policy}"
+    healthy.create_desktop(DesktopSpec(domain_name=orphan, image=demo_image.boot_image()))
+    runner = MonitorRunner(config, {"healthy": healthy})
+    try:
+        wait_until(lambda: audit_actions(db, "orphan_domain"), DOWN_DEADLINE_S, "the orphan audited")
+        events = [(e.target, e.detail["domain"], e.result) for e in audit_actions(db, "orphan_domain")]
+        expected = "reported" if policy == "report" else "destroyed"
+        assert ("healthy", orphan, expected) in events
+        still_there = orphan in healthy.list_desktops()
+        assert still_there == (policy == "report")
+    finally:
+        runner.stop()
+        destroy_quietly(healthy, orphan)
+        healthy.close()
+        db.close()
+
+
+def test_reconcile_marks_vanished_desktops_lost_and_adopts_ones_a_dead_broker_left_provisioning(
+    tmp_path, libvirt_host, relay, demo_image, libvirt_session_token
+):
+    config = two_host_config(tmp_path, libvirt_host, relay)
+    upgrade(config.database.url)
+    db = Database(config.database)
+    prepare = LoopThread("prepare")
+    prepare.call(prepare_database(db, config))
+    prepare.close()
+    healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
+    started = f"{desktop_prefix(libvirt_session_token)}adopt"
+    healthy.create_desktop(DesktopSpec(domain_name=started, image=demo_image.boot_image()))
+    vanished_session, vanished_id = seed_session(db, "kimmj", "mois-office", host="healthy")
+    _, adopted_id = seed_session(db, "choijw", "moef-office", host="healthy", state="provisioning")
+    with db.transaction() as session:
+        adopted = session.get(Desktop, adopted_id)
+        adopted.domain_name, adopted.vnc_port = started, None
+        adopted.created_at = utcnow() - dt.timedelta(seconds=ADOPT_AFTER_S + 60)
+    runner = MonitorRunner(config, {"healthy": healthy})
+    try:
+        wait_until(lambda: row(db, Desktop, adopted_id).state == "running", 30, "the desktop adopted")
+        wait_until(lambda: row(db, Desktop, vanished_id).state == "lost", 30, "the vanished desktop lost")
+        assert row(db, Desktop, adopted_id).vnc_port == healthy.display(started).port
+    finally:
+        runner.stop()
+        destroy_quietly(healthy, started)
+        healthy.close()
+    assert row(db, DesktopSession, vanished_session).state == "ended"
+    assert row(db, Desktop, vanished_id).error == "domain_missing"
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("monitor", "key"),
+    [({"down_after_s": 30}, "monitor.down_after_s"), ({"orphans": "delete"}, "monitor.orphans")],
+)
+def test_monitor_settings_errors_name_the_key(tmp_path, monitor, key):
+    with pytest.raises(ConfigError, match=key):
+        make_broker_config(tmp_path / "broker.db", monitor=monitor)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 # A desktop still "provisioning" after this long belongs to a broker that died mid-start.
 STALE_PROVISIONING_S = 600
 DRIVER_THREADS = 4
+# Audit actor for desktops the pool manager starts on no user's behalf.
+SPARE_ACTOR = "pool-manager"
 
 ImageResolver = Callable[[PoolSettings], BootImage]
 
@@ -203,6 +205,27 @@ def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | Non
     ).first()
 
 
+def take_spare(db: Session, pool: str, username: str) -> Desktop | None:
+    """Assign the pool's oldest running spare to the user; None when there is none left to take."""
+    spare = db.scalars(
+        select(Desktop)
+        .where(Desktop.pool_name == pool, Desktop.assigned_user.is_(None), Desktop.state == "running")
+        .order_by(Desktop.id)
+    ).first()
+    if spare is None:
+        return None
+    # Conditional on still being unassigned: another broker may take the same spare at the same time.
+    taken = db.execute(
+        update(Desktop)
+        .where(Desktop.id == spare.id, Desktop.assigned_user.is_(None))
+        .values(assigned_user=username)
+    ).rowcount
+    if not taken:
+        return None
+    db.refresh(spare)
+    return spare
+
+
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
     return load_host_candidates(db, host_names)
 
@@ -274,10 +297,33 @@ def retire_desktop(db: Session, desktop_id: int) -> int:
     return end_sessions(db, desktop_id)
 
 
-def record_logoff(db: Session, desktop: Desktop, username: str, client_ip: str) -> int:
+def record_logoff(
+    db: Session, desktop: Desktop, username: str, client_ip: str, action: str = "logoff", **detail: Any
+) -> int:
     ended = retire_desktop(db, desktop.id)
-    db.add(_audit(username, "logoff", "success", desktop.pool_name, client_ip, desktop=desktop.domain_name))
+    db.add(
+        _audit(
+            username, action, "success", desktop.pool_name, client_ip, desktop=desktop.domain_name, **detail
+        )
+    )
     return ended
+
+
+def record_dedicated_logoff(
+    db: Session, desktop: Desktop, username: str, client_ip: str, action: str = "logoff", **detail: Any
+) -> int:
+    """End the sessions only: a dedicated desktop stays assigned and running, its disk intact."""
+    ended = end_sessions(db, desktop.id)
+    detail |= {"desktop": desktop.domain_name, "desktop_kept": True}
+    db.add(_audit(username, action, "success", desktop.pool_name, client_ip, **detail))
+    return ended
+
+
+def load_session(db: Session, session_id: str) -> tuple[DesktopSession, Desktop]:
+    session = db.get(DesktopSession, session_id)
+    if session is None:
+        raise errors.UnknownSession()
+    return session, db.get(Desktop, session.desktop_id)
 
 
 def open_session(db: Session, desktop_id: int, username: str, client_ip: str) -> tuple[DesktopSession, bool]:
@@ -302,9 +348,9 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
     session.client_ip = client_ip
     desktop = db.get(Desktop, desktop_id)
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
-    db.add(
-        _audit(username, "connect", "success", desktop.pool_name, client_ip, **detail, new_session=created)
-    )
+    # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
+    action = "connect" if created else "reconnect"
+    db.add(_audit(username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created))
     db.flush()
     return session, created
 
@@ -348,7 +394,8 @@ def users_desktops(db: Session, username: str) -> dict[str, tuple[Desktop, str |
             DesktopSession,
             (DesktopSession.desktop_id == Desktop.id) & (DesktopSession.state == "active"),
         )
-        .where(Desktop.assigned_user == username, Desktop.state.in_(HOLDING_STATES))
+        # "lost" too (host monitor, broker/monitor.py): the portal tells the user until they connect again.
+        .where(Desktop.assigned_user == username, Desktop.state.in_((*HOLDING_STATES, "lost")))
         .order_by(Desktop.id)
     ).all()
     return {desktop.pool_name: (desktop, session_id) for desktop, session_id in rows}
@@ -381,6 +428,9 @@ class DesktopService:
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # Called when a pool lost a desktop (a spare taken, a floating desktop destroyed); the pool
+        # manager sets it to wake its reconcile pass early.
+        self.pool_changed: Callable[[], None] = lambda: None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -451,6 +501,8 @@ class DesktopService:
     async def _connect(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> SessionView:
         desktop = await self._reusable_desktop(user, pool)
         if desktop is None:
+            desktop = await self._spare_desktop(user, pool)
+        if desktop is None:
             desktop = await self._start_desktop(user, pool, client_ip)
         session, created = await self.db.run(
             partial(open_session, desktop_id=desktop.id, username=user.username, client_ip=client_ip)
@@ -481,6 +533,22 @@ class DesktopService:
         await self._retire(desktop)
         return None
 
+    async def _spare_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
+        """Fast path: take a prewarmed spare of the pool, if its host confirms it is running."""
+        desktop = await self.db.run(partial(take_spare, pool=pool.name, username=user.username))
+        if desktop is None:
+            return None
+        self.pool_changed()
+        actual = await self._driver_call(desktop.host_name, "desktop_state", desktop.domain_name)
+        if actual == "running":
+            log.info(
+                "connect: user=%s takes spare %s of pool %s", user.username, desktop.domain_name, pool.name
+            )
+            return await self._refresh_display(desktop)
+        log.info("spare %s on host %s is %s; replacing it", desktop.domain_name, desktop.host_name, actual)
+        await self._retire(desktop)
+        return None
+
     async def _refresh_display(self, desktop: Desktop) -> Desktop:
         # A desktop restarted behind our back (host reboot) gets a new VNC port from autoport.
         endpoint = await self._driver_call(desktop.host_name, "display", desktop.domain_name)
@@ -494,20 +562,28 @@ class DesktopService:
         SESSIONS_ACTIVE.dec(ended)
 
     async def _start_desktop(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> Desktop:
+        return await self._boot(pool, user.username, user.username, client_ip)
+
+    async def start_spare(self, pool: PoolSettings) -> Desktop:
+        """Place and boot an unassigned desktop for the pool (the pool manager's refill)."""
+        return await self._boot(pool, None, SPARE_ACTOR, "")
+
+    async def _boot(self, pool: PoolSettings, owner: str | None, actor: str, client_ip: str) -> Desktop:
+        """Place, create and start a desktop for `owner` (None: a spare); `actor` is who asked."""
         image = await self._blocking(self.image_resolver, pool)
-        desktop = await self._place(user, pool, image)
+        desktop = await self._place(owner, pool, image)
         spec = DesktopSpec(
             domain_name=desktop.domain_name,
             image=image,
             memory_mib=pool.memory_mib,
             vcpus=pool.vcpus,
             # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
-            label=f"{pool.name} / {user.username}",
+            label=f"{pool.name} / {owner or 'spare'}",
         )
         try:
             endpoint = await self._driver_call(desktop.host_name, "create_desktop", spec)
         except Exception as exc:
-            await self._start_failed(desktop, exc, user, client_ip)
+            await self._start_failed(desktop, exc, actor, client_ip)
             raise
         DESKTOPS_STARTED.inc()
         log.info(
@@ -516,7 +592,7 @@ class DesktopService:
         )
         return await self.db.run(partial(mark_running, desktop_id=desktop.id, endpoint=endpoint))
 
-    async def _start_failed(self, desktop: Desktop, exc: Exception, user: PortalUser, client_ip: str) -> None:
+    async def _start_failed(self, desktop: Desktop, exc: Exception, actor: str, client_ip: str) -> None:
         DESKTOP_START_FAILURES.inc()
         # Only messages known to be safe are kept; an unexpected exception is recorded by type.
         error = exc.message if isinstance(exc, errors.BrokerError) else type(exc).__name__
@@ -524,12 +600,10 @@ class DesktopService:
             "desktop %s failed to start on host %s: %s", desktop.domain_name, desktop.host_name, error
         )
         await self.db.run(
-            partial(
-                mark_failed, desktop_id=desktop.id, error=error, username=user.username, client_ip=client_ip
-            )
+            partial(mark_failed, desktop_id=desktop.id, error=error, username=actor, client_ip=client_ip)
         )
 
-    async def _place(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:
+    async def _place(self, owner: str | None, pool: PoolSettings, image: BootImage) -> Desktop:
         """Choose a host and claim a slot on it; a lost claim (another request won) places again."""
         request = placement_request(pool, f"{image.name}:{image.version}")
         attempts = self.config.placement.claim_attempts
@@ -540,7 +614,7 @@ class DesktopService:
             if decision.host is None:
                 raise errors.NoCapacity(decision.reason, detail=decision.reason, pool=pool.name)
             generation = next(c.generation for c in candidates if c.name == decision.host)
-            row = self._new_desktop(user, pool, image)
+            row = self._new_desktop(owner, pool, image)
             try:
                 return await self.db.run(
                     partial(
@@ -556,13 +630,13 @@ class DesktopService:
                 log.info("%s (attempt %d of %d); placing again", lost, attempt, attempts)
         raise errors.PlacementConflict()
 
-    def _new_desktop(self, user: PortalUser, pool: PoolSettings, image: BootImage) -> Desktop:
+    def _new_desktop(self, owner: str | None, pool: PoolSettings, image: BootImage) -> Desktop:
         return Desktop(
             pool_name=pool.name,
-            domain_name=domain_name_for(pool.name, user.username),
+            domain_name=domain_name_for(pool.name, owner or "spare"),
             image=f"{image.name}:{image.version}",
             state="provisioning",
-            assigned_user=user.username,
+            assigned_user=owner,
             created_at=utcnow(),
         )
 
@@ -578,18 +652,53 @@ class DesktopService:
         return ConsoleGrant(token, self.config.broker.gateway_url, ttl_s)
 
     async def logoff(self, user: PortalUser, session_id: str, client_ip: str) -> SessionView:
-        """Stop and remove the session's desktop and end the session. Logging off twice is harmless."""
+        """End the session; a floating pool's desktop is destroyed with it, a dedicated one is kept.
+
+        Logging off twice is harmless.
+        """
         session, desktop = await self.db.run(
             partial(load_owned_session, session_id=session_id, username=user.username)
         )
         if session.state == "active":
-            await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
-            ended = await self.db.run(
-                partial(record_logoff, desktop=desktop, username=user.username, client_ip=client_ip)
-            )
-            SESSIONS_ACTIVE.dec(ended)
+            await self._end_session(desktop, user.username, client_ip, "logoff")
             log.info("logoff: user=%s desktop=%s session=%s", user.username, desktop.domain_name, session_id)
         return await self.session(user, session_id)
+
+    async def end_session(self, session_id: str, actor: str, action: str, client_ip: str = "") -> SessionView:
+        """Log a session off on someone else's behalf: an administrator, or the pool's session policy.
+
+        `action` is what the audit records (force_logoff, idle_logoff, max_time_logoff).
+        """
+        session, desktop = await self.db.run(partial(load_session, session_id=session_id))
+        if session.state == "active":
+            await self._end_session(desktop, actor, client_ip, action, user=session.username)
+            log.info(
+                "%s: by=%s user=%s desktop=%s session=%s",
+                *(action, actor, session.username, desktop.domain_name, session_id),
+            )
+        session, desktop = await self.db.run(partial(load_session, session_id=session_id))
+        return SessionView(
+            session.id, session.state, DesktopView.of(desktop), session.started_at, session.ended_at
+        )
+
+    async def _end_session(
+        self, desktop: Desktop, actor: str, client_ip: str, action: str, **detail: Any
+    ) -> None:
+        record = await self._logoff_desktop(desktop)
+        ended = await self.db.run(
+            partial(record, desktop=desktop, username=actor, client_ip=client_ip, action=action, **detail)
+        )
+        SESSIONS_ACTIVE.dec(ended)
+        self.pool_changed()
+
+    async def _logoff_desktop(self, desktop: Desktop) -> Callable[..., int]:
+        """Apply the pool's kind to the desktop at logoff; returns the database step that records it."""
+        pool = self.config.pool(desktop.pool_name)
+        if pool is not None and pool.kind == "dedicated":
+            # The user comes back to this desktop: same domain, same overlay, so their writes survive.
+            return record_dedicated_logoff
+        await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        return record_logoff
 
     # -- blocking calls --------------------------------------------------------------------------
 

@@ -11,15 +11,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from broker.db import Database
+from broker.db.models import Session as DesktopSession
+from broker.db.models import utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from gateway.config import GatewaySettings
 from monitoring.metrics import BYTES_RELAYED, TUNNELS_OPEN, TUNNELS_REFUSED, Direction, TunnelRefusal
@@ -35,6 +40,10 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 MAX_CLOSE_REASON_BYTES = 123
+
+# RFB KeyEvent and PointerEvent message types (RFC 6143 sections 7.5.4 and 7.5.5).
+INPUT_MESSAGE_TYPES = (b"\x04", b"\x05")
+INPUT_RECORD_INTERVAL_S = 5.0
 
 _TO_DESKTOP = BYTES_RELAYED.labels(direction=Direction.CLIENT_TO_DESKTOP.value)
 _TO_CLIENT = BYTES_RELAYED.labels(direction=Direction.DESKTOP_TO_CLIENT.value)
@@ -124,6 +133,10 @@ class TunnelRegistry:
             )
 
 
+def record_input(db: Session, session_id: str) -> None:
+    db.execute(update(DesktopSession).where(DesktopSession.id == session_id).values(last_input_at=utcnow()))
+
+
 class ConsoleRelay(WebSocketHandler):
     """One console tunnel. The URL carries the token; the token decides the desktop."""
 
@@ -141,6 +154,8 @@ class ConsoleRelay(WebSocketHandler):
         self._pump: asyncio.Task | None = None
         self._bytes_to_desktop = 0
         self._bytes_to_client = 0
+        self._input_recorded_at = float("-inf")
+        self._input_write: asyncio.Task | None = None
 
     # -- handshake -------------------------------------------------------------------------------
 
@@ -255,6 +270,26 @@ class ConsoleRelay(WebSocketHandler):
             return
         self._bytes_to_desktop += len(message)
         _TO_DESKTOP.inc(len(message))
+        self._note_input(message)
+
+    def _note_input(self, message: bytes) -> None:
+        """Record the user's last input for the pool's idle timeout, at most every few seconds.
+
+        noVNC sends one RFB message per frame; only key and pointer events count as input, since
+        the framebuffer update requests it sends all the time would keep any session busy.
+        """
+        now = time.monotonic()
+        if message[:1] not in INPUT_MESSAGE_TYPES or now - self._input_recorded_at < INPUT_RECORD_INTERVAL_S:
+            return
+        self._input_recorded_at = now
+        # Held so the task is not garbage-collected; the write runs on the database's executor.
+        self._input_write = asyncio.create_task(self._record_input())
+
+    async def _record_input(self) -> None:
+        try:
+            await self.db.run(partial(record_input, session_id=self.session_id))
+        except SQLAlchemyError:
+            log.warning("could not record input time of session %s", self.session_id)
 
     # -- closing ---------------------------------------------------------------------------------
 

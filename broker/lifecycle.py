@@ -1,0 +1,105 @@
+"""Session lifecycle: each pool's idle timeout and maximum session time, enforced by the broker.
+
+Idle time counts from the last client input the gateway recorded (sessions.last_input_at), or
+from the start when there was none. A pass finds the sessions over either limit and logs them off
+through DesktopService, so the pool's kind decides what happens to the desktop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker import errors
+from broker.config import PoolSettings
+from broker.db import Database
+from broker.db.models import Desktop, utcnow
+from broker.db.models import Session as DesktopSession
+from broker.desktops import DesktopService
+from vdi.config import Config
+
+log = logging.getLogger(__name__)
+
+PASS_INTERVAL_S = 15.0
+POLICY_ACTOR = "session-policy"
+
+
+@dataclass(frozen=True)
+class Overdue:
+    session_id: str
+    action: str  # idle_logoff or max_time_logoff
+
+
+def overdue_action(pool: PoolSettings, session: DesktopSession, now: dt.datetime) -> str | None:
+    if pool.max_session_s is not None and (now - session.started_at).total_seconds() > pool.max_session_s:
+        return "max_time_logoff"
+    last_input = session.last_input_at or session.started_at
+    if pool.idle_timeout_s is not None and (now - last_input).total_seconds() > pool.idle_timeout_s:
+        return "idle_logoff"
+    return None
+
+
+def overdue_sessions(db: Session, pool: PoolSettings, now: dt.datetime) -> list[Overdue]:
+    sessions = db.scalars(
+        select(DesktopSession)
+        .join(Desktop, Desktop.id == DesktopSession.desktop_id)
+        .where(Desktop.pool_name == pool.name, DesktopSession.state == "active")
+    ).all()
+    found = [(session.id, overdue_action(pool, session, now)) for session in sessions]
+    return [Overdue(session_id, action) for session_id, action in found if action]
+
+
+class SessionLifecycle:
+    """One asyncio task on the broker's loop that logs off sessions over their pool's limits."""
+
+    def __init__(
+        self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.desktops = desktops
+        self.interval_s = interval_s
+        self._task: asyncio.Task | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return any(pool.idle_timeout_s or pool.max_session_s for pool in self.config.pools)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="session-lifecycle")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self.enforce_once()
+            await asyncio.sleep(self.interval_s)
+
+    async def enforce_once(self) -> int:
+        """Log off every overdue session now; returns how many were logged off."""
+        count = 0
+        for pool in self.config.pools:
+            if pool.idle_timeout_s or pool.max_session_s:
+                count += await self._enforce_pool(pool)
+        return count
+
+    async def _enforce_pool(self, pool: PoolSettings) -> int:
+        overdue = await self.db.run(partial(overdue_sessions, pool=pool, now=utcnow()))
+        for item in overdue:
+            try:
+                await self.desktops.end_session(item.session_id, POLICY_ACTOR, item.action)
+            except errors.BrokerError as exc:
+                # A host that cannot be reached keeps the session; the next pass tries again.
+                log.warning("%s of session %s failed: %s", item.action, item.session_id, exc.message)
+        return len(overdue)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from sqlalchemy.orm import Session
 
+from broker.apihandlers import admin_desktops as admin_desktops_api
 from broker.apihandlers import admin_sessions as admin_sessions_api
 from broker.apihandlers import auth as auth_api
 from broker.apihandlers import cert_login as cert_login_api
@@ -31,7 +32,10 @@ from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
 from broker.handlers import cert_login, login, pages, static
 from broker.inventory import host_settings, seed_from_config, update_host_gauges
+from broker.lifecycle import SessionLifecycle
+from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
+from broker.pools import PoolManager
 from broker.web import PageNotFoundHandler, log_request
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
@@ -55,6 +59,7 @@ ROUTE_MODULES = (
     desktops_api,
     sessions_api,
     admin_sessions_api,
+    admin_desktops_api,
     hosts_api,
     images_api,
     cert_login,
@@ -106,6 +111,15 @@ def make_app(
     """The broker application; `drivers` defaults to one per configured host."""
     if drivers is None:
         drivers = drivers_for(config.hosts)
+    desktops = DesktopService(
+        config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
+    )
+    pool_manager = PoolManager(config, db, desktops)
+    if any(pool.spares or pool.min_size for pool in config.pools):
+        pool_manager.start()  # on the caller's running loop; docs/pools.md
+    lifecycle = SessionLifecycle(config, db, desktops)
+    if lifecycle.wanted:
+        lifecycle.start()
     settings = {
         "config": config,
         "db": db,
@@ -117,9 +131,9 @@ def make_app(
             totp=config.totp,
             totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
         ),
-        "desktops": DesktopService(
-            config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
-        ),
+        "desktops": desktops,
+        "pool_manager": pool_manager,
+        "session_lifecycle": lifecycle,
         # None unless [certificate] is enabled; the certificate login routes then answer 404.
         "certificate_auth": certificate_auth,
         "cookie_secret": config.broker.cookie_secret.get_secret_value(),
@@ -193,6 +207,8 @@ async def serve(config: Config) -> None:
     server = app.listen(config.broker.port, config.broker.listen_address, ssl_options=tls)
     scheme = "https" if tls else "http"
     log.info("broker listening on %s://%s:%d", scheme, config.broker.listen_address, config.broker.port)
+    monitor = HostMonitor(config.monitor, db, drivers)
+    monitor.start()  # its first pass reconciles every host that answers (docs/monitoring.md)
     try:
         await wait_for_stop_signal()
         log.info("stopping: no new connections, closing open ones")
@@ -200,6 +216,9 @@ async def serve(config: Config) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_S)
     finally:
+        await monitor.stop()
+        await app.settings["pool_manager"].stop()
+        await app.settings["session_lifecycle"].stop()
         app.settings["desktops"].close()
         authenticator.close()
         if certificate_auth is not None:

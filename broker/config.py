@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -64,3 +65,40 @@ class PoolSettings(BaseModel):
     max_per_host: int | None = Field(
         None, ge=1, description="anti-affinity: at most this many of the pool's desktops on one host"
     )
+    kind: Literal["dedicated", "floating"] = Field(
+        "floating",
+        description="dedicated: a user keeps one desktop across logoffs; floating: logoff destroys it",
+    )
+    min_size: int = Field(0, ge=0, description="the pool manager keeps at least this many desktops")
+    max_size: int | None = Field(None, ge=1, description="the pool never holds more desktops than this")
+    spares: int = Field(0, ge=0, description="unassigned running desktops kept ready for fast connects")
+    idle_timeout_s: int | None = Field(
+        None, ge=60, description="log a session off after this long without keyboard or mouse input"
+    )
+    max_session_s: int | None = Field(None, ge=60, description="log a session off after this long in all")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> PoolSettings:
+        if self.max_size is not None and max(self.min_size, self.spares) > self.max_size:
+            raise ValueError("max_size: must be at least min_size and spares")
+        return self
+
+
+class MonitorSettings(BaseModel):
+    """[monitor]: how fast the broker notices a dead host, and what reconcile does with orphan domains."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_s: float = Field(5.0, gt=0, le=60, description="seconds between health polls of each host")
+    down_after_s: float = Field(
+        15.0, gt=0, lt=30, description="a host silent this long is marked down and its desktops lost"
+    )
+    orphans: Literal["report", "destroy"] = Field(
+        "report", description="domains of ours the database does not know: report them, or destroy them"
+    )
+
+    @model_validator(mode="after")
+    def _down_after_poll(self) -> MonitorSettings:
+        if self.down_after_s < self.poll_interval_s:
+            raise ValueError("down_after_s: must be at least poll_interval_s")
+        return self

@@ -251,3 +251,51 @@ def _zero_image_series() -> None:
 
 
 _zero_image_series()
+
+
+# -- host monitor and reconcile ----------------------------------------------------------------------
+
+
+class OrphanAction(Enum):
+    REPORTED = "reported"
+    DESTROYED = "destroyed"
+
+
+class ReconcileFix(Enum):
+    LOST = "lost"  # the database said running; the host has no such domain
+    ADOPTED = "adopted"  # the database said provisioning (a broker died mid-start); the domain runs
+
+
+HOST_DOWN_TRANSITIONS = Counter(
+    "vdi_host_down_transitions_total", "Times a hypervisor host was marked down by the monitor"
+)
+DESKTOPS_LOST = Counter("vdi_desktops_lost_total", "Desktops marked lost because their host went down")
+ORPHAN_DOMAINS = Counter(
+    "vdi_orphan_domains_total",
+    "Domains of ours on a host that the database does not know, by action",
+    ["action"],
+)
+RECONCILE_FIXES = Counter(
+    "vdi_reconcile_fixes_total", "Desktop rows reconcile changed to match the hypervisor, by fix", ["fix"]
+)
+
+
+def _zero_monitor_series() -> None:
+    for action in OrphanAction:
+        ORPHAN_DOMAINS.labels(action=action.value)
+    for fix in ReconcileFix:
+        RECONCILE_FIXES.labels(fix=fix.value)
+
+
+_zero_monitor_series()
+
+
+class PoolDesktops(Enum):
+    TOTAL = "total"  # every desktop the pool holds (provisioning or running)
+    SPARE = "spare"  # unassigned, kept ready for a fast connect
+    IN_USE = "in_use"  # with an active session
+
+
+# Pool names come from the configuration (never user input); the pool manager creates each
+# configured pool's series at zero when it starts.
+POOL_DESKTOPS = Gauge("vdi_pool_desktops", "Desktops of each pool by use", ["pool", "use"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from broker.config import BrokerSettings, PoolSettings
+from broker.config import BrokerSettings, MonitorSettings, PoolSettings
 from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
 from gateway.config import GatewaySettings
@@ -51,6 +51,7 @@ class Config(BaseModel):
     hosts: list[HostSettings] = Field(min_length=1)
     pools: list[PoolSettings] = Field(default_factory=list)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     lab: LabSettings = Field(default_factory=LabSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -9,6 +9,12 @@ def cmd_bench_placement(config, args) -> int:
     return main(args)
 
 
+def cmd_bench_time_to_desktop(config, args) -> int:
+    from vdi.bench.time_to_desktop import main
+
+    return main(config, args)
+
+
 def add_bench_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -22,3 +28,12 @@ def add_bench_commands(sub) -> None:
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    text = "time from connect to the first framebuffer update through the gateway, against a running broker"
+    ttd = kinds.add_parser("time-to-desktop", help=text, description=text)
+    ttd.set_defaults(fn=cmd_bench_time_to_desktop, needs_config=True)
+    ttd.add_argument("--runs", type=int, default=20, help="connects per pool (default 20)")
+    ttd.add_argument("--user", default="kimmj", help="user to sign in as (default: demo user kimmj)")
+    ttd.add_argument("--password", default="demo1234!", help="that user's password (default: the demo's)")
+    ttd.add_argument("--prewarmed-pool", default="mois-shared", help="floating pool with spares ('' to skip)")
+    ttd.add_argument("--cold-pool", default="mois-office", help="floating pool without spares ('' to skip)")
+    ttd.add_argument("--virt-note", default="", help="free text recorded in the JSON, e.g. kvm or tcg")

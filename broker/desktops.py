@@ -732,12 +732,18 @@ def remove_all_desktops(config: Config) -> int:
     try:
         with db.transaction() as session:
             live = session.scalars(select(Desktop).where(Desktop.state != "deleted")).all()
+        removed = 0
         for desktop in live:
-            if desktop.host_name in drivers:
-                drivers[desktop.host_name].destroy_desktop(desktop.domain_name)
+            try:
+                if desktop.host_name in drivers:
+                    drivers[desktop.host_name].destroy_desktop(desktop.domain_name)
+            except HypervisorError as exc:
+                log.warning("could not remove desktop %s: %s", desktop.domain_name, exc)
+                continue  # the others still go; this one stays recorded for the next try
             with db.transaction() as session:
                 retire_desktop(session, desktop.id)
-        return len(live)
+            removed += 1
+        return removed
     finally:
         for driver in drivers.values():
             driver.close()

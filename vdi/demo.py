@@ -100,6 +100,18 @@ def _remove_demo_desktops(config: Config) -> None:
 
 
 def stop_demo(config: Config) -> int:
+    # A foreground `vdi demo` cleans up after itself; asking it to stop (rather than cleaning up
+    # alongside it) keeps two processes from destroying the same desktops at once.
+    owner = _running_pid(_pid_file(config, "demo"))
+    if owner and owner != os.getpid():
+        os.kill(owner, signal.SIGTERM)
+        _wait_exit(owner, deadline_s=120.0)
+        print("demo stopped")
+        return 0
+    return _stop_everything(config)
+
+
+def _stop_everything(config: Config) -> int:
     for service in SERVICES:
         pid = _running_pid(_pid_file(config, service))
         if pid:
@@ -136,6 +148,7 @@ def run_demo(config: Config, config_path: str) -> int:
         return 0
     lab = Lab(config)
     lab.start()
+    _pid_file(config, "demo").write_text(str(os.getpid()))
     upgrade(config.database.url)
     build_demo_image(config.images)
     processes = []
@@ -151,5 +164,6 @@ def run_demo(config: Config, config_path: str) -> int:
                 break
     finally:
         print("stopping the demo ...", flush=True)
-        stop_demo(config)
+        _stop_everything(config)
+        _pid_file(config, "demo").unlink(missing_ok=True)
     return 0

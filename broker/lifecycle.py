@@ -7,8 +7,6 @@ through DesktopService, so the pool's kind decides what happens to the desktop.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import errors
+from broker.background import PeriodicTask
 from broker.config import PoolSettings
 from broker.db import Database
 from broker.db.models import Desktop, utcnow
@@ -56,35 +55,25 @@ def overdue_sessions(db: Session, pool: PoolSettings, now: dt.datetime) -> list[
     return [Overdue(session_id, action) for session_id, action in found if action]
 
 
-class SessionLifecycle:
+class SessionLifecycle(PeriodicTask):
     """One asyncio task on the broker's loop that logs off sessions over their pool's limits."""
+
+    name = "session-lifecycle"
 
     def __init__(
         self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
     ) -> None:
+        super().__init__(interval_s)
         self.config = config
         self.db = db
         self.desktops = desktops
-        self.interval_s = interval_s
-        self._task: asyncio.Task | None = None
 
     @property
     def wanted(self) -> bool:
         return any(pool.idle_timeout_s or pool.max_session_s for pool in self.config.pools)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="session-lifecycle")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self.enforce_once()
-            await asyncio.sleep(self.interval_s)
+    async def run_once(self) -> int:
+        return await self.enforce_once()
 
     async def enforce_once(self) -> int:
         """Log off every overdue session now; returns how many were logged off."""

@@ -19,7 +19,6 @@ catches up after a broker restart or a lost event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -31,6 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.background import PeriodicTask
 from broker.config import MonitorSettings
 from broker.db import Database
 from broker.db.models import AuditEvent, Desktop, Host, utcnow
@@ -180,10 +180,13 @@ def record_orphan(db: Session, host: str, domain: str, action: OrphanAction) -> 
 # -- the monitor task --------------------------------------------------------------------------------
 
 
-class HostMonitor:
+class HostMonitor(PeriodicTask):
     """Polls hosts and reconciles them; `start()` on the broker's loop, `await stop()` at shutdown."""
 
+    name = "host-monitor"
+
     def __init__(self, settings: MonitorSettings, db: Database, drivers: dict[str, Driver]) -> None:
+        super().__init__(settings.poll_interval_s)
         self.settings = settings
         self.db = db
         self.drivers = drivers
@@ -192,32 +195,22 @@ class HostMonitor:
         self._pending: dict[str, Future] = {}
         self._last_answer: dict[str, float] = {}
         self._reported_orphans: set[tuple[str, str]] = set()
-        self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="host-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self) -> None:
         log.info(
             "host monitor: polling every %.1f s, down after %.1f s, orphans: %s",
             self.settings.poll_interval_s,
             self.settings.down_after_s,
             self.settings.orphans,
         )
-        while True:
-            try:
-                await self.pass_once()
-            except Exception:
-                # A failed pass (database hiccup) must not end monitoring; the next pass looks afresh.
-                log.exception("host monitor: pass failed")
-            await asyncio.sleep(self.settings.poll_interval_s)
+        super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_once(self) -> None:
+        await self.pass_once()
 
     async def pass_once(self) -> None:
         """Poll every enabled host once, concurrently, and reconcile the ones that answered."""

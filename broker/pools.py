@@ -8,8 +8,6 @@ claim, driver calls on its executor), never from here directly.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import errors
+from broker.background import PeriodicTask
 from broker.config import PoolSettings
 from broker.db import Database
 from broker.db.models import Desktop
@@ -67,40 +66,27 @@ def publish(pool: str, counts: PoolCounts) -> None:
     POOL_DESKTOPS.labels(pool=pool, use=PoolDesktops.IN_USE.value).set(counts.in_use)
 
 
-class PoolManager:
+class PoolManager(PeriodicTask):
     """One asyncio task on the broker's loop; `kick()` runs the next pass now instead of on the timer."""
+
+    name = "pool-manager"
 
     def __init__(
         self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
     ) -> None:
+        super().__init__(interval_s)
         self.config = config
         self.db = db
         self.desktops = desktops
-        self.interval_s = interval_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
         for pool in config.pools:
             publish(pool.name, PoolCounts(0, 0, 0))
 
     def start(self) -> None:
         self.desktops.pool_changed = self.kick
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="pool-manager")
+        super().start()
 
-    def kick(self) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            self._wake.clear()
-            await self.reconcile_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+    async def run_once(self) -> None:
+        await self.reconcile_once()
 
     async def reconcile_once(self) -> None:
         for pool in self.config.pools:

@@ -108,6 +108,10 @@ class Host(Base):
     ram_ratio: Mapped[float] = mapped_column(Float, default=1.0)
     images: Mapped[list] = mapped_column(JSON, default=list)  # image versions present on the host
     cpu_load: Mapped[float | None] = mapped_column(Float)  # last reported load, 0..1 per core
+    # How the gateway reaches this host's desktop displays (migration 0005): "direct" TCP to the
+    # address libvirt reports, or "ssh": a channel through the host's sshd to its loopback VNC.
+    console_access: Mapped[str] = mapped_column(String(16), default="direct")
+    ssh_address: Mapped[str | None] = mapped_column(String(255))  # user@host:port; unset: from the uri
 
 
 class Desktop(Base):

@@ -12,13 +12,13 @@ candidates; "no capacity" names the reasons ("all 3 hosts in zone business are f
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+
+import numpy as np
 
 from broker.placement.base import HostCandidate, HostFilter, HostWeigher, PlacementRequest
 from broker.placement.claim import claim_host
@@ -26,12 +26,14 @@ from broker.placement.config import PlacementSettings
 from broker.placement.filters import FILTERS
 from broker.placement.filters.capacity import DesktopCapacityFilter
 from broker.placement.filters.host_state import HostStateFilter
+from broker.placement.table import HostTable
 from broker.placement.weighers import WEIGHERS
 from broker.placement.weighers.free_slots import FreeSlotsWeigher
 from monitoring.metrics import PLACEMENT_DURATION, PLACEMENTS, PlacementReason, PlacementResult
 
 __all__ = [
     "HostCandidate",
+    "HostTable",
     "PlacementDecision",
     "PlacementEngine",
     "PlacementRequest",
@@ -67,11 +69,22 @@ class PlacementDecision:
     host: str | None
     explanation: list[str] = field(default_factory=list)
     reason: str = ""
-    weights: dict[str, float] = field(default_factory=dict)
     steps: list[FilterStep] = field(default_factory=list)
     top: list[tuple[str, float]] = field(default_factory=list)
     blocked_by: str = ""  # the filter that removed the last hosts, when none is left
     duration_s: float = 0.0  # the engine's own time: filtering and weighing
+    _weighed: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    def set_weights(self, names: np.ndarray, totals: np.ndarray) -> None:
+        self._weighed = (names, totals)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Weight of every host left after the filters (built on demand: a decision needs only the top)."""
+        if self._weighed is None:
+            return {}
+        names, totals = self._weighed
+        return dict(zip(names.tolist(), totals.tolist(), strict=True))
 
     def as_json(self) -> dict:
         return {
@@ -102,29 +115,46 @@ class PlacementEngine:
         weighers = [WEIGHERS[name](multiplier) for name, multiplier in settings.weighers.items()]
         return cls(filters, weighers, settings.best_of, rng)
 
-    def select(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
+    def select(
+        self,
+        hosts: Sequence[HostCandidate] | HostTable,
+        request: PlacementRequest,
+        exclude: np.ndarray | None = None,
+    ) -> PlacementDecision:
+        """Decide where the request goes. `exclude` marks rows of a HostTable not to consider at all."""
         started = time.perf_counter()
-        decision = self._decide(hosts, request)
+        decision = self._decide(as_table(hosts), request, exclude)
         decision.duration_s = time.perf_counter() - started
         PLACEMENT_DURATION.observe(decision.duration_s)
-        result, reason = _outcome(decision, bool(hosts))
+        result, reason = _outcome(decision, bool(len(hosts)))
         PLACEMENTS.labels(result=result.value, reason=reason.value).inc()
         return decision
 
-    def explain(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
+    def explain(
+        self, hosts: Sequence[HostCandidate] | HostTable, request: PlacementRequest
+    ) -> PlacementDecision:
         """The decision the engine would take now, without counting it in the metrics."""
-        return self._decide(hosts, request)
+        return self._decide(as_table(hosts), request, None)
 
-    def _decide(self, hosts: Sequence[HostCandidate], request: PlacementRequest) -> PlacementDecision:
+    def _decide(
+        self, table: HostTable, request: PlacementRequest, exclude: np.ndarray | None
+    ) -> PlacementDecision:
         decision = PlacementDecision(host=None)
-        remaining = self._filter(list(hosts), request, decision)
+        alive = np.ones(len(table), dtype=bool) if exclude is None else ~exclude
+        considered = int(alive.sum())
+        alive = self._filter(table, alive, request, decision)
         decision.explanation = [step.describe() for step in decision.steps]
-        if not remaining:
-            decision.reason = no_host_reason(len(hosts), request, decision)
+        rows = np.flatnonzero(alive)
+        if not len(rows):
+            decision.reason = no_host_reason(considered, request, decision)
             log.info("placement for pool %s: no host (%s)", request.pool, decision.reason)
             return decision
-        decision.weights = self._weigh(remaining, request)
-        decision.top = heapq.nlargest(self.best_of, decision.weights.items(), key=itemgetter(1))
+        totals = self._weigh(table, rows, request)
+        decision.set_weights(table.names[rows], totals)
+        best = min(self.best_of, len(rows))
+        top = np.argpartition(-totals, best - 1)[:best] if best < len(rows) else np.arange(len(rows))
+        top = top[np.argsort(-totals[top], kind="stable")]
+        decision.top = [(table.hosts[rows[i]].name, float(totals[i])) for i in top]
         decision.host = self._rng.choice(decision.top)[0]
         decision.explanation.append(
             "top candidates: " + ", ".join(f"{name}={weight:.3f}" for name, weight in decision.top)
@@ -135,37 +165,33 @@ class PlacementEngine:
         return decision
 
     def _filter(
-        self, hosts: list[HostCandidate], request: PlacementRequest, decision: PlacementDecision
-    ) -> list[HostCandidate]:
+        self, table: HostTable, alive: np.ndarray, request: PlacementRequest, decision: PlacementDecision
+    ) -> np.ndarray:
         for host_filter in self.filters:
             if not host_filter.applies(request):
                 continue
-            kept = host_filter.filter_all(hosts, request)
-            dropped = _dropped_names(hosts, kept)
-            decision.steps.append(FilterStep(host_filter.name, host_filter.reason, len(kept), dropped))
-            hosts = kept
-            if not hosts:
+            kept = alive & host_filter.mask(table, request)
+            dropped = table.names[alive & ~kept].tolist()
+            alive = kept
+            decision.steps.append(FilterStep(host_filter.name, host_filter.reason, int(kept.sum()), dropped))
+            if not alive.any():
                 decision.blocked_by = host_filter.name
                 break
-        return hosts
+        return alive
 
-    def _weigh(self, hosts: list[HostCandidate], request: PlacementRequest) -> dict[str, float]:
-        totals = [0.0] * len(hosts)
+    def _weigh(self, table: HostTable, rows: np.ndarray, request: PlacementRequest) -> np.ndarray:
+        totals = np.zeros(len(rows))
         for weigher in self.weighers:
-            raw = weigher.weigh_all(hosts, request)
-            low, high = min(raw), max(raw)
+            raw = weigher.weigh_array(table, request)[rows]
+            low, high = raw.min(), raw.max()
             if high == low:
                 continue  # every host scores the same: this weigher cannot tell them apart
-            scale = weigher.multiplier / (high - low)
-            totals = [total + (value - low) * scale for total, value in zip(totals, raw, strict=True)]
-        return {host.name: total for host, total in zip(hosts, totals, strict=True)}
+            totals += (raw - low) * (weigher.multiplier / (high - low))
+        return totals
 
 
-def _dropped_names(before: list[HostCandidate], kept: list[HostCandidate]) -> list[str]:
-    if len(kept) == len(before):
-        return []
-    kept_ids = set(map(id, kept))
-    return [host.name for host in before if id(host) not in kept_ids]
+def as_table(hosts: Sequence[HostCandidate] | HostTable) -> HostTable:
+    return hosts if isinstance(hosts, HostTable) else HostTable(hosts)
 
 
 def _outcome(decision: PlacementDecision, any_hosts: bool) -> tuple[PlacementResult, PlacementReason]:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from broker.placement.table import HostTable
 
 HEALTH_STATES = ("up", "down")
 ADMIN_STATES = ("enabled", "disabled", "draining")
@@ -82,8 +88,9 @@ class PlacementRequest:
 class HostFilter(ABC):
     """Answers one question about one host; `reason` says why a host was dropped.
 
-    `filter_all` is what the engine calls; filters override it with a list comprehension when a
-    thousand method calls per decision would cost more than the question itself.
+    `mask` is what the engine calls: the answer for every host of a HostTable at once. The
+    default asks `host_passes` host by host; filters override it with array arithmetic, since a
+    thousand method calls per decision cost more than the question itself.
     """
 
     name = "filter"
@@ -96,13 +103,17 @@ class HostFilter(ABC):
         """False when the filter cannot drop any host for this request (nothing asked of it)."""
         return True
 
-    def filter_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[HostCandidate]:
+    def mask(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
         passes = self.host_passes
-        return [host for host in hosts if passes(host, request)]
+        return np.fromiter((passes(host, request) for host in table.hosts), dtype=bool, count=len(table))
 
 
 class HostWeigher(ABC):
-    """Returns one raw number per host; the engine normalises and multiplies it."""
+    """Returns one raw number per host; the engine normalises and multiplies it.
+
+    `weigh_array` is what the engine calls (every host of a HostTable at once); as with filters,
+    the default asks `weigh` host by host and weighers override it with array arithmetic.
+    """
 
     name = "weigher"
 
@@ -112,6 +123,6 @@ class HostWeigher(ABC):
     @abstractmethod
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float: ...
 
-    def weigh_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[float]:
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
         weigh = self.weigh
-        return [weigh(host, request) for host in hosts]
+        return np.fromiter((weigh(host, request) for host in table.hosts), dtype=np.float64, count=len(table))

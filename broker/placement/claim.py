@@ -20,18 +20,22 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker.db.models import Desktop, Host
 from broker.placement.base import HostCandidate, PlacementRequest
+from broker.placement.table import HostTable
 from monitoring.metrics import PLACEMENT_CLAIM_CONFLICTS, ClaimConflict
 
 if TYPE_CHECKING:
     from broker.placement import PlacementDecision
 
 # Desktops in these states occupy a slot on their host; "error" and "deleted" rows are history.
-HOLDING_STATES = ("provisioning", "running")
+# A kept desktop that is powered off (broker/power.py) still holds its slot: its disk is on that host
+# and it starts there again when its user connects.
+HOLDING_STATES = ("provisioning", "running", "starting", "stopping", "stopped", "suspending", "suspended")
 
 
 class ClaimLost(Exception):
@@ -183,8 +187,7 @@ class HostCatalog:
         self.host_names = None if host_names is None else sorted(host_names)
         self.max_age_s = max_age_s
         self._lock = threading.RLock()
-        self._hosts: list[HostCandidate] = []
-        self._index: dict[str, int] = {}
+        self._table = HostTable([])
         self._pending: dict[str, int] = {}
         self._loaded_at = float("-inf")
 
@@ -192,30 +195,33 @@ class HostCatalog:
         with self._lock:
             if time.monotonic() - self._loaded_at > self.max_age_s:
                 self.refresh()
-            return list(self._hosts)
+            return list(self._table.hosts)
 
     def decide(self, engine, request: PlacementRequest) -> tuple[PlacementDecision, HostCandidate | None]:
         """The engine's decision and the chosen host as read (its generation is what to claim with)."""
         with self._lock:
             if time.monotonic() - self._loaded_at > self.max_age_s:
                 self.refresh()
-            decision = engine.select(self._without_pending(), request)
+            table = self._table
+            decision = engine.select(table, request, self._pending_rows())
             if decision.host is None and self._pending:
-                decision = engine.select(self._hosts, request)  # only busy hosts fit: race for them
+                decision = engine.select(table, request)  # only busy hosts fit: race for them
             if decision.host is None:
                 return decision, None
-            chosen = self._hosts[self._index[decision.host]]
+            chosen = table.hosts[table.index[decision.host]]
             self._put(with_desktop(chosen, request, chosen.generation))
             self._pending[chosen.name] = self._pending.get(chosen.name, 0) + 1
             return decision, chosen
 
-    def _without_pending(self) -> list[HostCandidate]:
+    def _pending_rows(self) -> np.ndarray | None:
         # A host with a claim of ours in flight will change generation, so a second claim on it
         # now would lose (or make ours lose); pick among the others while there are any.
         if not self._pending:
-            return self._hosts
-        pending = self._pending
-        return [host for host in self._hosts if host.name not in pending]
+            return None
+        busy = np.zeros(len(self._table), dtype=bool)
+        index = self._table.index
+        busy[[index[name] for name in self._pending if name in index]] = True
+        return busy
 
     def claim_done(self, name: str) -> None:
         """The claim decided by `decide` committed or lost; the host is no longer busy."""
@@ -229,9 +235,9 @@ class HostCatalog:
     def refresh(self) -> None:
         with self.database.transaction() as db:
             hosts = load_host_candidates(db, self.host_names)
+        table = HostTable(hosts)
         with self._lock:
-            self._hosts = hosts
-            self._index = {host.name: index for index, host in enumerate(hosts)}
+            self._table = table
             self._loaded_at = time.monotonic()
 
     def refresh_host(self, name: str) -> None:
@@ -241,7 +247,7 @@ class HostCatalog:
         with self._lock:
             if fresh:
                 self._put(fresh[0])
-            elif name in self._index:
+            elif name in self._table.index:
                 self.refresh()  # the host was removed: rebuild the list without it
 
     def record_claim(self, after_claim: HostCandidate, request: PlacementRequest) -> None:
@@ -251,9 +257,8 @@ class HostCatalog:
             self._put(with_desktop(after_claim, request, after_claim.generation))
 
     def _put(self, host: HostCandidate) -> None:
-        index = self._index.get(host.name)
-        if index is None:
-            self._index[host.name] = len(self._hosts)
-            self._hosts.append(host)
-        else:
-            self._hosts[index] = host
+        try:
+            self._table.put(host)
+        except KeyError:
+            # A host added since the last refresh: rebuild the table with it (rare).
+            self._table = HostTable([*self._table.hosts, host])

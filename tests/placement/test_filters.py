@@ -5,9 +5,11 @@ from broker.placement.filters.anti_affinity import PoolAntiAffinityFilter
 from broker.placement.filters.capacity import DesktopCapacityFilter
 from broker.placement.filters.host_state import HostStateFilter
 from broker.placement.filters.labels import LabelAffinityFilter
+from broker.placement.table import HostTable
 from broker.placement.weighers.cpu_load import CpuLoadWeigher
 from broker.placement.weighers.desktop_count import DesktopCountWeigher
 from broker.placement.weighers.free_ram import FreeRamWeigher
+from broker.placement.weighers.free_slots import FreeSlotsWeigher
 from broker.placement.weighers.image_cached import ImageCachedWeigher
 
 REQUEST = PlacementRequest(pool="p", vcpus=2, memory_mib=1024, image="demo:v1")
@@ -20,8 +22,8 @@ def host(name="h", **fields):
 
 
 def both_ways(host_filter, hosts, request=REQUEST):
-    """filter_all (what the engine runs) must agree with host_passes (the one question)."""
-    kept = host_filter.filter_all(hosts, request)
+    """mask (what the engine runs, over arrays) must agree with host_passes (the one question)."""
+    kept = [h for h, passes in zip(hosts, host_filter.mask(HostTable(hosts), request), strict=True) if passes]
     assert kept == [h for h in hosts if host_filter.host_passes(h, request)]
     return [h.name for h in kept]
 
@@ -70,7 +72,7 @@ def test_anti_affinity_caps_desktops_of_one_pool_per_host():
 
 
 def raw(weigher, hosts):
-    values = weigher.weigh_all(hosts, REQUEST)
+    values = weigher.weigh_array(HostTable(hosts), REQUEST).tolist()
     assert values == [weigher.weigh(h, REQUEST) for h in hosts]
     return values
 
@@ -91,3 +93,24 @@ def test_desktop_count_prefers_fewer_desktops():
 def test_image_cached_prefers_hosts_holding_the_image_version():
     hosts = [host("has", images=frozenset({"demo:v1"})), host("old", images=frozenset({"demo:v0"}))]
     assert raw(ImageCachedWeigher(), hosts) == [1.0, 0.0]
+
+
+def test_free_slots_weighs_room_left():
+    hosts = [host("a", max_desktops=10, desktops=4), host("over", max_desktops=2, desktops=3)]
+    assert raw(FreeSlotsWeigher(), hosts) == [6.0, 0.0]
+
+
+def test_table_keeps_cached_answers_current_when_a_host_changes():
+    """Labels, images and per-pool counts are cached per request; a changed host updates them."""
+    table = HostTable([host("a", labels={"zone": "business"}), host("b", pool_desktops={"p": 1})])
+    zoned = PlacementRequest(pool="p", zone="business", max_per_host=1, image="demo:v1")
+    assert LabelAffinityFilter().mask(table, zoned).tolist() == [True, False]
+    assert PoolAntiAffinityFilter().mask(table, zoned).tolist() == [True, False]
+    assert ImageCachedWeigher().weigh_array(table, zoned).tolist() == [0.0, 0.0]
+
+    table.put(host("a", labels={"zone": "internet"}, pool_desktops={"p": 1}, images=frozenset({"demo:v1"})))
+    table.put(host("b", labels={"zone": "business"}))
+
+    assert LabelAffinityFilter().mask(table, zoned).tolist() == [False, True]
+    assert PoolAntiAffinityFilter().mask(table, zoned).tolist() == [False, True]
+    assert ImageCachedWeigher().weigh_array(table, zoned).tolist() == [1.0, 0.0]

@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostFilter, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class PoolAntiAffinityFilter(HostFilter):
@@ -14,3 +17,8 @@ class PoolAntiAffinityFilter(HostFilter):
         if request.max_per_host is None:
             return True
         return host.pool_desktops.get(request.pool, 0) < request.max_per_host
+
+    def mask(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        if request.max_per_host is None:
+            return np.ones(len(table), dtype=bool)
+        return table.pool_desktops(request.pool) < request.max_per_host

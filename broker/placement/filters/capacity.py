@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostFilter, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class DesktopCapacityFilter(HostFilter):
@@ -13,13 +16,10 @@ class DesktopCapacityFilter(HostFilter):
     def host_passes(self, host: HostCandidate, request: PlacementRequest) -> bool:
         return host.fits(request.vcpus, request.memory_mib)
 
-    def filter_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[HostCandidate]:
-        # host.fits inlined: this runs for every host in every decision.
-        vcpus, memory = request.vcpus, request.memory_mib
-        return [
-            h
-            for h in hosts
-            if h.desktops < h.max_desktops
-            and (h.vcpu_limit is None or h.vcpus_used + vcpus <= h.vcpu_limit)
-            and (h.memory_limit_mib is None or h.memory_used_mib + memory <= h.memory_limit_mib)
-        ]
+    def mask(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        # host.fits over arrays; an unknown size is an infinite limit in the table.
+        return (
+            (table.desktops < table.max_desktops)
+            & (table.vcpus_used + request.vcpus <= table.vcpu_limit)
+            & (table.memory_used + request.memory_mib <= table.memory_limit)
+        )

@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostFilter, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class HostStateFilter(HostFilter):
@@ -10,5 +13,5 @@ class HostStateFilter(HostFilter):
     def host_passes(self, host: HostCandidate, request: PlacementRequest) -> bool:
         return host.state == "up" and host.admin_state == "enabled"
 
-    def filter_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[HostCandidate]:
-        return [host for host in hosts if host.state == "up" and host.admin_state == "enabled"]
+    def mask(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        return table.usable

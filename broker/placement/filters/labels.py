@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostFilter, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class LabelAffinityFilter(HostFilter):
@@ -17,3 +20,8 @@ class LabelAffinityFilter(HostFilter):
         if request.site is not None and labels.get("site") != request.site:
             return False
         return all(labels.get(key) == value for key, value in request.required_labels)
+
+    def mask(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        # Labels change only with the inventory, so the answer is kept per (zone, site, labels).
+        key = ("labels", request.zone, request.site, request.required_labels)
+        return table.mask(key, lambda host: self.host_passes(host, request))

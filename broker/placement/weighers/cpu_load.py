@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostWeigher, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class CpuLoadWeigher(HostWeigher):
@@ -9,5 +12,5 @@ class CpuLoadWeigher(HostWeigher):
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float:
         return -(host.cpu_load or 0.0)
 
-    def weigh_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[float]:
-        return [-(host.cpu_load or 0.0) for host in hosts]
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        return -table.cpu_load

@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostWeigher, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class DesktopCountWeigher(HostWeigher):
@@ -9,5 +12,5 @@ class DesktopCountWeigher(HostWeigher):
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float:
         return -float(host.desktops)
 
-    def weigh_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[float]:
-        return [-float(host.desktops) for host in hosts]
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        return -table.desktops.astype(np.float64)

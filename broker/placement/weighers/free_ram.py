@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostWeigher, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class FreeRamWeigher(HostWeigher):
@@ -9,5 +12,5 @@ class FreeRamWeigher(HostWeigher):
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float:
         return host.free_memory_mib
 
-    def weigh_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[float]:
-        return [host.free_memory_mib for host in hosts]
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        return table.free_memory

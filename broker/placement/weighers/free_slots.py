@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostWeigher, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class FreeSlotsWeigher(HostWeigher):
@@ -8,3 +11,6 @@ class FreeSlotsWeigher(HostWeigher):
 
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float:
         return float(host.free_slots)
+
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
+        return np.maximum(table.max_desktops - table.desktops, 0).astype(np.float64)

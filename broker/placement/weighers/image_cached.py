@@ -1,4 +1,7 @@
+import numpy as np
+
 from broker.placement.base import HostCandidate, HostWeigher, PlacementRequest
+from broker.placement.table import HostTable
 
 
 class ImageCachedWeigher(HostWeigher):
@@ -13,8 +16,8 @@ class ImageCachedWeigher(HostWeigher):
     def weigh(self, host: HostCandidate, request: PlacementRequest) -> float:
         return 1.0 if request.image and request.image in host.images else 0.0
 
-    def weigh_all(self, hosts: list[HostCandidate], request: PlacementRequest) -> list[float]:
+    def weigh_array(self, table: HostTable, request: PlacementRequest) -> np.ndarray:
         image = request.image
         if not image:
-            return [0.0] * len(hosts)
-        return [1.0 if image in host.images else 0.0 for host in hosts]
+            return np.zeros(len(table))
+        return table.mask(("image", image), lambda host: image in host.images).astype(np.float64)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -32,7 +32,7 @@ from broker.placement.base import HostCandidate
 from broker.placement.claim import HOLDING_STATES, host_usage, load_host_candidates
 from broker.placement.config import PlacementSettings
 from hypervisor.base import Driver, HypervisorError
-from hypervisor.config import HostSettings
+from hypervisor.config import HostSettings, SshAddress, resolve_console_route
 from monitoring.metrics import HOSTS, HostAdminState, HostHealth
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,34 @@ class HostChange(BaseModel):
     cpu_ratio: float | None = Field(None, gt=0, le=64)
     ram_ratio: float | None = Field(None, gt=0, le=64)
     max_desktops: int | None = Field(None, ge=0, le=100_000)
+    # How the gateway reaches the host's displays; see hypervisor.config.resolve_console_route.
+    console_access: str | None = Field(None, pattern=r"^(direct|ssh)$")
+    ssh_address: str | None = Field(None, max_length=255)
+
+    @field_validator("ssh_address")
+    @classmethod
+    def _normal_ssh_address(cls, value: str | None) -> str | None:
+        return None if value is None else str(SshAddress.parse(value))
 
 
 class NewHost(HostChange):
     name: str = Field(pattern=HOST_NAME)
     uri: str = Field(pattern=HOST_URI, max_length=512)
 
+    def console_route(self) -> tuple[str, str | None]:
+        """(console_access, ssh_address) with the URI's defaults; a 400 on ssh_address if there is none."""
+        return console_route(self.uri, self.console_access, self.ssh_address)
+
     def settings(self) -> HostSettings:
-        return HostSettings(name=self.name, uri=self.uri)
+        access, address = self.console_route()
+        return HostSettings(name=self.name, uri=self.uri, console_access=access, ssh_address=address)
+
+
+def console_route(uri: str, access: str | None, address: str | None) -> tuple[str, str | None]:
+    try:
+        return resolve_console_route(uri, access, address)
+    except ValueError as exc:
+        raise errors.InvalidField(str(exc), field="ssh_address") from None
 
 
 def validate_labels(labels: dict[str, str], settings: PlacementSettings) -> None:
@@ -124,6 +144,8 @@ def display_uri(uri: str) -> str:
 class HostView:
     host: HostCandidate
     uri: str
+    console_access: str = "direct"
+    ssh_address: str | None = None
 
     def as_json(self) -> dict:
         h = self.host
@@ -144,12 +166,20 @@ class HostView:
             "cpu_load": h.cpu_load,
             "images": sorted(h.images),
             "generation": h.generation,
+            "console_access": self.console_access,
+            "ssh_address": self.ssh_address,
         }
 
 
 def _views(db: Session, names: list[str] | None = None) -> list[HostView]:
-    uris = dict(db.execute(select(Host.name, Host.uri)).all())
-    return [HostView(c, uris[c.name]) for c in load_host_candidates(db, names)]
+    rows = {
+        row.name: row
+        for row in db.execute(select(Host.name, Host.uri, Host.console_access, Host.ssh_address))
+    }
+    return [
+        HostView(c, rows[c.name].uri, rows[c.name].console_access or "direct", rows[c.name].ssh_address)
+        for c in load_host_candidates(db, names)
+    ]
 
 
 def list_hosts(db: Session) -> list[HostView]:
@@ -186,13 +216,25 @@ def _apply(row: Host, change: HostChange) -> dict:
 def insert_host(db: Session, new: NewHost, actor: str, client_ip: str) -> HostView:
     if db.get(Host, new.name) is not None:
         raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
+    access, address = new.console_route()
     row = Host(name=new.name, uri=new.uri, state="up", admin_state="enabled", labels={}, images=[])
     row.max_desktops, row.cpu_ratio, row.ram_ratio = 20, 4.0, 1.0
     _apply(row, new)
+    row.console_access, row.ssh_address = access, address
     row.generation = 0
     db.add(row)
     db.flush()
-    _audit(db, actor, "host.add", new.name, client_ip, uri=display_uri(new.uri), labels=row.labels)
+    _audit(
+        db,
+        actor,
+        "host.add",
+        new.name,
+        client_ip,
+        uri=display_uri(new.uri),
+        labels=row.labels,
+        console_access=access,
+        ssh_address=address,
+    )
     log.info("host %s added by %s (%s)", new.name, actor, display_uri(new.uri))
     return show_host(db, new.name)
 
@@ -201,11 +243,24 @@ def change_host(db: Session, name: str, change: HostChange, actor: str, client_i
     row = db.get(Host, name)
     if row is None:
         raise UnknownHost(f"There is no host named {name}.", host=name)
+    route = _changed_console_route(row, change)
     changed = _apply(row, change)
+    if route is not None:
+        row.console_access, row.ssh_address = route
     _audit(db, actor, "host.change", name, client_ip, **changed)
     log.info("host %s changed by %s: %s", name, actor, changed)
     db.flush()
     return show_host(db, name)
+
+
+def _changed_console_route(row: Host, change: HostChange) -> tuple[str, str | None] | None:
+    """The host's console route after the change, checked before anything is written; None if untouched."""
+    fields = change.model_fields_set
+    if not fields & {"console_access", "ssh_address"}:
+        return None
+    access = change.console_access if "console_access" in fields else row.console_access
+    address = change.ssh_address if "ssh_address" in fields else row.ssh_address
+    return console_route(row.uri, access, address)
 
 
 def delete_host(db: Session, name: str, force: bool, actor: str, client_ip: str) -> int:
@@ -261,6 +316,8 @@ def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
                 cpu_ratio=host.cpu_ratio,
                 ram_ratio=host.ram_ratio,
                 images=[],
+                console_access=host.console_access,
+                ssh_address=host.ssh_address,
             )
         )
 
@@ -326,7 +383,15 @@ def _parse_labels(pairs: list[str]) -> dict[str, str]:
 
 def _cli_add(db, config, args) -> HostView:
     fields = {"name": args.name, "uri": args.uri, "labels": _parse_labels(args.label)}
-    for key in ("vcpus", "memory_mib", "cpu_ratio", "ram_ratio", "max_desktops"):
+    for key in (
+        "vcpus",
+        "memory_mib",
+        "cpu_ratio",
+        "ram_ratio",
+        "max_desktops",
+        "console_access",
+        "ssh_address",
+    ):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     try:
@@ -336,6 +401,7 @@ def _cli_add(db, config, args) -> HostView:
 
         raise invalid_field(exc) from None
     validate_labels(new.labels or {}, config.placement)
+    new.console_route()
     with db.transaction() as session:
         if session.get(Host, new.name) is not None:
             raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
@@ -357,11 +423,15 @@ def _cli_run(db, config, args) -> HostView | list[HostView] | int:
 
 
 def _print_hosts(hosts: list[HostView]) -> None:
-    print(f"{'NAME':<20} {'HEALTH':<6} {'ADMIN':<9} {'DESKTOPS':>9}  LABELS")
+    print(f"{'NAME':<20} {'HEALTH':<6} {'ADMIN':<9} {'DESKTOPS':>9}  {'CONSOLE':<30} LABELS")
     for view in hosts:
         h = view.host
         labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items()))
-        print(f"{h.name:<20} {h.state:<6} {h.admin_state:<9} {h.desktops:>4}/{h.max_desktops:<4}  {labels}")
+        console = f"ssh {view.ssh_address}" if view.console_access == "ssh" else view.console_access
+        print(
+            f"{h.name:<20} {h.state:<6} {h.admin_state:<9} {h.desktops:>4}/{h.max_desktops:<4}"
+            f"  {console:<30} {labels}"
+        )
 
 
 def run_host_command(config, args) -> int:
@@ -409,6 +479,17 @@ def add_host_commands(sub) -> None:
     add.add_argument("--cpu-ratio", dest="cpu_ratio", type=float, help="vCPU overcommit ratio")
     add.add_argument("--ram-ratio", dest="ram_ratio", type=float, help="RAM overcommit ratio")
     add.add_argument("--max-desktops", dest="max_desktops", type=int, help="most desktops on the host")
+    add.add_argument(
+        "--console-access",
+        dest="console_access",
+        help="how the gateway reaches displays: direct or ssh (default: ssh for qemu+ssh:// URIs)",
+    )
+    add.add_argument(
+        "--ssh-address",
+        dest="ssh_address",
+        metavar="USER@HOST:PORT",
+        help="the host's sshd for console access ssh (default: from a qemu+ssh:// URI)",
+    )
     remove = verbs.add_parser("remove", help="remove a host", description="remove a host")
     remove.add_argument("name")
     remove.add_argument("--force", action="store_true", help="remove even if desktops are still on it")

@@ -1,5 +1,9 @@
 """The console relay: one browser WebSocket (noVNC) to one desktop's VNC (RFB) TCP port.
 
+The token's route says how the display is reached: "direct" TCP, or "ssh", a channel through the
+host's sshd to the VNC port on its loopback (gateway/ssh_channel.py). Either way the relay reads
+and writes one IOStream.
+
 A tunnel opens only with a console token, consumed once through the shared database. Bytes
 then flow both ways with backpressure: each side waits for its write to drain before reading
 more, so a slow browser slows the desktop's stream instead of growing a buffer in the gateway.
@@ -27,6 +31,7 @@ from broker.db.models import Session as DesktopSession
 from broker.db.models import utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from gateway.config import GatewaySettings
+from gateway.ssh_channel import SshChannels, SshRouteError
 from monitoring.metrics import BYTES_RELAYED, TUNNELS_OPEN, TUNNELS_REFUSED, Direction, TunnelRefusal
 
 log = logging.getLogger(__name__)
@@ -140,10 +145,13 @@ def record_input(db: Session, session_id: str) -> None:
 class ConsoleRelay(WebSocketHandler):
     """One console tunnel. The URL carries the token; the token decides the desktop."""
 
-    def initialize(self, settings: GatewaySettings, db: Database, tunnels: TunnelRegistry) -> None:
+    def initialize(
+        self, settings: GatewaySettings, db: Database, tunnels: TunnelRegistry, ssh_channels: SshChannels
+    ) -> None:
         self.gateway = settings
         self.db = db
         self.tunnels = tunnels
+        self.ssh_channels = ssh_channels
         self.session_id = ""
         self.target: ConsoleTarget | None = None
         self.upstream: IOStream | None = None
@@ -206,6 +214,8 @@ class ConsoleRelay(WebSocketHandler):
         return None
 
     async def _connect(self, target: ConsoleTarget) -> IOStream | None:
+        if target.route == "ssh":
+            return await self._connect_ssh(target)
         try:
             stream = await TCPClient().connect(
                 target.host, target.port, timeout=self.gateway.connect_timeout_s
@@ -225,13 +235,34 @@ class ConsoleRelay(WebSocketHandler):
         stream.set_nodelay(True)
         return stream
 
+    async def _connect_ssh(self, target: ConsoleTarget) -> IOStream | None:
+        try:
+            return await self.ssh_channels.open_stream(
+                target.ssh, target.host, target.port, host_name=target.host_name or ""
+            )
+        except SshRouteError as exc:
+            TUNNELS_REFUSED.labels(reason=TunnelRefusal.UPSTREAM_SSH.value).inc()
+            log.warning(
+                "console refused: desktop display %s:%d of session %s on host %s unreachable over ssh (%s): %s",
+                target.host,
+                target.port,
+                target.session_id,
+                target.host_name,
+                exc.result.value,
+                exc,
+            )
+            # The browser learns only that it failed; which host key or user is for the log.
+            self.close(CLOSE_INTERNAL_ERROR, "desktop display unreachable")
+            return None
+
     def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
         self._opened_at = time.monotonic()
         self.set_nodelay(True)
         self.tunnels.add(self)
         TUNNELS_OPEN.inc()
-        log.info("tunnel open: session %s to %s:%d", self.session_id, target.host, target.port)
+        via = f" via ssh {target.ssh}" if target.route == "ssh" else ""
+        log.info("tunnel open: session %s to %s:%d%s", self.session_id, target.host, target.port, via)
         # Held so the task is not garbage-collected mid-relay (the loop keeps only weak references).
         self._pump = asyncio.create_task(self._relay_desktop_to_client(upstream))
 

@@ -8,6 +8,10 @@ Tokens are consumed exactly as `vdi gateway` consumes them: single use, expiring
 when the session has ended or the desktop is not running. websockify does not check Origin,
 so put it behind something that does, or prefer `vdi gateway`.
 
+websockify can only connect by plain TCP. A desktop on a host with console_access "ssh" (its VNC
+listens on the host's loopback, reached through sshd) cannot be served: the plugin refuses such
+tokens and logs why. Use `vdi gateway` for those hosts.
+
 websockify itself logs the request path and, on refusal, the token it was given; the plugin
 therefore masks `token=` values in every log handler websockify has set up before loading it.
 """
@@ -74,6 +78,14 @@ class ConsoleTokens:
             # websockify turns an exception here into a dropped connection with the token in
             # its log; refuse cleanly instead and keep the details in our own log.
             log.exception("console refused: token lookup failed (token %s)", mask(token))
+            return None
+        if target.route != "direct":
+            log.warning(
+                "console refused: session %s is on host %s, whose displays are reached over ssh; "
+                "websockify can only connect directly, use `vdi gateway` for this host",
+                target.session_id,
+                target.host_name,
+            )
             return None
         log.info("console granted: session %s to %s:%d", target.session_id, target.host, target.port)
         return target.host, str(target.port)

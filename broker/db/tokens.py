@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from broker.db.models import ConsoleToken, Desktop, utcnow
+from broker.db.models import ConsoleToken, Desktop, Host, utcnow
 from broker.db.models import Session as DesktopSession
+from hypervisor.config import SshAddress, ssh_address_from_uri
 
 TOKEN_BYTES = 32  # 256 random bits, twice the 128 the design asks for
 
@@ -29,10 +30,19 @@ class TokenRefused(Exception):
 
 @dataclass(frozen=True)
 class ConsoleTarget:
+    """Where a tunnel goes. `host`/`port` is the display as its hypervisor host sees it.
+
+    Route "direct": the gateway connects there by TCP. Route "ssh": it logs in to `ssh` (the host's
+    sshd) and opens a channel to `host`/`port` from there, usually the host's loopback.
+    """
+
     session_id: str
     desktop_id: int
     host: str
     port: int
+    route: str = "direct"
+    ssh: SshAddress | None = None  # None with route "ssh": the host has no usable SSH address
+    host_name: str | None = None  # the hypervisor host's inventory name, for logs
 
 
 def hash_token(token: str) -> str:
@@ -92,15 +102,41 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
             "console token already used" if row.used_at is not None else "console token expired"
         )
     state = db.execute(
-        select(DesktopSession.state, Desktop.state)
+        select(
+            DesktopSession.state, Desktop.state, Host.name, Host.console_access, Host.ssh_address, Host.uri
+        )
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)
+        .outerjoin(Host, Host.name == Desktop.host_name)
         .where(DesktopSession.id == row.session_id)
     ).one_or_none()
     if state is None or state[0] == "ended":
         raise TokenRefused("session has ended")
     if state[1] != "running":
         raise TokenRefused("desktop is not running")
-    return ConsoleTarget(row.session_id, row.desktop_id, row.target_host, row.target_port)
+    host_name, access, address, uri = state[2:]
+    if access != "ssh":
+        return ConsoleTarget(
+            row.session_id, row.desktop_id, row.target_host, row.target_port, host_name=host_name
+        )
+    return ConsoleTarget(
+        row.session_id,
+        row.desktop_id,
+        row.target_host,
+        row.target_port,
+        route="ssh",
+        ssh=_ssh_address(address, uri),
+        host_name=host_name,
+    )
+
+
+def _ssh_address(address: str | None, uri: str) -> SshAddress | None:
+    """The stored address, else the one the host's URI names; None if neither is usable."""
+    if address:
+        try:
+            return SshAddress.parse(address)
+        except ValueError:
+            return None
+    return ssh_address_from_uri(uri)
 
 
 def purge_expired(db: Session, now: dt.datetime | None = None, keep_s: int = 3600) -> int:

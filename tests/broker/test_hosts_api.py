@@ -172,3 +172,43 @@ def test_explain_shows_the_filters_and_no_capacity_names_the_zone(admin):
     missing = admin.get("/api/v1/placement/explain")
     assert (missing.status, missing.json()["error"]["field"]) == (400, "pool")
     assert admin.get("/api/v1/placement/explain?pool=nope").status == 404
+
+
+def test_console_route_is_stored_shown_and_changed(admin, config):
+    response = add(admin, "hv1", console_access="ssh", ssh_address="vdi@10.0.0.3")
+    assert response.status == 201, response.text
+    assert (response.json()["console_access"], response.json()["ssh_address"]) == ("ssh", "vdi@10.0.0.3:22")
+    assert add(admin, "hv2").json()["console_access"] == "direct"
+    changed = admin.request(
+        "PATCH", "/api/v1/hosts/hv2", json={"console_access": "ssh", "ssh_address": "[fd00::2]:2222"}
+    )
+    assert changed.status == 200, changed.text
+    assert (changed.json()["console_access"], changed.json()["ssh_address"]) == ("ssh", "root@[fd00::2]:2222")
+    listed = {h["name"]: h for h in admin.get("/api/v1/hosts").json()["hosts"]}
+    assert listed["hv2"]["ssh_address"] == "root@[fd00::2]:2222"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"console_access": "telnet"}, "console_access"),
+        ({"ssh_address": "root@two words"}, "ssh_address"),
+        ({"ssh_address": "root@hv:0"}, "ssh_address"),
+        ({"console_access": "ssh"}, "ssh_address"),  # test:/// names no SSH host to default to
+    ],
+)
+def test_bad_console_route_is_400_naming_the_field(admin, fields, field):
+    response = add(admin, "hv9", **fields)
+    assert response.status == 400, response.text
+    assert response.json()["error"]["field"] == field
+    assert admin.get("/api/v1/hosts/hv9").status == 404
+
+
+def test_patch_to_ssh_without_an_address_changes_nothing(admin):
+    add(admin, "hv1")
+    refused = admin.request(
+        "PATCH", "/api/v1/hosts/hv1", json={"console_access": "ssh", "labels": {"site": "x"}}
+    )
+    assert (refused.status, refused.json()["error"]["field"]) == (400, "ssh_address")
+    host = admin.get("/api/v1/hosts/hv1").json()
+    assert (host["console_access"], host["labels"], host["generation"]) == ("direct", {}, 0)

@@ -60,3 +60,53 @@ def test_cli_errors_name_the_field(vdi):
     assert code == 2 and "vcpus" in err
     code, _, err = vdi("add", "seeded", "--uri", "test:///default")
     assert code == 2 and "already exists" in err
+
+
+def test_console_route_from_the_command_line(vdi):
+    code, out, _ = vdi(
+        "add",
+        "hv3",
+        "--uri",
+        "test:///default",
+        "--console-access",
+        "ssh",
+        "--ssh-address",
+        "vdi@10.0.0.3:2222",
+    )
+    host = json.loads(out)
+    assert code == 0 and (host["console_access"], host["ssh_address"]) == ("ssh", "vdi@10.0.0.3:2222")
+    seeded = json.loads(vdi("show", "seeded")[1])
+    assert (seeded["console_access"], seeded["ssh_address"]) == ("direct", None)
+    assert "ssh vdi@10.0.0.3:2222" in vdi("list")[1]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        (["--console-access", "telnet"], "console_access"),
+        (["--ssh-address", "vdi@bad host"], "ssh_address"),
+        (["--ssh-address", "vdi@hv:99999"], "ssh_address"),
+        (["--console-access", "ssh"], "ssh_address"),  # test:/// names no SSH host to default to
+    ],
+)
+def test_bad_console_route_names_the_field_and_stores_nothing(vdi, options, field):
+    code, _, err = vdi("add", "hv4", "--uri", "test:///default", *options)
+    assert code == 2 and err.startswith(f"vdi host add: {field}")
+    assert vdi("show", "hv4")[0] == 2
+
+
+def test_qemu_ssh_hosts_default_to_the_ssh_route(tmp_path, capsys):
+    path = tmp_path / "vdi.toml"
+    path.write_text(
+        CONFIG.format(db=tmp_path / "vdi.db", secret=COOKIE_SECRET)
+        + '\n[[hosts]]\nname = "remote"\nuri = "qemu+ssh://admin@hv9.example:2222/system"\n'
+        + '\n[[hosts]]\nname = "plain"\nuri = "qemu+ssh://hv8.example/system"\n'
+    )
+    assert main(["--config", str(path), "host", "list", "--json"]) == 0
+    hosts = {h["name"]: h for h in json.loads(capsys.readouterr().out)}
+    assert (hosts["remote"]["console_access"], hosts["remote"]["ssh_address"]) == (
+        "ssh",
+        "admin@hv9.example:2222",
+    )
+    assert (hosts["plain"]["console_access"], hosts["plain"]["ssh_address"]) == ("ssh", "root@hv8.example:22")
+    assert hosts["seeded"]["console_access"] == "direct"

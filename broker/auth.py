@@ -28,6 +28,7 @@ from monitoring.metrics import (
     LOGINS,
     SESSIONS_ACTIVE,
     SESSIONS_REVOKED,
+    TOTP_RESETS,
     TOTP_VERIFICATIONS,
     LoginResult,
     RevocationCause,
@@ -340,6 +341,14 @@ class PortalAuth:
         await self._audit(
             user.username, "success", client_ip, "totp", "enrolment confirmed", action="totp_enrol"
         )
+
+    async def reset_totp(self, username: str, actor: str, client_ip: str) -> None:
+        """An administrator removes the user's second factor (lost phone); they enrol again at a center."""
+        await self.db.run(
+            partial(guard.reset_totp, username=username, actor=actor, client_ip=client_ip, via="api")
+        )
+        TOTP_RESETS.inc()
+        log.info("TOTP enrolment reset: user=%s by=%s ip=%s", username, actor, client_ip)
 
     # -- sessions -------------------------------------------------------------------------------
 

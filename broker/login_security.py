@@ -13,7 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.db.models import LoginThrottle, PendingLogin, TotpCredential
+from broker.db.models import AuditEvent, LoginThrottle, PendingLogin, TotpCredential, User
 from sso import lockout
 from sso.base import Identity
 from sso.config import LockoutSettings
@@ -71,6 +71,24 @@ class InvalidTotp(errors.LoginRefused):
 class PendingLoginExpired(errors.LoginRefused):
     reason = "login_expired"
     message = "The sign-in took too long. Please start again."
+
+
+class UnknownUser(errors.NotFound):
+    reason = "unknown_user"
+
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"There is no user {username!r} known to the broker.", field="username", username=username
+        )
+
+
+class TotpNotEnrolled(errors.NotFound):
+    reason = "totp_not_enrolled"
+
+    def __init__(self, username: str) -> None:
+        super().__init__(
+            f"User {username!r} has no second factor enrolled.", field="username", username=username
+        )
 
 
 # -- lockout counters -----------------------------------------------------------------------------
@@ -186,6 +204,32 @@ def start_enrolment(db: Session, box: SecretBox, username: str, secret: str) -> 
     row = row or TotpCredential(username=username)
     row.secret_encrypted, row.last_used_step = box.seal(username, secret), None
     db.add(row)
+
+
+def reset_totp(db: Session, username: str, actor: str, client_ip: str, via: str) -> None:
+    """Remove a user's confirmed TOTP credential (lost phone) and their pending TOTP logins; audit it.
+
+    The user then enrols again, which is allowed only from a center network (PortalAuth.enrolment_allowed),
+    and until then a password login from outside answers totp_enrolment_required.
+    """
+    if db.get(User, username) is None:
+        raise UnknownUser(username)
+    row = db.get(TotpCredential, username)
+    if row is None or row.confirmed_at is None:
+        raise TotpNotEnrolled(username)
+    db.delete(row)
+    # A password step already taken with the old phone in mind must not finish with its codes.
+    db.execute(delete(PendingLogin).where(PendingLogin.username == username))
+    db.add(
+        AuditEvent(
+            actor=actor[:128],
+            action="totp_reset",
+            result="success",
+            target=username,
+            source_ip=client_ip,
+            detail={"via": via},
+        )
+    )
 
 
 def confirm_enrolment(db: Session, box: SecretBox, username: str, code: str, now: dt.datetime) -> None:

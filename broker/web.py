@@ -12,6 +12,8 @@ from tornado.log import access_log
 
 from broker import errors
 from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser
+from broker.client_address import HEADER as FORWARDED_FOR
+from broker.client_address import client_address
 from broker.i18n import (
     LANGUAGE_NAMES,
     LANGUAGES,
@@ -68,7 +70,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         status,
         request.method,
         mask_uri(request.uri or ""),
-        request.remote_ip,
+        # The proxy-reported client where broker.trusted_proxies allows it, else the TCP peer.
+        getattr(handler, "client_ip", request.remote_ip),
         1000.0 * request.request_time(),
     )
 
@@ -118,8 +121,20 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.settings["desktops"]
 
     @property
-    def client_ip(self) -> str:
+    def peer_ip(self) -> str:
+        """The TCP peer: the client itself, or a reverse proxy in front of the broker."""
         return self.request.remote_ip or ""
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: X-Forwarded-For only from broker.trusted_proxies (broker/client_address.py)."""
+        if not hasattr(self, "_client_ip"):
+            self._client_ip = client_address(
+                self.peer_ip,
+                self.request.headers.get(FORWARDED_FOR),
+                self.config.broker.trusted_proxies,
+            )
+        return self._client_ip
 
     # -- user and cookies --------------------------------------------------------------------
 

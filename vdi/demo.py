@@ -1,4 +1,7 @@
-"""`vdi demo`: the lab, the broker and the gateway together, in the foreground.
+"""`vdi demo`: the lab, the broker and the gateway together, in the foreground, over HTTPS.
+
+The portal is served on https:// and the gateway on wss:// with a demo CA made under the lab state dir, and a
+few demo users get client certificates for certificate login (vdi/demo_tls.py).
 
 Ctrl-C (or `vdi demo --stop` / `make stop` from another shell) stops the broker and gateway,
 removes the desktops the demo started, and stops the lab daemons the demo started.
@@ -17,10 +20,22 @@ import urllib.request
 from pathlib import Path
 
 from vdi.config import Config
+from vdi.demo_tls import (
+    DemoTls,
+    banner_lines,
+    demo_tls,
+    ensure_pki,
+    ocsp_port,
+    start_ocsp,
+    store_certificates,
+    write_https_config,
+)
 
 log = logging.getLogger("vdi.demo")
 
 SERVICES = ("broker", "gateway")
+# Started by the demo itself, stopped with the services.
+HELPERS = ("ocsp",)
 
 
 def _pid_file(config: Config, service: str) -> Path:
@@ -38,16 +53,17 @@ def _running_pid(path: Path) -> int | None:
 
 def _health_url(config: Config, service: str) -> str:
     settings = config.broker if service == "broker" else config.gateway
-    return f"http://{settings.listen_address}:{settings.port}/healthz"
+    return f"https://{settings.listen_address}:{settings.port}/healthz"
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 60.0) -> None:
+def _wait_healthy(url: str, process: subprocess.Popen, tls: DemoTls, deadline_s: float = 60.0) -> None:
     deadline = time.monotonic() + deadline_s
+    context = tls.client_context()
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url} process exited with status {process.returncode}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310 - our own loopback URL
                 if response.status == 200:
                     return
         except OSError:
@@ -56,24 +72,24 @@ def _wait_healthy(url: str, process: subprocess.Popen, deadline_s: float = 60.0)
     raise RuntimeError(f"{url} did not become healthy within {deadline_s:.0f} s")
 
 
-def _start_service(config_path: str, config: Config, service: str) -> subprocess.Popen:
+def _start_service(config_path: Path, config: Config, service: str, tls: DemoTls) -> subprocess.Popen:
     log_path = config.lab.state_dir / f"demo-{service}.log"
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vdi.cli", "--config", config_path, service],
+            [sys.executable, "-m", "vdi.cli", "--config", str(config_path), service],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     _pid_file(config, service).write_text(str(process.pid))
-    _wait_healthy(_health_url(config, service), process)
+    _wait_healthy(_health_url(config, service), process, tls)
     return process
 
 
 def _print_banner(config: Config) -> None:
     from vdi.lab.slapd import DEMO_USERS
 
-    url = f"http://{config.broker.listen_address}:{config.broker.port}/"
+    url = f"https://{config.broker.listen_address}:{config.broker.port}/"
     lines = [
         "",
         "smartwork-vdi demo is running.",
@@ -83,6 +99,7 @@ def _print_banner(config: Config) -> None:
     for user in DEMO_USERS:
         groups = ", ".join(user.groups) or "(no entitled group)"
         lines.append(f"    {user.uid:<10} {user.password:<12} {user.display_name} — {groups}")
+    lines += banner_lines(config, demo_tls(config))
     lines += ["  Stop with Ctrl-C or `make stop`.", ""]
     print("\n".join(lines), flush=True)
 
@@ -112,7 +129,7 @@ def stop_demo(config: Config) -> int:
 
 
 def _stop_everything(config: Config) -> int:
-    for service in SERVICES:
+    for service in SERVICES + HELPERS:
         pid = _running_pid(_pid_file(config, service))
         if pid:
             os.kill(pid, signal.SIGTERM)
@@ -137,6 +154,17 @@ def _wait_exit(pid: int, deadline_s: float = 15.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _prepare_https(config: Config, lab, helpers: list) -> Path:
+    """The demo CA and certificates, their OCSP responder and directory entries; the HTTPS config file."""
+    tls = ensure_pki(config)
+    port = ocsp_port(tls)
+    responder = start_ocsp(config, tls, port)
+    helpers.append(responder)
+    _pid_file(config, "ocsp").write_text(str(responder.pid))
+    store_certificates(lab.slapd, tls)
+    return write_https_config(config, tls, port)
+
+
 def run_demo(config: Config, config_path: str) -> int:
     from broker.db.migrate import upgrade
     from images.demo import build_demo_image
@@ -151,12 +179,13 @@ def run_demo(config: Config, config_path: str) -> int:
     _pid_file(config, "demo").write_text(str(os.getpid()))
     upgrade(config.database.url)
     build_demo_image(config.images)
-    processes = []
+    processes, helpers = [], []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        processes = [_start_service(config_path, config, s) for s in SERVICES]
+        https_config_path = _prepare_https(config, lab, helpers)
+        processes = [_start_service(https_config_path, config, s, demo_tls(config)) for s in SERVICES]
         _print_banner(config)
         while not stop.wait(1.0):
             if any(p.poll() is not None for p in processes):
@@ -164,6 +193,8 @@ def run_demo(config: Config, config_path: str) -> int:
                 break
     finally:
         print("stopping the demo ...", flush=True)
+        for helper in helpers:
+            helper.stop()  # and reaped: a zombie child would look alive to _stop_everything's pid check
         _stop_everything(config)
         _pid_file(config, "demo").unlink(missing_ok=True)
     return 0

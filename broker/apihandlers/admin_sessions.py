@@ -1,4 +1,4 @@
-"""/api/v1/admin/users/{username}/revoke-sessions: an administrator signs a user out everywhere."""
+"""/api/v1/admin/users/{username}/…: an administrator signs a user out everywhere, or resets their TOTP."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ class RevokeSessionsAPIHandler(AdminAPIHandler):
         self.write_json({"username": username, "revoked": revoked.as_json()})
 
 
+class TotpResetAPIHandler(AdminAPIHandler):
+    """DELETE /api/v1/admin/users/{username}/totp: forget the user's authenticator app (lost phone)."""
+
+    async def delete(self, username: str) -> None:
+        admin = self.require_admin()
+        await self.portal_auth.reset_totp(username, admin.username, self.client_ip)
+        self.write_json({"username": username, "totp_enrolled": False})
+
+
 default_handlers = [
     (rf"/api/v1/admin/users/({USERNAME})/revoke-sessions", RevokeSessionsAPIHandler),
+    (rf"/api/v1/admin/users/({USERNAME})/totp", TotpResetAPIHandler),
 ]

@@ -59,12 +59,13 @@ def presented_certificate(handler: BaseHandler, settings: CertificateSettings) -
     """The proxy header's certificate from a trusted proxy, else the certificate of this TLS connection."""
     header = handler.request.headers.get(settings.proxy_header)
     if header is not None:
-        if from_trusted_proxy(handler.client_ip, settings):
+        # The TCP peer, not client_ip: what matters is who sent the header, not whom it forwards for.
+        if from_trusted_proxy(handler.peer_ip, settings):
             if len(header) > MAX_HEADER_CHARS:
                 raise CertificateRefused(f"{settings.proxy_header} header too large")
             return unquote(header).encode("utf-8", "replace")
         # A client forging the terminator's header: ignore it, but leave a trace for the operators.
-        log.warning("ignored %s header from untrusted address %s", settings.proxy_header, handler.client_ip)
+        log.warning("ignored %s header from untrusted address %s", settings.proxy_header, handler.peer_ip)
     if handler.request.protocol != "https":
         return None  # plain HTTP (e.g. behind a proxy that sent no header): no certificate to take
     try:

@@ -1,14 +1,29 @@
-"""`vdi demo` starts the lab, broker and gateway, prints the logins, and Ctrl-C stops what it started."""
+"""`vdi demo` starts the lab, broker and gateway over HTTPS, prints the logins, and Ctrl-C stops what it started."""
 
 from __future__ import annotations
 
+import json
 import signal
+import ssl
 import subprocess
 import sys
 import threading
+import urllib.request
+from pathlib import Path
+from urllib.request import HTTPCookieProcessor, HTTPSHandler, build_opener
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from sqlalchemy import select
+
+from broker.db import Database
+from broker.db.models import AuditEvent
+from tests.fixtures.broker import BrokerClient, _NoRedirect
 from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.e2e import ROOT, http_ok, port_open, write_config
+from tests.fixtures.e2e import ROOT, port_open, write_config
+from vdi.config import load_config
+from vdi.demo_tls import P12_PASSWORD, DemoTls
+from vdi.lab.slapd import DEMO_PASSWORD
 
 
 def read_lines(stream, lines: list[str]) -> None:
@@ -16,7 +31,98 @@ def read_lines(stream, lines: list[str]) -> None:
         lines.append(line)
 
 
-def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path, ldap_settings, libvirt_host, demo_image):
+def https_ok(url: str, context: ssl.SSLContext) -> bool:
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
+        return response.status == 200
+
+
+class DemoClient(BrokerClient):
+    """A browser that trusts the demo CA and, given a PKCS#12 file the demo printed, presents it."""
+
+    def __init__(self, base_url: str, tls: DemoTls, p12: Path | None = None, scratch: Path | None = None):
+        super().__init__(base_url)
+        context = tls.client_context()
+        if p12 is not None:
+            key, cert, _chain = pkcs12.load_key_and_certificates(p12.read_bytes(), P12_PASSWORD.encode())
+            pem = scratch / f"{p12.stem}-from-p12.pem"
+            pem.write_bytes(
+                cert.public_bytes(serialization.Encoding.PEM)
+                + key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            context.load_cert_chain(pem)
+        self._opener = build_opener(HTTPCookieProcessor(self.jar), _NoRedirect, HTTPSHandler(context=context))
+
+
+def check_https_demo(
+    tmp_path: Path, config_file: Path, output: str, broker_port: int, gateway_port: int
+) -> None:
+    """The portal and gateway answer over TLS with the demo CA; certificate and password logins work."""
+    tls = DemoTls(tmp_path / "lab" / "demo-pki")
+    base = f"https://127.0.0.1:{broker_port}"
+    assert f"{base}/" in output
+    assert str(tls.ca_file) in output and str(tls.p12("choijw")) in output and P12_PASSWORD in output
+    assert https_ok(f"{base}/healthz", tls.client_context())
+    assert https_ok(f"https://127.0.0.1:{gateway_port}/healthz", tls.client_context())
+
+    by_certificate = DemoClient(base, tls, tls.p12("choijw"), tmp_path)
+    answer = by_certificate.post("/api/v1/login/certificate")
+    assert answer.status == 200, answer.text
+    assert answer.json()["user"]["username"] == "choijw"
+    page = by_certificate.get("/desktops")
+    assert page.status == 200
+    # The console's WebSocket goes to wss://, so an https page is allowed to open it (no mixed content).
+    assert f"wss://127.0.0.1:{gateway_port}" in page.headers["Content-Security-Policy"]
+
+    by_password = DemoClient(base, tls)  # no certificate: still welcome
+    assert by_password.login("leesy", DEMO_PASSWORD).status == 200
+
+    db = Database(load_config(config_file).database)
+    try:
+        with db.transaction() as s:
+            row = s.scalars(select(AuditEvent).where(AuditEvent.actor == "choijw")).one()
+            assert (row.result, row.detail["method"]) == ("success", "certificate")
+    finally:
+        db.close()
+
+
+def browser_signs_in_with_the_p12_and_opens_a_console(browser, tls: DemoTls, base: str) -> None:
+    """Chromium with the PKCS#12 file the banner names: certificate login, then the noVNC page over wss://."""
+    context = browser.new_context(
+        locale="ko-KR",
+        ignore_https_errors=True,  # the demo CA is not in this fresh profile; mixed content is still blocked
+        client_certificates=[{"origin": base, "pfxPath": str(tls.p12("kimmj")), "passphrase": P12_PASSWORD}],
+    )
+    try:
+        page = context.new_page()
+        page.goto(f"{base}/login")
+        page.get_by_role("link", name="인증서로 로그인").click()
+        page.get_by_role("button", name="인증서로 로그인").click()
+        page.wait_for_url(f"{base}/desktops")
+        assert "김민준" in page.content()
+        page.click("li[data-pool='mois-office'] button.connect")
+        page.wait_for_url(f"{base}/console/*")
+        page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
+    finally:
+        context.close()
+
+
+def console_over_wss(https_config: Path) -> None:
+    """A desktop's first frame through the gateway's wss:// endpoint, as the README's benchmark takes it."""
+    command = [sys.executable, "-m", "vdi.cli", "--config", str(https_config), "bench", "time-to-desktop"]
+    command += ["--runs", "1", "--prewarmed-pool", "", "--cold-pool", "mois-office"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["broker"].startswith("https://") and report["cold"]["runs"] == 1
+
+
+def test_demo_starts_everything_and_ctrl_c_stops_it(
+    tmp_path, ldap_settings, libvirt_host, demo_image, browser
+):
     broker_port, gateway_port, ldap_port = free_port(), free_port(), free_port()
     config = write_config(
         tmp_path / "vdi.toml",
@@ -42,21 +148,24 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(tmp_path, ldap_settings, lib
     try:
         wait_until(lambda: any("Stop with Ctrl-C" in line for line in lines), 120, "the demo banner")
         output = "".join(lines)
-        assert f"http://127.0.0.1:{broker_port}/" in output
         assert "kimmj" in output and "demo1234!" in output
-        assert http_ok(f"http://127.0.0.1:{broker_port}/healthz")
-        assert http_ok(f"http://127.0.0.1:{gateway_port}/healthz")
+        check_https_demo(tmp_path, config, output, broker_port, gateway_port)
+        console_over_wss(tmp_path / "lab" / "demo-https.toml")
+        tls = DemoTls(tmp_path / "lab" / "demo-pki")
+        browser_signs_in_with_the_p12_and_opens_a_console(browser, tls, f"https://127.0.0.1:{broker_port}")
         assert port_open(ldap_port)
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=60)
         reader.join(timeout=10)
 
-    assert demo.returncode == 0
+    assert demo.returncode == 0, "".join(lines)
     assert "demo stopped" in "".join(lines)
     assert not port_open(broker_port)
     assert not port_open(gateway_port)
     assert not port_open(ldap_port)
+    https_config = load_config(tmp_path / "lab" / "demo-https.toml")
+    assert not port_open(int(https_config.certificate.ocsp_url.rsplit(":", 1)[1].strip("/")))
 
 
 def test_lab_start_status_stop(tmp_path, ldap_settings, libvirt_host, libvirtd):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import json
+import ssl
 import statistics
 import struct
 import sys
@@ -44,18 +45,24 @@ class Portal:
     base_url: str
     opener: urllib.request.OpenerDirector
     jar: http.cookiejar.CookieJar
+    tls: ssl.SSLContext | None = None
 
     @classmethod
-    def sign_in(cls, base_url: str, username: str, password: str) -> Portal:
+    def sign_in(
+        cls, base_url: str, username: str, password: str, tls: ssl.SSLContext | None = None
+    ) -> Portal:
         jar = http.cookiejar.CookieJar()
-        portal = cls(base_url, urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)), jar)
+        handlers = [urllib.request.HTTPCookieProcessor(jar)]
+        if tls is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=tls))
+        portal = cls(base_url, urllib.request.build_opener(*handlers), jar, tls)
         portal.opener.open(f"{base_url}/login", timeout=30).read()
         portal.post("/api/v1/login", {"username": username, "password": password})
         return portal
 
     def post(self, path: str, body: dict | None = None) -> dict:
         xsrf = next((c.value for c in self.jar if c.name == "_xsrf"), "")
-        # The URL is the configured broker's own http:// address, never user input.
+        # The URL is the configured broker's own address, never user input.
         request = urllib.request.Request(  # noqa: S310
             self.base_url + path,
             data=json.dumps(body or {}).encode(),
@@ -120,7 +127,9 @@ class RfbStream:
 async def _console_first_frame(portal: Portal, session_id: str) -> None:
     grant = portal.post(f"/api/v1/sessions/{session_id}/console-token")
     url = f"{grant['gateway_url']}?token={grant['token']}"
-    request = HTTPRequest(url, headers={"Origin": portal.base_url}, connect_timeout=30)
+    request = HTTPRequest(
+        url, headers={"Origin": portal.base_url}, connect_timeout=30, ssl_options=portal.tls
+    )
     socket = await websocket_connect(request)
     try:
         await RfbStream(socket).first_framebuffer_update()
@@ -170,10 +179,22 @@ def measure(portal: Portal, pool: str, runs: int, prewarmed: bool) -> dict:
     return {"pool": pool, **summary(samples)}
 
 
+def broker_tls(config: Config) -> ssl.SSLContext | None:
+    """Over HTTPS (e.g. `make demo`'s var/lab/demo-https.toml), trust the chain the broker is configured with."""
+    if config.broker.tls_cert is None:
+        return None
+    context = ssl.create_default_context(cafile=str(config.broker.tls_cert))
+    # The served chain ends at an intermediate, not a self-signed root: accept it as the anchor.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 def main(config: Config, args) -> int:
-    base_url = f"http://{config.broker.listen_address}:{config.broker.port}"
+    tls = broker_tls(config)
+    scheme = "https" if tls else "http"
+    base_url = f"{scheme}://{config.broker.listen_address}:{config.broker.port}"
     try:
-        portal = Portal.sign_in(base_url, args.user, args.password)
+        portal = Portal.sign_in(base_url, args.user, args.password, tls)
         result = {"benchmark": "time-to-desktop", "broker": base_url, "virt": args.virt_note}
         if args.prewarmed_pool:
             result["prewarmed"] = measure(portal, args.prewarmed_pool, args.runs, prewarmed=True)

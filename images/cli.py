@@ -1,4 +1,4 @@
-"""`vdi image list|show|import|build`: the golden image catalog from the command line.
+"""`vdi image list|show|import|build|distribute`: the golden image catalog from the command line.
 
 vdi/cli.py hands its `image` subparsers to `add_commands`; each command gets the validated Config.
 """
@@ -104,6 +104,33 @@ def cmd_build(config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distribute(config, args: argparse.Namespace) -> int:
+    from images.distribution import distribute
+
+    catalog, database = _catalog(config)
+    hosts = {host.name: host for host in config.hosts}
+    unknown = [name for name in args.host if name not in hosts]
+    if unknown:
+        return _fail(CatalogError("host", "unknown_host", f"no host named {unknown[0]} in the configuration"))
+    try:
+        with database.transaction() as session:
+            row = catalog.show(session, args.name, args.version)
+    except CatalogError as exc:
+        return _fail(exc)
+    failed = 0
+    for name in args.host or sorted(hosts):
+        try:
+            distribute(hosts[name], row)
+        except CatalogError as exc:
+            failed += 1
+            _fail(exc)
+            continue
+        print(
+            f"host {name}: {row.image_name} {row.version} uploaded and verified (sha256 {row.sha256[:16]}…)"
+        )
+    return 1 if failed else 0
+
+
 def add_commands(image_sub: argparse._SubParsersAction) -> None:
     def add(name: str, fn, help_text: str) -> argparse.ArgumentParser:
         parser = image_sub.add_parser(name, help=help_text, description=help_text)
@@ -122,6 +149,13 @@ def add_commands(image_sub: argparse._SubParsersAction) -> None:
     show = add("show", cmd_show, "show one image version (the newest unless --version)")
     show.add_argument("name", help="image name")
     show.add_argument("--version", help="version to show")
+
+    dist = add(
+        "distribute", cmd_distribute, "upload a version to hypervisor hosts and verify its SHA-256 there"
+    )
+    dist.add_argument("name", help="image name")
+    dist.add_argument("--version", help="version to upload (default: the newest)")
+    dist.add_argument("--host", action="append", default=[], help="a configured host (default: all of them)")
 
     imp = add("import", cmd_import, "register an existing qcow2 file as a new, immutable image version")
     imp.add_argument("file", help="the qcow2 file")

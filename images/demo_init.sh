@@ -54,6 +54,17 @@ mount_disk() {
     fi
 }
 
+# How many times this desktop's own disk has booted: a kept (dedicated) desktop counts up across restarts,
+# a fresh overlay starts again at 1, so a person or a test sees whether writes survived. Synced at once:
+# a desktop may be powered off without a clean shutdown.
+count_boot() {
+    grep -q ' /mnt/disk ' /proc/mounts || { echo "none"; return; }
+    count=$(cat /mnt/disk/boot-count 2>/dev/null)
+    case "$count" in ''|*[!0-9]*) count=0 ;; esac
+    count=$((count + 1))
+    echo "$count" > /mnt/disk/boot-count && sync && echo "$count"
+}
+
 show_screen() {
     # White on blue, cursor home, clear: the Linux console clears with the current background colour.
     printf '\033[0;37;44m\033[H\033[2J\n\033[1;37m'
@@ -61,7 +72,8 @@ show_screen() {
     printf '\n\033[1;33m   Desktop : %s\033[0;37;44m\n' "$LABEL"
     printf '   Host    : %s\n' "$(hostname)"
     printf '   Image   : demo %s\n' "$VERSION"
-    printf '   Disk    : /dev/vda %s\n\n' "$DISK"
+    printf '   Disk    : /dev/vda %s\n' "$DISK"
+    printf '   Boots   : %s\n\n' "$BOOTS"
 }
 
 # Tests and the admin console wait for this line on the serial console instead of sleeping.
@@ -74,10 +86,11 @@ DESKTOP=$(cmdline_value vdi.desktop)
 VERSION=$(cat /etc/smartwork-image)
 [ -n "$DESKTOP" ] && hostname "$DESKTOP"
 DISK=$(mount_disk 2>/dev/null)
+BOOTS=$(count_boot 2>/dev/null)
 # Never blank the screen: a desktop left idle must still show who it belongs to.
 printf '\033[9;0]' > /dev/tty1
 show_screen > /dev/tty1
-report "desktop ready desktop=$DESKTOP image=demo/$VERSION disk=$DISK label=$LABEL"
+report "desktop ready desktop=$DESKTOP image=demo/$VERSION disk=$DISK boots=$BOOTS label=$LABEL"
 
 while true; do
     PS1='\h:\w# ' setsid -c sh -i < /dev/tty1 > /dev/tty1 2>&1

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from pathlib import Path
 
+import libvirt
 import pytest
 from prometheus_client import REGISTRY
 
 from broker.db import Database
 from broker.db.migrate import upgrade
-from hypervisor.base import DesktopSpec
+from hypervisor.base import DesktopSpec, ImageChecksumMismatch
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.catalog import Catalog, NewVersion
-from images.distribution import ChecksumMismatch, base_volume_name, boot_image, verify_on_host
+from images.distribution import ChecksumMismatch, base_volume_name, boot_image, distribute, verify_on_host
 from tests.fixtures.broker import make_broker_config
+from tests.images.test_catalog import CONFIG_TOML, vdi
 
 
 @pytest.fixture
@@ -87,3 +90,86 @@ def test_a_volume_with_other_bytes_is_reported(catalog_row, libvirt_host, libvir
         verify_on_host(libvirt_host, catalog_row)
 
     assert "differs from the catalog" in str(caught.value)
+
+
+def volume_names(host) -> set[str]:
+    conn = libvirt.open(host.uri)
+    try:
+        pool = conn.storagePoolLookupByName(host.storage_pool)
+        pool.refresh(0)
+        return {volume.name() for volume in pool.listAllVolumes(0)}
+    except libvirt.libvirtError:
+        return set()  # no pool yet: nothing was uploaded
+    finally:
+        conn.close()
+
+
+def test_distribute_uploads_and_verifies_on_the_host(catalog_row, libvirt_host):
+    before = checks("host", "match")
+
+    distribute(libvirt_host, catalog_row)
+
+    assert base_volume_name(catalog_row) in volume_names(libvirt_host)
+    assert checks("host", "match") == before + 1
+    distribute(libvirt_host, catalog_row)  # already there: hashed where it is, not uploaded again
+    assert checks("host", "match") == before + 2
+
+
+def test_a_changed_file_never_reaches_the_host(catalog_row, libvirt_host):
+    path = Path(catalog_row.path)
+    path.chmod(0o644)
+    with path.open("r+b") as stream:
+        stream.write(b"tampered")
+
+    with pytest.raises(ChecksumMismatch) as caught:
+        distribute(libvirt_host, catalog_row)
+
+    assert caught.value.field == "sha256"
+    assert catalog_row.version in str(caught.value)
+    assert base_volume_name(catalog_row) not in volume_names(libvirt_host)
+
+
+def test_an_upload_that_differs_from_the_catalog_is_removed(catalog_row, libvirt_host, desktop_name):
+    """The host-side check: bytes on the host that are not the catalog's leave no volume and no desktop."""
+    wrong = dataclasses.replace(boot_image(catalog_row), sha256="0" * 64)
+    name = desktop_name()
+    driver = LibvirtDriver(libvirt_host)
+    try:
+        with pytest.raises(ImageChecksumMismatch) as caught:
+            driver.create_desktop(DesktopSpec(domain_name=name, image=wrong))
+        assert driver.desktop_state(name) == "missing"
+    finally:
+        driver.close()
+
+    message = str(caught.value)
+    assert f"host {libvirt_host.name}" in message
+    assert f"{catalog_row.image_name} {catalog_row.version}" in message
+    assert "sha256" in message
+    leftovers = {v for v in volume_names(libvirt_host) if catalog_row.version in v or v.startswith(name)}
+    assert leftovers == set()
+
+
+def test_vdi_image_distribute_names_the_host_and_version(catalog_row, libvirt_host, tmp_path):
+    config = tmp_path / "vdi.toml"
+    host = libvirt_host
+    config.write_text(
+        CONFIG_TOML.format(db=tmp_path / "vdi.db", store=tmp_path / "store").replace(
+            'name = "local"\n',
+            f'name = "{host.name}"\nuri = "{host.uri}"\nstorage_pool = "{host.storage_pool}"\n'
+            f'storage_path = "{host.storage_path}"\n',
+        )
+    )
+
+    unknown = vdi(config, "distribute", catalog_row.image_name, "--host", "nowhere")
+    done = vdi(config, "distribute", catalog_row.image_name, "--version", catalog_row.version)
+
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "vdi image: host: no host named nowhere in the configuration",
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"host {host.name}: {catalog_row.image_name} {catalog_row.version} uploaded and verified"
+        in done.stdout
+    )
+    assert base_volume_name(catalog_row) in volume_names(host)

@@ -23,6 +23,8 @@ from broker.db.models import Desktop
 from broker.db.models import Session as DesktopSession
 from broker.desktops import DesktopService
 from broker.placement.claim import HOLDING_STATES
+from broker.pool_images import PoolSizeGuard
+from broker.rollout import retire_outdated_spares
 from monitoring.metrics import POOL_DESKTOPS, PoolDesktops
 from vdi.config import Config
 
@@ -78,6 +80,7 @@ class PoolManager(PeriodicTask):
         self.config = config
         self.db = db
         self.desktops = desktops
+        self.size_guard = PoolSizeGuard(config.pools)
         for pool in config.pools:
             publish(pool.name, PoolCounts(0, 0, 0))
 
@@ -99,6 +102,10 @@ class PoolManager(PeriodicTask):
                 log.exception("pool %s: reconcile pass failed", pool.name)
 
     async def _reconcile_pool(self, pool: PoolSettings) -> None:
+        # A pool larger than its hosts could ever hold is logged (naming the key) and not filled at all.
+        if not await self.db.run(partial(self.size_guard.check, pool=pool)):
+            return
+        await retire_outdated_spares(self.desktops, self.db, pool)  # after a rollout (broker/rollout.py)
         counts = await self.db.run(partial(pool_counts, pool=pool.name))
         publish(pool.name, counts)
         missing = counts.missing(pool)

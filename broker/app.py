@@ -15,6 +15,7 @@ import tornado.web
 from sqlalchemy.orm import Session
 
 from broker.apihandlers import admin_desktops as admin_desktops_api
+from broker.apihandlers import admin_pools as admin_pools_api
 from broker.apihandlers import admin_sessions as admin_sessions_api
 from broker.apihandlers import auth as auth_api
 from broker.apihandlers import cert_login as cert_login_api
@@ -35,14 +36,17 @@ from broker.inventory import host_settings, seed_from_config, update_host_gauges
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
+from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
+from broker.power import PowerManager
+from broker.rollout import RolloutManager
 from broker.web import PageNotFoundHandler, log_request
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
 from monitoring.metrics import SESSIONS_ACTIVE
 from sso.base import Authenticator
 from sso.cert_auth import CertificateAuthenticator
-from vdi.config import Config
+from vdi.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ ROUTE_MODULES = (
     sessions_api,
     admin_sessions_api,
     admin_desktops_api,
+    admin_pools_api,
     hosts_api,
     images_api,
     cert_login,
@@ -120,6 +125,11 @@ def make_app(
     lifecycle = SessionLifecycle(config, db, desktops)
     if lifecycle.wanted:
         lifecycle.start()
+    power_manager = PowerManager(config, db, desktops)
+    if power_manager.wanted:
+        power_manager.start()  # docs/pools.md, "Power policy"
+    rollout_manager = RolloutManager(config, db, desktops)
+    rollout_manager.start()  # picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout")
     settings = {
         "config": config,
         "db": db,
@@ -134,6 +144,8 @@ def make_app(
         "desktops": desktops,
         "pool_manager": pool_manager,
         "session_lifecycle": lifecycle,
+        "power_manager": power_manager,
+        "rollout_manager": rollout_manager,
         # None unless [certificate] is enabled; the certificate login routes then answer 404.
         "certificate_auth": certificate_auth,
         "cookie_secret": config.broker.cookie_secret.get_secret_value(),
@@ -154,7 +166,7 @@ def sync_inventory(db: Session, config: Config) -> None:
     for pool in config.pools:
         row = db.get(Pool, pool.name) or Pool(name=pool.name)
         row.display_name, row.image, row.groups = pool.display_name, pool.image, list(pool.groups)
-        row.memory_mib, row.vcpus = pool.memory_mib, pool.vcpus
+        row.memory_mib, row.vcpus, row.kind = pool.memory_mib, pool.vcpus, pool.kind
         db.add(row)
     # Configured hosts only seed the inventory; after that the database is the truth (broker.inventory).
     seed_from_config(db, config.hosts)
@@ -198,12 +210,20 @@ async def serve(config: Config) -> None:
     from sso.ldap import LdapAuthenticator
 
     db = Database(config.database)
+    try:
+        # Before anything is recorded: a pool naming a version the catalog lacks stops the start.
+        await db.run(partial(check_pool_images, pools=config.pools))
+    except PoolSettingsError as exc:
+        db.close()
+        raise ConfigError(exc.message) from None
     await prepare_database(db, config)
     drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
     authenticator = LdapAuthenticator(config.ldap)
     certificate_auth = certificate_authenticator(config, authenticator)
     app = make_app(config, db, authenticator, drivers, certificate_auth=certificate_auth)
     tls = tls_context(config.broker)
+    # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads it
+    # only from broker.trusted_proxies (broker/client_address.py).
     server = app.listen(config.broker.port, config.broker.listen_address, ssl_options=tls)
     scheme = "https" if tls else "http"
     log.info("broker listening on %s://%s:%d", scheme, config.broker.listen_address, config.broker.port)
@@ -219,6 +239,8 @@ async def serve(config: Config) -> None:
         await monitor.stop()
         await app.settings["pool_manager"].stop()
         await app.settings["session_lifecycle"].stop()
+        await app.settings["power_manager"].stop()
+        await app.settings["rollout_manager"].stop()
         app.settings["desktops"].close()
         authenticator.close()
         if certificate_auth is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
 
 
 class BrokerSettings(BaseModel):
@@ -38,6 +38,11 @@ class BrokerSettings(BaseModel):
         description="PEM CAs whose client certificates the TLS layer asks for (optional: password users "
         "on the same port send none); set for certificate login without a TLS-terminating proxy",
     )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "
+        "(lockout, TOTP center networks, audit); the header from any other address is ignored",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> BrokerSettings:
@@ -54,6 +59,11 @@ class PoolSettings(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
     display_name: str = Field(description="name users see on the portal")
     image: str = Field("demo", description="name of the golden image the pool's desktops are cloned from")
+    image_version: str | None = Field(
+        None,
+        description="catalog version of `image` new desktops start from until a rollout promotes another; "
+        "unset: the built-in demo image for image demo, else the image's newest catalog version",
+    )
     groups: list[str] = Field(min_length=1, description="directory groups entitled to the pool")
     memory_mib: int = Field(256, ge=64, le=1024 * 1024, description="memory of each desktop")
     vcpus: int = Field(1, ge=1, le=256, description="virtual CPUs of each desktop")
@@ -76,11 +86,28 @@ class PoolSettings(BaseModel):
         None, ge=60, description="log a session off after this long without keyboard or mouse input"
     )
     max_session_s: int | None = Field(None, ge=60, description="log a session off after this long in all")
+    power_policy: Literal["keep_running", "suspend", "shutoff"] = Field(
+        "keep_running",
+        description="what happens to a dedicated desktop nobody is logged on to: keep it running, suspend "
+        "it (memory saved to the host's disk) or shut it off; connecting starts it again",
+    )
+    power_after_s: int = Field(
+        900, ge=0, description="apply power_policy this long after the desktop's last session ended"
+    )
+    shutdown_timeout_s: int = Field(
+        60, ge=0, le=600, description="shutoff waits this long for the guest to shut down, then powers it off"
+    )
 
     @model_validator(mode="after")
     def _sizes_fit(self) -> PoolSettings:
         if self.max_size is not None and max(self.min_size, self.spares) > self.max_size:
             raise ValueError("max_size: must be at least min_size and spares")
+        return self
+
+    @model_validator(mode="after")
+    def _power_policy_kept_desktops(self) -> PoolSettings:
+        if self.power_policy != "keep_running" and self.kind != "dedicated":
+            raise ValueError("power_policy: only a dedicated pool keeps desktops nobody is logged on to")
         return self
 
 

@@ -36,6 +36,18 @@ from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
 from broker.placement.claim import HOLDING_STATES, ClaimLost, load_host_candidates, reserve
+from broker.pool_images import PoolImages, catalog_row, image_ref, promoted_rollout, version_boot_image
+from broker.power import (
+    OFF_STATES,
+    POWER_ACTOR,
+    TRANSIT_STATES,
+    PowerOff,
+    UnusedDesktop,
+    begin_power_off,
+    observe_power_action,
+    record_power_action,
+    set_state,
+)
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, Driver, HypervisorError
 from hypervisor.base import HostUnreachable as DriverHostUnreachable
 from images.config import ImageSettings
@@ -48,6 +60,7 @@ from monitoring.metrics import (
     PLACEMENT_RETRIES,
     SESSIONS_ACTIVE,
     ConnectResult,
+    PowerAction,
 )
 from vdi.config import Config
 
@@ -165,9 +178,35 @@ def _name_part(text: str, limit: int) -> str:
     return part[:limit].strip("-") or "x"
 
 
+def domain_prefix(pool: str, owner: str) -> str:
+    return f"vdi-{_name_part(pool, 40)}-{_name_part(owner, 32)}-"
+
+
 def domain_name_for(pool: str, username: str) -> str:
     """`vdi-<pool>-<user>-<6 hex>`: readable in virsh, unique, and safe as a libvirt name and a file name."""
-    return f"vdi-{_name_part(pool, 40)}-{_name_part(username, 32)}-{secrets.token_hex(3)}"
+    return domain_prefix(pool, username) + secrets.token_hex(3)
+
+
+def canary_owner(rollout_id: int) -> str:
+    """What stands for the owner in a canary desktop's name: `vdi-<pool>-canary-r<id>-<6 hex>`."""
+    return f"canary-r{rollout_id}"
+
+
+def spare_conditions(db: Session, pool: PoolSettings) -> list:
+    """Which unassigned desktops a user may be given (broker/rollout.py): never a canary of a rollout
+    that is not promoted, and after a promotion only desktops of the promoted version."""
+    canary = Desktop.domain_name.like(domain_prefix(pool.name, "canary-r") + "%")
+    promoted = promoted_rollout(db, pool)
+    if promoted is None:
+        return [~canary]
+    own_canaries = Desktop.domain_name.like(domain_prefix(pool.name, canary_owner(promoted.id)) + "%")
+    return [~canary | own_canaries, Desktop.image == image_ref(promoted.image_name, promoted.version)]
+
+
+def outdated(db: Session, pool: PoolSettings, desktop: Desktop) -> bool:
+    """Whether a promoted rollout moved the pool to another version than the desktop's."""
+    promoted = promoted_rollout(db, pool)
+    return promoted is not None and desktop.image != image_ref(promoted.image_name, promoted.version)
 
 
 def connect_result(exc: errors.BrokerError) -> ConnectResult | None:
@@ -205,11 +244,12 @@ def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | Non
     ).first()
 
 
-def take_spare(db: Session, pool: str, username: str) -> Desktop | None:
+def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None:
     """Assign the pool's oldest running spare to the user; None when there is none left to take."""
     spare = db.scalars(
         select(Desktop)
-        .where(Desktop.pool_name == pool, Desktop.assigned_user.is_(None), Desktop.state == "running")
+        .where(Desktop.pool_name == pool.name, Desktop.assigned_user.is_(None), Desktop.state == "running")
+        .where(*spare_conditions(db, pool))
         .order_by(Desktop.id)
     ).first()
     if spare is None:
@@ -340,13 +380,16 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
         )
     ).first()
     created = session is None
+    desktop = db.get(Desktop, desktop_id)
+    if desktop.state != "running":
+        # The power manager of another broker powered it off between our check and now.
+        raise errors.DesktopStarting()
     if created:
         session = DesktopSession(
             id=str(uuid.uuid4()), username=username, desktop_id=desktop_id, started_at=utcnow()
         )
         db.add(session)
     session.client_ip = client_ip
-    desktop = db.get(Desktop, desktop_id)
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
     action = "connect" if created else "reconnect"
@@ -423,7 +466,7 @@ class DesktopService:
         self.db = db
         self.drivers = drivers
         self.placement = placement or PlacementEngine.default()
-        self.image_resolver = image_resolver or partial(boot_image_for, config.images)
+        self.image_resolver = image_resolver or PoolImages(db, partial(boot_image_for, config.images))
         self._executor = ThreadPoolExecutor(max_workers=DRIVER_THREADS, thread_name_prefix="hypervisor")
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -525,17 +568,98 @@ class DesktopService:
                 raise errors.DesktopStarting()
             actual = "stale provisioning"
         else:
-            # The database says running; the hypervisor is the truth (principle 1).
+            # The database says running (or powered off); the hypervisor is the truth (principle 1).
             actual = await self._driver_call(desktop.host_name, "desktop_state", desktop.domain_name)
             if actual == "running":
+                if desktop.state != "running":  # a power action a dead broker left half-way
+                    desktop = await self.db.run(partial(set_state, desktop_id=desktop.id, state="running"))
                 return await self._refresh_display(desktop)
+            if actual in ("paused", "suspended", "shutoff") and self._kept_off(pool, desktop):
+                return await self._power_on(desktop, actual, user.username)
         log.info("desktop %s on host %s is %s; replacing it", desktop.domain_name, desktop.host_name, actual)
         await self._retire(desktop)
         return None
 
+    @staticmethod
+    def _kept_off(pool: PoolSettings, desktop: Desktop) -> bool:
+        """Whether a desktop that is not running should be started again rather than replaced:
+        one its power policy turned off, or any dedicated desktop (its disk holds the user's work)."""
+        return desktop.state in (*OFF_STATES, *TRANSIT_STATES) or pool.kind == "dedicated"
+
+    async def _power_on(self, desktop: Desktop, actual: str, actor: str) -> Desktop:
+        """Start or resume the user's kept desktop from its own disk; the portal shows it "starting"."""
+        action = PowerAction.START if actual == "shutoff" else PowerAction.RESUME
+        off_state = "stopped" if actual == "shutoff" else "suspended"
+        await self.db.run(partial(set_state, desktop_id=desktop.id, state="starting"))
+        started = time.monotonic()
+        try:
+            endpoint = await self._driver_call(desktop.host_name, "start_desktop", desktop.domain_name)
+        except errors.BrokerError as exc:
+            observe_power_action(action, False, time.monotonic() - started)
+            await self._record_power(
+                desktop.id,
+                off_state,
+                action,
+                actor,
+                error=exc.message,
+                duration_s=round(time.monotonic() - started, 3),
+            )
+            raise
+        elapsed = time.monotonic() - started
+        observe_power_action(action, True, elapsed)
+        log.info(
+            "power: %s desktop %s on host %s for %s (%.1f s)",
+            *(action.value, desktop.domain_name, desktop.host_name, actor, elapsed),
+        )
+        return await self._record_power(
+            desktop.id, "running", action, actor, endpoint=endpoint, duration_s=round(elapsed, 3)
+        )
+
+    async def _record_power(
+        self, desktop_id: int, state: str, action: PowerAction, actor: str, **detail: Any
+    ) -> Desktop:
+        return await self.db.run(
+            partial(
+                record_power_action, desktop_id=desktop_id, state=state, action=action, actor=actor, **detail
+            )
+        )
+
+    async def power_off(self, pool: PoolSettings, desktop: UnusedDesktop, how: PowerOff) -> bool:
+        """Apply the pool's power policy to a desktop nobody is logged on to; False if it was not done.
+
+        Under the user's connect lock, so a connect of this broker waits and then starts it again.
+        """
+        async with self._lock(desktop.user, pool.name):
+            if not await self.db.run(partial(begin_power_off, desktop_id=desktop.id, transit=how.transit)):
+                return False  # its user connected meanwhile
+            started = time.monotonic()
+            args: tuple = (desktop.domain_name,)
+            if how.action is PowerAction.STOP:
+                args += (pool.shutdown_timeout_s,)
+            try:
+                await self._driver_call(desktop.host_name, how.driver_method, *args)
+            except errors.BrokerError as exc:
+                observe_power_action(how.action, False, time.monotonic() - started)
+                log.warning(
+                    "power: cannot %s desktop %s: %s", how.action.value, desktop.domain_name, exc.message
+                )
+                # Still running as far as anyone knows; the next pass tries again.
+                await self._record_power(desktop.id, "running", how.action, POWER_ACTOR, error=exc.message)
+                return False
+            elapsed = time.monotonic() - started
+            observe_power_action(how.action, True, elapsed)
+            await self._record_power(
+                desktop.id, how.final, how.action, POWER_ACTOR, duration_s=round(elapsed, 3)
+            )
+        log.info(
+            "power: %s desktop %s of %s on host %s (%.1f s)",
+            *(how.action.value, desktop.domain_name, desktop.user, desktop.host_name, elapsed),
+        )
+        return True
+
     async def _spare_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
         """Fast path: take a prewarmed spare of the pool, if its host confirms it is running."""
-        desktop = await self.db.run(partial(take_spare, pool=pool.name, username=user.username))
+        desktop = await self.db.run(partial(take_spare, pool=pool, username=user.username))
         if desktop is None:
             return None
         self.pool_changed()
@@ -568,17 +692,49 @@ class DesktopService:
         """Place and boot an unassigned desktop for the pool (the pool manager's refill)."""
         return await self._boot(pool, None, SPARE_ACTOR, "")
 
-    async def _boot(self, pool: PoolSettings, owner: str | None, actor: str, client_ip: str) -> Desktop:
-        """Place, create and start a desktop for `owner` (None: a spare); `actor` is who asked."""
-        image = await self._blocking(self.image_resolver, pool)
-        desktop = await self._place(owner, pool, image)
+    async def start_for(self, pool: PoolSettings, owner: str, actor: str, client_ip: str = "") -> Desktop:
+        """Place and boot a desktop assigned to `owner` (an administrator moving it to a new version)."""
+        return await self._boot(pool, owner, actor, client_ip)
+
+    async def start_canary(self, pool: PoolSettings, image: BootImage, rollout_id: int) -> Desktop:
+        """Place and boot an unassigned desktop of `image` named as the rollout's canary."""
+        return await self._boot(pool, None, SPARE_ACTOR, "", image=image, name=canary_owner(rollout_id))
+
+    async def pool_image(self, pool: PoolSettings) -> BootImage:
+        """The image new desktops of the pool start from: a promoted rollout's version, else the resolver's."""
+        promoted = await self.db.run(partial(promoted_rollout, pool=pool))
+        if promoted is None:
+            return await self._blocking(self.image_resolver, pool)
+        return await self.version_image(pool, promoted.image_name, promoted.version)
+
+    async def version_image(self, pool: PoolSettings, name: str, version: str) -> BootImage:
+        """A catalog version's BootImage, its file re-hashed (ImageUnavailable naming it otherwise)."""
+        row = await self.db.run(partial(catalog_row, pool=pool, name=name, version=version))
+        return await self._blocking(version_boot_image, row)
+
+    async def _boot(
+        self,
+        pool: PoolSettings,
+        owner: str | None,
+        actor: str,
+        client_ip: str,
+        image: BootImage | None = None,
+        name: str | None = None,
+    ) -> Desktop:
+        """Place, create and start a desktop for `owner` (None: a spare); `actor` is who asked.
+
+        `image` defaults to the pool's current version; `name` replaces the owner in the domain name.
+        """
+        if image is None:
+            image = await self.pool_image(pool)
+        desktop = await self._place(owner, pool, image, name)
         spec = DesktopSpec(
             domain_name=desktop.domain_name,
             image=image,
             memory_mib=pool.memory_mib,
             vcpus=pool.vcpus,
             # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
-            label=f"{pool.name} / {owner or 'spare'}",
+            label=f"{pool.name} / {owner or name or 'spare'}",
         )
         try:
             endpoint = await self._driver_call(desktop.host_name, "create_desktop", spec)
@@ -603,7 +759,9 @@ class DesktopService:
             partial(mark_failed, desktop_id=desktop.id, error=error, username=actor, client_ip=client_ip)
         )
 
-    async def _place(self, owner: str | None, pool: PoolSettings, image: BootImage) -> Desktop:
+    async def _place(
+        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+    ) -> Desktop:
         """Choose a host and claim a slot on it; a lost claim (another request won) places again."""
         request = placement_request(pool, f"{image.name}:{image.version}")
         attempts = self.config.placement.claim_attempts
@@ -614,7 +772,7 @@ class DesktopService:
             if decision.host is None:
                 raise errors.NoCapacity(decision.reason, detail=decision.reason, pool=pool.name)
             generation = next(c.generation for c in candidates if c.name == decision.host)
-            row = self._new_desktop(owner, pool, image)
+            row = self._new_desktop(owner, pool, image, name)
             try:
                 return await self.db.run(
                     partial(
@@ -630,10 +788,12 @@ class DesktopService:
                 log.info("%s (attempt %d of %d); placing again", lost, attempt, attempts)
         raise errors.PlacementConflict()
 
-    def _new_desktop(self, owner: str | None, pool: PoolSettings, image: BootImage) -> Desktop:
+    def _new_desktop(
+        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+    ) -> Desktop:
         return Desktop(
             pool_name=pool.name,
-            domain_name=domain_name_for(pool.name, owner or "spare"),
+            domain_name=domain_name_for(pool.name, name or owner or "spare"),
             image=f"{image.name}:{image.version}",
             state="provisioning",
             assigned_user=owner,
@@ -694,16 +854,25 @@ class DesktopService:
     async def _logoff_desktop(self, desktop: Desktop) -> Callable[..., int]:
         """Apply the pool's kind to the desktop at logoff; returns the database step that records it."""
         pool = self.config.pool(desktop.pool_name)
-        if pool is not None and pool.kind == "dedicated":
+        moved = pool is not None and await self.db.run(partial(outdated, pool=pool, desktop=desktop))
+        if pool is not None and pool.kind == "dedicated" and not moved:
             # The user comes back to this desktop: same domain, same overlay, so their writes survive.
             return record_dedicated_logoff
         await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
-        return record_logoff
+        # A rollout promoted another version: the next connect starts the user a desktop of it.
+        return partial(record_logoff, outdated_image=desktop.image) if moved else record_logoff
+
+    async def retire(self, desktop: Desktop) -> None:
+        """Destroy the desktop on its host and mark it deleted, ending any session on it."""
+        await self._retire(desktop)
 
     # -- blocking calls --------------------------------------------------------------------------
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def driver_call(self, host: str | None, method: str, *args: Any) -> Any:
+        return await self._driver_call(host, method, *args)
 
     async def _driver_call(self, host: str | None, method: str, *args: Any) -> Any:
         """Call a driver method on the executor; hypervisor errors become 503s naming the host."""

@@ -33,12 +33,13 @@ from sqlalchemy.orm import Session
 from broker.background import PeriodicTask
 from broker.config import MonitorSettings
 from broker.db import Database
-from broker.db.models import AuditEvent, Desktop, Host, utcnow
+from broker.db.models import AuditEvent, Desktop, Host, Pool, utcnow
 from broker.db.models import Session as DesktopSession
 from broker.inventory import update_host_gauges
-from hypervisor.base import DisplayEndpoint, Driver, HostStats, HypervisorError
+from hypervisor.base import DisplayEndpoint, DomainEvent, Driver, HostStats, HypervisorError
 from monitoring.metrics import (
     DESKTOPS_LOST,
+    DOMAIN_EVENTS,
     HOST_DOWN_TRANSITIONS,
     ORPHAN_DOMAINS,
     RECONCILE_FIXES,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "monitor"
 HOST_DOWN_REASON = "host_down"
+CRASHED_REASON = "desktop_crashed"
 # A start takes seconds (define, boot, VNC port); a row still "provisioning" this long after its domain runs
 # was left by a broker that died between starting the domain and recording it.
 ADOPT_AFTER_S = 60.0
@@ -77,6 +79,11 @@ def record_up(db: Session, name: str, stats: HostStats) -> bool:
     if host is None:
         return False
     host.cpu_load = stats.cpu_load if stats.cpu_load is not None else host.cpu_load
+    # Physical size as the host reports it, unless an administrator set it (vdi host add --vcpus …).
+    if host.vcpus is None and stats.cpus:
+        host.vcpus = stats.cpus
+    if host.memory_mib is None and stats.memory_mib:
+        host.memory_mib = stats.memory_mib
     was_down, host.state = host.state != "up", "up"
     if was_down:
         db.add(_audit("host_up", "success", name))
@@ -126,6 +133,28 @@ def record_down(db: Session, name: str, silent_s: float) -> DownResult | None:
     db.add(_audit("host_down", "failure", name, silent_s=round(silent_s, 1), desktops=result.desktops))
     update_host_gauges(db)
     return result
+
+
+def record_crash(db: Session, host: str, domain: str, detail: str) -> tuple[str, int] | None:
+    """A live desktop's guest died on its own: end its sessions; None if the domain is not a live desktop.
+
+    A floating desktop is lost (the next connect gets a fresh one). A dedicated desktop's disk holds its
+    user's work, so it becomes "stopped" and the next connect starts it again from that disk.
+    Returns the desktop's new state and how many sessions ended.
+    """
+    desktop = db.scalars(
+        select(Desktop).where(
+            Desktop.host_name == host, Desktop.domain_name == domain, Desktop.state.in_(LIVE_STATES)
+        )
+    ).first()
+    if desktop is None:
+        return None
+    db.add(_audit("desktop_crashed", "failure", host, desktop=domain, detail=detail))
+    pool = db.get(Pool, desktop.pool_name)
+    if pool is not None and pool.kind == "dedicated":
+        desktop.state, desktop.error = "stopped", CRASHED_REASON
+        return desktop.state, _end_sessions(db, desktop, CRASHED_REASON)
+    return "lost", _mark_lost(db, desktop, CRASHED_REASON)
 
 
 @dataclass(frozen=True)
@@ -195,6 +224,8 @@ class HostMonitor(PeriodicTask):
         self._pending: dict[str, Future] = {}
         self._last_answer: dict[str, float] = {}
         self._reported_orphans: set[tuple[str, str]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event_tasks: set[asyncio.Task] = set()
 
     def start(self) -> None:
         log.info(
@@ -203,6 +234,12 @@ class HostMonitor(PeriodicTask):
             self.settings.down_after_s,
             self.settings.orphans,
         )
+        self._loop = asyncio.get_running_loop()
+        watching = [
+            name for name, driver in self.drivers.items() if driver.watch_events(self._event_from_driver)
+        ]
+        if watching:
+            log.info("host monitor: lifecycle events from %s", ", ".join(sorted(watching)))
         super().start()
 
     async def stop(self) -> None:
@@ -223,7 +260,9 @@ class HostMonitor(PeriodicTask):
         self._last_answer.setdefault(name, now)
         stats = await self._poll(name)
         if stats is None:
-            silent_s = now - self._last_answer[name]
+            # Measured when the poll gave up, not when the pass began: a hung poll (a remote host whose
+            # network is gone) already waited a whole poll interval, which counts as silence too.
+            silent_s = time.monotonic() - self._last_answer[name]
             if silent_s >= self.settings.down_after_s:
                 await self._host_down(name, silent_s)
             return
@@ -246,6 +285,43 @@ class HostMonitor(PeriodicTask):
         except HypervisorError as exc:
             log.info("host %s: not answering: %s", name, exc.message)
         return None
+
+    # -- lifecycle events -------------------------------------------------------------------------------
+
+    def _event_from_driver(self, event: DomainEvent) -> None:
+        """Called on a driver's thread: hand the event to the broker's loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_event, event)
+
+    def _on_event(self, event: DomainEvent) -> None:
+        DOMAIN_EVENTS.labels(event=event.event).inc()
+        log.info("host %s: domain %s %s (%s)", event.host, event.domain_name, event.event, event.detail)
+        if event.crashed:
+            # Held so the task is not garbage-collected before it ran.
+            task = asyncio.create_task(self._desktop_crashed(event))
+            self._event_tasks.add(task)
+            task.add_done_callback(self._event_tasks.discard)
+
+    async def _desktop_crashed(self, event: DomainEvent) -> None:
+        """A guest that died on its own is lost now, not at the next poll; its users see it on the portal."""
+        try:
+            outcome = await self.db.run(
+                partial(record_crash, host=event.host, domain=event.domain_name, detail=event.detail)
+            )
+        except Exception:
+            log.exception("host %s: cannot record the crash of %s", event.host, event.domain_name)
+            return
+        if outcome is None:
+            return
+        state, ended = outcome
+        if state == "lost":
+            DESKTOPS_LOST.inc()
+        SESSIONS_ACTIVE.dec(ended)
+        log.warning(
+            "host %s: desktop %s crashed (%s); now %s, %d sessions ended",
+            *(event.host, event.domain_name, event.detail, state, ended),
+        )
 
     async def _host_down(self, name: str, silent_s: float) -> None:
         result = await self.db.run(partial(record_down, name=name, silent_s=silent_s))

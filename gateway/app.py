@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import signal
+import ssl
 
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,8 +19,10 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
 from broker.db import Database
+from gateway.config import GatewaySettings
 from gateway.relay import ConsoleRelay, TunnelRegistry
 from gateway.session_watch import SessionWatch
+from gateway.ssh_channel import SshChannels
 from vdi.config import Config
 
 log = logging.getLogger(__name__)
@@ -87,7 +90,13 @@ class GatewayApplication(tornado.web.Application):
         self.tunnels = TunnelRegistry()
         self.session_watch = SessionWatch(self.tunnels, db)
         self.tunnels.on_add = self.session_watch.ensure_started
-        relay_args = {"settings": config.gateway, "db": db, "tunnels": self.tunnels}
+        self.ssh_channels = SshChannels(config.gateway)
+        relay_args = {
+            "settings": config.gateway,
+            "db": db,
+            "tunnels": self.tunnels,
+            "ssh_channels": self.ssh_channels,
+        }
         console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]
         routes += [(r"/healthz", HealthHandler), (r"/metrics", MetricsHandler)]
@@ -118,12 +127,13 @@ def run(config: Config) -> None:
 async def serve(config: Config) -> None:
     db = Database(config.database)
     app = make_app(config, db)
-    server = HTTPServer(app)
+    server = HTTPServer(app, ssl_options=tls_context(config.gateway))
     sockets = bind_sockets(config.gateway.port, config.gateway.listen_address)
     server.add_sockets(sockets)
     stop = _stop_on_signals()
     log.info(
-        "gateway listening on %s:%d%s",
+        "gateway listening on %s://%s:%d%s",
+        "wss" if config.gateway.tls_cert else "ws",
         config.gateway.listen_address,
         sockets[0].getsockname()[1],
         config.gateway.path,
@@ -132,6 +142,15 @@ async def serve(config: Config) -> None:
         await stop.wait()
     finally:
         await shutdown(app, server, db)
+
+
+def tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
+    """wss:// for portals served over https (a browser refuses ws:// from an https page as mixed content)."""
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -149,5 +168,6 @@ async def shutdown(app: GatewayApplication, server: HTTPServer, db: Database) ->
     await app.tunnels.close_all("gateway shutting down", timeout_s=SHUTDOWN_GRACE_S)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=SHUTDOWN_GRACE_S)
+    await app.ssh_channels.close()
     db.close()
     log.info("gateway stopped")

@@ -1,6 +1,8 @@
 """Settings of the WebSocket-to-VNC gateway."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class GatewaySettings(BaseModel):
@@ -13,5 +15,33 @@ class GatewaySettings(BaseModel):
         default_factory=list, description="exact Origin values (scheme://host:port) browsers may connect from"
     )
     connect_timeout_s: float = Field(
-        5.0, gt=0, le=60, description="time allowed to reach a desktop's display"
+        5.0,
+        gt=0,
+        le=60,
+        description="time allowed to reach a desktop's display (over SSH: each of connect, login, channel open)",
     )
+    tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (and chain) to serve wss:// (needed when the portal is on https://: "
+        "browsers refuse ws:// from an https page)",
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    ssh_key_file: Path | None = Field(
+        None,
+        description="private key the gateway logs in to hosts with, for console_access ssh "
+        "(unset: ssh routes are refused)",
+    )
+    ssh_known_hosts: Path | None = Field(
+        None,
+        description="OpenSSH known_hosts file with the hosts' keys; an unknown or mismatching host key "
+        "is refused (unset: ssh routes are refused)",
+    )
+    ssh_idle_close_s: float = Field(
+        300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "GatewaySettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_key: tls_cert and tls_key must be set together")
+        return self

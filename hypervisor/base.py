@@ -7,6 +7,7 @@ A driver never touches the database.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,10 @@ class DesktopNotFound(HypervisorError):
     """No such desktop on the host."""
 
 
+class ImageChecksumMismatch(HypervisorError):
+    """The host's copy of an image does not hold the bytes the catalog recorded; the copy was removed."""
+
+
 @dataclass(frozen=True)
 class BootImage:
     """A golden image version as files on the broker's machine.
@@ -44,6 +49,8 @@ class BootImage:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    # The catalog's SHA-256 of `disk`: when set, a driver verifies the uploaded copy on the host against it.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class HostStats:
     free_memory_mib: int
     cpu_load: float | None  # 0..1 per core, from the host's CPU time counters; None on the first sample
     running_desktops: int
+    # The host's physical size, for placement when the inventory has no override (None: not known).
+    cpus: int | None = None
+    memory_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,25 @@ class DisplayEndpoint:
 
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """A lifecycle change of one domain, as the host reported it (libvirt's lifecycle events).
+
+    `event` is "started", "suspended", "resumed", "stopped", "shutdown", "crashed", "defined",
+    "undefined" or "pmsuspended"; `detail` says how, e.g. "destroyed", "crashed", "failed", "shutdown".
+    """
+
+    host: str
+    domain_name: str
+    event: str
+    detail: str
+
+    @property
+    def crashed(self) -> bool:
+        """The guest died on its own (QEMU crashed or was killed), not by anyone's request."""
+        return self.event == "crashed" or (self.event == "stopped" and self.detail in ("crashed", "failed"))
 
 
 class Driver(ABC):
@@ -86,7 +115,7 @@ class Driver(ABC):
 
     @abstractmethod
     def desktop_state(self, domain_name: str) -> str:
-        """One of "running", "paused", "shutoff", "missing"."""
+        """One of "running", "paused", "suspended" (memory saved to disk), "shutoff", "missing"."""
 
     @abstractmethod
     def display(self, domain_name: str) -> DisplayEndpoint:
@@ -96,12 +125,45 @@ class Driver(ABC):
     def list_desktops(self) -> list[str]:
         """Names of the domains on this host that smartwork-vdi created."""
 
+    # Power actions on a kept (dedicated) desktop; optional: drivers without them refuse with an error.
+
+    def stop_desktop(self, domain_name: str, timeout_s: float) -> None:
+        """Shut the guest down (forced off after `timeout_s`), keeping its definition and disk. Idempotent."""
+        raise HypervisorError(self.host.name, f"this driver cannot stop desktop {domain_name}")
+
+    def suspend_desktop(self, domain_name: str) -> None:
+        """Save the guest's memory to disk and free it on the host; start_desktop resumes it."""
+        raise HypervisorError(self.host.name, f"this driver cannot suspend desktop {domain_name}")
+
+    def start_desktop(self, domain_name: str) -> DisplayEndpoint:
+        """Start (or resume) a stopped or suspended desktop from its kept disk; its display endpoint."""
+        raise HypervisorError(self.host.name, f"this driver cannot start desktop {domain_name}")
+
+    # Golden images on the host; optional: drivers that need no image copy refuse with an error.
+
+    def upload_image(self, image: BootImage) -> bool:
+        """Copy the image's files to the host if not there yet (True when copied now); with
+        `image.sha256`, a new copy is verified on the host and removed again when it differs."""
+        raise HypervisorError(self.host.name, f"this driver cannot upload image {image.name} {image.version}")
+
+    def image_sha256(self, image: BootImage) -> str:
+        """SHA-256 of the host's copy of the image's disk, read back from the host."""
+        raise HypervisorError(self.host.name, f"this driver cannot read image {image.name} {image.version}")
+
     def host_stats(self) -> HostStats:
         """Free memory, CPU load and running desktops; raises HostUnreachable when the host does not answer.
 
         Optional: drivers without a cheaper probe answer with list_desktops(), which proves the host is alive.
         """
         return HostStats(free_memory_mib=0, cpu_load=None, running_desktops=len(self.list_desktops()))
+
+    def watch_events(self, callback: Callable[[DomainEvent], None]) -> bool:
+        """Call `callback` (from a driver thread) for every lifecycle event of this host's domains.
+
+        Optional: returns False when the driver has no events; the monitor's polling still notices
+        changes, only later.
+        """
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -10,6 +10,7 @@ Calls block; the broker runs them in an executor. One connection per driver, ope
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import struct
@@ -30,10 +31,12 @@ from hypervisor.base import (
     DesktopNotFound,
     DesktopSpec,
     DisplayEndpoint,
+    DomainEvent,
     Driver,
     HostStats,
     HostUnreachable,
     HypervisorError,
+    ImageChecksumMismatch,
 )
 from hypervisor.config import HostSettings
 
@@ -50,6 +53,7 @@ libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VNC_PORT_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
+SHUTDOWN_POLL_S = 0.5
 UPLOAD_CHUNK = 1 << 20
 CONSOLE_LOG_SUFFIX = ".console.log"
 UNDEFINE_FLAGS = (
@@ -74,6 +78,31 @@ CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file",
     libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout",
     libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by us",
+}
+
+# Lifecycle events (virDomainEventType) and the details the monitor cares about (virDomainEvent*DetailType).
+LIFECYCLE_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+LIFECYCLE_DETAILS = {
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN): "shutdown",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED): "destroyed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): "crashed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): "migrated",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED): "saved",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED): "failed",
+    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED): "booted",
+    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED): "restored",
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_PAUSED): "paused",
+    (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED): "panicked",
 }
 
 # libvirt runs keepalives and close callbacks only with an event loop; one per process, in its own thread.
@@ -150,6 +179,7 @@ class LibvirtDriver(Driver):
         self._virt_type: str | None = None
         self._cpu_sample: tuple[float, int, int] | None = None  # (monotonic, busy ns, total ns)
         self._closed = threading.Event()  # set by libvirt's close callback when the connection dies
+        self._event_callback: Callable[[DomainEvent], None] | None = None
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -182,6 +212,42 @@ class LibvirtDriver(Driver):
         except libvirt.libvirtError as exc:
             # Local and test:/// connections may not support keepalive; they cannot hang on a network.
             log.debug("host %s: no keepalive: %s", self.host.name, _error_text(exc))
+        if self._event_callback is not None:
+            self._register_lifecycle(conn)
+
+    # -- lifecycle events ------------------------------------------------------------------------------
+
+    def watch_events(self, callback: Callable[[DomainEvent], None]) -> bool:
+        """Lifecycle events of this host's domains, registered on every (re)connection.
+
+        The callback runs on libvirt's event thread and must only hand the event over (e.g. with
+        loop.call_soon_threadsafe). Connecting happens on the next call that needs the host.
+        """
+        self._event_callback = callback
+        with self._conn_lock:
+            if self._conn is not None and not self._closed.is_set():
+                self._register_lifecycle(self._conn)
+        return True
+
+    def _register_lifecycle(self, conn: libvirt.virConnect) -> None:
+        try:
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        except libvirt.libvirtError as exc:
+            log.warning("host %s: no lifecycle events: %s", self.host.name, _error_text(exc))
+
+    def _on_lifecycle(
+        self, _conn: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int, _opaque: object
+    ) -> None:
+        callback = self._event_callback
+        if callback is None:
+            return
+        kind = LIFECYCLE_EVENTS.get(event, str(event))
+        how = LIFECYCLE_DETAILS.get((event, detail), str(detail))
+        try:
+            callback(DomainEvent(host=self.host.name, domain_name=domain.name(), event=kind, detail=how))
+        except Exception:
+            # An exception must not escape into libvirt's event loop thread.
+            log.exception("host %s: lifecycle event handler failed", self.host.name)
 
     def _on_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
         # Runs on the libvirt event thread: only flag it; the next call reconnects or reports unreachable.
@@ -269,6 +335,8 @@ class LibvirtDriver(Driver):
             if domain is None:
                 return "missing"
             state, _reason = domain.state()
+            if state == libvirt.VIR_DOMAIN_SHUTOFF and domain.hasManagedSaveImage(0):
+                return "suspended"
         return STATES.get(state, "shutoff")
 
     def display(self, domain_name: str) -> DisplayEndpoint:
@@ -287,6 +355,113 @@ class LibvirtDriver(Driver):
         with self._errors("list desktops"):
             domains = conn.listAllDomains(0)
             return sorted(domain.name() for domain in domains if self._is_ours(domain))
+
+    # -- power actions on kept desktops -----------------------------------------------------------------
+    # Domains are persistent (defineXML, then create), so a stopped or saved desktop keeps its definition,
+    # overlay volume and console log, and start_desktop boots or restores the same domain.
+
+    def stop_desktop(self, domain_name: str, timeout_s: float) -> None:
+        self._check_name("domain_name", domain_name)
+        conn = self._connection()
+        with self._errors(f"stop desktop {domain_name}"):
+            domain = self._own_domain(conn, domain_name)
+            if not domain.isActive():
+                return
+            if not self._shut_down(domain, timeout_s):
+                log.warning(
+                    "host %s: desktop %s did not shut down within %.0f s; powering it off",
+                    *(self.host.name, domain_name, timeout_s),
+                )
+                with contextlib.suppress(libvirt.libvirtError):
+                    domain.destroy()  # it may have finished shutting down just now
+            if domain.isActive():
+                raise HypervisorError(self.host.name, f"desktop {domain_name} is still running")
+        log.info("host %s: desktop %s stopped", self.host.name, domain_name)
+
+    def suspend_desktop(self, domain_name: str) -> None:
+        self._check_name("domain_name", domain_name)
+        conn = self._connection()
+        with self._errors(f"suspend desktop {domain_name}"):
+            domain = self._own_domain(conn, domain_name)
+            if domain.isActive():
+                # Managed save writes the guest's memory to the host's disk and ends QEMU, so a suspended
+                # desktop holds no memory; the next create() restores it where it was.
+                domain.managedSave(0)
+        log.info("host %s: desktop %s suspended (memory saved)", self.host.name, domain_name)
+
+    def start_desktop(self, domain_name: str) -> DisplayEndpoint:
+        self._check_name("domain_name", domain_name)
+        conn = self._connection()
+        with self._errors(f"start desktop {domain_name}"):
+            domain = self._own_domain(conn, domain_name)
+            state, _reason = domain.state()
+            if state == libvirt.VIR_DOMAIN_PAUSED:
+                domain.resume()
+            elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+                domain.pMWakeup(0)
+            elif not domain.isActive():
+                domain.create()  # restores the managed save image when there is one
+            try:
+                endpoint = self._wait_for_vnc(domain)
+            except ValueError as exc:
+                raise HypervisorError(self.host.name, f"cannot start desktop {domain_name}: {exc}") from None
+        log.info(
+            "host %s: desktop %s started, VNC %s:%d",
+            self.host.name,
+            domain_name,
+            endpoint.host,
+            endpoint.port,
+        )
+        return endpoint
+
+    def _own_domain(self, conn: libvirt.virConnect, domain_name: str) -> libvirt.virDomain:
+        domain = self._lookup_domain(conn, domain_name)
+        if domain is None:
+            raise DesktopNotFound(self.host.name, f"no desktop {domain_name}")
+        if not self._is_ours(domain):
+            raise HypervisorError(
+                self.host.name, f"domain {domain_name} was not created by smartwork-vdi; not touching it"
+            )
+        return domain
+
+    @staticmethod
+    def _shut_down(domain: libvirt.virDomain, timeout_s: float) -> bool:
+        """Ask the guest to shut down (ACPI power button) and wait; True when it is off in time."""
+        deadline = time.monotonic() + timeout_s
+        with contextlib.suppress(libvirt.libvirtError):
+            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        while time.monotonic() < deadline:
+            if not domain.isActive():
+                return True
+            time.sleep(SHUTDOWN_POLL_S)
+        return not domain.isActive()
+
+    # -- golden images ----------------------------------------------------------------------------------
+
+    def upload_image(self, image: BootImage) -> bool:
+        self._check_name("image.name", image.name)
+        self._check_name("image.version", image.version)
+        conn = self._connection()
+        with self._errors(f"upload image {image.name} {image.version}"):
+            pool = self._ensure_pool(conn)
+            present = self._lookup_volume(pool, base_disk_volume(image))
+            already = present is not None and self._physical_size(present) == Path(image.disk).stat().st_size
+            self._ensure_base_volumes(conn, pool, image)
+        return not already
+
+    def image_sha256(self, image: BootImage) -> str:
+        self._check_name("image.name", image.name)
+        self._check_name("image.version", image.version)
+        conn = self._connection()
+        name = base_disk_volume(image)
+        with self._errors(f"read image {image.name} {image.version}"):
+            pool = self._lookup_pool(conn)
+            volume = self._lookup_volume(pool, name) if pool is not None else None
+            if volume is None:
+                raise HypervisorError(
+                    self.host.name, f"image {image.name} {image.version} is not on this host"
+                )
+            return self._volume_sha256(conn, volume)
 
     # -- beyond the contract ---------------------------------------------------------------------------
 
@@ -314,8 +489,16 @@ class LibvirtDriver(Driver):
             free_mib = conn.getFreeMemory() // (1024 * 1024)
             busy, total = self._cpu_times(conn)
             running = len(conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+            # virNodeInfo: [model, memory MiB, active CPUs, MHz, NUMA nodes, sockets, cores, threads]. Its
+            # memory is summed over NUMA cells and can miss some (seen in VMs); the node's stats hold it all.
+            info = conn.getInfo()
+            total_kib = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0).get("total", 0)
         return HostStats(
-            free_memory_mib=free_mib, cpu_load=self._cpu_load(busy, total), running_desktops=running
+            free_memory_mib=free_mib,
+            cpu_load=self._cpu_load(busy, total),
+            running_desktops=running,
+            cpus=int(info[2]),
+            memory_mib=int(total_kib // 1024) or int(info[1]),
         )
 
     @staticmethod
@@ -559,18 +742,24 @@ class LibvirtDriver(Driver):
         self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, image: BootImage
     ) -> BaseVolumes:
         prefix = f"{image.name}-{image.version}"
-        disk = self._ensure_uploaded(conn, pool, f"{prefix}.qcow2", image.disk)
+        disk = self._ensure_uploaded(conn, pool, base_disk_volume(image), image.disk, image)
         kernel = self._ensure_uploaded(conn, pool, f"{prefix}.kernel", image.kernel) if image.kernel else None
         initrd = self._ensure_uploaded(conn, pool, f"{prefix}.initrd", image.initrd) if image.initrd else None
         return BaseVolumes(disk=disk, kernel=kernel, initrd=initrd)
 
     def _ensure_uploaded(
-        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str, source: Path
+        self,
+        conn: libvirt.virConnect,
+        pool: libvirt.virStoragePool,
+        name: str,
+        source: Path,
+        checked: BootImage | None = None,
     ) -> str:
         """Path of volume `name` holding the bytes of the local file `source`, uploading it if needed.
 
         Volumes are created empty and grow with the upload, so a size equal to the source's means the
-        upload finished; a shorter one is left from an interrupted upload and is replaced.
+        upload finished; a shorter one is left from an interrupted upload and is replaced. With
+        `checked` carrying a SHA-256, a fresh upload is read back and compared before it is used.
         """
         size = Path(source).stat().st_size
         with _upload_lock((self.host.uri, self.host.storage_pool, name)):
@@ -580,14 +769,20 @@ class LibvirtDriver(Driver):
             if volume is not None:
                 log.warning("host %s: volume %s is incomplete; uploading it again", self.host.name, name)
                 volume.delete(0)
-            return self._upload(conn, pool, name, Path(source), size)
+            return self._upload(conn, pool, name, Path(source), size, checked)
 
     @staticmethod
     def _physical_size(volume: libvirt.virStorageVol) -> int:
         return volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
 
     def _upload(
-        self, conn: libvirt.virConnect, pool: libvirt.virStoragePool, name: str, source: Path, size: int
+        self,
+        conn: libvirt.virConnect,
+        pool: libvirt.virStoragePool,
+        name: str,
+        source: Path,
+        size: int,
+        checked: BootImage | None = None,
     ) -> str:
         started = time.monotonic()
         # Base images are shared read-only by every desktop on the host, whichever user QEMU runs as.
@@ -597,6 +792,8 @@ class LibvirtDriver(Driver):
             uploaded = self._physical_size(volume)
             if uploaded != size:
                 raise HypervisorError(self.host.name, f"upload of {name} stored {uploaded} of {size} bytes")
+            if checked is not None and checked.sha256:
+                self._verify_upload(conn, volume, checked)
         except BaseException:
             with contextlib.suppress(libvirt.libvirtError):
                 volume.delete(0)
@@ -609,6 +806,34 @@ class LibvirtDriver(Driver):
             time.monotonic() - started,
         )
         return volume.path()
+
+    def _verify_upload(
+        self, conn: libvirt.virConnect, volume: libvirt.virStorageVol, image: BootImage
+    ) -> None:
+        """Read the uploaded disk back from the host and compare it with the catalog's SHA-256."""
+        actual = self._volume_sha256(conn, volume)
+        if actual != image.sha256:
+            raise ImageChecksumMismatch(
+                self.host.name,
+                f"image {image.name} {image.version}: sha256 of the uploaded copy is {actual}, not the "
+                f"catalog's {image.sha256}; the volume was removed",
+            )
+        log.info("host %s: image %s %s verified after upload", self.host.name, image.name, image.version)
+
+    @staticmethod
+    def _volume_sha256(conn: libvirt.virConnect, volume: libvirt.virStorageVol) -> str:
+        size = volume.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+        digest = hashlib.sha256()
+        stream = conn.newStream(0)
+        try:
+            volume.download(stream, 0, size, 0)
+            stream.recvAll(lambda _stream, data, _opaque: digest.update(data), None)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        return digest.hexdigest()
 
     @staticmethod
     def _send_file(conn: libvirt.virConnect, volume: libvirt.virStorageVol, source: Path, size: int) -> None:
@@ -635,6 +860,11 @@ class LibvirtDriver(Driver):
         stream.recvAll(lambda _stream, data, _opaque: chunks.append(data), None)
         stream.finish()
         return b"".join(chunks)
+
+
+def base_disk_volume(image: BootImage) -> str:
+    """The volume a version's disk is uploaded as: `<name>-<version>.qcow2`."""
+    return f"{image.name}-{image.version}.qcow2"
 
 
 def kvm_usable(conn: libvirt.virConnect) -> bool:

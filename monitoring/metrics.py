@@ -33,6 +33,7 @@ class TunnelRefusal(Enum):
     TOKEN = "token"
     ORIGIN = "origin"
     UPSTREAM = "upstream"
+    UPSTREAM_SSH = "upstream_ssh"  # the display's host refused or failed the SSH route
 
 
 class Direction(Enum):
@@ -160,15 +161,29 @@ class RevocationCause(Enum):
     ADMIN = "admin"
 
 
+class ForwardedForIgnored(Enum):
+    UNTRUSTED_PEER = "untrusted_peer"  # sent by a client that is not in broker.trusted_proxies
+    MALFORMED = "malformed"  # sent by a trusted proxy, but not a list of addresses
+
+
 LOCKOUTS = Counter(
     "vdi_login_lockouts_total", "User names or source addresses locked after failed logins", ["kind"]
 )
 TOTP_VERIFICATIONS = Counter("vdi_totp_verifications_total", "TOTP codes checked, by result", ["result"])
+TOTP_RESETS = Counter(
+    "vdi_totp_resets_total",
+    "TOTP enrolments removed by an administrator through the broker's API (lost phone)",
+)
 SESSIONS_REVOKED = Counter(
     "vdi_sessions_revoked_total", "Portal and desktop sessions ended by sign-out or revoke", ["cause"]
 )
 TUNNELS_CLOSED_REVOKED = Counter(
     "vdi_gateway_tunnels_closed_revoked_total", "Console tunnels closed because their session was ended"
+)
+FORWARDED_FOR_IGNORED = Counter(
+    "vdi_forwarded_for_ignored_total",
+    "X-Forwarded-For headers the broker did not believe, by why",
+    ["reason"],
 )
 
 
@@ -179,6 +194,8 @@ def _zero_login_security_series() -> None:
         TOTP_VERIFICATIONS.labels(result=result.value)
     for cause in RevocationCause:
         SESSIONS_REVOKED.labels(cause=cause.value)
+    for reason in ForwardedForIgnored:
+        FORWARDED_FOR_IGNORED.labels(reason=reason.value)
 
 
 _zero_login_security_series()
@@ -269,7 +286,14 @@ class ReconcileFix(Enum):
 HOST_DOWN_TRANSITIONS = Counter(
     "vdi_host_down_transitions_total", "Times a hypervisor host was marked down by the monitor"
 )
-DESKTOPS_LOST = Counter("vdi_desktops_lost_total", "Desktops marked lost because their host went down")
+DESKTOPS_LOST = Counter(
+    "vdi_desktops_lost_total", "Desktops marked lost because their host went down or their guest crashed"
+)
+DOMAIN_EVENTS = Counter(
+    "vdi_domain_events_total",
+    "Lifecycle events hosts reported for domains (started, stopped, crashed, ...)",
+    ["event"],
+)
 ORPHAN_DOMAINS = Counter(
     "vdi_orphan_domains_total",
     "Domains of ours on a host that the database does not know, by action",
@@ -299,3 +323,137 @@ class PoolDesktops(Enum):
 # Pool names come from the configuration (never user input); the pool manager creates each
 # configured pool's series at zero when it starts.
 POOL_DESKTOPS = Gauge("vdi_pool_desktops", "Desktops of each pool by use", ["pool", "use"])
+
+
+class SshChannelResult(Enum):
+    """Outcome of opening an SSH channel to a desktop's display (gateway/ssh_channel.py)."""
+
+    SUCCESS = "success"
+    NOT_CONFIGURED = "not_configured"  # no key file, known_hosts file or SSH address
+    UNREACHABLE = "unreachable"  # TCP connect, SSH handshake or timeout
+    HOST_KEY_UNKNOWN = "host_key_unknown"
+    HOST_KEY_MISMATCH = "host_key_mismatch"
+    AUTH_FAILED = "auth_failed"
+    CHANNEL_REFUSED = "channel_refused"  # sshd would not forward to the display (nothing listening, policy)
+
+
+class HostKeyRefusal(Enum):
+    UNKNOWN = "unknown"
+    MISMATCH = "mismatch"
+
+
+SSH_TRANSPORTS_OPEN = Gauge("vdi_gateway_ssh_transports_open", "SSH connections from the gateway to hosts")
+SSH_TRANSPORTS_OPENED = Counter(
+    "vdi_gateway_ssh_transports_opened_total",
+    "SSH connections the gateway made to hosts (reuse keeps this low)",
+)
+SSH_CHANNEL_OPENS = Counter(
+    "vdi_gateway_ssh_channel_opens_total", "SSH channels to desktop displays opened, by result", ["result"]
+)
+SSH_HOST_KEY_REFUSALS = Counter(
+    "vdi_gateway_ssh_host_key_refusals_total",
+    "SSH connections refused because the host key was unknown or did not match known_hosts",
+    ["reason"],
+)
+
+
+def _zero_ssh_series() -> None:
+    for result in SshChannelResult:
+        SSH_CHANNEL_OPENS.labels(result=result.value)
+    for refusal in HostKeyRefusal:
+        SSH_HOST_KEY_REFUSALS.labels(reason=refusal.value)
+
+
+_zero_ssh_series()
+
+
+# -- power policy of dedicated pools (broker/power.py) -----------------------------------------------
+
+
+class PowerState(Enum):
+    """Power state of a pool's assigned desktops, as the broker last recorded it."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+
+
+class PowerAction(Enum):
+    STOP = "stop"
+    SUSPEND = "suspend"
+    START = "start"
+    RESUME = "resume"
+
+
+class PowerResult(Enum):
+    SUCCESS = "success"
+    ERROR = "error"
+
+
+# Series per configured pool are created at zero by the power manager when it starts.
+DESKTOPS_BY_POWER = Gauge(
+    "vdi_pool_desktops_power", "Assigned desktops of each pool by power state", ["pool", "state"]
+)
+POWER_ACTION_DURATION = Histogram(
+    "vdi_desktop_power_action_duration_seconds",
+    "Time a power action on a desktop took on its host, by action and result",
+    ["action", "result"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120),
+)
+
+
+def _zero_power_series() -> None:
+    for action in PowerAction:
+        for result in PowerResult:
+            POWER_ACTION_DURATION.labels(action=action.value, result=result.value)
+
+
+_zero_power_series()
+
+
+# -- image rollouts (broker/rollout.py) and pool size checks ------------------------------------------
+
+
+class RolloutState(Enum):
+    """Where a pool's newest rollout stands; NONE when the pool never had one."""
+
+    NONE = "none"
+    PENDING = "pending"  # asked for; no broker has started its canaries yet
+    CREATING = "creating"  # canary desktops being placed and booted
+    CANARY = "canary"  # canaries booted; waiting for their screens and ready markers
+    ROLLING_BACK = "rolling_back"  # a canary failed; its desktops are being removed
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+class RolloutResult(Enum):
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+
+# One-hot per configured pool (1 for the newest rollout's state); the rollout manager creates each
+# configured pool's series when it starts. Pool names come from the configuration, never user input.
+POOL_ROLLOUT_STATE = Gauge(
+    "vdi_pool_rollout_state",
+    "State of each pool's newest image rollout (1 for the current state)",
+    ["pool", "state"],
+)
+ROLLOUTS_FINISHED = Counter("vdi_rollouts_total", "Image rollouts finished, by result", ["result"])
+CANARY_READY_SECONDS = Histogram(
+    "vdi_rollout_canary_ready_seconds",
+    "Time from a rollout's start until all its canary desktops showed ready",
+    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
+POOL_CAPACITY_SHORTFALL = Gauge(
+    "vdi_pool_capacity_shortfall",
+    "Desktops a pool wants (min_size or spares) beyond what every host matching it could hold",
+    ["pool"],
+)
+
+
+def _zero_rollout_series() -> None:
+    for result in RolloutResult:
+        ROLLOUTS_FINISHED.labels(result=result.value)
+
+
+_zero_rollout_series()

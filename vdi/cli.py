@@ -23,7 +23,11 @@ def _setup_logging(config: Config | None) -> None:
 def cmd_broker(config: Config, args: argparse.Namespace) -> int:
     from broker.app import run
 
-    run(config)
+    try:
+        run(config)
+    except ConfigError as exc:  # settings only the database can check (broker/pool_images.py)
+        print(f"vdi: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -43,6 +47,10 @@ def cmd_demo(config: Config, args: argparse.Namespace) -> int:
 def cmd_lab(config: Config, args: argparse.Namespace) -> int:
     from vdi.lab import Lab
 
+    if args.action == "hosts" or args.hosts_action:
+        from vdi.lab.hosts import hosts_command
+
+        return hosts_command(config, args.action, args.hosts_action)
     lab = Lab(config)
     if args.action == "start":
         lab.start()
@@ -91,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stop", action="store_true", help="stop a demo started earlier")
 
     lab = add("lab", cmd_lab, "manage the local lab (slapd with the demo directory, libvirtd)")
-    lab.add_argument("action", choices=["start", "stop", "status"], help="what to do with the lab")
+    lab.add_argument("action", choices=["start", "stop", "status", "hosts"], help="what to do with the lab")
+    lab.add_argument(
+        "hosts_action",
+        nargs="?",
+        choices=["up", "down", "status"],
+        help="with `hosts`: the multi-host lab of libvirt hosts hv1..hv3 in network namespaces (docs/lab.md)",
+    )
 
     db = sub.add_parser("db", help="database maintenance", description="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -115,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_image_commands(image_sub)
     from broker.inventory import add_host_commands
+    from broker.rollout_cli import add_pool_commands
+    from broker.totp_cli import add_totp_commands
     from vdi.bench import add_bench_commands
 
     add_host_commands(sub)
+    add_pool_commands(sub)
+    add_totp_commands(sub)
     add_bench_commands(sub)
     return parser
 

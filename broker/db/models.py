@@ -262,3 +262,28 @@ class SessionRevocation(Base):
     revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     actor: Mapped[str] = mapped_column(String(128), default="")
     reason: Mapped[str] = mapped_column(String(64))
+
+
+class Rollout(Base):
+    """Moving a pool to another image version: canary desktops first, then promoted or rolled back.
+
+    States: pending → creating → canary → promoted | rolled_back (broker/rollout.py, migration 0006).
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pool_name: Mapped[str] = mapped_column(ForeignKey("pools.name"), index=True)
+    image_name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    from_image: Mapped[str] = mapped_column(String(128), default="")  # "name:version" before the rollout
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    canary: Mapped[str] = mapped_column(String(8))  # as asked: "1" or "20%"
+    canary_count: Mapped[int] = mapped_column(Integer)
+    canaries: Mapped[list] = mapped_column(JSON, default=list)  # domain names of the canary desktops
+    deadline_s: Mapped[int] = mapped_column(Integer)
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    deadline_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text)

@@ -7,6 +7,8 @@ and stopping the relay (closing its listener and every relayed connection) makes
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,14 +163,112 @@ def test_dead_host_is_marked_down_its_desktop_lost_and_new_connects_go_elsewhere
     (down,) = audit_actions(db, "host_down")
     assert (down.target, down.detail["desktops"]) == ("flaky", [domain])
     assert [e.detail["reason"] for e in audit_actions(db, "session_end")] == ["host_down"]
-    assert "연결 끊김: 호스트 장애" in client.get("/desktops").text
+    assert "연결 끊김: 호스트 또는 데스크톱 장애" in client.get("/desktops").text
     english = client.get("/desktops", headers={"Accept-Language": "en"}).text
-    assert 'data-state="lost">Lost: its host failed' in english
+    assert 'data-state="lost">Lost: its host or the desktop failed' in english
 
     second = client.post("/api/v1/pools/mois-office/connect").json()
     assert second["session_id"] != first["session_id"]
     assert desktop_by_domain(db, second["desktop"]["name"]).host_name == "healthy"
     assert 'data-state="running"' in client.get("/desktops").text
+
+
+def qemu_pid(domain: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
+
+
+def test_a_crashed_desktop_is_lost_at_once_from_the_hosts_lifecycle_event(lab):
+    """A guest whose QEMU dies is noticed from libvirt's lifecycle event, not by waiting for polls."""
+    config, drivers, url, db = lab
+    set_admin_state(db, "flaky", "disabled")
+    client = BrokerClient(url)
+    client.login("kimmj")
+    first = client.post("/api/v1/pools/mois-office/connect").json()
+    domain = first["desktop"]["name"]
+    assert desktop_by_domain(db, domain).host_name == "healthy"
+
+    # Polls far apart: only the event can mark the desktop lost within the wait below.
+    slow = config.model_copy(
+        update={"monitor": config.monitor.model_copy(update={"poll_interval_s": 60.0, "down_after_s": 60.0})}
+    )
+    runner = MonitorRunner(slow, drivers)
+    try:
+        os.kill(qemu_pid(domain), signal.SIGKILL)
+        wait_until(
+            lambda: desktop_by_domain(db, domain).state == "lost", 20, "the crashed desktop marked lost"
+        )
+    finally:
+        runner.stop()
+
+    assert desktop_by_domain(db, domain).error == "desktop_crashed"
+    (crash,) = audit_actions(db, "desktop_crashed")
+    assert (crash.target, crash.detail["desktop"]) == ("healthy", domain)
+    assert crash.detail["detail"] in ("failed", "crashed")
+    healthy = row(db, Host, "healthy")
+    assert healthy.state == "up"  # the host is fine; only the guest died
+    # The monitor also learnt the host's physical size for placement (no override was configured).
+    assert healthy.vcpus == os.cpu_count()
+    mem_total_mib = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    assert abs(healthy.memory_mib - mem_total_mib) <= 1
+    session = client.get(f"/api/v1/sessions/{first['session_id']}").json()
+    assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+    assert [e.detail["reason"] for e in audit_actions(db, "session_end")] == ["desktop_crashed"]
+    assert 'data-state="lost"' in client.get("/desktops").text
+
+    # Connecting again gives the user a working desktop.
+    second = client.post("/api/v1/pools/mois-office/connect").json()
+    assert second["session_id"] != first["session_id"]
+    assert desktop_by_domain(db, second["desktop"]["name"]).state == "running"
+
+
+def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
+    tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server
+):
+    """The user's work is on a dedicated desktop's disk: a crash stops it, it is not replaced."""
+    config = two_host_config(tmp_path, libvirt_host, relay)
+    pools = [pool.model_copy(update={"kind": "dedicated"}) for pool in config.pools]
+    config = config.model_copy(update={"pools": pools})
+    upgrade(config.database.url)
+    drivers = {host.name: LibvirtDriver(host) for host in config.hosts}
+    url = broker_server(
+        config,
+        authenticator=FakeAuthenticator(),
+        drivers=drivers,
+        image_resolver=lambda pool: demo_image.boot_image(),
+    )
+    db = Database(config.database)
+    set_admin_state(db, "flaky", "disabled")
+    client = BrokerClient(url)
+    client.login("kimmj")
+    first = client.post("/api/v1/pools/mois-office/connect").json()
+    domain = first["desktop"]["name"]
+    slow = config.model_copy(
+        update={"monitor": config.monitor.model_copy(update={"poll_interval_s": 60.0, "down_after_s": 60.0})}
+    )
+    runner = MonitorRunner(slow, drivers)
+    try:
+        os.kill(qemu_pid(domain), signal.SIGKILL)
+        wait_until(
+            lambda: desktop_by_domain(db, domain).state == "stopped", 20, "the crashed desktop stopped"
+        )
+    finally:
+        runner.stop()
+    try:
+        assert desktop_by_domain(db, domain).error == "desktop_crashed"
+        session = client.get(f"/api/v1/sessions/{first['session_id']}").json()
+        assert session["state"] == "ended"
+
+        second = client.post("/api/v1/pools/mois-office/connect").json()
+        assert second["desktop"]["name"] == domain  # the same desktop, started again
+        assert desktop_by_domain(db, domain).state == "running"
+        assert drivers["healthy"].desktop_state(domain) == "running"
+    finally:
+        cleaner = LibvirtDriver(libvirt_host)
+        destroy_quietly(cleaner, domain)
+        cleaner.close()
+        for driver in drivers.values():
+            driver.close()
+        db.close()
 
 
 @pytest.mark.parametrize("policy", ["report", "destroy"])

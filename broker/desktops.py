@@ -35,7 +35,8 @@ from broker.db.models import Session as DesktopSession
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
-from broker.placement.claim import HOLDING_STATES, ClaimLost, load_host_candidates, reserve
+from broker.placement.claim import HOLDING_STATES, load_host_candidates, reserve
+from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementWorker
 from broker.pool_images import PoolImages, catalog_row, image_ref, promoted_rollout, version_boot_image
 from broker.power import (
     OFF_STATES,
@@ -57,7 +58,6 @@ from monitoring.metrics import (
     CONSOLE_TOKENS_ISSUED,
     DESKTOP_START_FAILURES,
     DESKTOPS_STARTED,
-    PLACEMENT_RETRIES,
     SESSIONS_ACTIVE,
     ConnectResult,
     PowerAction,
@@ -466,6 +466,14 @@ class DesktopService:
         self.db = db
         self.drivers = drivers
         self.placement = placement or PlacementEngine.default()
+        # Decides and claims on one thread, from candidates it keeps (re-read when stale or lost).
+        self.placer = PlacementWorker(
+            db,
+            self.placement,
+            config.placement.claim_attempts,
+            host_names=lambda: list(self.drivers),
+            max_age_s=config.placement.catalog_max_age_s,
+        )
         self.image_resolver = image_resolver or PoolImages(db, partial(boot_image_for, config.images))
         self._executor = ThreadPoolExecutor(max_workers=DRIVER_THREADS, thread_name_prefix="hypervisor")
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
@@ -477,6 +485,7 @@ class DesktopService:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.placer.close(wait=False)
 
     # -- listing ---------------------------------------------------------------------------------
 
@@ -762,31 +771,21 @@ class DesktopService:
     async def _place(
         self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
     ) -> Desktop:
-        """Choose a host and claim a slot on it; a lost claim (another request won) places again."""
+        """Choose a host and claim a slot on it, on the placement thread (broker/placement/worker.py).
+
+        A claim lost to another broker or to a host that changed places again, up to
+        `[placement] claim_attempts` times.
+        """
         request = placement_request(pool, f"{image.name}:{image.version}")
-        attempts = self.config.placement.claim_attempts
-        for attempt in range(1, attempts + 1):
-            # Fresh figures every time: the database is the truth, and several brokers may place.
-            candidates = await self.db.run(partial(load_candidates, host_names=sorted(self.drivers)))
-            decision = self.placement.select(candidates, request)
-            if decision.host is None:
-                raise errors.NoCapacity(decision.reason, detail=decision.reason, pool=pool.name)
-            generation = next(c.generation for c in candidates if c.name == decision.host)
-            row = self._new_desktop(owner, pool, image, name)
-            try:
-                return await self.db.run(
-                    partial(
-                        reserve_desktop,
-                        host=decision.host,
-                        generation=generation,
-                        desktop=row,
-                        request=request,
-                    )
-                )
-            except ClaimLost as lost:
-                PLACEMENT_RETRIES.inc()
-                log.info("%s (attempt %d of %d); placing again", lost, attempt, attempts)
-        raise errors.PlacementConflict()
+        make_desktop = partial(self._new_desktop, owner, pool, image, name)
+        try:
+            placed = await self.placer.place_async(request, make_desktop)
+        except NoHostFits as refused:
+            reason = refused.decision.reason
+            raise errors.NoCapacity(reason, detail=reason, pool=pool.name) from None
+        except ClaimsKeptFailing:
+            raise errors.PlacementConflict() from None
+        return placed.desktop
 
     def _new_desktop(
         self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None

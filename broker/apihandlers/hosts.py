@@ -77,6 +77,7 @@ class HostsAPIHandler(AdminHandler):
             await self.blocking(driver.close)
             raise
         self.drivers[new.name] = driver
+        self.desktops.placer.invalidate()
         await self.db.run(update_host_gauges)
         self.write_json(view.as_json(), status=201)
 
@@ -95,6 +96,7 @@ class HostAPIHandler(AdminHandler):
         view = await self.db.run(
             partial(change_host, name=name, change=change, actor=admin.username, client_ip=self.client_ip)
         )
+        self.desktops.placer.invalidate()
         await self.db.run(update_host_gauges)
         self.write_json(view.as_json())
 
@@ -105,6 +107,7 @@ class HostAPIHandler(AdminHandler):
             partial(delete_host, name=name, force=force, actor=admin.username, client_ip=self.client_ip)
         )
         driver = self.drivers.pop(name, None)
+        self.desktops.placer.invalidate()
         if driver is not None:
             await self.blocking(driver.close)
         await self.db.run(update_host_gauges)

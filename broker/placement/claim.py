@@ -17,7 +17,7 @@ import dataclasses
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -112,10 +112,19 @@ def load_host_candidates(db: Session, host_names: Iterable[str] | None = None) -
 
 
 def claim_host(session: Session, host_name: str, generation: int) -> bool:
-    """Take a slot on the host if nobody else has since we read it; False means retry placement."""
+    """Take a slot on the host if nobody else has since we read it; False means retry placement.
+
+    The host must also still be up and enabled: a decision taken on figures read a moment ago (a
+    catalog) must not land on a host the monitor or an administrator has taken out since.
+    """
     result = session.execute(
         update(Host)
-        .where(Host.name == host_name, Host.generation == generation)
+        .where(
+            Host.name == host_name,
+            Host.generation == generation,
+            Host.state == "up",
+            Host.admin_state == "enabled",
+        )
         .values(generation=Host.generation + 1)
     )
     return result.rowcount == 1
@@ -182,9 +191,15 @@ class HostCatalog:
     spread instead of racing for the same host; the claim in the database stays the arbiter.
     """
 
-    def __init__(self, database, host_names: Iterable[str] | None = None, max_age_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        database,
+        host_names: Callable[[], Iterable[str]] | Iterable[str] | None = None,
+        max_age_s: float = 5.0,
+    ) -> None:
         self.database = database
-        self.host_names = None if host_names is None else sorted(host_names)
+        # A callable is asked at every refresh (the broker's hosts change while it runs).
+        self.host_names = host_names if callable(host_names) or host_names is None else sorted(host_names)
         self.max_age_s = max_age_s
         self._lock = threading.RLock()
         self._table = HostTable([])
@@ -232,9 +247,18 @@ class HostCatalog:
             else:
                 self._pending.pop(name, None)
 
+    def invalidate(self) -> None:
+        """Read every host again before the next decision."""
+        with self._lock:
+            self._loaded_at = float("-inf")
+
+    def _names(self) -> list[str] | None:
+        names = self.host_names
+        return sorted(names()) if callable(names) else names
+
     def refresh(self) -> None:
         with self.database.transaction() as db:
-            hosts = load_host_candidates(db, self.host_names)
+            hosts = load_host_candidates(db, self._names())
         table = HostTable(hosts)
         with self._lock:
             self._table = table

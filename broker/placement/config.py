@@ -24,6 +24,13 @@ class PlacementSettings(BaseModel):
     claim_attempts: int = Field(
         3, ge=1, le=20, description="placements tried when claims are lost to concurrent requests"
     )
+    catalog_max_age_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="seconds the broker places from host figures it keeps before reading every host "
+        "again (a lost claim re-reads that host at once, and nothing fitting re-reads all)",
+    )
     label_keys: list[str] = Field(
         default_factory=lambda: ["site", "zone", "gpu"],
         description="host label keys always allowed; others must be listed here unless "

@@ -1,17 +1,17 @@
 """Placement at scale: `vdi bench placement --hosts 1000 --concurrency 50 [--requests N] [--policy …]`.
 
 A real SQLite file migrated by Alembic holds the hosts and the desktops; the real engine decides
-(filters and weighers from PlacementSettings), and the real claim code (generation guard and
-capacity re-check in one transaction) records each desktop. Requests run on `concurrency`
-threads sharing one HostCatalog, as the connect flow's executor threads would. No driver is
-involved: placement never calls one, so no stand-in (libvirt's test:///) is needed either.
+(filters and weighers from PlacementSettings), and the real claim code (generation guard, host
+state and capacity re-check in one transaction) records each desktop. `concurrency` request
+threads hand their requests to one PlacementWorker, as the broker's connect flow does, and wait.
+No driver is involved: placement never calls one, so no stand-in (libvirt's test:///) is needed.
 
-Figures: decisions per second; decision latency: the engine's filtering and weighing, as wall
-time (decision_ms), as this thread's CPU time (decision_cpu_ms: without the waits other threads
-cause through the GIL) and with the wait for the catalog's lock (decision_with_queue_ms); request
-latency (decision + queue for the single SQLite writer + claim + retries), claim conflicts and retries, hosts over capacity at
-the end (must be 0, read back from the database), and the balance of the hosts' utilisation
-(max/mean and coefficient of variation) for spread and pack.
+Figures: decisions per second; decision latency: the engine's filtering and weighing as wall
+time (decision_ms), the worker thread's CPU time for the whole decision (decision_cpu_ms) and its
+wall time with the catalog (decision_with_queue_ms); request latency (the queue for the worker +
+decision + claim + retries), claim conflicts and retries, hosts over capacity at the end (must be
+0, read back from the database), and the balance of the hosts' utilisation (max/mean and
+coefficient of variation) for spread and pack.
 """
 
 from __future__ import annotations
@@ -26,22 +26,26 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from broker.db import Database
 from broker.db.config import DatabaseSettings
 from broker.db.migrate import upgrade
 from broker.db.models import Desktop, Host, Pool
 from broker.placement import PlacementEngine, PlacementRequest
 from broker.placement.base import HostCandidate
-from broker.placement.claim import ClaimLost, HostCatalog, load_host_candidates, reserve
+from broker.placement.claim import load_host_candidates
 from broker.placement.config import PlacementSettings
+from broker.placement.worker import ClaimsKeptFailing, DecisionTiming, NoHostFits, PlacementWorker
+from monitoring.metrics import ClaimConflict
 
 POOL = "bench"
 REQUEST = PlacementRequest(pool=POOL, vcpus=2, memory_mib=4096, image="demo:bench")
 # (physical CPUs, memory MiB, max desktops): a mix of host sizes, so spreading has to weigh.
 HOST_SIZES = ((16, 65536, 40), (32, 131072, 60), (64, 262144, 100))
-# SQLite has one writer at a time; more writers in one process only add busy-wait sleeps
-# (its busy handler backs off up to 100 ms), so claims go through one at a time (FifoGate).
+# The worker is the only writer: one database connection is enough.
 DB_WORKERS = 1
+CONFLICT_METRIC = "vdi_placement_claim_conflicts_total"
 PACK_WEIGHERS = {"free_ram": -1.0, "desktop_count": -1.0, "cpu_load": 0.5, "image_cached": 0.5}
 
 
@@ -54,14 +58,16 @@ class Tally:
     placed: int = 0
     no_host: int = 0
     gave_up: int = 0
-    conflicts: dict[str, int] = field(default_factory=dict)
     retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def conflict(self, kind: str) -> None:
-        with self.lock:
-            self.conflicts[kind] = self.conflicts.get(kind, 0) + 1
-            self.retries += 1
+
+def conflict_counts() -> dict[str, float]:
+    """Lost claims by kind so far in this process, from the broker's own metric."""
+    return {
+        kind.value: REGISTRY.get_sample_value(CONFLICT_METRIC, {"kind": kind.value}) or 0.0
+        for kind in ClaimConflict
+    }
 
 
 def settings_for(policy: str) -> PlacementSettings:
@@ -93,39 +99,19 @@ def create_hosts(db: Database, count: int) -> None:
             )
 
 
-class FifoGate:
-    """One claim at a time, in arrival order (a plain Lock lets some threads starve for seconds)."""
-
-    def __init__(self) -> None:
-        self._turn = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-
-    def __enter__(self) -> None:
-        with self._turn:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._turn.wait_for(lambda: self._serving == ticket)
-
-    def __exit__(self, *exc_info) -> None:
-        with self._turn:
-            self._serving += 1
-            self._turn.notify_all()
-
-
 class Runner:
-    """Places `requests` desktops on `concurrency` threads and counts what happened."""
+    """`concurrency` request threads hand their requests to one PlacementWorker and wait for them.
+
+    That is the broker's own arrangement: the connect flow awaits `PlacementWorker.place_async`,
+    whose thread decides and claims in turn (broker/placement/worker.py).
+    """
 
     def __init__(self, db: Database, engine: PlacementEngine, settings: PlacementSettings, policy: str):
-        self.db = db
-        self.engine = engine
-        self.attempts = settings.claim_attempts
         self.policy = policy
-        self.catalog = HostCatalog(db, max_age_s=30.0)
+        self.placement = PlacementWorker(db, engine, settings.claim_attempts, max_age_s=30.0)
         self.tally = Tally()
         self._next = 0
         self._counter = threading.Lock()
-        self.db_workers = FifoGate()
 
     def _take(self, total: int) -> int | None:
         with self._counter:
@@ -143,43 +129,36 @@ class Runner:
                 self.tally.request_s.append(elapsed)
 
     def place(self, number: int) -> None:
-        for _attempt in range(self.attempts):
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            decision, chosen = self.catalog.decide(self.engine, REQUEST)
-            elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
-            with self.tally.lock:
-                self.tally.decision_s.append(decision.duration_s)
-                self.tally.decision_cpu_s.append(cpu)
-                self.tally.decide_s.append(elapsed)
-            if chosen is None:
-                with self.tally.lock:
-                    self.tally.no_host += 1
-                return
-            if self.claim(number, chosen):
-                return
-        with self.tally.lock:
-            self.tally.gave_up += 1
+        def new_desktop() -> Desktop:
+            desktop = Desktop(pool_name=POOL, domain_name=f"bench-{self.policy}-{number}", image="demo:bench")
+            desktop.state = "running"
+            return desktop
 
-    def claim(self, number: int, chosen: HostCandidate) -> bool:
-        desktop = Desktop(pool_name=POOL, domain_name=f"bench-{self.policy}-{number}", image="demo:bench")
-        desktop.state = "running"
         try:
-            # As many writers as the broker's database executor has threads.
-            with self.db_workers, self.db.transaction() as session:
-                _, after = reserve(session, chosen.name, chosen.generation, REQUEST, desktop)
-        except ClaimLost as lost:
-            self.tally.conflict(lost.kind.value)
-            self.catalog.refresh_host(chosen.name)
-            return False
-        finally:
-            self.catalog.claim_done(chosen.name)
-        self.catalog.record_claim(after, REQUEST)
+            placed = self.placement.submit(REQUEST, new_desktop).result()
+        except NoHostFits as refused:
+            self.record(refused.timings, conflicts=0)
+            with self.tally.lock:
+                self.tally.no_host += 1
+            return
+        except ClaimsKeptFailing:
+            with self.tally.lock:
+                self.tally.gave_up += 1
+            return
+        self.record(placed.timings, conflicts=placed.attempts - 1)
         with self.tally.lock:
             self.tally.placed += 1
-        return True
+
+    def record(self, timings: list[DecisionTiming], conflicts: int) -> None:
+        with self.tally.lock:
+            for timing in timings:
+                self.tally.decision_s.append(timing.engine_s)
+                self.tally.decision_cpu_s.append(timing.cpu_s)
+                self.tally.decide_s.append(timing.wall_s)
+            self.tally.retries += conflicts
 
     def run(self, total: int, concurrency: int) -> float:
-        self.catalog.refresh()
+        self.placement.catalog.refresh()
         threads = [
             threading.Thread(target=self.worker, args=(total,), name=f"bench-{i}") for i in range(concurrency)
         ]
@@ -188,7 +167,9 @@ class Runner:
             thread.start()
         for thread in threads:
             thread.join()
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        self.placement.close()
+        return elapsed
 
 
 def utilisation(host: HostCandidate) -> float:
@@ -237,7 +218,13 @@ def run_policy(policy: str, hosts: int, requests: int, concurrency: int, databas
         runner = Runner(
             db, PlacementEngine.from_settings(settings, rng=random.Random(seed)), settings, policy
         )
+        conflicts_before = conflict_counts()
         wall_s = runner.run(requests, concurrency)
+        conflicts = {
+            kind: int(count - conflicts_before[kind])
+            for kind, count in conflict_counts().items()
+            if count > conflicts_before[kind]
+        }
         with db.transaction() as session:
             final = load_host_candidates(session)
     finally:
@@ -268,7 +255,7 @@ def run_policy(policy: str, hosts: int, requests: int, concurrency: int, databas
             "p50": percentile_ms(tally.request_s, 0.5),
             "p99": percentile_ms(tally.request_s, 0.99),
         },
-        "claim_conflicts": dict(sorted(tally.conflicts.items())),
+        "claim_conflicts": dict(sorted(conflicts.items())),
         "retries": tally.retries,
         "hosts_over_capacity": sum(1 for host in final if over_capacity(host)),
         "balance": balance(final),

@@ -403,7 +403,10 @@ class ChannelBridge:
             self._running -= 1
             last = self._running == 0
         if first:
-            self.channel.close()
+            # The transport may be gone already (gateway closing): the socket must still be shut down,
+            # or the other thread waits on it for ever.
+            with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+                self.channel.close()
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
         if last:

@@ -78,6 +78,6 @@ def test_real_run_makes_the_pool_and_gateway_access_and_a_second_run_changes_not
     assert "running" in info and "Autostart:      yes" in info
     assert str(tmp_path / "pool") in virsh("pool-dumpxml", names["pool"])
     keys = (tmp_path / "home" / ".ssh" / "authorized_keys").read_text()
-    assert keys == f"restrict,port-forwarding {PUBLIC_KEY}\n"
+    assert keys == f'restrict,port-forwarding,permitopen="127.0.0.1:*",command="/bin/false" {PUBLIC_KEY}\n'
     assert oct((tmp_path / "home" / ".ssh" / "authorized_keys").stat().st_mode & 0o777) == "0o600"
     assert not Path(f"/run/smartwork-pool-{names['pool']}.xml").exists()

@@ -12,7 +12,9 @@ lets root in with the lab's key only, and a libvirtd reached over `qemu+ssh://`.
   /var/lib/libvirt, /var/log, /var/cache/libvirt and /var/lib/smartwork-vdi (the driver's storage pools),
   bind-mounted from `<state>/<name>/fs/`, so a domain or a volume on hv1 does not exist on hv2;
 - virtlogd, libvirtd and sshd (own host key, root by key only, TCP forwarding for the gateway's
-  direct-tcpip channels to the host's loopback VNC, no PAM, no passwords).
+  direct-tcpip channels to the host's loopback VNC, no PAM, no passwords; other accounts log in with the
+  keys in their own ~/.ssh/authorized_keys). `LabHosts(..., libvirt=False)` makes hosts with sshd only,
+  for a test that installs and starts libvirt itself (the Ansible hypervisor role's).
 
 The client side lives in `<state>/ssh/`: one ed25519 client key, a known_hosts with the hosts' keys, an
 ssh_config (strict host key checking, batch mode) and `ssh-wrapper`, the `command=` of the hosts' libvirt
@@ -78,7 +80,8 @@ HostKey /etc/ssh/ssh_host_ed25519_key
 PidFile /run/sshd/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
-AuthorizedKeysFile /etc/ssh/authorized_keys/%u
+# Other accounts (the gateway's, made by the hypervisor role) use their own ~/.ssh/authorized_keys.
+AuthorizedKeysFile /etc/ssh/authorized_keys/%u .ssh/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -88,6 +91,9 @@ AllowAgentForwarding no
 X11Forwarding no
 PermitTunnel no
 LogLevel VERBOSE
+# root: only the lab's key (good from the lab's side of the bridge), never the machine's /root/.ssh.
+Match User root
+  AuthorizedKeysFile /etc/ssh/authorized_keys/%u
 """
 
 SSH_CLIENT_CONFIG = """\
@@ -221,9 +227,17 @@ class LabHosts:
     """
 
     def __init__(
-        self, state_dir: Path, names: Sequence[str] = HOST_NAMES, first_octet: int = FIRST_HOST_OCTET
+        self,
+        state_dir: Path,
+        names: Sequence[str] = HOST_NAMES,
+        first_octet: int = FIRST_HOST_OCTET,
+        *,
+        libvirt: bool = True,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # False: the hosts come up with sshd only, their libvirt directories private and empty, for
+        # whoever installs and starts libvirt on them (the Ansible hypervisor role's test).
+        self.libvirt = libvirt
         if not 1 < first_octet <= 255 - len(names):
             raise LabHostsError(
                 f"first_octet {first_octet} leaves no room for {len(names)} hosts in the lab network"
@@ -396,8 +410,9 @@ class LabHosts:
             self._create_filesystem(host)
             holder = self._start_holder(host)
             self._mount(host, holder)
-        self._ensure_daemon(host, holder, "virtlogd", self._fs(host, "run-libvirt") / "virtlogd-sock")
-        self._ensure_daemon(host, holder, "libvirtd", self._fs(host, "run-libvirt") / "libvirt-sock")
+        if self.libvirt:
+            self._ensure_daemon(host, holder, "virtlogd", self._fs(host, "run-libvirt") / "virtlogd-sock")
+            self._ensure_daemon(host, holder, "libvirtd", self._fs(host, "run-libvirt") / "libvirt-sock")
         self._ensure_sshd(host, holder)
 
     def _create_network(self, host: LabHost) -> None:

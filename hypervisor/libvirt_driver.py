@@ -39,6 +39,7 @@ from hypervisor.base import (
     ImageChecksumMismatch,
 )
 from hypervisor.config import HostSettings
+from monitoring.metrics import DESKTOP_BOOT_DURATION, DESKTOP_CLONE_DURATION
 
 log = logging.getLogger(__name__)
 
@@ -593,11 +594,13 @@ class LibvirtDriver(Driver):
                     pool, name + ".qcow2", qcow2_virtual_size(spec.image.disk), "qcow2", "0600", base.disk
                 )
                 undo.callback(self._undo, "delete overlay", lambda: overlay.delete(0))
+                cloned = time.monotonic()
                 console = self._create_volume(pool, name + CONSOLE_LOG_SUFFIX, 0, "raw", "0600")
                 undo.callback(self._undo, "delete console log", lambda: console.delete(0))
                 plan = self._plan(conn, spec, base, overlay.path(), console.path())
                 domain = conn.defineXML(domain_xml.domain_xml(plan))
                 undo.callback(self._undo, "remove domain", lambda: self._remove_domain(domain))
+                booting = time.monotonic()
                 domain.create()
                 endpoint = self._wait_for_vnc(domain)
             except libvirt.libvirtError as exc:
@@ -607,6 +610,9 @@ class LibvirtDriver(Driver):
             except (OSError, ValueError) as exc:
                 raise HypervisorError(self.host.name, f"cannot start desktop {name}: {exc}") from None
             undo.pop_all()
+        # Clone: the linked-clone overlay over the base volume; boot: QEMU started until its display listens.
+        DESKTOP_CLONE_DURATION.observe(cloned - started)
+        DESKTOP_BOOT_DURATION.labels(virt_type=plan.virt_type).observe(time.monotonic() - booting)
         log.info(
             "host %s: desktop %s started in %.1f s (%s), VNC %s:%d",
             self.host.name,

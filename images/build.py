@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -160,8 +161,8 @@ def provision(root: Path, request: BuildRequest, build_log: BuildLog) -> None:
         "smartwork_chroot",
         str(request.playbook),
     ]
-    for key, value in extra.items():
-        argv += ["-e", f"{key}={value}"]
+    # As JSON: key=value pairs would split a value with spaces (a banner) into separate words.
+    argv += ["-e", json.dumps(extra)]
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     build_log.run("ansible", argv, env=env)
 

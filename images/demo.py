@@ -1,11 +1,15 @@
-"""The demo golden image: a Debian kernel, a busybox initramfs and a small qcow2 disk, built in seconds.
+"""The demo golden image: an Ansible-provisioned Debian root disk, booted fast by a busybox initramfs.
 
-Everything comes from Debian packages already on the machine (linux-image-amd64, busybox-static,
-e2fsprogs, qemu-utils), so `make demo` and the tests need no download and no debootstrap. The desktop
-boots straight into a screen that names the image and the desktop's label (see demo_init.sh).
+The disk is made like any `vdi image build` image (images/demo_root.py): the cached debootstrap root,
+provisioned by the image playbook (the smartwork_image_build role) through the smartwork_chroot
+connection, turned into an ext4 qcow2. The kernel is the machine's Debian kernel; instead of booting the
+root with systemd (about a minute under TCG), a busybox initramfs mounts it as /dev/vda and shows a screen
+with the desktop's label and what the role wrote on the disk (see demo_init.sh), seconds after QEMU starts.
 
-Builds are cached under `<cache_dir>/demo-<key>/`, where the key hashes every build input; a build goes
-into a temporary directory renamed into place when complete, so a directory that exists is a whole image.
+Builds are cached under `<cache_dir>/demo-<key>/`, where the key hashes every build input (kernel,
+busybox, init script, the role, playbook, release and package list); the provisioned disk is cached next
+to it in `demo-root-<key>/` and hard-linked in. A build goes into a temporary directory renamed into
+place when complete, so a directory that exists is a whole image.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -40,8 +45,6 @@ KERNEL_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
 # console=ttyS0 keeps kernel errors in the serial log; tty0 (the VGA text console, last so it is
 # /dev/console) is what VNC shows. consoleblank=0: an idle desktop must keep showing its banner.
 CMDLINE = "console=ttyS0 console=tty0 consoleblank=0 quiet"
-DISK_SIZE_BYTES = 32 * 1024 * 1024
-MARKER = "etc/smartwork-image"
 FILES = {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2", "manifest": "manifest.json"}
 BANNER_TEXT = "SMARTWORK-VDI"
 
@@ -90,6 +93,8 @@ class BuildInputs:
     kernel_version: str
     kernel: Path
     busybox_version: str
+    # SHA-256 of what decides the provisioned disk (images/demo_root.py: role, playbook, release, packages).
+    root_digest: str
 
     @property
     def modules_dir(self) -> Path:
@@ -99,7 +104,7 @@ class BuildInputs:
         digest = hashlib.sha256()
         for source in (Path(__file__), Path(initramfs.__file__), INIT_SCRIPT):
             digest.update(source.read_bytes())
-        digest.update(f"\0{self.kernel_version}\0{self.busybox_version}\0".encode())
+        digest.update(f"\0{self.kernel_version}\0{self.busybox_version}\0{self.root_digest}\0".encode())
         # Debian can rebuild a kernel without changing its ABI version; the bytes tell the builds apart.
         for binary in (self.kernel, BUSYBOX):
             digest.update(_sha256_file(binary).encode())
@@ -118,7 +123,7 @@ def build_demo_image(settings: ImageSettings, force: bool = False) -> DemoImage:
     settings.cache_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-{key}.", dir=settings.cache_dir))
     try:
-        _build(inputs, key, staging)
+        _build(inputs, key, staging, settings.cache_dir, force)
         _publish(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -138,11 +143,15 @@ def find_demo_image(settings: ImageSettings) -> DemoImage:
 
 
 def discover_inputs() -> BuildInputs:
+    # Imported here: images.build (which demo_root uses) imports this module.
+    from images import demo_root
+
     kernel_version = _newest_kernel_version()
     return BuildInputs(
         kernel_version=kernel_version,
         kernel=BOOT_DIR / f"vmlinuz-{kernel_version}",
         busybox_version=_busybox_version(),
+        root_digest=demo_root.inputs_digest(),
     )
 
 
@@ -186,12 +195,20 @@ def _is_complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in FILES.values())
 
 
-def _build(inputs: BuildInputs, key: str, staging: Path) -> None:
+def _build(inputs: BuildInputs, key: str, staging: Path, cache_dir: Path, force: bool) -> None:
+    from images import demo_root
+
     _copy_world_readable(inputs.kernel, staging / FILES["kernel"])
     initrd = staging / FILES["initrd"]
     initrd.write_bytes(_initramfs(inputs, key))
     initrd.chmod(0o644)
-    _make_disk(key, staging)
+    try:
+        root = demo_root.ensure_root(cache_dir, key, force=force)
+    except demo_root.RootBuildError as exc:
+        raise ImageError(str(exc)) from None
+    # Hard links: the base disk is only ever read (desktops write to overlays), so the copies can share it.
+    _link_or_copy(root / demo_root.FILES["disk"], staging / FILES["disk"])
+    _link_or_copy(root / demo_root.FILES["build_log"], staging / "build.log")
     _write_manifest(inputs, key, staging)
     # QEMU runs as libvirt-qemu, and the files get uploaded from here by whoever runs the broker.
     staging.chmod(0o755)
@@ -269,32 +286,11 @@ def _add_modules(archive: initramfs.Archive, inputs: BuildInputs) -> None:
     archive.file("etc/modules.order", "".join(f"{name}\n" for name in order).encode())
 
 
-def _make_disk(key: str, staging: Path) -> None:
-    """An ext4 filesystem holding the marker file, converted to qcow2 (zero blocks cost nothing)."""
-    tree = staging / "disk-tree"
-    (tree / "etc").mkdir(parents=True)
-    (tree / MARKER).write_text(f"{NAME} {key}\n")
-    raw = staging / "disk.raw"
-    with raw.open("wb") as stream:
-        stream.truncate(DISK_SIZE_BYTES)
-    _run(
-        "mkfs.ext4",
-        "e2fsprogs",
-        ["-q", "-F", "-L", "smartwork-demo", "-d", str(tree), "-E", "root_owner=0:0", str(raw)],
-    )
-    disk = staging / FILES["disk"]
-    _run("qemu-img", "qemu-utils", ["convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
-    disk.chmod(0o644)
-    raw.unlink()
-    shutil.rmtree(tree)
-
-
-def _run(tool: str, package: str, args: list[str]) -> None:
-    if shutil.which(tool) is None:
-        raise ImageError(f"{tool} not found (install {package})")
-    result = subprocess.run([tool, *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise ImageError(f"{tool} failed with status {result.returncode}: {result.stderr.strip()[-500:]}")
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        _copy_world_readable(source, target)
 
 
 def _write_manifest(inputs: BuildInputs, key: str, staging: Path) -> None:
@@ -303,6 +299,7 @@ def _write_manifest(inputs: BuildInputs, key: str, staging: Path) -> None:
         "version": key,
         "kernel_version": inputs.kernel_version,
         "busybox_version": inputs.busybox_version,
+        "root": _root_manifest(),
         "cmdline": CMDLINE,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "files": {
@@ -318,6 +315,19 @@ def _write_manifest(inputs: BuildInputs, key: str, staging: Path) -> None:
     path = staging / FILES["manifest"]
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     path.chmod(0o644)
+
+
+def _root_manifest() -> dict[str, str]:
+    """How the disk was made, for a person reading the manifest (build.log has every step's output)."""
+    from images import demo_root
+
+    return {
+        "built_by": "debootstrap + ansible-playbook (smartwork_chroot) + mkfs.ext4",
+        "release": demo_root.RELEASE,
+        "playbook": str(demo_root.PLAYBOOK.relative_to(demo_root.build.REPO)),
+        "role": demo_root.ROLE_DIR.name,
+        "build_log": "build.log",
+    }
 
 
 # A 5-row block font for the banner; '#' becomes a full block (CP437 0xDB on the VGA text console).

@@ -2,7 +2,9 @@
 # PID 1 of the smartwork-vdi demo desktop (packed into its initramfs by images/demo.py).
 #
 # Its whole job is a screen a person (or a test) recognises at a glance through VNC: a big banner, the
-# desktop's label from the kernel command line, its host name and image version, then a shell.
+# desktop's label from the kernel command line, its host name, and what the image's Ansible role wrote
+# on its disk (/dev/vda, a provisioned Debian root: /etc/smartwork-image, /etc/issue), then a shell.
+# The Debian root is mounted, not booted: systemd would take about a minute under TCG.
 # It must never exit: when PID 1 exits the kernel panics and the screen shows a crash dump instead.
 
 /bin/busybox --install -s
@@ -65,15 +67,27 @@ count_boot() {
     echo "$count" > /mnt/disk/boot-count && sync && echo "$count"
 }
 
+# A file of the mounted Debian root, or nothing when the disk did not mount.
+disk_file() {
+    grep -q ' /mnt/disk ' /proc/mounts && cat "/mnt/disk/$1" 2>/dev/null
+}
+
+# The role's /etc/issue without agetty's escapes (\n, \l, ...), which only a getty expands.
+issue_text() {
+    disk_file etc/issue | sed -e 's/\\[a-zA-Z]//g' -e 's/[[:space:]]*$//' | grep -v '^$' | tr -d '\000-\010\013-\037\177'
+}
+
 show_screen() {
     # White on blue, cursor home, clear: the Linux console clears with the current background colour.
     printf '\033[0;37;44m\033[H\033[2J\n\033[1;37m'
     while IFS= read -r line; do printf '   %s\n' "$line"; done < /etc/banner
     printf '\n\033[1;33m   Desktop : %s\033[0;37;44m\n' "$LABEL"
     printf '   Host    : %s\n' "$(hostname)"
-    printf '   Image   : demo %s\n' "$VERSION"
+    printf '   Image   : %s\n' "${ROOT_IMAGE:-demo $VERSION}"
+    printf '   System  : Debian %s, provisioned by Ansible\n' "${DEBIAN:-?}"
     printf '   Disk    : /dev/vda %s\n' "$DISK"
     printf '   Boots   : %s\n\n' "$BOOTS"
+    printf '%s\n' "$ISSUE" | while IFS= read -r line; do [ -z "$line" ] || printf '   %s\n' "$line"; done
 }
 
 # Tests and the admin console wait for this line on the serial console instead of sleeping.
@@ -87,6 +101,9 @@ VERSION=$(cat /etc/smartwork-image)
 [ -n "$DESKTOP" ] && hostname "$DESKTOP"
 DISK=$(mount_disk 2>/dev/null)
 BOOTS=$(count_boot 2>/dev/null)
+ROOT_IMAGE=$(disk_file etc/smartwork-image)
+DEBIAN=$(disk_file etc/debian_version)
+ISSUE=$(issue_text)
 # Never blank the screen: a desktop left idle must still show who it belongs to.
 printf '\033[9;0]' > /dev/tty1
 show_screen > /dev/tty1

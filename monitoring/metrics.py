@@ -289,6 +289,17 @@ HOST_DOWN_TRANSITIONS = Counter(
 DESKTOPS_LOST = Counter(
     "vdi_desktops_lost_total", "Desktops marked lost because their host went down or their guest crashed"
 )
+DESKTOP_CLONE_DURATION = Histogram(
+    "vdi_desktop_clone_duration_seconds",
+    "Time to make a desktop's linked clone (qcow2 overlay volume over the golden image) on its host",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+DESKTOP_BOOT_DURATION = Histogram(
+    "vdi_desktop_boot_duration_seconds",
+    "Time from starting a desktop's domain until its display listens, by virtualisation (kvm or qemu)",
+    ["virt_type"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
+)
 DOMAIN_EVENTS = Counter(
     "vdi_domain_events_total",
     "Lifecycle events hosts reported for domains (started, stopped, crashed, ...)",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from prometheus_client import REGISTRY
 
 from hypervisor import domain_xml
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, HostUnreachable, HypervisorError
@@ -78,6 +79,15 @@ def test_created_desktop_runs_and_its_vnc_server_answers(libvirt_driver, running
         rfb_client.read_banner(running_desktop.endpoint.host, running_desktop.endpoint.port)
         == b"RFB 003.008\n"
     )
+
+
+def test_starting_a_desktop_records_clone_and_boot_durations(libvirt_driver, running_desktop):
+    """Operators see how long linked clones and boots take (histograms, by virtualisation type)."""
+    virt_type = libvirt_driver.virt_type()
+    assert REGISTRY.get_sample_value("vdi_desktop_clone_duration_seconds_count") >= 1
+    boots = REGISTRY.get_sample_value("vdi_desktop_boot_duration_seconds_count", {"virt_type": virt_type})
+    assert boots >= 1
+    assert REGISTRY.get_sample_value("vdi_desktop_boot_duration_seconds_sum", {"virt_type": virt_type}) > 0
 
 
 def test_desktop_boots_to_its_banner_with_label_and_disk(running_desktop, demo_image):

@@ -128,7 +128,38 @@ def build_demo_image(settings: ImageSettings, force: bool = False) -> DemoImage:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("built demo image %s in %s (%.1f s)", key, target, time.monotonic() - started)
+    prune_superseded(settings.cache_dir, key)
     return DemoImage(version=key, directory=target)
+
+
+_BUILD_DIR = re.compile(rf"^{NAME}-(?:root-)?([0-9a-f]{{16}})$")
+
+
+def prune_superseded(cache_dir: Path, keep: str, previous: int = 1) -> list[Path]:
+    """Remove demo images and demo roots of older input hashes, left by earlier builds.
+
+    The build of `keep` stays, and so do the `previous` most recently built other versions: another
+    checkout sharing this cache (a CI clone of the last commit, say) may still be using the one before.
+    Desktops never read these directories (the broker uploads the base disk into each host's storage
+    pool), so an older build is only disk space. Returns the directories removed.
+    """
+    by_version: dict[str, list[Path]] = {}
+    for entry in cache_dir.iterdir():
+        match = _BUILD_DIR.match(entry.name)
+        if match is not None and match.group(1) != keep and entry.is_dir():
+            by_version.setdefault(match.group(1), []).append(entry)
+    newest_first = sorted(
+        by_version,
+        key=lambda version: max(path.stat().st_mtime for path in by_version[version]),
+        reverse=True,
+    )
+    removed = []
+    for version in newest_first[previous:]:
+        for entry in sorted(by_version[version]):
+            _move_aside(entry)
+            removed.append(entry)
+            log.info("removed superseded demo build %s", entry)
+    return removed
 
 
 def find_demo_image(settings: ImageSettings) -> DemoImage:

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,33 @@ def test_an_incomplete_directory_is_rebuilt(tmp_path, demo_image):
     again = build_demo_image(settings)
 
     assert again.initrd.is_file()
+
+
+def test_a_new_build_removes_older_builds_but_the_one_before_it_and_nothing_else(tmp_path, demo_image):
+    seed(tmp_path, demo_image)
+    oldest, previous = "0123456789abcdef", "fedcba9876543210"
+    for age, version in ((7200, oldest), (3600, previous)):
+        for name in (f"demo-{version}", f"demo-root-{version}"):
+            directory = tmp_path / name
+            directory.mkdir()
+            (directory / "disk.qcow2").write_bytes(b"old")
+            stamp = time.time() - age
+            os.utime(directory, (stamp, stamp))
+    unrelated = tmp_path / "demo-notes"
+    unrelated.mkdir()
+
+    built_now = build_demo_image(ImageSettings(cache_dir=tmp_path))
+
+    assert _visible(tmp_path) == sorted(
+        [
+            built_now.directory.name,
+            f"demo-root-{built_now.version}",
+            f"demo-{previous}",
+            f"demo-root-{previous}",
+            unrelated.name,
+        ]
+    )
+    assert _temporary(tmp_path) == []
 
 
 def test_concurrent_builds_agree_provision_once_and_leave_no_temporary_directories(tmp_path, demo_image):

@@ -135,30 +135,32 @@ def build_demo_image(settings: ImageSettings, force: bool = False) -> DemoImage:
 _BUILD_DIR = re.compile(rf"^{NAME}-(?:root-)?([0-9a-f]{{16}})$")
 
 
-def prune_superseded(cache_dir: Path, keep: str, previous: int = 1) -> list[Path]:
+def prune_superseded(cache_dir: Path, keep: str, previous: int = 1, min_age_s: float = 86400.0) -> list[Path]:
     """Remove demo images and demo roots of older input hashes, left by earlier builds.
 
-    The build of `keep` stays, and so do the `previous` most recently built other versions: another
-    checkout sharing this cache (a CI clone of the last commit, say) may still be using the one before.
-    Desktops never read these directories (the broker uploads the base disk into each host's storage
-    pool), so an older build is only disk space. Returns the directories removed.
+    The build of `keep` stays, and so do the `previous` most recently built other versions and any
+    version built within `min_age_s`: another checkout sharing this cache (a CI clone of the last commit,
+    or one running its tests while this one builds) may still be using them. Desktops never read these
+    directories (the broker uploads the base disk into each host's storage pool), so an older build is
+    only disk space. Returns the directories removed.
     """
     by_version: dict[str, list[Path]] = {}
     for entry in cache_dir.iterdir():
         match = _BUILD_DIR.match(entry.name)
         if match is not None and match.group(1) != keep and entry.is_dir():
             by_version.setdefault(match.group(1), []).append(entry)
-    newest_first = sorted(
-        by_version,
-        key=lambda version: max(path.stat().st_mtime for path in by_version[version]),
-        reverse=True,
-    )
+    built_at = {version: max(path.stat().st_mtime for path in paths) for version, paths in by_version.items()}
+    newest_first = sorted(built_at, key=built_at.__getitem__, reverse=True)
+    cutoff = time.time() - min_age_s
     removed = []
     for version in newest_first[previous:]:
+        if built_at[version] > cutoff:
+            continue
         for entry in sorted(by_version[version]):
             _move_aside(entry)
             removed.append(entry)
             log.info("removed superseded demo build %s", entry)
+        (cache_dir / f".{NAME}-root-{version}.lock").unlink(missing_ok=True)
     return removed
 
 

@@ -231,10 +231,17 @@ def test_an_incomplete_directory_is_rebuilt(tmp_path, demo_image):
     assert again.initrd.is_file()
 
 
-def test_a_new_build_removes_older_builds_but_the_one_before_it_and_nothing_else(tmp_path, demo_image):
+def test_a_new_build_removes_builds_older_than_a_day_but_the_one_before_it(tmp_path, demo_image):
     seed(tmp_path, demo_image)
-    oldest, previous = "0123456789abcdef", "fedcba9876543210"
-    for age, version in ((7200, oldest), (3600, previous)):
+    day = 86400
+    # Newest first: the one before this build, one from today, and two from days ago.
+    previous, today, old, oldest = (
+        "fedcba9876543210",
+        "00000000000000aa",
+        "0123456789abcdef",
+        "00000000000000bb",
+    )
+    for age, version in ((60, previous), (7200, today), (2 * day, old), (3 * day, oldest)):
         for name in (f"demo-{version}", f"demo-root-{version}"):
             directory = tmp_path / name
             directory.mkdir()
@@ -252,6 +259,8 @@ def test_a_new_build_removes_older_builds_but_the_one_before_it_and_nothing_else
             f"demo-root-{built_now.version}",
             f"demo-{previous}",
             f"demo-root-{previous}",
+            f"demo-{today}",
+            f"demo-root-{today}",
             unrelated.name,
         ]
     )

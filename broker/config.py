@@ -82,6 +82,13 @@ class PoolSettings(BaseModel):
     min_size: int = Field(0, ge=0, description="the pool manager keeps at least this many desktops")
     max_size: int | None = Field(None, ge=1, description="the pool never holds more desktops than this")
     spares: int = Field(0, ge=0, description="unassigned running desktops kept ready for fast connects")
+    ready_deadline_s: int = Field(
+        300,
+        ge=10,
+        le=3600,
+        description="a spare's guest must show it finished booting (console ready marker) within this; "
+        "a spare that crashes is replaced, one still silent at the deadline is handed out anyway",
+    )
     idle_timeout_s: int | None = Field(
         None, ge=60, description="log a session off after this long without keyboard or mouse input"
     )

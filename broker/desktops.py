@@ -195,7 +195,8 @@ def canary_owner(rollout_id: int) -> str:
 def spare_conditions(db: Session, pool: PoolSettings) -> list:
     """Which unassigned desktops a user may be given (broker/rollout.py): never a canary of a rollout
     that is not promoted, and after a promotion only desktops of the promoted version."""
-    canary = Desktop.domain_name.like(domain_prefix(pool.name, "canary-r") + "%")
+    # Not domain_prefix(pool, "canary-r"), which ends in "-" and so matches no `canary-r<id>-` name.
+    canary = Desktop.domain_name.like(domain_prefix(pool.name, "canary").removesuffix("-") + "-r%")
     promoted = promoted_rollout(db, pool)
     if promoted is None:
         return [~canary]
@@ -245,12 +246,13 @@ def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | Non
 
 
 def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None:
-    """Assign the pool's oldest running spare to the user; None when there is none left to take."""
+    """Assign the pool's oldest running spare to the user, one that finished booting if there is one;
+    None when there is none left to take."""
     spare = db.scalars(
         select(Desktop)
         .where(Desktop.pool_name == pool.name, Desktop.assigned_user.is_(None), Desktop.state == "running")
         .where(*spare_conditions(db, pool))
-        .order_by(Desktop.id)
+        .order_by(Desktop.ready_at.is_(None), Desktop.id)
     ).first()
     if spare is None:
         return None

@@ -4,33 +4,48 @@ Level triggered (ARCHITECTURE.md, principle 1): every pass counts what each pool
 database and starts what is missing, so a missed wake-up, a failed start or a broker restart is
 repaired by the next pass. Desktops are placed and booted through DesktopService (placement,
 claim, driver calls on its executor), never from here directly.
+
+A spare is "ready" once its guest shows it finished booting: the ready marker on its serial console
+(the same one a rollout's canaries must show, broker/rollout.py). Until then it is a booting spare:
+connects take ready spares first, and a booting one only when no ready one is left (still sooner
+than a cold clone). A spare whose guest crashes while booting is removed and replaced; one still
+silent at the pool's `ready_deadline_s` is logged and counted ready, so nothing waits forever on an
+image without the marker. Every pass watches the spares not yet ready, so a broker restart resumes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.background import PeriodicTask
 from broker.config import PoolSettings
 from broker.db import Database
-from broker.db.models import Desktop
+from broker.db.models import Desktop, utcnow
 from broker.db.models import Session as DesktopSession
-from broker.desktops import DesktopService
+from broker.desktops import DesktopService, spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
-from broker.rollout import retire_outdated_spares
-from monitoring.metrics import POOL_DESKTOPS, PoolDesktops
+from broker.rollout import PANIC, READY, claim_spare_for_removal, last_console_line, retire_outdated_spares
+from monitoring.metrics import (
+    DESKTOP_GUEST_READY_DURATION,
+    POOL_DESKTOPS,
+    SPARES_NOT_READY,
+    PoolDesktops,
+)
 from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
 PASS_INTERVAL_S = 10.0
+READY_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,7 @@ class PoolCounts:
     total: int
     spare: int
     in_use: int
+    spare_ready: int = 0
 
     def missing(self, pool: PoolSettings) -> int:
         """How many spares to start now: enough for `spares` idle and `min_size` in all, within `max_size`."""
@@ -59,13 +75,50 @@ def pool_counts(db: Session, pool: str) -> PoolCounts:
         .join(DesktopSession, DesktopSession.desktop_id == Desktop.id)
         .where(holding, DesktopSession.state == "active")
     )
-    return PoolCounts(total, spare, in_use)
+    spare_ready = db.scalar(
+        select(func.count())
+        .select_from(Desktop)
+        .where(holding, Desktop.assigned_user.is_(None), Desktop.ready_at.is_not(None))
+    )
+    return PoolCounts(total, spare, in_use, spare_ready)
 
 
 def publish(pool: str, counts: PoolCounts) -> None:
     POOL_DESKTOPS.labels(pool=pool, use=PoolDesktops.TOTAL.value).set(counts.total)
     POOL_DESKTOPS.labels(pool=pool, use=PoolDesktops.SPARE.value).set(counts.spare)
+    POOL_DESKTOPS.labels(pool=pool, use=PoolDesktops.SPARE_READY.value).set(counts.spare_ready)
     POOL_DESKTOPS.labels(pool=pool, use=PoolDesktops.IN_USE.value).set(counts.in_use)
+
+
+def booting_spares(db: Session, pool: PoolSettings) -> list[Desktop]:
+    """Running spares (never canaries) whose guest has not shown ready yet."""
+    return list(
+        db.scalars(
+            select(Desktop)
+            .where(
+                Desktop.pool_name == pool.name,
+                Desktop.assigned_user.is_(None),
+                Desktop.state == "running",
+                Desktop.ready_at.is_(None),
+            )
+            .where(*spare_conditions(db, pool))
+            .order_by(Desktop.id)
+        ).all()
+    )
+
+
+def still_running(db: Session, desktop_id: int) -> bool:
+    return db.scalar(select(Desktop.state).where(Desktop.id == desktop_id)) == "running"
+
+
+def mark_ready(db: Session, desktop_id: int) -> bool:
+    return bool(
+        db.execute(
+            update(Desktop)
+            .where(Desktop.id == desktop_id, Desktop.ready_at.is_(None))
+            .values(ready_at=utcnow())
+        ).rowcount
+    )
 
 
 class PoolManager(PeriodicTask):
@@ -81,8 +134,16 @@ class PoolManager(PeriodicTask):
         self.db = db
         self.desktops = desktops
         self.size_guard = PoolSizeGuard(config.pools)
+        self._watching: dict[int, asyncio.Task] = {}
         for pool in config.pools:
             publish(pool.name, PoolCounts(0, 0, 0))
+
+    async def stop(self) -> None:
+        await super().stop()  # first, so no pass starts new watchers
+        watchers = list(self._watching.values())
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
 
     def start(self) -> None:
         self.desktops.pool_changed = self.kick
@@ -109,8 +170,85 @@ class PoolManager(PeriodicTask):
         counts = await self.db.run(partial(pool_counts, pool=pool.name))
         publish(pool.name, counts)
         missing = counts.missing(pool)
-        for _ in range(missing):
-            desktop = await self.desktops.start_spare(pool)
-            log.info("pool %s: spare %s ready on host %s", pool.name, desktop.domain_name, desktop.host_name)
+        try:
+            for _ in range(missing):
+                desktop = await self.desktops.start_spare(pool)
+                log.info(
+                    "pool %s: spare %s started on host %s", pool.name, desktop.domain_name, desktop.host_name
+                )
+                self._watch(pool, desktop)
+        finally:
+            # Also the spares an earlier pass or another broker process started.
+            for desktop in await self.db.run(partial(booting_spares, pool=pool)):
+                self._watch(pool, desktop)
         if missing:
             publish(pool.name, await self.db.run(partial(pool_counts, pool=pool.name)))
+
+    # -- readiness of spares ---------------------------------------------------------------------------
+
+    def _watch(self, pool: PoolSettings, desktop: Desktop) -> None:
+        if desktop.id in self._watching:
+            return
+        task = asyncio.get_running_loop().create_task(self._watch_until_ready(pool, desktop))
+        self._watching[desktop.id] = task
+        task.add_done_callback(lambda _: self._watching.pop(desktop.id, None))
+
+    async def _watch_until_ready(self, pool: PoolSettings, desktop: Desktop) -> None:
+        deadline = time.monotonic() + pool.ready_deadline_s
+        name = desktop.domain_name
+        while True:
+            try:
+                console = await self._console(desktop)
+            except errors.BrokerError as exc:
+                if not await self.db.run(partial(still_running, desktop_id=desktop.id)):
+                    return  # taken and logged off, removed, or lost with its host: nothing left to watch
+                console = ""  # host briefly unreachable: the monitor decides about hosts; keep polling
+                log.debug("pool %s: spare %s: console unreadable: %s", pool.name, name, exc.message)
+            except Exception:
+                log.exception("pool %s: spare %s: reading its console failed", pool.name, name)
+                return
+            if console is None or READY.search(console):
+                break
+            panic = PANIC.search(console)
+            if panic is not None:
+                await self._replace_crashed(pool, desktop, panic.group(0).strip())
+                return
+            if time.monotonic() >= deadline:
+                SPARES_NOT_READY.labels(outcome="deadline").inc()
+                log.warning(
+                    "pool %s: spare %s did not show ready within %d s (console: %s); handed out anyway",
+                    *(pool.name, name, pool.ready_deadline_s, last_console_line(console) or "(empty)"),
+                )
+                break
+            await asyncio.sleep(READY_POLL_S)
+        if await self.db.run(partial(mark_ready, desktop_id=desktop.id)):
+            booted = (utcnow() - desktop.created_at).total_seconds()
+            DESKTOP_GUEST_READY_DURATION.observe(max(booted, 0.0))
+            log.info(
+                "pool %s: spare %s ready on host %s (%.1f s)", pool.name, name, desktop.host_name, booted
+            )
+            publish(pool.name, await self.db.run(partial(pool_counts, pool=pool.name)))
+
+    async def _console(self, desktop: Desktop) -> str | None:
+        """The serial console's tail; None when the host's driver keeps none (the spare counts as ready)."""
+        if not hasattr(self.desktops.drivers.get(desktop.host_name or ""), "console_log"):
+            return None
+        return await self.desktops.driver_call(desktop.host_name, "console_log", desktop.domain_name)
+
+    async def _replace_crashed(self, pool: PoolSettings, desktop: Desktop, panic: str) -> None:
+        SPARES_NOT_READY.labels(outcome="crashed").inc()
+        log.error(
+            "pool %s: spare %s crashed while booting (%s); replacing it",
+            pool.name,
+            desktop.domain_name,
+            panic,
+        )
+        if not await self.db.run(partial(claim_spare_for_removal, desktop_id=desktop.id)):
+            return  # a user took it meanwhile; their connect sees what the desktop shows
+        try:
+            await self.desktops.driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        except errors.BrokerError as exc:
+            log.warning(
+                "pool %s: cannot remove crashed spare %s: %s", pool.name, desktop.domain_name, exc.message
+            )
+        self.kick()

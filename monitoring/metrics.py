@@ -300,6 +300,16 @@ DESKTOP_BOOT_DURATION = Histogram(
     ["virt_type"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
 )
+DESKTOP_GUEST_READY_DURATION = Histogram(
+    "vdi_desktop_guest_ready_seconds",
+    "Time from creating a spare desktop until its guest showed it had finished booting (console ready marker)",
+    buckets=(1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300),
+)
+SPARES_NOT_READY = Counter(
+    "vdi_spares_not_ready_total",
+    "Spares whose guest crashed while booting (replaced) or did not show ready by the deadline (handed out anyway)",
+    ["outcome"],
+)
 DOMAIN_EVENTS = Counter(
     "vdi_domain_events_total",
     "Lifecycle events hosts reported for domains (started, stopped, crashed, ...)",
@@ -327,7 +337,8 @@ _zero_monitor_series()
 
 class PoolDesktops(Enum):
     TOTAL = "total"  # every desktop the pool holds (provisioning or running)
-    SPARE = "spare"  # unassigned, kept ready for a fast connect
+    SPARE = "spare"  # unassigned, kept for a fast connect (booting or ready)
+    SPARE_READY = "spare_ready"  # of those, the ones whose guest has shown it finished booting
     IN_USE = "in_use"  # with an active session
 
 

@@ -131,6 +131,8 @@ class Desktop(Base):
     # What the desktop holds on its host (migration 0004); placement sums these per host.
     vcpus: Mapped[int | None] = mapped_column(Integer)
     memory_mib: Mapped[int | None] = mapped_column(Integer)
+    # When the guest showed it had finished booting (migration 0007); a spare is handed out ready first.
+    ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class Session(Base):

@@ -36,4 +36,19 @@ def add_bench_commands(sub) -> None:
     ttd.add_argument("--password", default="demo1234!", help="that user's password (default: the demo's)")
     ttd.add_argument("--prewarmed-pool", default="mois-shared", help="floating pool with spares ('' to skip)")
     ttd.add_argument("--cold-pool", default="mois-office", help="floating pool without spares ('' to skip)")
-    ttd.add_argument("--virt-note", default="", help="free text recorded in the JSON, e.g. kvm or tcg")
+    ttd.add_argument(
+        "--virt-note",
+        default="",
+        help="recorded in the JSON as virt (default: what the broker's desktops booted with)",
+    )
+    ttd.add_argument(
+        "--screen-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait after the first frame for the desktop's own screen (default 60)",
+    )
+    ttd.add_argument(
+        "--no-desktop-screen",
+        action="store_true",
+        help="stop at the first frame (for images other than the demo's, whose screen this cannot recognise)",
+    )

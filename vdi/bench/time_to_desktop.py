@@ -3,10 +3,14 @@
 Each run signs in through the REST API, presses connect (POST /api/v1/pools/{pool}/connect), fetches
 a console token, opens the gateway WebSocket with the portal's Origin, speaks RFB 3.8 (security
 None) and requests a full framebuffer: the clock stops when the first FramebufferUpdate arrives,
-which is what a browser's noVNC would paint first. Then the session is logged off.
+which is what a browser's noVNC would paint first ("first frame": for a cold desktop, usually the
+guest firmware's screen). Unless --no-desktop-screen is given, the run then keeps asking for updates
+until the desktop's own screen is drawn ("desktop screen": more than half of the pixels the demo
+desktop's blue) or --screen-timeout passes (then it is counted as missing, not as a time). Then the
+session is logged off.
 
-"prewarmed" uses a pool with spares (each run waits until the pool manager has refilled its spare,
-read from the broker's /metrics); "cold" uses a pool without spares, so every connect clones and
+"prewarmed" uses a pool with spares (each run waits until the pool has a ready spare again, that is one
+whose guest finished booting, read from the broker's /metrics); "cold" uses a pool without spares, so every connect clones and
 starts a new desktop. Both pools should be floating, so logoff discards the desktop.
 """
 
@@ -24,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+import numpy
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
@@ -32,6 +37,14 @@ from vdi.config import Config
 RFB_VERSION = b"RFB 003.008\n"
 SECURITY_NONE = 1
 FRAMEBUFFER_UPDATE = 0
+SET_COLOUR_MAP_ENTRIES = 1
+BELL = 2
+SERVER_CUT_TEXT = 3
+ENCODING_RAW = 0
+ENCODING_DESKTOP_SIZE = -223
+# 32 bits per pixel, depth 24, little-endian, true colour, 8 bits each: red << 16 | green << 8 | blue.
+PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+DESKTOP_SHARE = 0.5
 
 
 class BenchError(Exception):
@@ -105,7 +118,8 @@ class RfbStream:
         data, self.buffer = self.buffer[:count], self.buffer[count:]
         return data
 
-    async def first_framebuffer_update(self) -> None:
+    async def handshake(self) -> tuple[int, int]:
+        """Version, security None, ClientInit; then ask for raw 32-bit pixels. Returns the screen size."""
         await self.read(12)
         self.socket.write_message(RFB_VERSION, binary=True)
         (count,) = struct.unpack("B", await self.read(1))
@@ -116,15 +130,83 @@ class RfbStream:
             raise BenchError("VNC security handshake failed")
         self.socket.write_message(b"\x01", binary=True)  # ClientInit: shared
         width, height = struct.unpack(">HH", await self.read(4))
-        await self.read(16)  # pixel format
+        await self.read(16)  # the server's pixel format; replaced by ours below
         (name_length,) = struct.unpack(">I", await self.read(4))
         await self.read(name_length)
-        self.socket.write_message(struct.pack(">BBHHHH", 3, 0, 0, 0, width, height), binary=True)
-        while (await self.read(1))[0] != FRAMEBUFFER_UPDATE:
-            pass  # other server messages (bell, colour map) cannot come before it here, but be lenient
+        self.socket.write_message(struct.pack(">B3x", 0) + PIXEL_FORMAT, binary=True)
+        encodings = (ENCODING_RAW, ENCODING_DESKTOP_SIZE)
+        self.socket.write_message(
+            struct.pack(f">BxH{len(encodings)}i", 2, len(encodings), *encodings), binary=True
+        )
+        return width, height
+
+    def request(self, width: int, height: int, incremental: bool) -> None:
+        self.socket.write_message(
+            struct.pack(">BBHHHH", 3, int(incremental), 0, 0, width, height), binary=True
+        )
+
+    async def next_update(self, screen: Screen) -> None:
+        """Read server messages until a FramebufferUpdate, and paint its rectangles into the screen."""
+        while True:
+            kind = (await self.read(1))[0]
+            if kind == FRAMEBUFFER_UPDATE:
+                break
+            if kind == BELL:
+                continue
+            if kind == SERVER_CUT_TEXT:
+                await self.read(3)
+                (length,) = struct.unpack(">I", await self.read(4))
+                await self.read(length)
+            elif kind == SET_COLOUR_MAP_ENTRIES:
+                _, _, count = struct.unpack(">BHH", await self.read(5))
+                await self.read(6 * count)
+            else:
+                raise BenchError(f"unexpected RFB server message type {kind}")
+        (rectangles,) = struct.unpack(">xH", await self.read(3))
+        for _ in range(rectangles):
+            x, y, width, height, encoding = struct.unpack(">HHHHi", await self.read(12))
+            if encoding == ENCODING_DESKTOP_SIZE:
+                screen.resize(width, height)
+            elif encoding == ENCODING_RAW:
+                screen.paint(x, y, width, height, await self.read(width * height * 4))
+            else:
+                raise BenchError(f"the server sent encoding {encoding}, which was not asked for")
 
 
-async def _console_first_frame(portal: Portal, session_id: str) -> None:
+class Screen:
+    """The framebuffer as the client sees it, enough to tell when the desktop's own screen is up."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.pixels = numpy.zeros((height, width), dtype="<u4")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        height, width = self.pixels.shape
+        return width, height
+
+    def resize(self, width: int, height: int) -> None:
+        self.pixels = numpy.zeros((height, width), dtype="<u4")
+
+    def paint(self, x: int, y: int, width: int, height: int, raw: bytes) -> None:
+        self.pixels[y : y + height, x : x + width] = numpy.frombuffer(raw, dtype="<u4").reshape(height, width)
+
+    def desktop_share(self) -> float:
+        """Share of pixels in the demo desktop's background blue (the firmware's screen is black)."""
+        red = (self.pixels >> 16) & 0xFF
+        green = (self.pixels >> 8) & 0xFF
+        blue = self.pixels & 0xFF
+        return float(numpy.mean((blue >= 0x80) & (red < 0x40) & (green < 0x40)))
+
+
+@dataclass
+class RunTimes:
+    first_frame_s: float
+    desktop_screen_s: float | None  # None: not drawn before the deadline, or not asked for
+
+
+async def _console_times(
+    portal: Portal, session_id: str, started: float, screen_timeout_s: float | None
+) -> RunTimes:
     grant = portal.post(f"/api/v1/sessions/{session_id}/console-token")
     url = f"{grant['gateway_url']}?token={grant['token']}"
     request = HTTPRequest(
@@ -132,23 +214,42 @@ async def _console_first_frame(portal: Portal, session_id: str) -> None:
     )
     socket = await websocket_connect(request)
     try:
-        await RfbStream(socket).first_framebuffer_update()
+        stream = RfbStream(socket)
+        screen = Screen(*await stream.handshake())
+        stream.request(*screen.size, incremental=False)
+        await stream.next_update(screen)
+        first_frame = time.perf_counter() - started
+        if screen_timeout_s is None:
+            return RunTimes(first_frame, None)
+        deadline = time.perf_counter() + screen_timeout_s
+        while screen.desktop_share() <= DESKTOP_SHARE:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return RunTimes(first_frame, None)
+            stream.request(*screen.size, incremental=True)
+            try:
+                await asyncio.wait_for(stream.next_update(screen), remaining)
+            except TimeoutError:
+                return RunTimes(first_frame, None)
+        return RunTimes(first_frame, time.perf_counter() - started)
     finally:
         socket.close()
 
 
-def one_run(portal: Portal, pool: str) -> float:
+def one_run(portal: Portal, pool: str, screen_timeout_s: float | None = None) -> RunTimes:
     started = time.perf_counter()
     session = portal.post(f"/api/v1/pools/{pool}/connect")
-    asyncio.run(asyncio.wait_for(_console_first_frame(portal, session["session_id"]), 120))
-    elapsed = time.perf_counter() - started
+    limit = 120 + (screen_timeout_s or 0)
+    times = asyncio.run(
+        asyncio.wait_for(_console_times(portal, session["session_id"], started, screen_timeout_s), limit)
+    )
     portal.post(f"/api/v1/sessions/{session['session_id']}/logoff")
-    return elapsed
+    return times
 
 
 def wait_for_spare(portal: Portal, pool: str, deadline_s: float = 300) -> None:
     deadline = time.monotonic() + deadline_s
-    while (portal.metric("vdi_pool_desktops", {"pool": pool, "use": "spare"}) or 0) < 1:
+    while (portal.metric("vdi_pool_desktops", {"pool": pool, "use": "spare_ready"}) or 0) < 1:
         if time.monotonic() > deadline:
             raise BenchError(f"pool {pool} has no running spare after {deadline_s:.0f} s")
         time.sleep(0.5)
@@ -170,13 +271,31 @@ def summary(samples: list[float]) -> dict:
     }
 
 
-def measure(portal: Portal, pool: str, runs: int, prewarmed: bool) -> dict:
-    samples = []
+def measure(portal: Portal, pool: str, runs: int, prewarmed: bool, screen_timeout_s: float | None) -> dict:
+    results = []
     for _ in range(runs):
         if prewarmed:
             wait_for_spare(portal, pool)
-        samples.append(one_run(portal, pool))
-    return {"pool": pool, **summary(samples)}
+        results.append(one_run(portal, pool, screen_timeout_s))
+    report = {"pool": pool, **summary([r.first_frame_s for r in results])}
+    if screen_timeout_s is not None:
+        drawn = [r.desktop_screen_s for r in results if r.desktop_screen_s is not None]
+        report["desktop_screen"] = {
+            **(summary(drawn) if drawn else {"runs": 0}),
+            "missing": runs - len(drawn),
+        }
+    return report
+
+
+def virt_types(portal: Portal) -> str:
+    """The virtualisation the broker's desktops booted with (kvm, qemu for TCG), from its /metrics."""
+    text = portal.opener.open(f"{portal.base_url}/metrics", timeout=30).read().decode()
+    seen = set()
+    for line in text.splitlines():
+        if line.startswith("vdi_desktop_boot_duration_seconds_count{") and float(line.rsplit(" ", 1)[1]) > 0:
+            labels = dict(pair.split("=", 1) for pair in _labels_of(line).split(","))
+            seen.add(labels.get("virt_type", '""').strip('"'))
+    return ",".join(sorted(seen))
 
 
 def broker_tls(config: Config) -> ssl.SSLContext | None:
@@ -195,11 +314,13 @@ def main(config: Config, args) -> int:
     base_url = f"{scheme}://{config.broker.listen_address}:{config.broker.port}"
     try:
         portal = Portal.sign_in(base_url, args.user, args.password, tls)
-        result = {"benchmark": "time-to-desktop", "broker": base_url, "virt": args.virt_note}
+        screen_timeout_s = None if args.no_desktop_screen else args.screen_timeout
+        result: dict = {"benchmark": "time-to-desktop", "broker": base_url}
         if args.prewarmed_pool:
-            result["prewarmed"] = measure(portal, args.prewarmed_pool, args.runs, prewarmed=True)
+            result["prewarmed"] = measure(portal, args.prewarmed_pool, args.runs, True, screen_timeout_s)
         if args.cold_pool:
-            result["cold"] = measure(portal, args.cold_pool, args.runs, prewarmed=False)
+            result["cold"] = measure(portal, args.cold_pool, args.runs, False, screen_timeout_s)
+        result["virt"] = args.virt_note or virt_types(portal)
     except (BenchError, OSError) as exc:
         print(f"vdi bench time-to-desktop: {exc}", file=sys.stderr)
         return 1

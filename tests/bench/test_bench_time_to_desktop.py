@@ -30,4 +30,9 @@ def test_time_to_desktop_prints_json_for_a_cold_connect(stack_factory, demo_user
     assert report["benchmark"] == "time-to-desktop"
     assert report["cold"]["pool"] == "mois-office" and report["cold"]["runs"] == 1
     assert report["cold"]["p50_ms"] > 0
+    # The run went on until the demo desktop's own screen (not only the firmware's) was drawn.
+    screen = report["cold"]["desktop_screen"]
+    assert (screen["runs"], screen["missing"]) == (1, 0)
+    assert screen["p50_ms"] >= report["cold"]["p50_ms"]
+    assert report["virt"] in ("kvm", "qemu")
     assert "prewarmed" not in report

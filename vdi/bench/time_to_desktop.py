@@ -9,9 +9,9 @@ until the desktop's own screen is drawn ("desktop screen": more than half of the
 desktop's blue) or --screen-timeout passes (then it is counted as missing, not as a time). Then the
 session is logged off.
 
-"prewarmed" uses a pool with spares (each run waits until the pool has a ready spare again, that is one
-whose guest finished booting, read from the broker's /metrics); "cold" uses a pool without spares, so every connect clones and
-starts a new desktop. Both pools should be floating, so logoff discards the desktop.
+"prewarmed" uses a pool with spares (each run waits until the pool has a ready spare again, one whose
+guest finished booting, read from the broker's /metrics); "cold" uses a pool without spares, so every
+connect clones and starts a new desktop. Both pools should be floating, so logoff discards the desktop.
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VNC_PORT_TIMEOUT_S = 10.0
 POLL_INTERVAL_S = 0.05
 SHUTDOWN_POLL_S = 0.5
+SHUTDOWN_REPRESS_S = 2.0
 UPLOAD_CHUNK = 1 << 20
 CONSOLE_LOG_SUFFIX = ".console.log"
 UNDEFINE_FLAGS = (
@@ -429,11 +430,15 @@ class LibvirtDriver(Driver):
     def _shut_down(domain: libvirt.virDomain, timeout_s: float) -> bool:
         """Ask the guest to shut down (ACPI power button) and wait; True when it is off in time."""
         deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(libvirt.libvirtError):
-            domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+        next_press = time.monotonic()
         while time.monotonic() < deadline:
             if not domain.isActive():
                 return True
+            # Pressed again now and then: a guest still booting, or between two listeners, misses a press.
+            if time.monotonic() >= next_press:
+                with contextlib.suppress(libvirt.libvirtError):
+                    domain.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                next_press = time.monotonic() + SHUTDOWN_REPRESS_S
             time.sleep(SHUTDOWN_POLL_S)
         return not domain.isActive()
 

@@ -41,7 +41,7 @@ MODULES_ROOT = Path("/lib/modules")
 BUSYBOX = Path("/bin/busybox")
 # virtio disk and ext4 to mount the desktop's disk; crc32c is what ext4 checksums need, found at mount time
 # through the crypto API rather than as a module dependency.
-KERNEL_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+KERNEL_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "button", "evdev"]
 # console=ttyS0 keeps kernel errors in the serial log; tty0 (the VGA text console, last so it is
 # /dev/console) is what VNC shows. consoleblank=0: an idle desktop must keep showing its banner.
 CMDLINE = "console=ttyS0 console=tty0 consoleblank=0 quiet"

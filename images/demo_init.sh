@@ -95,6 +95,36 @@ report() {
     echo "smartwork-vdi: $*" > /dev/ttyS0 2>/dev/null
 }
 
+# The input device of the ACPI power button (loaded with the disk's modules: button, evdev); a subshell
+# so that globbing is on only here.
+power_button_device() (
+    set +f
+    tries=0
+    while [ "$tries" -lt 20 ]; do
+        for name in /sys/class/input/input*/name; do
+            [ "$(cat "$name" 2>/dev/null)" = "Power Button" ] || continue
+            for event in "${name%/name}"/event*; do
+                [ -c "/dev/input/${event##*/}" ] && echo "/dev/input/${event##*/}" && return 0
+            done
+        done
+        tries=$((tries + 1))
+        sleep 0.1
+    done
+    return 1
+)
+
+# `virsh shutdown` and the broker's shutoff power policy press the ACPI power button: write the disk
+# out, unmount it and power off, as a real desktop's ACPI daemon would.
+watch_power_button() {
+    device=$1
+    # One key press is several 24-byte input events; the first is enough.
+    dd if="$device" of=/dev/null bs=24 count=1 2>/dev/null || return
+    report "power button pressed: shutting down"
+    sync
+    umount /mnt/disk 2>/dev/null
+    poweroff -f
+}
+
 LABEL=$(decode_label)
 DESKTOP=$(cmdline_value vdi.desktop)
 VERSION=$(cat /etc/smartwork-image)
@@ -107,6 +137,11 @@ ISSUE=$(issue_text)
 # Never blank the screen: a desktop left idle must still show who it belongs to.
 printf '\033[9;0]' > /dev/tty1
 show_screen > /dev/tty1
+if POWER_BUTTON=$(power_button_device); then
+    watch_power_button "$POWER_BUTTON" &
+else
+    report "no ACPI power button: shutdown requests are ignored"
+fi
 report "desktop ready desktop=$DESKTOP image=demo/$VERSION disk=$DISK boots=$BOOTS label=$LABEL"
 
 while true; do

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 DEDICATED = "mois-office"
 FLOATING = "moef-office"
 SUSPENDING = "mois-standby"
-# The demo guest ignores the ACPI power button, so shutoff ends with the forced power-off after this.
+# Short: the demo guest powers off at the ACPI power button, and one that has not by then is powered off.
 POWER = {"power_policy": "shutoff", "power_after_s": 2, "shutdown_timeout_s": 2}
 
 

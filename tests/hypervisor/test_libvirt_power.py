@@ -12,8 +12,8 @@ import pytest
 from hypervisor.base import DesktopNotFound, DesktopSpec, HypervisorError
 from tests.fixtures.libvirt import wait_for_console
 
-# The demo guest has no ACPI daemon, so a graceful shutdown never completes: keep the bounded wait short.
-SHUTDOWN_TIMEOUT_S = 2
+# The demo guest powers off when the ACPI power button is pressed; a forced power-off is logged as a warning.
+SHUTDOWN_TIMEOUT_S = 60
 
 
 def overlay_of(host, name: str) -> tuple[str, int]:
@@ -37,7 +37,7 @@ def run_reason(host, name: str) -> int:
 
 
 def test_stopped_desktop_starts_again_from_its_own_disk(
-    libvirt_driver, libvirt_host, demo_image, desktop_name
+    libvirt_driver, libvirt_host, demo_image, desktop_name, caplog
 ):
     name = desktop_name()
     first = libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
@@ -46,6 +46,9 @@ def test_stopped_desktop_starts_again_from_its_own_disk(
 
     libvirt_driver.stop_desktop(name, SHUTDOWN_TIMEOUT_S)
     assert libvirt_driver.desktop_state(name) == "shutoff"
+    # The guest shut itself down at the power button, rather than being powered off at the deadline.
+    assert "power button pressed: shutting down" in libvirt_driver.console_log(name)
+    assert "did not shut down" not in caplog.text
     assert name in libvirt_driver.list_desktops()  # still defined: the domain is persistent
     libvirt_driver.stop_desktop(name, SHUTDOWN_TIMEOUT_S)  # stopping a stopped desktop is harmless
 

@@ -35,7 +35,7 @@ from broker.db.models import Session as DesktopSession
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
-from broker.placement.claim import HOLDING_STATES, load_host_candidates, reserve
+from broker.placement.claim import HOLDING_STATES, load_host_candidates
 from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementWorker
 from broker.pool_images import PoolImages, catalog_row, image_ref, promoted_rollout, version_boot_image
 from broker.power import (
@@ -270,13 +270,6 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
 
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
     return load_host_candidates(db, host_names)
-
-
-def reserve_desktop(
-    db: Session, host: str, generation: int, desktop: Desktop, request: PlacementRequest
-) -> Desktop:
-    """Claim a slot on the host and record the desktop in one transaction; ClaimLost if the claim lost."""
-    return reserve(db, host, generation, request, desktop)[0]
 
 
 def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
@@ -874,6 +867,12 @@ class DesktopService:
 
     async def driver_call(self, host: str | None, method: str, *args: Any) -> Any:
         return await self._driver_call(host, method, *args)
+
+    async def console_tail(self, desktop: Desktop) -> str | None:
+        """The desktop's serial console tail; None when its host's driver keeps no console log."""
+        if not hasattr(self.drivers.get(desktop.host_name or ""), "console_log"):
+            return None
+        return await self._driver_call(desktop.host_name, "console_log", desktop.domain_name)
 
     async def _driver_call(self, host: str | None, method: str, *args: Any) -> Any:
         """Call a driver method on the executor; hypervisor errors become 503s naming the host."""

@@ -33,7 +33,7 @@ from broker.db.models import Session as DesktopSession
 from broker.desktops import DesktopService, spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
-from broker.rollout import PANIC, READY, claim_spare_for_removal, last_console_line, retire_outdated_spares
+from broker.rollout import PANIC, READY, last_console_line, remove_spare, retire_outdated_spares
 from monitoring.metrics import (
     DESKTOP_GUEST_READY_DURATION,
     POOL_DESKTOPS,
@@ -198,7 +198,8 @@ class PoolManager(PeriodicTask):
         name = desktop.domain_name
         while True:
             try:
-                console = await self._console(desktop)
+                # None: the host's driver keeps no console log, and the spare counts as ready.
+                console = await self.desktops.console_tail(desktop)
             except errors.BrokerError as exc:
                 if not await self.db.run(partial(still_running, desktop_id=desktop.id)):
                     return  # taken and logged off, removed, or lost with its host: nothing left to watch
@@ -229,12 +230,6 @@ class PoolManager(PeriodicTask):
             )
             publish(pool.name, await self.db.run(partial(pool_counts, pool=pool.name)))
 
-    async def _console(self, desktop: Desktop) -> str | None:
-        """The serial console's tail; None when the host's driver keeps none (the spare counts as ready)."""
-        if not hasattr(self.desktops.drivers.get(desktop.host_name or ""), "console_log"):
-            return None
-        return await self.desktops.driver_call(desktop.host_name, "console_log", desktop.domain_name)
-
     async def _replace_crashed(self, pool: PoolSettings, desktop: Desktop, panic: str) -> None:
         SPARES_NOT_READY.labels(outcome="crashed").inc()
         log.error(
@@ -243,12 +238,6 @@ class PoolManager(PeriodicTask):
             desktop.domain_name,
             panic,
         )
-        if not await self.db.run(partial(claim_spare_for_removal, desktop_id=desktop.id)):
-            return  # a user took it meanwhile; their connect sees what the desktop shows
-        try:
-            await self.desktops.driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
-        except errors.BrokerError as exc:
-            log.warning(
-                "pool %s: cannot remove crashed spare %s: %s", pool.name, desktop.domain_name, exc.message
-            )
+        # A user who took it meanwhile keeps it; their connect sees what the desktop shows.
+        await remove_spare(self.desktops, self.db, desktop, "crashed spare")
         self.kick()

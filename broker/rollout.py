@@ -590,7 +590,7 @@ class RolloutManager(PeriodicTask):
             return CanaryCheck(name, failure=f"canary desktop {name} is {desktop.state}{why}")
         try:
             actual = await self.desktops.driver_call(desktop.host_name, "desktop_state", name)
-            console = await self._console(desktop)
+            console = await self.desktops.console_tail(desktop)  # None: the display decides
         except errors.BrokerError as exc:
             return CanaryCheck(name, waiting_for=f"its host ({exc.message})")
         if actual != "running":
@@ -610,12 +610,6 @@ class RolloutManager(PeriodicTask):
             if not ok
         ]
         return CanaryCheck(name, ready=not missing, waiting_for=" and ".join(missing), console_tail=tail)
-
-    async def _console(self, desktop: Desktop) -> str | None:
-        """The serial console's tail; None when the host's driver keeps none (then the display decides)."""
-        if not hasattr(self.desktops.drivers.get(desktop.host_name or ""), "console_log"):
-            return None
-        return await self.desktops.driver_call(desktop.host_name, "console_log", desktop.domain_name)
 
     async def _promote(self, rollout: RolloutView, pool: PoolSettings, desktops: list[Desktop]) -> None:
         # Canaries beyond the pool's spares go before the promotion makes them takeable by users.
@@ -667,19 +661,27 @@ class RolloutManager(PeriodicTask):
         return True
 
 
+async def remove_spare(desktops: DesktopService, db: Database, desktop: Desktop, why: str) -> bool:
+    """Destroy an unassigned running desktop unless a user takes it first; False if it was not removed
+    (taken, or its host would not: then the row is marked "error")."""
+    if not await db.run(partial(claim_spare_for_removal, desktop_id=desktop.id)):
+        return False  # a user took it meanwhile: it goes at their logoff instead
+    try:
+        await desktops.driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+    except errors.BrokerError as exc:
+        log.warning(
+            "pool %s: cannot remove %s %s: %s", desktop.pool_name, why, desktop.domain_name, exc.message
+        )
+        await db.run(partial(mark_removal_failed, desktop_id=desktop.id, error=exc.message))
+        return False
+    return True
+
+
 async def retire_outdated_spares(desktops: DesktopService, db: Database, pool: PoolSettings) -> int:
     """After a promotion: remove spares of older versions (the pool manager then starts new ones)."""
     removed = 0
     for desktop in await db.run(partial(outdated_spares, pool=pool)):
-        if not await db.run(partial(claim_spare_for_removal, desktop_id=desktop.id)):
-            continue  # a user took it meanwhile: it goes at their logoff instead
-        try:
-            await desktops.driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
-        except errors.BrokerError as exc:
-            log.warning(
-                "pool %s: cannot remove old spare %s: %s", pool.name, desktop.domain_name, exc.message
-            )
-            await db.run(partial(mark_removal_failed, desktop_id=desktop.id, error=exc.message))
+        if not await remove_spare(desktops, db, desktop, "old spare"):
             continue
         removed += 1
         log.info(

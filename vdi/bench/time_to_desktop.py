@@ -26,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy
@@ -88,18 +89,17 @@ class Portal:
         except urllib.error.HTTPError as exc:
             raise BenchError(f"POST {path}: HTTP {exc.code} {exc.read()[:300]!r}") from None
 
-    def metric(self, name: str, labels: dict[str, str]) -> float | None:
+    def samples(self, name: str) -> Iterator[tuple[dict[str, str], float]]:
+        """Labels and value of each sample of `name` on the broker's /metrics."""
         text = self.opener.open(f"{self.base_url}/metrics", timeout=30).read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
-            if line.startswith(f"{name}{{") and _labels_of(line) == wanted:
-                return float(line.rsplit(" ", 1)[1])
-        return None
+            if line.startswith(f"{name}{{"):
+                inner = line[line.index("{") + 1 : line.index("}")]
+                labels = dict(pair.split("=", 1) for pair in inner.split(","))
+                yield {key: value.strip('"') for key, value in labels.items()}, float(line.rsplit(" ", 1)[1])
 
-
-def _labels_of(line: str) -> str:
-    inner = line[line.index("{") + 1 : line.index("}")]
-    return ",".join(sorted(inner.split(",")))
+    def metric(self, name: str, labels: dict[str, str]) -> float | None:
+        return next((value for found, value in self.samples(name) if found == labels), None)
 
 
 class RfbStream:
@@ -289,13 +289,8 @@ def measure(portal: Portal, pool: str, runs: int, prewarmed: bool, screen_timeou
 
 def virt_types(portal: Portal) -> str:
     """The virtualisation the broker's desktops booted with (kvm, qemu for TCG), from its /metrics."""
-    text = portal.opener.open(f"{portal.base_url}/metrics", timeout=30).read().decode()
-    seen = set()
-    for line in text.splitlines():
-        if line.startswith("vdi_desktop_boot_duration_seconds_count{") and float(line.rsplit(" ", 1)[1]) > 0:
-            labels = dict(pair.split("=", 1) for pair in _labels_of(line).split(","))
-            seen.add(labels.get("virt_type", '""').strip('"'))
-    return ",".join(sorted(seen))
+    samples = portal.samples("vdi_desktop_boot_duration_seconds_count")
+    return ",".join(sorted({labels.get("virt_type", "") for labels, count in samples if count > 0}))
 
 
 def broker_tls(config: Config) -> ssl.SSLContext | None:

@@ -136,7 +136,13 @@ def test_broken_version_rolls_back_on_its_own_and_a_good_one_is_promoted(broker,
     )
     assert on_host(libvirt_host, f"canary-r{broken['id']}-") == []  # no domain, overlay or console log left
     assert spares(rollout_db) == [(first_spare, "demo:v1")]
-    assert REGISTRY.get_sample_value("vdi_pool_rollout_state", {"pool": POOL, "state": "rolled_back"}) == 1
+    # The state gauge is published at the end of the rollout manager's pass that finished the rollout.
+    rolled_back = {"pool": POOL, "state": "rolled_back"}
+    wait_until(
+        lambda: REGISTRY.get_sample_value("vdi_pool_rollout_state", rolled_back) == 1,
+        10,
+        "the rollout state gauge",
+    )
 
     good = rollout(client, "v2")
     status = wait_until(lambda: finished(client), DEADLINE_S + 60, "the v2 rollout to finish")

@@ -63,12 +63,14 @@ class PoolCounts:
         return max(wanted, 0)
 
 
-def pool_counts(db: Session, pool: str) -> PoolCounts:
-    holding = (Desktop.pool_name == pool) & Desktop.state.in_(HOLDING_STATES)
+def pool_counts(db: Session, pool: PoolSettings) -> PoolCounts:
+    """What the pool holds. `total` counts every desktop taking a place (canaries too, for `max_size`);
+    `spare` only those a connect could be given now, so a rollout's canaries never stand in for the
+    pool's spares while they are on trial (after promotion they are spares like any other)."""
+    holding = (Desktop.pool_name == pool.name) & Desktop.state.in_(HOLDING_STATES)
+    unassigned = [holding, Desktop.assigned_user.is_(None), *spare_conditions(db, pool)]
     total = db.scalar(select(func.count()).select_from(Desktop).where(holding))
-    spare = db.scalar(
-        select(func.count()).select_from(Desktop).where(holding, Desktop.assigned_user.is_(None))
-    )
+    spare = db.scalar(select(func.count()).select_from(Desktop).where(*unassigned))
     in_use = db.scalar(
         select(func.count(func.distinct(Desktop.id)))
         .select_from(Desktop)
@@ -76,9 +78,7 @@ def pool_counts(db: Session, pool: str) -> PoolCounts:
         .where(holding, DesktopSession.state == "active")
     )
     spare_ready = db.scalar(
-        select(func.count())
-        .select_from(Desktop)
-        .where(holding, Desktop.assigned_user.is_(None), Desktop.ready_at.is_not(None))
+        select(func.count()).select_from(Desktop).where(*unassigned, Desktop.ready_at.is_not(None))
     )
     return PoolCounts(total, spare, in_use, spare_ready)
 
@@ -167,7 +167,7 @@ class PoolManager(PeriodicTask):
         if not await self.db.run(partial(self.size_guard.check, pool=pool)):
             return
         await retire_outdated_spares(self.desktops, self.db, pool)  # after a rollout (broker/rollout.py)
-        counts = await self.db.run(partial(pool_counts, pool=pool.name))
+        counts = await self.db.run(partial(pool_counts, pool=pool))
         publish(pool.name, counts)
         missing = counts.missing(pool)
         try:
@@ -182,7 +182,7 @@ class PoolManager(PeriodicTask):
             for desktop in await self.db.run(partial(booting_spares, pool=pool)):
                 self._watch(pool, desktop)
         if missing:
-            publish(pool.name, await self.db.run(partial(pool_counts, pool=pool.name)))
+            publish(pool.name, await self.db.run(partial(pool_counts, pool=pool)))
 
     # -- readiness of spares ---------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class PoolManager(PeriodicTask):
             log.info(
                 "pool %s: spare %s ready on host %s (%.1f s)", pool.name, name, desktop.host_name, booted
             )
-            publish(pool.name, await self.db.run(partial(pool_counts, pool=pool.name)))
+            publish(pool.name, await self.db.run(partial(pool_counts, pool=pool)))
 
     async def _replace_crashed(self, pool: PoolSettings, desktop: Desktop, panic: str) -> None:
         SPARES_NOT_READY.labels(outcome="crashed").inc()

@@ -336,8 +336,8 @@ _zero_monitor_series()
 
 
 class PoolDesktops(Enum):
-    TOTAL = "total"  # every desktop the pool holds (provisioning or running)
-    SPARE = "spare"  # unassigned, kept for a fast connect (booting or ready)
+    TOTAL = "total"  # every desktop the pool holds (provisioning or running), canaries on trial too
+    SPARE = "spare"  # unassigned and takeable by a connect (booting or ready); never a canary on trial
     SPARE_READY = "spare_ready"  # of those, the ones whose guest has shown it finished booting
     IN_USE = "in_use"  # with an active session
 

@@ -15,6 +15,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Desktop, User, utcnow
 from broker.desktops import take_spare
+from broker.pools import pool_counts
 from hypervisor.libvirt_driver import LibvirtDriver
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
@@ -136,5 +137,33 @@ def test_a_connect_takes_a_ready_spare_before_an_older_booting_one_and_never_a_c
         assert (first.domain_name, first.assigned_user) == ("vdi-moef-office-spare-ready", "choijw")
         assert (second.domain_name, second.assigned_user) == ("vdi-moef-office-spare-booting", "jungdh")
         assert third is None
+    finally:
+        db.close()
+
+
+def test_canaries_on_trial_take_places_but_never_stand_in_for_spares(tmp_path):
+    config = make_broker_config(
+        tmp_path / "broker.db",
+        pools=[{"name": POOL, "display_name": "기획재정부", "groups": ["moef"], "spares": 2, "max_size": 4}],
+    )
+    upgrade(config.database.url)
+    db = Database(config.database)
+    try:
+        asyncio.run(prepare_database(db, config))
+        with db.transaction() as session:
+            for name, ready in (
+                ("vdi-moef-office-canary-r1-abcdef", utcnow()),
+                ("vdi-moef-office-canary-r1-012345", utcnow()),
+                ("vdi-moef-office-spare-ready", utcnow()),
+            ):
+                session.add(
+                    Desktop(pool_name=POOL, domain_name=name, image="demo:1", state="running", ready_at=ready)
+                )
+        pool = config.pools[0]
+        with db.transaction() as session:
+            counts = pool_counts(session, pool)
+        assert (counts.total, counts.spare, counts.spare_ready) == (3, 1, 1)
+        # One more spare to keep two takeable; max_size still counts the canaries' places.
+        assert counts.missing(pool) == 1
     finally:
         db.close()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,7 +25,6 @@ from broker.apihandlers import images as images_api
 from broker.apihandlers import sessions as sessions_api
 from broker.apihandlers.base import APINotFoundHandler
 from broker.auth import PortalAuth
-from broker.config import BrokerSettings
 from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Pool
@@ -40,6 +38,7 @@ from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
 from broker.power import PowerManager
 from broker.rollout import RolloutManager
+from broker.tls import BrokerHTTPServer, tls_context
 from broker.web import PageNotFoundHandler, log_request
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
@@ -187,19 +186,6 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
-def tls_context(settings: BrokerSettings) -> ssl.SSLContext | None:
-    """HTTPS for the portal; with a client CA, a client certificate is asked for but not required, so
-    password and certificate users share the port (the application decides, sso/cert_auth.py)."""
-    if settings.tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls_cert, settings.tls_key)
-    if settings.tls_client_ca is not None:
-        context.load_verify_locations(cafile=settings.tls_client_ca)
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
-
-
 def certificate_authenticator(config: Config, directory) -> CertificateAuthenticator | None:
     if not config.certificate.enabled:
         return None
@@ -224,7 +210,8 @@ async def serve(config: Config) -> None:
     tls = tls_context(config.broker)
     # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads it
     # only from broker.trusted_proxies (broker/client_address.py).
-    server = app.listen(config.broker.port, config.broker.listen_address, ssl_options=tls)
+    server = BrokerHTTPServer(app, ssl_options=tls, portal_auth=app.settings["portal_auth"])
+    server.listen(config.broker.port, config.broker.listen_address)
     scheme = "https" if tls else "http"
     log.info("broker listening on %s://%s:%d", scheme, config.broker.listen_address, config.broker.port)
     monitor = HostMonitor(config.monitor, db, drivers)
@@ -235,6 +222,7 @@ async def serve(config: Config) -> None:
         server.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_S)
+        await server.drain_audits()
     finally:
         await monitor.stop()
         await app.settings["pool_manager"].stop()

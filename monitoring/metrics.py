@@ -210,6 +210,8 @@ class CertificateLoginOutcome(Enum):
     REVOCATION_UNAVAILABLE = "revocation_unavailable"
     NO_USER = "no_user"
     DIRECTORY_ERROR = "directory_error"
+    # Refused by OpenSSL during the portal's TLS handshake (broker/tls.py): untrusted, expired, not clientAuth.
+    REFUSED_IN_HANDSHAKE = "refused_in_handshake"
 
 
 class RevocationSource(Enum):

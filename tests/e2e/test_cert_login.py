@@ -3,11 +3,13 @@ over StartTLS holding the user's certificate, the real OCSP responder and CRL se
 
 from __future__ import annotations
 
+import socket
 import ssl
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 from urllib.request import HTTPCookieProcessor, HTTPSHandler, build_opener
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from broker.db import Database
@@ -15,7 +17,7 @@ from broker.db.models import AuditEvent
 from sso.cert_auth import CertificateAuthenticator
 from sso.ldap import LdapAuthenticator
 from tests.fixtures.broker import BrokerClient, UnreachableDriver, _NoRedirect, make_broker_config
-from tests.fixtures.common import free_port
+from tests.fixtures.common import free_port, wait_until
 from vdi.lab.slapd import DEMO_PASSWORD
 
 GENERIC = "Certificate login failed. Use a valid government (GPKI) certificate or sign in with a password."
@@ -232,3 +234,48 @@ def test_password_users_share_the_https_port_without_a_certificate(broker, lab_p
     response = client.login("leesy", DEMO_PASSWORD)
     assert response.status == 200
     assert login_audits(db)[-1][:2] == ("leesy", "success")
+
+
+def handshake(url: str, context: ssl.SSLContext) -> None:
+    """One HTTPS request on a raw TLS socket; the server's refusal of our certificate surfaces as an alert."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")
+        tls.recv(1)
+
+
+def handshake_audits(db: Database) -> list:
+    return [row for row in login_audits(db) if row[2].get("stage") == "tls_handshake"]
+
+
+@pytest.mark.parametrize(
+    ("user", "alert", "reason"),
+    [
+        ("expired", "CERTIFICATE_EXPIRED", "certificate has expired"),
+        ("unknown-ca", "UNKNOWN_CA", "unable to get local issuer certificate"),
+        ("no-client-auth", "UNSUPPORTED_CERTIFICATE", "unsuitable certificate purpose"),
+    ],
+)
+def test_certificates_refused_in_the_tls_handshake_are_audited(broker, lab_pki, user, alert, reason):
+    url, db = broker
+    outcome = {"outcome": "refused_in_handshake"}
+    before = REGISTRY.get_sample_value("vdi_certificate_logins_total", outcome)
+    # A client that does not trust the server's certificate ends the handshake too; that is no login attempt.
+    with pytest.raises(ssl.SSLError):
+        handshake(url, ssl.create_default_context())
+    pki = lab_pki.pki
+    context = ssl.create_default_context(cafile=str(pki.chain_file))
+    context.load_cert_chain(pki.users[user].cert_path, pki.users[user].key_path)
+    with pytest.raises(ssl.SSLError, match=alert):
+        handshake(url, context)
+
+    ((actor, result, detail),) = wait_until(lambda: handshake_audits(db), 10, "the refused handshake's audit")
+    assert (actor, result, detail["method"]) == ("", "failure", "certificate")
+    assert detail["reason"] == f"refused in the TLS handshake: {reason}"
+    assert REGISTRY.get_sample_value("vdi_certificate_logins_total", outcome) == before + 1
+    with db.transaction() as session:
+        (source,) = session.scalars(select(AuditEvent.source_ip).where(AuditEvent.action == "login")).all()
+    assert source == "127.0.0.1"

@@ -193,6 +193,10 @@ def test_a_crashed_desktop_is_lost_at_once_from_the_hosts_lifecycle_event(lab):
     )
     runner = MonitorRunner(slow, drivers)
     try:
+        # The first poll (physical size, asserted below) may otherwise commit after the crash event's update.
+        wait_until(
+            lambda: row(db, Host, "healthy").vcpus is not None, 20, "the first health sample of healthy"
+        )
         os.kill(qemu_pid(domain), signal.SIGKILL)
         wait_until(
             lambda: desktop_by_domain(db, domain).state == "lost", 20, "the crashed desktop marked lost"
@@ -247,6 +251,10 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
     )
     runner = MonitorRunner(slow, drivers)
     try:
+        # The first poll (physical size, asserted below) may otherwise commit after the crash event's update.
+        wait_until(
+            lambda: row(db, Host, "healthy").vcpus is not None, 20, "the first health sample of healthy"
+        )
         os.kill(qemu_pid(domain), signal.SIGKILL)
         wait_until(
             lambda: desktop_by_domain(db, domain).state == "stopped", 20, "the crashed desktop stopped"

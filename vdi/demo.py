@@ -143,6 +143,20 @@ def _stop_everything(config: Config) -> int:
     return 0
 
 
+def _stop_services(processes: list[subprocess.Popen], deadline_s: float = 15.0) -> None:
+    """SIGTERM the broker and gateway this demo started, and reap them (SIGKILL at the deadline)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + deadline_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _wait_exit(pid: int, deadline_s: float = 15.0) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -195,6 +209,7 @@ def run_demo(config: Config, config_path: str) -> int:
         print("stopping the demo ...", flush=True)
         for helper in helpers:
             helper.stop()  # and reaped: a zombie child would look alive to _stop_everything's pid check
+        _stop_services(processes)  # likewise reaped here, not left for _stop_everything to wait out
         _stop_everything(config)
         _pid_file(config, "demo").unlink(missing_ok=True)
     return 0

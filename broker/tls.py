@@ -55,13 +55,13 @@ def refused_certificate(error: BaseException | None) -> ssl.SSLCertVerificationE
 class BrokerHTTPServer(HTTPServer):
     """Tornado's HTTPServer, auditing client certificates refused in the TLS handshake (module docstring)."""
 
-    def initialize(self, *args, portal_auth: PortalAuth | None = None, **kwargs) -> None:  # type: ignore[override]
+    def initialize(self, *args, portal_auth: PortalAuth, **kwargs) -> None:  # type: ignore[override]
         super().initialize(*args, **kwargs)
         self.portal_auth = portal_auth
         self._audits: set[asyncio.Task] = set()
 
     def handle_stream(self, stream: IOStream, address: tuple) -> None:
-        if self.portal_auth is not None and isinstance(stream, SSLIOStream):
+        if isinstance(stream, SSLIOStream):
             # The HTTP connection below drives the handshake; this only learns how it ended.
             stream.wait_for_handshake().add_done_callback(partial(self._handshake_done, address=address))
         super().handle_stream(stream, address)
@@ -78,7 +78,6 @@ class BrokerHTTPServer(HTTPServer):
         task.add_done_callback(self._audits.discard)
 
     async def _audit(self, client_ip: str, refused: ssl.SSLCertVerificationError) -> None:
-        assert self.portal_auth is not None
         CERTIFICATE_LOGINS.labels(outcome=CertificateLoginOutcome.REFUSED_IN_HANDSHAKE.value).inc()
         reason = f"refused in the TLS handshake: {refused.verify_message}"
         detail = {"stage": HANDSHAKE_STAGE, "verify_code": refused.verify_code}

@@ -193,15 +193,20 @@ def canary_owner(rollout_id: int) -> str:
 
 
 def spare_conditions(db: Session, pool: PoolSettings) -> list:
-    """Which unassigned desktops a user may be given (broker/rollout.py): never a canary of a rollout
-    that is not promoted, and after a promotion only desktops of the promoted version."""
+    """The pool's unassigned desktops a user may be given (broker/rollout.py): never a canary of a
+    rollout that is not promoted, and after a promotion only desktops of the promoted version."""
+    spares = [Desktop.pool_name == pool.name, Desktop.assigned_user.is_(None)]
     # Not domain_prefix(pool, "canary-r"), which ends in "-" and so matches no `canary-r<id>-` name.
     canary = Desktop.domain_name.like(domain_prefix(pool.name, "canary").removesuffix("-") + "-r%")
     promoted = promoted_rollout(db, pool)
     if promoted is None:
-        return [~canary]
+        return [*spares, ~canary]
     own_canaries = Desktop.domain_name.like(domain_prefix(pool.name, canary_owner(promoted.id)) + "%")
-    return [~canary | own_canaries, Desktop.image == image_ref(promoted.image_name, promoted.version)]
+    return [
+        *spares,
+        ~canary | own_canaries,
+        Desktop.image == image_ref(promoted.image_name, promoted.version),
+    ]
 
 
 def outdated(db: Session, pool: PoolSettings, desktop: Desktop) -> bool:
@@ -250,8 +255,7 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
     None when there is none left to take."""
     spare = db.scalars(
         select(Desktop)
-        .where(Desktop.pool_name == pool.name, Desktop.assigned_user.is_(None), Desktop.state == "running")
-        .where(*spare_conditions(db, pool))
+        .where(*spare_conditions(db, pool), Desktop.state == "running")
         .order_by(Desktop.ready_at.is_(None), Desktop.id)
     ).first()
     if spare is None:

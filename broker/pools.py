@@ -68,9 +68,9 @@ def pool_counts(db: Session, pool: PoolSettings) -> PoolCounts:
     `spare` only those a connect could be given now, so a rollout's canaries never stand in for the
     pool's spares while they are on trial (after promotion they are spares like any other)."""
     holding = (Desktop.pool_name == pool.name) & Desktop.state.in_(HOLDING_STATES)
-    unassigned = [holding, Desktop.assigned_user.is_(None), *spare_conditions(db, pool)]
+    takeable = [holding, *spare_conditions(db, pool)]
     total = db.scalar(select(func.count()).select_from(Desktop).where(holding))
-    spare = db.scalar(select(func.count()).select_from(Desktop).where(*unassigned))
+    spare = db.scalar(select(func.count()).select_from(Desktop).where(*takeable))
     in_use = db.scalar(
         select(func.count(func.distinct(Desktop.id)))
         .select_from(Desktop)
@@ -78,7 +78,7 @@ def pool_counts(db: Session, pool: PoolSettings) -> PoolCounts:
         .where(holding, DesktopSession.state == "active")
     )
     spare_ready = db.scalar(
-        select(func.count()).select_from(Desktop).where(*unassigned, Desktop.ready_at.is_not(None))
+        select(func.count()).select_from(Desktop).where(*takeable, Desktop.ready_at.is_not(None))
     )
     return PoolCounts(total, spare, in_use, spare_ready)
 
@@ -95,13 +95,7 @@ def booting_spares(db: Session, pool: PoolSettings) -> list[Desktop]:
     return list(
         db.scalars(
             select(Desktop)
-            .where(
-                Desktop.pool_name == pool.name,
-                Desktop.assigned_user.is_(None),
-                Desktop.state == "running",
-                Desktop.ready_at.is_(None),
-            )
-            .where(*spare_conditions(db, pool))
+            .where(*spare_conditions(db, pool), Desktop.state == "running", Desktop.ready_at.is_(None))
             .order_by(Desktop.id)
         ).all()
     )

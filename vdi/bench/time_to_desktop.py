@@ -251,7 +251,7 @@ def wait_for_spare(portal: Portal, pool: str, deadline_s: float = 300) -> None:
     deadline = time.monotonic() + deadline_s
     while (portal.metric("vdi_pool_desktops", {"pool": pool, "use": "spare_ready"}) or 0) < 1:
         if time.monotonic() > deadline:
-            raise BenchError(f"pool {pool} has no running spare after {deadline_s:.0f} s")
+            raise BenchError(f"pool {pool} has no ready spare after {deadline_s:.0f} s")
         time.sleep(0.5)
 
 

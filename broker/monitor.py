@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from broker.background import PeriodicTask
@@ -103,9 +103,26 @@ def _end_sessions(db: Session, desktop: Desktop, reason: str) -> int:
     return len(sessions)
 
 
-def _mark_lost(db: Session, desktop: Desktop, reason: str) -> int:
-    """Mark the desktop lost and end its sessions; return how many sessions ended."""
-    desktop.state, desktop.error = "lost", reason
+def _transition(db: Session, desktop: Desktop, states: tuple[str, ...], **values: Any) -> bool:
+    """Set `values` on the desktop only while its row is still in one of `states`; False if it is not.
+
+    The monitor decides from what it read a moment ago (and from what the host said before that), while
+    a logoff, a power action or another broker may change the same row in between. A plain write would
+    put back a state that is no longer true, e.g. a logged-off desktop marked lost again, so the write
+    is conditional in SQL and the last committed state decides.
+    """
+    changed = db.execute(
+        update(Desktop).where(Desktop.id == desktop.id, Desktop.state.in_(states)).values(**values)
+    ).rowcount
+    return bool(changed)
+
+
+def _mark_lost(
+    db: Session, desktop: Desktop, reason: str, states: tuple[str, ...] = LIVE_STATES
+) -> int | None:
+    """Mark the desktop lost and end its sessions; how many sessions ended, None if its state moved on."""
+    if not _transition(db, desktop, states, state="lost", error=reason):
+        return None
     db.add(_audit("desktop_lost", "failure", desktop.pool_name, desktop=desktop.domain_name, reason=reason))
     return _end_sessions(db, desktop, reason)
 
@@ -126,10 +143,14 @@ def record_down(db: Session, name: str, silent_s: float) -> DownResult | None:
         return None
     result = DownResult()
     host.state = "down"
-    desktops = db.scalars(select(Desktop).where(Desktop.host_name == name, Desktop.state.in_(LIVE_STATES)))
+    desktops = db.scalars(
+        select(Desktop).where(Desktop.host_name == name, Desktop.state.in_(LIVE_STATES))
+    ).all()
     for desktop in desktops:
-        result.sessions_ended += _mark_lost(db, desktop, HOST_DOWN_REASON)
-        result.desktops.append(desktop.domain_name)
+        ended = _mark_lost(db, desktop, HOST_DOWN_REASON)
+        if ended is not None:
+            result.sessions_ended += ended
+            result.desktops.append(desktop.domain_name)
     db.add(_audit("host_down", "failure", name, silent_s=round(silent_s, 1), desktops=result.desktops))
     update_host_gauges(db)
     return result
@@ -149,12 +170,18 @@ def record_crash(db: Session, host: str, domain: str, detail: str) -> tuple[str,
     ).first()
     if desktop is None:
         return None
-    db.add(_audit("desktop_crashed", "failure", host, desktop=domain, detail=detail))
     pool = db.get(Pool, desktop.pool_name)
     if pool is not None and pool.kind == "dedicated":
-        desktop.state, desktop.error = "stopped", CRASHED_REASON
-        return desktop.state, _end_sessions(db, desktop, CRASHED_REASON)
-    return "lost", _mark_lost(db, desktop, CRASHED_REASON)
+        if not _transition(db, desktop, LIVE_STATES, state="stopped", error=CRASHED_REASON):
+            return None
+        outcome = "stopped", _end_sessions(db, desktop, CRASHED_REASON)
+    else:
+        ended = _mark_lost(db, desktop, CRASHED_REASON)
+        if ended is None:
+            return None
+        outcome = "lost", ended
+    db.add(_audit("desktop_crashed", "failure", host, desktop=domain, detail=detail))
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -184,20 +211,29 @@ def plan_reconcile(db: Session, name: str, domains: list[str]) -> ReconcilePlan:
     )
 
 
-def mark_missing_lost(db: Session, desktop_ids: list[int]) -> int:
-    """Desktops whose domain vanished; rows that changed state meanwhile are left alone."""
-    ended = 0
-    for desktop in db.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids), Desktop.state == "running")):
-        ended += _mark_lost(db, desktop, "domain_missing")
+def mark_missing_lost(db: Session, desktop_ids: list[int]) -> tuple[int, int]:
+    """Desktops whose domain vanished: how many were marked lost and how many sessions ended.
+
+    Rows that changed state since the plan was made (a logoff that destroyed the domain itself, say)
+    are left alone.
+    """
+    marked = ended = 0
+    candidates = db.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids), Desktop.state == "running"))
+    for desktop in candidates.all():
+        sessions = _mark_lost(db, desktop, "domain_missing", states=("running",))
+        if sessions is None:
+            continue
+        marked, ended = marked + 1, ended + sessions
         RECONCILE_FIXES.labels(fix=ReconcileFix.LOST.value).inc()
-    return ended
+    return marked, ended
 
 
 def adopt_running(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> bool:
     desktop = db.get(Desktop, desktop_id)
-    if desktop is None or desktop.state != "provisioning":
+    if desktop is None or not _transition(
+        db, desktop, ("provisioning",), state="running", vnc_host=endpoint.host, vnc_port=endpoint.port
+    ):
         return False
-    desktop.state, desktop.vnc_host, desktop.vnc_port = "running", endpoint.host, endpoint.port
     db.add(_audit("desktop_adopted", "success", desktop.pool_name, desktop=desktop.domain_name))
     return True
 
@@ -350,9 +386,10 @@ class HostMonitor(PeriodicTask):
             return
         plan = await self.db.run(partial(plan_reconcile, name=name, domains=domains))
         if plan.lost:
-            ended = await self.db.run(partial(mark_missing_lost, desktop_ids=plan.lost))
+            marked, ended = await self.db.run(partial(mark_missing_lost, desktop_ids=plan.lost))
             SESSIONS_ACTIVE.dec(ended)
-            log.warning("host %s: %d running desktops have no domain; marked lost", name, len(plan.lost))
+            if marked:
+                log.warning("host %s: %d running desktops have no domain; marked lost", name, marked)
         for desktop_id, domain in plan.adopt:
             await self._adopt(name, desktop_id, domain)
         for domain in plan.orphans:

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from broker.app import prepare_database
 from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop, Host, utcnow
 from broker.db.models import Session as DesktopSession
-from broker.monitor import ADOPT_AFTER_S, HostMonitor
+from broker.desktops import record_logoff
+from broker.monitor import ADOPT_AFTER_S, HostMonitor, mark_missing_lost
 from hypervisor.base import DesktopSpec
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_driver import LibvirtDriver
@@ -337,6 +338,38 @@ def test_reconcile_marks_vanished_desktops_lost_and_adopts_ones_a_dead_broker_le
     assert row(db, DesktopSession, vanished_session).state == "ended"
     assert row(db, Desktop, vanished_id).error == "domain_missing"
     db.close()
+
+
+def test_a_logoff_that_commits_while_reconcile_decides_is_not_undone(broker_config, broker_db):
+    """The race CI once hit: a logoff destroys the domain, reconcile lists the host and reads the desktop as
+    running, the logoff commits "deleted", and only then does reconcile write. Its write must not bring the
+    desktop back as "lost": the user logged off, and their portal would show a lost desktop."""
+    prepare = LoopThread("prepare")
+    prepare.call(prepare_database(broker_db, broker_config))
+    prepare.close()
+    session_id, desktop_id = seed_session(broker_db, "kimmj", "mois-office")
+    logged_off = []
+
+    def logoff_between_read_and_write(conn, cursor, statement, *_args) -> None:
+        if logged_off or not statement.lstrip().upper().startswith("SELECT") or "desktops" not in statement:
+            return
+        logged_off.append(True)  # before the nested transaction, whose own SELECTs come through here too
+        with broker_db.transaction() as other:
+            record_logoff(other, other.get(Desktop, desktop_id), username="kimmj", client_ip="127.0.0.1")
+
+    event.listen(broker_db.engine, "after_cursor_execute", logoff_between_read_and_write)
+    try:
+        with broker_db.transaction() as session:
+            marked, ended = mark_missing_lost(session, [desktop_id])
+    finally:
+        event.remove(broker_db.engine, "after_cursor_execute", logoff_between_read_and_write)
+
+    assert logged_off, "the logoff ran in between"
+    assert (marked, ended) == (0, 0)
+    assert row(broker_db, Desktop, desktop_id).state == "deleted"
+    assert row(broker_db, DesktopSession, session_id).state == "ended"
+    assert audit_actions(broker_db, "desktop_lost") == []
+    assert [e.actor for e in audit_actions(broker_db, "logoff")] == ["kimmj"]
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,14 @@ def overdue_sessions(db: Session, pool: PoolSettings, now: dt.datetime) -> list[
     return [Overdue(session_id, action) for session_id, action in found if action]
 
 
+def still_overdue(db: Session, session_id: str, pool: PoolSettings, now: dt.datetime) -> str | None:
+    """The session's overdue action as of now; None once it has ended or its user has typed since."""
+    session = db.get(DesktopSession, session_id)
+    if session is None or session.state != "active":
+        return None
+    return overdue_action(pool, session, now)
+
+
 class SessionLifecycle(PeriodicTask):
     """One asyncio task on the broker's loop that logs off sessions over their pool's limits."""
 
@@ -76,7 +84,7 @@ class SessionLifecycle(PeriodicTask):
         return await self.enforce_once()
 
     async def enforce_once(self) -> int:
-        """Log off every overdue session now; returns how many were logged off."""
+        """Log off every session over its pool's limits now; returns how many were logged off."""
         count = 0
         for pool in self.config.pools:
             if pool.idle_timeout_s or pool.max_session_s:
@@ -85,10 +93,20 @@ class SessionLifecycle(PeriodicTask):
 
     async def _enforce_pool(self, pool: PoolSettings) -> int:
         overdue = await self.db.run(partial(overdue_sessions, pool=pool, now=utcnow()))
+        logged_off = 0
         for item in overdue:
+            # Logoffs run one after another, each with its hypervisor call, so the pass's first read can
+            # be seconds old by the time a session's turn comes: its user may have typed since.
+            action = await self.db.run(
+                partial(still_overdue, session_id=item.session_id, pool=pool, now=utcnow())
+            )
+            if action is None:
+                continue
             try:
-                await self.desktops.end_session(item.session_id, POLICY_ACTOR, item.action)
+                await self.desktops.end_session(item.session_id, POLICY_ACTOR, action)
             except errors.BrokerError as exc:
                 # A host that cannot be reached keeps the session; the next pass tries again.
-                log.warning("%s of session %s failed: %s", item.action, item.session_id, exc.message)
-        return len(overdue)
+                log.warning("%s of session %s failed: %s", action, item.session_id, exc.message)
+            else:
+                logged_off += 1
+        return logged_off

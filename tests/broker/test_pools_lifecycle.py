@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from broker.app import prepare_database
 from broker.db.models import AuditEvent, Desktop, utcnow
@@ -128,3 +128,32 @@ def test_force_logoff_needs_an_administrator_and_a_known_session(broker_url, bro
     assert admin.login(ADMIN.username).status == 200
     missing = admin.post("/api/v1/admin/sessions/00000000-0000-0000-0000-000000000000/logoff")
     assert (missing.status, missing.json()["error"]["reason"]) == (404, "unknown_session")
+
+
+def test_input_that_arrives_during_a_pass_saves_the_session(broker_config, broker_db, unreachable_drivers):
+    """The pass reads all overdue sessions first, then logs them off one by one. A user who types after
+    that read (the gateway records it in last_input_at) keeps their session."""
+    asyncio.run(prepare_database(broker_db, broker_config))
+    idle, _ = seed_session(broker_db, "kimmj", "mois-office")
+    backdate(broker_db, idle, started_at=120, last_input_at=90)
+    typing, _ = seed_session(broker_db, "guest01", "mois-office")
+    backdate(broker_db, typing, started_at=120, last_input_at=90)
+    typed = []
+
+    def input_after_the_pass_read(conn, cursor, statement, *_args) -> None:
+        if typed or not statement.lstrip().upper().startswith("SELECT") or "JOIN desktops" not in statement:
+            return
+        typed.append(True)
+        backdate(broker_db, typing, last_input_at=0)
+
+    event.listen(broker_db.engine, "after_cursor_execute", input_after_the_pass_read)
+    try:
+        logged_off = enforce(broker_config, broker_db, unreachable_drivers)
+    finally:
+        event.remove(broker_db.engine, "after_cursor_execute", input_after_the_pass_read)
+
+    assert typed, "the input arrived after the pass read the sessions"
+    assert logged_off == 1
+    assert state_of(broker_db, idle) == ("ended", "running")
+    assert state_of(broker_db, typing) == ("active", "running")
+    assert [event.detail["user"] for event in audited(broker_db, "idle_logoff")] == ["kimmj"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from functools import partial
 
 from sqlalchemy import select
@@ -30,12 +29,6 @@ PASS_INTERVAL_S = 15.0
 POLICY_ACTOR = "session-policy"
 
 
-@dataclass(frozen=True)
-class Overdue:
-    session_id: str
-    action: str  # idle_logoff or max_time_logoff
-
-
 def overdue_action(pool: PoolSettings, session: DesktopSession, now: dt.datetime) -> str | None:
     if pool.max_session_s is not None and (now - session.started_at).total_seconds() > pool.max_session_s:
         return "max_time_logoff"
@@ -45,14 +38,14 @@ def overdue_action(pool: PoolSettings, session: DesktopSession, now: dt.datetime
     return None
 
 
-def overdue_sessions(db: Session, pool: PoolSettings, now: dt.datetime) -> list[Overdue]:
+def overdue_sessions(db: Session, pool: PoolSettings, now: dt.datetime) -> list[str]:
+    """The ids of the pool's active sessions over one of its limits."""
     sessions = db.scalars(
         select(DesktopSession)
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)
         .where(Desktop.pool_name == pool.name, DesktopSession.state == "active")
     ).all()
-    found = [(session.id, overdue_action(pool, session, now)) for session in sessions]
-    return [Overdue(session_id, action) for session_id, action in found if action]
+    return [session.id for session in sessions if overdue_action(pool, session, now)]
 
 
 def still_overdue(db: Session, session_id: str, pool: PoolSettings, now: dt.datetime) -> str | None:
@@ -94,19 +87,17 @@ class SessionLifecycle(PeriodicTask):
     async def _enforce_pool(self, pool: PoolSettings) -> int:
         overdue = await self.db.run(partial(overdue_sessions, pool=pool, now=utcnow()))
         logged_off = 0
-        for item in overdue:
+        for session_id in overdue:
             # Logoffs run one after another, each with its hypervisor call, so the pass's first read can
             # be seconds old by the time a session's turn comes: its user may have typed since.
-            action = await self.db.run(
-                partial(still_overdue, session_id=item.session_id, pool=pool, now=utcnow())
-            )
+            action = await self.db.run(partial(still_overdue, session_id=session_id, pool=pool, now=utcnow()))
             if action is None:
                 continue
             try:
-                await self.desktops.end_session(item.session_id, POLICY_ACTOR, action)
+                await self.desktops.end_session(session_id, POLICY_ACTOR, action)
             except errors.BrokerError as exc:
                 # A host that cannot be reached keeps the session; the next pass tries again.
-                log.warning("%s of session %s failed: %s", action, item.session_id, exc.message)
+                log.warning("%s of session %s failed: %s", action, session_id, exc.message)
             else:
                 logged_off += 1
         return logged_off

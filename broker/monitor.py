@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.background import PeriodicTask
 from broker.config import MonitorSettings
-from broker.db import Database
+from broker.db import Database, move_state
 from broker.db.models import AuditEvent, Desktop, Host, Pool, utcnow
 from broker.db.models import Session as DesktopSession
 from broker.inventory import update_host_gauges
@@ -103,25 +103,13 @@ def _end_sessions(db: Session, desktop: Desktop, reason: str) -> int:
     return len(sessions)
 
 
-def _transition(db: Session, desktop: Desktop, states: tuple[str, ...], **values: Any) -> bool:
-    """Set `values` on the desktop only while its row is still in one of `states`; False if it is not.
-
-    The monitor decides from what it read a moment ago (and from what the host said before that), while
-    a logoff, a power action or another broker may change the same row in between. A plain write would
-    put back a state that is no longer true, e.g. a logged-off desktop marked lost again, so the write
-    is conditional in SQL and the last committed state decides.
-    """
-    changed = db.execute(
-        update(Desktop).where(Desktop.id == desktop.id, Desktop.state.in_(states)).values(**values)
-    ).rowcount
-    return bool(changed)
-
-
 def _mark_lost(
     db: Session, desktop: Desktop, reason: str, states: tuple[str, ...] = LIVE_STATES
 ) -> int | None:
     """Mark the desktop lost and end its sessions; how many sessions ended, None if its state moved on."""
-    if not _transition(db, desktop, states, state="lost", error=reason):
+    # Conditional: a logoff may have destroyed the domain itself and recorded "deleted" since the monitor
+    # read the row; writing "lost" over that would show a logged-off user a lost desktop.
+    if not move_state(db, Desktop, desktop.id, states, "lost", error=reason):
         return None
     db.add(_audit("desktop_lost", "failure", desktop.pool_name, desktop=desktop.domain_name, reason=reason))
     return _end_sessions(db, desktop, reason)
@@ -172,7 +160,7 @@ def record_crash(db: Session, host: str, domain: str, detail: str) -> tuple[str,
         return None
     pool = db.get(Pool, desktop.pool_name)
     if pool is not None and pool.kind == "dedicated":
-        if not _transition(db, desktop, LIVE_STATES, state="stopped", error=CRASHED_REASON):
+        if not move_state(db, Desktop, desktop.id, LIVE_STATES, "stopped", error=CRASHED_REASON):
             return None
         outcome = "stopped", _end_sessions(db, desktop, CRASHED_REASON)
     else:
@@ -230,8 +218,8 @@ def mark_missing_lost(db: Session, desktop_ids: list[int]) -> tuple[int, int]:
 
 def adopt_running(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> bool:
     desktop = db.get(Desktop, desktop_id)
-    if desktop is None or not _transition(
-        db, desktop, ("provisioning",), state="running", vnc_host=endpoint.host, vnc_port=endpoint.port
+    if desktop is None or not move_state(
+        db, Desktop, desktop_id, ("provisioning",), "running", vnc_host=endpoint.host, vnc_port=endpoint.port
     ):
         return False
     db.add(_audit("desktop_adopted", "success", desktop.pool_name, desktop=desktop.domain_name))

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker.background import PeriodicTask
 from broker.config import PoolSettings
-from broker.db import Database
+from broker.db import Database, move_state
 from broker.db.models import AuditEvent, Desktop, Host, Rollout, utcnow
 from broker.db.models import Session as DesktopSession
 from broker.desktops import DesktopService, DesktopView, canary_owner, domain_prefix
@@ -276,8 +276,7 @@ def newest_states(db: Session) -> dict[str, str]:
 
 def transition(db: Session, rollout_id: int, from_states: tuple[str, ...], to: str, **values: Any) -> bool:
     """Move the rollout on only if it is still in one of `from_states`: several brokers may look at it."""
-    query = update(Rollout).where(Rollout.id == rollout_id, Rollout.state.in_(from_states))
-    return bool(db.execute(query.values(state=to, **values)).rowcount)
+    return move_state(db, Rollout, rollout_id, from_states, to, **values)
 
 
 def add_canary(db: Session, rollout_id: int, name: str) -> None:

@@ -6,15 +6,28 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db.config import DatabaseSettings
 
 T = TypeVar("T")
+
+
+def move_state(
+    db: Session, model: type, key: Any, from_states: tuple[str, ...], to: str, **values: Any
+) -> bool:
+    """Set the row's `state` (and `values`) only while it is still in one of `from_states`; False if not.
+
+    A conditional write, not a read followed by a write: a background task decides from what it read a
+    moment ago, and another request or another broker may have changed the row since. The last committed
+    state decides, in SQLite and in PostgreSQL at READ COMMITTED alike.
+    """
+    query = update(model).where(model.id == key, model.state.in_(from_states))
+    return bool(db.execute(query.values(state=to, **values)).rowcount)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

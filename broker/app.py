@@ -1,4 +1,10 @@
-"""The broker process: the Tornado application, its routes, and a clean start and stop."""
+"""The broker process as one object: build its parts, start them, stop them (JupyterHub's app shape).
+
+`BrokerApp(...)` only builds: services, background tasks and the web application, no task running and
+no socket open. `start()` starts the background tasks the configuration gives work to and the host
+monitor; `listen()` opens the portal's port; `stop()` undoes both in order and closes what the app made.
+`serve()` is `vdi broker`: build, listen, start, wait for SIGTERM or SIGINT, stop.
+"""
 
 from __future__ import annotations
 
@@ -6,93 +12,39 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import tornado.web
 from sqlalchemy.orm import Session
+from tornado.netutil import bind_sockets
 
-from broker.apihandlers import admin_desktops as admin_desktops_api
-from broker.apihandlers import admin_pools as admin_pools_api
-from broker.apihandlers import admin_sessions as admin_sessions_api
-from broker.apihandlers import auth as auth_api
-from broker.apihandlers import cert_login as cert_login_api
-from broker.apihandlers import desktops as desktops_api
-from broker.apihandlers import health as health_api
-from broker.apihandlers import hosts as hosts_api
-from broker.apihandlers import images as images_api
-from broker.apihandlers import sessions as sessions_api
-from broker.apihandlers.base import APINotFoundHandler
 from broker.auth import PortalAuth
+from broker.background import PeriodicTask
+from broker.config import BrokerConfig
 from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
-from broker.handlers import cert_login, login, pages, static
 from broker.inventory import host_settings, seed_from_config, update_host_gauges
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
 from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
-from broker.power import PowerManager
+from broker.power_manager import PowerManager
 from broker.rollout import RolloutManager
-from broker.tls import BrokerHTTPServer, tls_context
-from broker.web import PageNotFoundHandler, log_request
+from broker.settings_file import ConfigError
+from broker.web.app import make_app
+from broker.web.tls import BrokerHTTPServer, tls_context
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
 from monitoring.metrics import SESSIONS_ACTIVE
 from sso.base import Authenticator
 from sso.cert_auth import CertificateAuthenticator
-from vdi.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).resolve().parent
-TEMPLATES = HERE / "templates"
-STATIC = HERE / "static"
 SHUTDOWN_GRACE_S = 10.0
-ROUTE_MODULES = (
-    pages,
-    login,
-    static,
-    health_api,
-    auth_api,
-    desktops_api,
-    sessions_api,
-    admin_sessions_api,
-    admin_desktops_api,
-    admin_pools_api,
-    hosts_api,
-    images_api,
-    cert_login,
-    cert_login_api,
-)
-
-
-def routes() -> list[tuple]:
-    handlers = [route for module in ROUTE_MODULES for route in module.default_handlers]
-    # Unknown /api/ paths answer in JSON; every other unknown path gets the HTML 404 page.
-    handlers.append((r"/api/.*", APINotFoundHandler))
-    return handlers
-
-
-def content_security_policy(gateway_url: str) -> str:
-    """Scripts and styles only from the broker; WebSockets only to the broker and the gateway."""
-    gateway = urlsplit(gateway_url)
-    return "; ".join(
-        [
-            "default-src 'self'",
-            f"connect-src 'self' {gateway.scheme}://{gateway.netloc}",
-            # noVNC draws the remote cursor as a data: URL image.
-            "img-src 'self' data: blob:",
-            "object-src 'none'",
-            "base-uri 'none'",
-            "form-action 'self'",
-            "frame-ancestors 'none'",
-        ]
-    )
 
 
 def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
@@ -102,65 +54,128 @@ def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
     return {host.name: driver_for(host) for host in hosts}
 
 
-def make_app(
-    config: Config,
-    db: Database,
-    authenticator: Authenticator,
-    drivers: dict[str, Driver] | None = None,
-    *,
-    image_resolver: ImageResolver | None = None,
-    placement: PlacementEngine | None = None,
-    certificate_auth: CertificateAuthenticator | None = None,
-) -> tornado.web.Application:
-    """The broker application; `drivers` defaults to one per configured host."""
-    if drivers is None:
-        drivers = drivers_for(config.hosts)
-    desktops = DesktopService(
-        config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
-    )
-    pool_manager = PoolManager(config, db, desktops)
-    if any(pool.spares or pool.min_size for pool in config.pools):
-        pool_manager.start()  # on the caller's running loop; docs/pools.md
-    lifecycle = SessionLifecycle(config, db, desktops)
-    if lifecycle.wanted:
-        lifecycle.start()
-    power_manager = PowerManager(config, db, desktops)
-    if power_manager.wanted:
-        power_manager.start()  # docs/pools.md, "Power policy"
-    rollout_manager = RolloutManager(config, db, desktops)
-    rollout_manager.start()  # picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout")
-    settings = {
-        "config": config,
-        "db": db,
-        "portal_auth": PortalAuth(
+class BrokerApp:
+    """The services, background tasks and web application of one broker process."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        db: Database,
+        authenticator: Authenticator,
+        drivers: dict[str, Driver],
+        *,
+        image_resolver: ImageResolver | None = None,
+        placement: PlacementEngine | None = None,
+        certificate_auth: CertificateAuthenticator | None = None,
+        monitor: bool = True,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.drivers = drivers
+        self.desktops = DesktopService(
+            config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
+        )
+        self.portal_auth = PortalAuth(
             db,
             authenticator,
             config.broker.session_lifetime_s,
             lockout=config.lockout,
             totp=config.totp,
             totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
-        ),
-        "desktops": desktops,
-        "pool_manager": pool_manager,
-        "session_lifecycle": lifecycle,
-        "power_manager": power_manager,
-        "rollout_manager": rollout_manager,
-        # None unless [certificate] is enabled; the certificate login routes then answer 404.
-        "certificate_auth": certificate_auth,
-        "cookie_secret": config.broker.cookie_secret.get_secret_value(),
-        "xsrf_cookies": True,
-        "xsrf_cookie_kwargs": {"samesite": "Lax"},
-        "login_url": "/login",
-        "template_path": str(TEMPLATES),
-        "static_path": str(STATIC),
-        "log_function": log_request,
-        "default_handler_class": PageNotFoundHandler,
-        "content_security_policy": content_security_policy(config.broker.gateway_url),
-    }
-    return tornado.web.Application(routes(), **settings)
+        )
+        self.pool_manager = PoolManager(config, db, self.desktops)  # docs/pools.md
+        self.session_lifecycle = SessionLifecycle(config, db, self.desktops)
+        self.power_manager = PowerManager(config, db, self.desktops)  # docs/pools.md, "Power policy"
+        # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
+        self.rollout_manager = RolloutManager(config, db, self.desktops)
+        # Its first pass reconciles every host that answers (docs/monitoring.md).
+        self.monitor = HostMonitor(config.monitor, db, drivers) if monitor else None
+        self.web = make_app(
+            config,
+            {
+                "db": db,
+                "portal_auth": self.portal_auth,
+                "desktops": self.desktops,
+                "pool_manager": self.pool_manager,
+                "session_lifecycle": self.session_lifecycle,
+                "power_manager": self.power_manager,
+                "rollout_manager": self.rollout_manager,
+                # None unless [certificate] is enabled; the certificate login routes then answer 404.
+                "certificate_auth": certificate_auth,
+            },
+        )
+        self.server: BrokerHTTPServer | None = None
+        self._running: list[PeriodicTask] = []
+        # What `build` made for this app and `stop` closes, last made first.
+        self._closers: list[Callable[[], None]] = []
+
+    @classmethod
+    async def build(cls, config: BrokerConfig) -> BrokerApp:
+        """Everything `vdi broker` needs from the configuration: database, drivers, login methods."""
+        from sso.ldap import LdapAuthenticator
+
+        db = Database(config.database)
+        try:
+            # Before anything is recorded: a pool naming a version the catalog lacks stops the start.
+            await db.run(partial(check_pool_images, pools=config.pools))
+        except PoolSettingsError as exc:
+            db.close()
+            raise ConfigError(exc.message) from None
+        await prepare_database(db, config)
+        drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
+        authenticator = LdapAuthenticator(config.ldap)
+        certificate_auth = (
+            CertificateAuthenticator.from_settings(config.certificate, authenticator)
+            if config.certificate.enabled
+            else None
+        )
+        app = cls(config, db, authenticator, drivers, certificate_auth=certificate_auth)
+        app._closers = [db.close, *(driver.close for driver in drivers.values()), authenticator.close]
+        if certificate_auth is not None:
+            app._closers.append(certificate_auth.close)
+        return app
+
+    def listen(self, port: int, address: str) -> int:
+        """Serve the portal (HTTPS when the config names a certificate); returns the bound port."""
+        # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads
+        # it only from broker.trusted_proxies (broker/web/client_address.py).
+        self.server = BrokerHTTPServer(
+            self.web, ssl_options=tls_context(self.config.broker), portal_auth=self.portal_auth
+        )
+        sockets = bind_sockets(port, address)
+        self.server.add_sockets(sockets)
+        return sockets[0].getsockname()[1]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.broker.tls_cert else "http"
+
+    async def start(self) -> None:
+        """Start the background tasks that have work in this configuration, then the host monitor."""
+        tasks = [self.pool_manager, self.session_lifecycle, self.power_manager, self.rollout_manager]
+        self._running = [task for task in tasks if task.wanted]
+        if self.monitor is not None:
+            self._running.append(self.monitor)
+        for task in self._running:
+            task.start()
+
+    async def stop(self) -> None:
+        """No new connections, open ones closed (or cut after a grace), tasks stopped, resources closed."""
+        if self.server is not None:
+            self.server.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.close_all_connections(), SHUTDOWN_GRACE_S)
+            await self.server.drain_audits()
+        for task in reversed(self._running):
+            await task.stop()
+        self._running = []
+        self.desktops.close()
+        for close in reversed(self._closers):
+            close()
+        self._closers = []
 
 
-def sync_inventory(db: Session, config: Config) -> None:
+def sync_inventory(db: Session, config: BrokerConfig) -> None:
     """Upsert the configured pools and hosts; hosts keep their state and claim generation."""
     for pool in config.pools:
         row = db.get(Pool, pool.name) or Pool(name=pool.name)
@@ -171,7 +186,7 @@ def sync_inventory(db: Session, config: Config) -> None:
     seed_from_config(db, config.hosts)
 
 
-async def prepare_database(db: Database, config: Config) -> None:
+async def prepare_database(db: Database, config: BrokerConfig) -> None:
     await db.run(partial(sync_inventory, config=config))
     await db.run(update_host_gauges)
     # The gauge restarts at zero with the process; the database knows the real number.
@@ -186,60 +201,22 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
-def certificate_authenticator(config: Config, directory) -> CertificateAuthenticator | None:
-    if not config.certificate.enabled:
-        return None
-    return CertificateAuthenticator.from_settings(config.certificate, directory)
-
-
-async def serve(config: Config) -> None:
-    from sso.ldap import LdapAuthenticator
-
-    db = Database(config.database)
+async def serve(config: BrokerConfig) -> None:
+    app = await BrokerApp.build(config)
     try:
-        # Before anything is recorded: a pool naming a version the catalog lacks stops the start.
-        await db.run(partial(check_pool_images, pools=config.pools))
-    except PoolSettingsError as exc:
-        db.close()
-        raise ConfigError(exc.message) from None
-    await prepare_database(db, config)
-    drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
-    authenticator = LdapAuthenticator(config.ldap)
-    certificate_auth = certificate_authenticator(config, authenticator)
-    app = make_app(config, db, authenticator, drivers, certificate_auth=certificate_auth)
-    tls = tls_context(config.broker)
-    # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads it
-    # only from broker.trusted_proxies (broker/client_address.py).
-    server = BrokerHTTPServer(app, ssl_options=tls, portal_auth=app.settings["portal_auth"])
-    server.listen(config.broker.port, config.broker.listen_address)
-    scheme = "https" if tls else "http"
-    log.info("broker listening on %s://%s:%d", scheme, config.broker.listen_address, config.broker.port)
-    monitor = HostMonitor(config.monitor, db, drivers)
-    monitor.start()  # its first pass reconciles every host that answers (docs/monitoring.md)
-    try:
+        app.listen(config.broker.port, config.broker.listen_address)
+        log.info(
+            "broker listening on %s://%s:%d", app.scheme, config.broker.listen_address, config.broker.port
+        )
+        await app.start()
         await wait_for_stop_signal()
         log.info("stopping: no new connections, closing open ones")
-        server.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.close_all_connections(), SHUTDOWN_GRACE_S)
-        await server.drain_audits()
     finally:
-        await monitor.stop()
-        await app.settings["pool_manager"].stop()
-        await app.settings["session_lifecycle"].stop()
-        await app.settings["power_manager"].stop()
-        await app.settings["rollout_manager"].stop()
-        app.settings["desktops"].close()
-        authenticator.close()
-        if certificate_auth is not None:
-            certificate_auth.close()
-        for driver in drivers.values():
-            driver.close()
-        db.close()
+        await app.stop()
     log.info("broker stopped")
 
 
-def run(config: Config) -> None:
+def run(config: BrokerConfig) -> None:
     """`vdi broker`: migrate the schema, then serve until SIGTERM or SIGINT."""
     upgrade(config.database.url)
     asyncio.run(serve(config))

@@ -22,7 +22,7 @@ from broker import errors
 from broker import login_security as guard
 from broker.db import Database
 from broker.db.models import AuditEvent, PortalSession, User, utcnow
-from broker.revocation import Revoked, revoke_user_sessions
+from broker.signout import SignedOut, sign_out_everywhere
 from monitoring.metrics import (
     LOCKOUTS,
     LOGINS,
@@ -31,7 +31,7 @@ from monitoring.metrics import (
     TOTP_RESETS,
     TOTP_VERIFICATIONS,
     LoginResult,
-    RevocationCause,
+    SignOutCause,
     TotpResult,
 )
 from sso.base import Authenticator, AuthError, Identity
@@ -429,12 +429,14 @@ class PortalAuth:
         """Single sign-out: this session, then every other session of the user and their consoles."""
         username = await self.logout(session_id, client_ip)
         if username:
-            await self.revoke_user(username, username, RevocationCause.LOGOUT, client_ip)
+            await self.sign_out_user(username, username, SignOutCause.LOGOUT, client_ip)
 
-    async def revoke_user(self, username: str, actor: str, cause: RevocationCause, client_ip: str) -> Revoked:
+    async def sign_out_user(
+        self, username: str, actor: str, cause: SignOutCause, client_ip: str
+    ) -> SignedOut:
         revoked = await self.db.run(
             partial(
-                revoke_user_sessions, username=username, actor=actor, cause=cause.value, client_ip=client_ip
+                sign_out_everywhere, username=username, actor=actor, cause=cause.value, client_ip=client_ip
             )
         )
         SESSIONS_REVOKED.labels(cause=cause.value).inc(revoked.portal_sessions + revoked.desktop_sessions)

@@ -28,6 +28,11 @@ class PeriodicTask(ABC):
     async def run_once(self) -> object:
         """One pass over the current state."""
 
+    @property
+    def wanted(self) -> bool:
+        """Whether the configuration gives this task anything to do; the broker starts only those."""
+        return True
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 

@@ -1,4 +1,8 @@
-"""Settings of the broker web application and of desktop pools."""
+"""Settings of the broker: its web application, desktop pools, and the whole of what a broker reads.
+
+`BrokerConfig` holds every section the broker uses and nothing else (no gateway or lab settings);
+`vdi/config.py` composes it with the other processes' sections into the configuration file.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
+
+from broker.db.config import DatabaseSettings
+from broker.placement.config import PlacementSettings
+from hypervisor.config import HostSettings
+from images.config import ImageSettings
+from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
 class BrokerSettings(BaseModel):
@@ -136,3 +146,34 @@ class MonitorSettings(BaseModel):
         if self.down_after_s < self.poll_interval_s:
             raise ValueError("down_after_s: must be at least poll_interval_s")
         return self
+
+
+class BrokerConfig(BaseModel):
+    """Every section a broker reads; built by `vdi/config.py` from the configuration file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings
+    ldap: LdapSettings
+    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    totp: TotpSettings = Field(default_factory=TotpSettings)
+    certificate: CertificateSettings = Field(default_factory=CertificateSettings)
+    hosts: list[HostSettings] = Field(min_length=1)
+    pools: list[PoolSettings] = Field(default_factory=list)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> BrokerConfig:
+        for section, items in (("hosts", self.hosts), ("pools", self.pools)):
+            seen: set[str] = set()
+            for index, item in enumerate(items):
+                if item.name in seen:
+                    raise ValueError(f"{section}[{index}].name: duplicate name {item.name!r}")
+                seen.add(item.name)
+        return self
+
+    def pool(self, name: str) -> PoolSettings | None:
+        return next((p for p in self.pools if p.name == name), None)

@@ -28,10 +28,9 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.auth import PortalUser
-from broker.config import PoolSettings
+from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database
-from broker.db.models import AuditEvent, Desktop, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession, utcnow
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
@@ -62,7 +61,6 @@ from monitoring.metrics import (
     ConnectResult,
     PowerAction,
 )
-from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +153,7 @@ class ConsoleGrant:
 
 
 def _demo_boot_image(settings: ImageSettings) -> BootImage:
-    return find_demo_image(settings).boot_image()
+    return BootImage.of(find_demo_image(settings))
 
 
 # Pool `image` names the broker knows how to boot; a new golden image adds one entry here.
@@ -455,7 +453,7 @@ class DesktopService:
 
     def __init__(
         self,
-        config: Config,
+        config: BrokerConfig,
         db: Database,
         drivers: dict[str, Driver],
         placement: PlacementEngine | None = None,
@@ -893,7 +891,7 @@ class DesktopService:
 # -- housekeeping ---------------------------------------------------------------------------------
 
 
-def remove_all_desktops(config: Config) -> int:
+def remove_all_desktops(config: BrokerConfig) -> int:
     """Destroy every desktop the database knows of and end its sessions (used when a demo stops).
 
     Blocking; for command-line use, never on the event loop.

@@ -7,6 +7,8 @@ stack traces, and `params` only hold values already safe to show (host and pool 
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class BrokerError(Exception):
     status = 500
@@ -40,6 +42,13 @@ class InvalidJson(BadRequest):
 
 class InvalidField(BadRequest):
     reason = "invalid_field"
+
+
+def invalid_field(exc: ValidationError) -> InvalidField:
+    """The first problem of a validated input as a 400 that names the field, e.g. `password: Field required`."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    return InvalidField(f"{field or 'body'}: {first['msg']}", field=field)
 
 
 class NotAuthenticated(BrokerError):

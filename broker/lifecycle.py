@@ -16,12 +16,10 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.background import PeriodicTask
-from broker.config import PoolSettings
+from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database
-from broker.db.models import Desktop, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import Desktop, DesktopSession, utcnow
 from broker.desktops import DesktopService
-from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,11 @@ class SessionLifecycle(PeriodicTask):
     name = "session-lifecycle"
 
     def __init__(
-        self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
+        self,
+        config: BrokerConfig,
+        db: Database,
+        desktops: DesktopService,
+        interval_s: float = PASS_INTERVAL_S,
     ) -> None:
         super().__init__(interval_s)
         self.config = config

@@ -33,8 +33,7 @@ from sqlalchemy.orm import Session
 from broker.background import PeriodicTask
 from broker.config import MonitorSettings
 from broker.db import Database, move_state
-from broker.db.models import AuditEvent, Desktop, Host, Pool, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, Pool, utcnow
 from broker.inventory import update_host_gauges
 from hypervisor.base import DisplayEndpoint, DomainEvent, Driver, HostStats, HypervisorError
 from monitoring.metrics import (

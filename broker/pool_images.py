@@ -27,8 +27,8 @@ from broker import errors
 from broker.config import PoolSettings
 from broker.db import Database
 from broker.db.models import Host, ImageVersion, Rollout
+from broker.image_catalog import Catalog, CatalogError
 from hypervisor.base import BootImage
-from images.catalog import Catalog, CatalogError
 from monitoring.metrics import POOL_CAPACITY_SHORTFALL
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def catalog_row(db: Session, pool: PoolSettings, name: str, version: str) -> Ima
 
 def version_boot_image(row: ImageVersion) -> BootImage:
     """The BootImage of a catalog row, its file re-hashed first (blocking: reads the whole file)."""
-    from images.distribution import boot_image
+    from broker.image_distribution import boot_image
 
     try:
         return boot_image(row)

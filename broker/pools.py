@@ -26,10 +26,9 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.background import PeriodicTask
-from broker.config import PoolSettings
+from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database
-from broker.db.models import Desktop, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import Desktop, DesktopSession, utcnow
 from broker.desktops import DesktopService, spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
@@ -40,7 +39,6 @@ from monitoring.metrics import (
     SPARES_NOT_READY,
     PoolDesktops,
 )
-from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,11 @@ class PoolManager(PeriodicTask):
     name = "pool-manager"
 
     def __init__(
-        self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
+        self,
+        config: BrokerConfig,
+        db: Database,
+        desktops: DesktopService,
+        interval_s: float = PASS_INTERVAL_S,
     ) -> None:
         super().__init__(interval_s)
         self.config = config
@@ -131,6 +133,10 @@ class PoolManager(PeriodicTask):
         self._watching: dict[int, asyncio.Task] = {}
         for pool in config.pools:
             publish(pool.name, PoolCounts(0, 0, 0))
+
+    @property
+    def wanted(self) -> bool:
+        return any(pool.spares or pool.min_size for pool in self.config.pools)
 
     async def stop(self) -> None:
         await super().stop()  # first, so no pass starts new watchers

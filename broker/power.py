@@ -16,23 +16,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from broker.background import PeriodicTask
 from broker.config import PoolSettings
-from broker.db import Database
-from broker.db.models import AuditEvent, Desktop, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession
 from hypervisor.base import DisplayEndpoint
 from monitoring.metrics import DESKTOPS_BY_POWER, POWER_ACTION_DURATION, PowerAction, PowerResult, PowerState
-from vdi.config import Config
-
-if TYPE_CHECKING:
-    from broker.desktops import DesktopService
 
 log = logging.getLogger(__name__)
 
@@ -173,47 +165,3 @@ def publish_power(pool: str, counts: dict[PowerState, int]) -> None:
 def observe_power_action(action: PowerAction, ok: bool, seconds: float) -> None:
     result = PowerResult.SUCCESS if ok else PowerResult.ERROR
     POWER_ACTION_DURATION.labels(action=action.value, result=result.value).observe(seconds)
-
-
-# -- the periodic task -----------------------------------------------------------------------------
-
-
-class PowerManager(PeriodicTask):
-    """Applies each dedicated pool's power policy to desktops nobody is logged on to."""
-
-    name = "power-manager"
-
-    def __init__(
-        self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
-    ) -> None:
-        super().__init__(interval_s)
-        self.config = config
-        self.db = db
-        self.desktops = desktops
-        for pool in config.pools:
-            publish_power(pool.name, dict.fromkeys(PowerState, 0))
-
-    @property
-    def wanted(self) -> bool:
-        return any(pool.power_policy != "keep_running" for pool in self.config.pools)
-
-    async def run_once(self) -> int:
-        return await self.apply_once()
-
-    async def apply_once(self) -> int:
-        """Power off every desktop over its pool's delay now; returns how many were powered off."""
-        count = 0
-        for pool in self.config.pools:
-            if pool.power_policy != "keep_running":
-                count += await self._apply_pool(pool)
-            publish_power(pool.name, await self.db.run(partial(power_counts, pool=pool.name)))
-        return count
-
-    async def _apply_pool(self, pool: PoolSettings) -> int:
-        unused = await self.db.run(partial(unused_desktops, pool=pool, now=utcnow()))
-        done = 0
-        for desktop in unused:
-            # One desktop failing (host down) must not keep the others running; the next pass retries it.
-            if await self.desktops.power_off(pool, desktop, POWER_OFF[pool.power_policy]):
-                done += 1
-        return done

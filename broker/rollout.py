@@ -44,14 +44,13 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.background import PeriodicTask
-from broker.config import PoolSettings
+from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database, move_state
-from broker.db.models import AuditEvent, Desktop, Host, Rollout, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, Rollout, utcnow
 from broker.desktops import DesktopService, DesktopView, canary_owner, domain_prefix
+from broker.image_catalog import Catalog, CatalogError
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import BUILT_IN_IMAGES, configured_version, image_ref, promoted_rollout
-from images.catalog import Catalog, CatalogError
 from images.config import ImageSettings
 from monitoring.metrics import (
     CANARY_READY_SECONDS,
@@ -60,7 +59,6 @@ from monitoring.metrics import (
     RolloutResult,
     RolloutState,
 )
-from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +409,11 @@ class RolloutManager(PeriodicTask):
     name = "rollout-manager"
 
     def __init__(
-        self, config: Config, db: Database, desktops: DesktopService, interval_s: float = PASS_INTERVAL_S
+        self,
+        config: BrokerConfig,
+        db: Database,
+        desktops: DesktopService,
+        interval_s: float = PASS_INTERVAL_S,
     ) -> None:
         super().__init__(interval_s)
         self.config = config

@@ -19,11 +19,10 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
 from broker.db import Database
-from gateway.config import GatewaySettings
+from gateway.config import GatewayConfig, GatewaySettings
 from gateway.relay import ConsoleRelay, TunnelRegistry
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
-from vdi.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class MetricsHandler(JsonHandler):
 class GatewayApplication(tornado.web.Application):
     """The Tornado application plus the registry of its open tunnels."""
 
-    def __init__(self, config: Config, db: Database) -> None:
+    def __init__(self, config: GatewayConfig, db: Database) -> None:
         self.tunnels = TunnelRegistry()
         self.session_watch = SessionWatch(self.tunnels, db)
         self.tunnels.on_add = self.session_watch.ensure_started
@@ -113,18 +112,18 @@ class GatewayApplication(tornado.web.Application):
         return self.tunnels.close_session(session_id, reason)
 
 
-def make_app(config: Config, db: Database) -> GatewayApplication:
+def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
     if not config.gateway.allowed_origins:
         log.warning("gateway.allowed_origins is empty: every browser will be refused")
     return GatewayApplication(config, db)
 
 
-def run(config: Config) -> None:
+def run(config: GatewayConfig) -> None:
     """Serve until SIGTERM or SIGINT, then close tunnels and stop listening."""
     asyncio.run(serve(config))
 
 
-async def serve(config: Config) -> None:
+async def serve(config: GatewayConfig) -> None:
     db = Database(config.database)
     app = make_app(config, db)
     server = HTTPServer(app, ssl_options=tls_context(config.gateway))

@@ -1,8 +1,16 @@
-"""Settings of the WebSocket-to-VNC gateway."""
+"""Settings of the WebSocket-to-VNC gateway: its own section and the database's, nothing else.
+
+A gateway's configuration file needs no cookie secret, directory settings or host list: the
+gateway reads only `[gateway]` and `[database]` (other sections, if the file has them, are the
+broker's business and are not looked at here).
+"""
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.db.config import DatabaseSettings
+from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
 
 
 class GatewaySettings(BaseModel):
@@ -45,3 +53,26 @@ class GatewaySettings(BaseModel):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_key: tls_cert and tls_key must be set together")
         return self
+
+
+class GatewayConfig(BaseModel):
+    """What a gateway process reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """The `[gateway]` and `[database]` sections of a configuration file; ConfigError names the key."""
+    path = Path(path)
+    data = read_toml(path)
+    try:
+        config = GatewayConfig.model_validate(
+            {key: data[key] for key in ("gateway", "database") if key in data}
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    config.database.url = resolve_sqlite_url(config.database.url, path.parent.resolve())
+    return config

@@ -27,8 +27,7 @@ from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from broker.db import Database
-from broker.db.models import Session as DesktopSession
-from broker.db.models import utcnow
+from broker.db.models import DesktopSession, utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from gateway.config import GatewaySettings
 from gateway.ssh_channel import SshChannels, SshRouteError

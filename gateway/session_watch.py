@@ -16,8 +16,7 @@ from sqlalchemy.orm import Session
 from tornado.ioloop import PeriodicCallback
 
 from broker.db import Database
-from broker.db.models import Session as DesktopSession
-from broker.db.models import SessionRevocation
+from broker.db.models import ConsoleCutoff, DesktopSession
 from gateway.relay import CLOSE_POLICY_VIOLATION, TunnelRegistry
 from monitoring.metrics import TUNNELS_CLOSED_REVOKED
 
@@ -31,8 +30,8 @@ POLL_INTERVAL_S = 1.0
 def ended_sessions(db: Session, session_ids: list[str]) -> list[tuple[str, bool]]:
     """Of these desktop sessions, the ended ones, and whether a revoke ended them."""
     rows = db.execute(
-        select(DesktopSession.id, SessionRevocation.session_id)
-        .outerjoin(SessionRevocation, SessionRevocation.session_id == DesktopSession.id)
+        select(DesktopSession.id, ConsoleCutoff.session_id)
+        .outerjoin(ConsoleCutoff, ConsoleCutoff.session_id == DesktopSession.id)
         .where(DesktopSession.id.in_(session_ids), DesktopSession.state == "ended")
     ).all()
     return [(session_id, revocation is not None) for session_id, revocation in rows]

@@ -24,7 +24,7 @@ import re
 
 from broker.db import Database
 from broker.db.tokens import TokenRefused, consume_token, mask
-from vdi.config import load_config
+from gateway.config import load_gateway_config
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ConsoleTokens:
         # Read the file now so a wrong path or a bad config stops websockify at start-up,
         # not at the first user's connection.
         self.source = src
-        self.settings = load_config(src).database
+        self.settings = load_gateway_config(src).database
         self._db: Database | None = None
         self._db_pid = 0
         redact_tokens_in_logs()

@@ -52,6 +52,18 @@ class BootImage:
     # The catalog's SHA-256 of `disk`: when set, a driver verifies the uploaded copy on the host against it.
     sha256: str | None = None
 
+    @classmethod
+    def of(cls, files) -> BootImage:
+        """The boot image of anything that names an image's files by these attributes (images.demo.DemoImage)."""
+        return cls(
+            name=files.name,
+            version=files.version,
+            disk=files.disk,
+            kernel=files.kernel,
+            initrd=files.initrd,
+            cmdline=files.cmdline,
+        )
+
 
 @dataclass(frozen=True)
 class DesktopSpec:

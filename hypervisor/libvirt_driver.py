@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from hypervisor import domain_xml
+import hypervisor.domain_xml as domain_xml
 from hypervisor.base import (
     BootImage,
     DesktopNotFound,

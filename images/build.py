@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from images.catalog import NewVersion
-from images.demo import BOOT_DIR, _newest_kernel_version
+from images.boot import BOOT_DIR, newest_kernel_version
+from images.files import NewVersion
 from images.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def build_image(cache_dir: Path, request: BuildRequest, os_name: str | None = No
         provision(root, request, build_log)
         disk = make_disk(root, workdir, request.name, build_log)
         shutil.rmtree(root)
-        kernel_version = _newest_kernel_version()
+        kernel_version = newest_kernel_version()
         build_log.note(f"boot files: kernel {kernel_version} from {BOOT_DIR}")
     except BaseException:
         _keep_failed_log(cache_dir, request, build_log)

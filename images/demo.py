@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypervisor.base import BootImage
-from images import initramfs
+from images import demo_root, initramfs
+from images.boot import BOOT_DIR, MODULES_ROOT, ImageError, newest_kernel_version
 from images.config import ImageSettings
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 NAME = "demo"
 HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "demo_init.sh"
-BOOT_DIR = Path("/boot")
-MODULES_ROOT = Path("/lib/modules")
 BUSYBOX = Path("/bin/busybox")
 # virtio disk and ext4 to mount the desktop's disk; crc32c is what ext4 checksums need, found at mount time
 # through the crypto API rather than as a module dependency.
@@ -47,10 +45,6 @@ KERNEL_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "button"
 CMDLINE = "console=ttyS0 console=tty0 consoleblank=0 quiet"
 FILES = {"kernel": "vmlinuz", "initrd": "initrd.img", "disk": "disk.qcow2", "manifest": "manifest.json"}
 BANNER_TEXT = "SMARTWORK-VDI"
-
-
-class ImageError(Exception):
-    """An image could not be built or found; the message names the file, tool or package involved."""
 
 
 class ImageNotBuilt(ImageError):
@@ -75,15 +69,9 @@ class DemoImage:
     def disk(self) -> Path:
         return self.directory / FILES["disk"]
 
-    def boot_image(self) -> BootImage:
-        return BootImage(
-            name=self.name,
-            version=self.version,
-            disk=self.disk,
-            kernel=self.kernel,
-            initrd=self.initrd,
-            cmdline=CMDLINE,
-        )
+    @property
+    def cmdline(self) -> str:
+        return CMDLINE
 
 
 @dataclass(frozen=True)
@@ -176,34 +164,13 @@ def find_demo_image(settings: ImageSettings) -> DemoImage:
 
 
 def discover_inputs() -> BuildInputs:
-    # Imported here: images.build (which demo_root uses) imports this module.
-    from images import demo_root
-
-    kernel_version = _newest_kernel_version()
+    kernel_version = newest_kernel_version()
     return BuildInputs(
         kernel_version=kernel_version,
         kernel=BOOT_DIR / f"vmlinuz-{kernel_version}",
         busybox_version=_busybox_version(),
         root_digest=demo_root.inputs_digest(),
     )
-
-
-def _newest_kernel_version() -> str:
-    versions = [
-        path.name.removeprefix("vmlinuz-")
-        for path in BOOT_DIR.glob("vmlinuz-*")
-        if (MODULES_ROOT / path.name.removeprefix("vmlinuz-") / "modules.dep").exists()
-    ]
-    if not versions:
-        raise ImageError(
-            f"no kernel with modules in {BOOT_DIR} and {MODULES_ROOT} (install linux-image-amd64)"
-        )
-    return max(versions, key=_version_key)
-
-
-def _version_key(version: str) -> list[tuple[int, str]]:
-    # "6.1.0-56-amd64" sorts after "6.1.0-9-amd64": compare the numeric parts as numbers.
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
 
 
 def _busybox_version() -> str:
@@ -229,8 +196,6 @@ def _is_complete(directory: Path) -> bool:
 
 
 def _build(inputs: BuildInputs, key: str, staging: Path, cache_dir: Path, force: bool) -> None:
-    from images import demo_root
-
     _copy_world_readable(inputs.kernel, staging / FILES["kernel"])
     initrd = staging / FILES["initrd"]
     initrd.write_bytes(_initramfs(inputs, key))
@@ -352,8 +317,6 @@ def _write_manifest(inputs: BuildInputs, key: str, staging: Path) -> None:
 
 def _root_manifest() -> dict[str, str]:
     """How the disk was made, for a person reading the manifest (build.log has every step's output)."""
-    from images import demo_root
-
     return {
         "built_by": "debootstrap + ansible-playbook (smartwork_chroot) + mkfs.ext4",
         "release": demo_root.RELEASE,

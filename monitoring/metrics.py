@@ -156,7 +156,7 @@ class TotpResult(Enum):
     EXPIRED = "expired"
 
 
-class RevocationCause(Enum):
+class SignOutCause(Enum):
     LOGOUT = "logout"
     ADMIN = "admin"
 
@@ -192,7 +192,7 @@ def _zero_login_security_series() -> None:
         LOCKOUTS.labels(kind=kind.value)
     for result in TotpResult:
         TOTP_VERIFICATIONS.labels(result=result.value)
-    for cause in RevocationCause:
+    for cause in SignOutCause:
         SESSIONS_REVOKED.labels(cause=cause.value)
     for reason in ForwardedForIgnored:
         FORWARDED_FOR_IGNORED.labels(reason=reason.value)
@@ -210,7 +210,7 @@ class CertificateLoginOutcome(Enum):
     REVOCATION_UNAVAILABLE = "revocation_unavailable"
     NO_USER = "no_user"
     DIRECTORY_ERROR = "directory_error"
-    # Refused by OpenSSL during the portal's TLS handshake (broker/tls.py): untrusted, expired, not clientAuth.
+    # Refused by OpenSSL during the portal's TLS handshake (broker/web/tls.py): untrusted, expired, not clientAuth.
     REFUSED_IN_HANDSHAKE = "refused_in_handshake"
 
 

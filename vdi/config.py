@@ -1,27 +1,21 @@
 """The configuration file: one TOML document, one typed schema, validated at start.
 
-Each package owns the schema of its own section; this module composes them and turns
-validation failures into messages that name the offending key.
+Each package owns the schema of the sections it reads (`broker.config.BrokerConfig`,
+`gateway.config.GatewayConfig`); this module composes them into the file's schema, adds the
+sections only the command line reads (lab, logging), and hands each process just its part.
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from broker.config import BrokerSettings, MonitorSettings, PoolSettings
-from broker.db.config import DatabaseSettings
-from broker.placement.config import PlacementSettings
-from gateway.config import GatewaySettings
-from hypervisor.config import HostSettings
-from images.config import ImageSettings
-from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
+from broker.config import BrokerConfig
+from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
+from gateway.config import GatewayConfig, GatewaySettings
 
-
-class ConfigError(Exception):
-    """The configuration file is missing, unreadable or invalid; the message names the key."""
+__all__ = ["Config", "ConfigError", "LabSettings", "load_config", "parse_config"]
 
 
 class LabSettings(BaseModel):
@@ -38,50 +32,22 @@ class LoggingSettings(BaseModel):
     level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Config(BrokerConfig):
+    """The whole file: the broker's sections, the gateway's, and the command line's own."""
 
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    broker: BrokerSettings
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    ldap: LdapSettings
-    lockout: LockoutSettings = Field(default_factory=LockoutSettings)
-    totp: TotpSettings = Field(default_factory=TotpSettings)
-    certificate: CertificateSettings = Field(default_factory=CertificateSettings)
-    hosts: list[HostSettings] = Field(min_length=1)
-    pools: list[PoolSettings] = Field(default_factory=list)
-    placement: PlacementSettings = Field(default_factory=PlacementSettings)
-    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
-    images: ImageSettings = Field(default_factory=ImageSettings)
     lab: LabSettings = Field(default_factory=LabSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
-    @model_validator(mode="after")
-    def _names_are_unique(self) -> Config:
-        for section, items in (("hosts", self.hosts), ("pools", self.pools)):
-            seen: set[str] = set()
-            for index, item in enumerate(items):
-                if item.name in seen:
-                    raise ValueError(f"{section}[{index}].name: duplicate name {item.name!r}")
-                seen.add(item.name)
-        return self
+    def broker_config(self) -> BrokerConfig:
+        """The broker's part: no gateway, lab or logging settings."""
+        return BrokerConfig.model_construct(
+            **{name: getattr(self, name) for name in BrokerConfig.model_fields}
+        )
 
-    def pool(self, name: str) -> PoolSettings | None:
-        return next((p for p in self.pools if p.name == name), None)
-
-
-def _key_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors(include_url=False, include_input=False):
-        lines.append(f"{_key_path(item['loc'])}: {item['msg']}")
-    return "; ".join(lines)
+    def gateway_config(self) -> GatewayConfig:
+        """The gateway's part: its own section and the database's."""
+        return GatewayConfig.model_construct(gateway=self.gateway, database=self.database)
 
 
 def parse_config(data: dict, base_dir: Path | None = None) -> Config:
@@ -98,19 +64,9 @@ def _resolve_paths(config: Config, base_dir: Path) -> None:
     # Relative paths in the file mean "next to the file", so a checkout can carry its own demo config.
     config.images.cache_dir = (base_dir / config.images.cache_dir).resolve()
     config.lab.state_dir = (base_dir / config.lab.state_dir).resolve()
-    url = config.database.url
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
-        config.database.url = "sqlite:///" + str((base_dir / url[len("sqlite:///") :]).resolve())
+    config.database.url = resolve_sqlite_url(config.database.url, base_dir)
 
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, base_dir=path.parent.resolve())
+    return parse_config(read_toml(path), base_dir=path.parent.resolve())

@@ -94,6 +94,8 @@ class Host(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     uri: Mapped[str] = mapped_column(String(512))
+    # Which desktop provider drives the host (migration 0008): a name in hypervisor's registry.
+    provider: Mapped[str] = mapped_column(String(32), default="libvirt", server_default="libvirt")
     state: Mapped[str] = mapped_column(String(16), default="up")
     max_desktops: Mapped[int] = mapped_column(Integer, default=20)
     # Optimistic concurrency: every claim bumps the generation, a stale writer loses.
@@ -135,7 +137,7 @@ class Desktop(Base):
     ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
-class Session(Base):
+class DesktopSession(Base):
     """A user's use of a desktop, from connect to logoff."""
 
     __tablename__ = "sessions"
@@ -255,10 +257,11 @@ class PendingLogin(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
-class SessionRevocation(Base):
-    """Why a desktop session ended by sign-out or an administrator's revoke (its console tunnels close)."""
+class ConsoleCutoff(Base):
+    """Why a desktop session's console was cut off (sign-out everywhere, an administrator); gateways close
+    its tunnels when they see the row."""
 
-    __tablename__ = "session_revocations"
+    __tablename__ = "console_cutoffs"
 
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
     revoked_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from broker.db.models import ConsoleToken, Desktop, Host, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import ConsoleToken, Desktop, DesktopSession, Host, utcnow
 from hypervisor.config import SshAddress, ssh_address_from_uri
 
 TOKEN_BYTES = 32  # 256 random bits, twice the 128 the design asks for

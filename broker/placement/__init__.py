@@ -16,13 +16,13 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from broker.placement.base import HostCandidate, HostFilter, HostWeigher, PlacementRequest
 from broker.placement.claim import claim_host
 from broker.placement.config import PlacementSettings
+from broker.placement.decision import FilterStep, PlacementDecision
 from broker.placement.filters import FILTERS
 from broker.placement.filters.capacity import DesktopCapacityFilter
 from broker.placement.filters.host_state import HostStateFilter
@@ -41,59 +41,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("broker.placement")
-NAMES_SHOWN = 10
 NAMED_IN_REASON = 3
-
-
-@dataclass
-class FilterStep:
-    filter: str
-    reason: str
-    kept: int
-    dropped: list[str]
-
-    def describe(self) -> str:
-        note = f"{self.filter}: kept {self.kept} of {self.kept + len(self.dropped)}"
-        if self.dropped:
-            more = len(self.dropped) - NAMES_SHOWN
-            names = ", ".join(self.dropped[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
-            note += f" (dropped as {self.reason}: {names})"
-        return note
-
-    def as_json(self) -> dict:
-        return {"filter": self.filter, "reason": self.reason, "kept": self.kept, "dropped": self.dropped}
-
-
-@dataclass
-class PlacementDecision:
-    host: str | None
-    explanation: list[str] = field(default_factory=list)
-    reason: str = ""
-    steps: list[FilterStep] = field(default_factory=list)
-    top: list[tuple[str, float]] = field(default_factory=list)
-    blocked_by: str = ""  # the filter that removed the last hosts, when none is left
-    duration_s: float = 0.0  # the engine's own time: filtering and weighing
-    _weighed: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-
-    def set_weights(self, names: np.ndarray, totals: np.ndarray) -> None:
-        self._weighed = (names, totals)
-
-    @property
-    def weights(self) -> dict[str, float]:
-        """Weight of every host left after the filters (built on demand: a decision needs only the top)."""
-        if self._weighed is None:
-            return {}
-        names, totals = self._weighed
-        return dict(zip(names.tolist(), totals.tolist(), strict=True))
-
-    def as_json(self) -> dict:
-        return {
-            "host": self.host,
-            "reason": self.reason or None,
-            "filters": [step.as_json() for step in self.steps],
-            "top_candidates": [{"host": name, "weight": round(w, 6)} for name, w in self.top],
-            "explanation": self.explanation,
-        }
 
 
 class PlacementEngine:

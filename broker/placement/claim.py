@@ -18,19 +18,16 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker.db.models import Desktop, Host
-from broker.placement.base import HostCandidate, PlacementRequest
+from broker.placement.candidates import HostCandidate, PlacementRequest
+from broker.placement.decision import PlacementDecision
 from broker.placement.table import HostTable
 from monitoring.metrics import PLACEMENT_CLAIM_CONFLICTS, ClaimConflict
-
-if TYPE_CHECKING:
-    from broker.placement import PlacementDecision
 
 # Desktops in these states occupy a slot on their host; "error" and "deleted" rows are history.
 # A kept desktop that is powered off (broker/power.py) still holds its slot: its disk is on that host

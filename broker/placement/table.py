@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
-from broker.placement.base import HostCandidate
+from broker.placement.candidates import HostCandidate
 
 
 def _limit(value: float | None) -> float:

@@ -23,7 +23,7 @@ import pytest
 
 from gateway.config import GatewaySettings
 from gateway.ssh_channel import SshChannels, SshRouteError
-from hypervisor.base import DesktopSpec
+from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import SshAddress
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
@@ -188,7 +188,7 @@ def test_gateway_reaches_a_desktop_on_hv4_as_the_role_made_account(role_on_hv4, 
             await channels.close()
 
     try:
-        endpoint = driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+        endpoint = driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
         assert endpoint.host == "127.0.0.1"
         assert asyncio.run(banner(endpoint.port)) == RFB_BANNER
         # permitopen: the account forwards to hv4's loopback only, not to other machines on its network,

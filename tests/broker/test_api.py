@@ -5,8 +5,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from broker.db.models import AuditEvent, Desktop
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession
 from tests.fixtures.broker import PASSWORD, BrokerClient, make_broker_config
 
 

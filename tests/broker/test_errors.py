@@ -3,7 +3,7 @@
 import pytest
 
 from broker import errors
-from broker.web import as_broker_error, error_for_status
+from broker.web.base import as_broker_error, error_for_status
 from tests.fixtures.broker import BrokerClient
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from broker.i18n import MESSAGES, choose_language, error_message, translate
+from broker.web.i18n import MESSAGES, choose_language, error_message, translate
 
 
 def test_both_languages_have_the_same_messages():

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from broker.web import mask_uri
+from broker.web.base import mask_uri
 from tests.fixtures.broker import BrokerClient
 from tests.fixtures.common import wait_until
 

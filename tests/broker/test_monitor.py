@@ -18,11 +18,10 @@ from sqlalchemy import event, select
 from broker.app import prepare_database
 from broker.db import Database
 from broker.db.migrate import upgrade
-from broker.db.models import AuditEvent, Desktop, Host, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, utcnow
 from broker.desktops import record_logoff
 from broker.monitor import ADOPT_AFTER_S, HostMonitor, mark_missing_lost
-from hypervisor.base import DesktopSpec
+from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
@@ -124,7 +123,7 @@ def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
         config,
         authenticator=FakeAuthenticator(),
         drivers=drivers,
-        image_resolver=lambda pool: demo_image.boot_image(),
+        image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
     yield config, drivers, url, db
@@ -239,7 +238,7 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
         config,
         authenticator=FakeAuthenticator(),
         drivers=drivers,
-        image_resolver=lambda pool: demo_image.boot_image(),
+        image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
     set_admin_state(db, "flaky", "disabled")
@@ -292,7 +291,7 @@ def test_orphan_domain_is_reported_or_destroyed(
     prepare.close()
     healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
     orphan = f"{desktop_prefix(libvirt_session_token)}orphan-{policy}"
-    healthy.create_desktop(DesktopSpec(domain_name=orphan, image=demo_image.boot_image()))
+    healthy.create_desktop(DesktopSpec(domain_name=orphan, image=BootImage.of(demo_image)))
     runner = MonitorRunner(config, {"healthy": healthy})
     try:
         wait_until(lambda: audit_actions(db, "orphan_domain"), DOWN_DEADLINE_S, "the orphan audited")
@@ -319,7 +318,7 @@ def test_reconcile_marks_vanished_desktops_lost_and_adopts_ones_a_dead_broker_le
     prepare.close()
     healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
     started = f"{desktop_prefix(libvirt_session_token)}adopt"
-    healthy.create_desktop(DesktopSpec(domain_name=started, image=demo_image.boot_image()))
+    healthy.create_desktop(DesktopSpec(domain_name=started, image=BootImage.of(demo_image)))
     vanished_session, vanished_id = seed_session(db, "kimmj", "mois-office", host="healthy")
     _, adopted_id = seed_session(db, "choijw", "moef-office", host="healthy", state="provisioning")
     with db.transaction() as session:

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from broker.db import Database
 from broker.db.models import Desktop, Host
+from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
 from tests.broker.test_monitor import (
@@ -70,7 +71,7 @@ def lab(request, tmp_path, lab_hosts, lab_pool, demo_image: DemoImage, broker_se
         config,
         authenticator=FakeAuthenticator(),
         drivers=drivers,
-        image_resolver=lambda pool: demo_image.boot_image(),
+        image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
     yield Lab(config, drivers, url, db)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from broker.handlers.login import safe_next
+from broker.web.handlers.login import safe_next
 from tests.fixtures.broker import BrokerClient, seed_session
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from broker.db import Database
 from broker.db.models import AuditEvent
+from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
 from tests.fixtures.broker import BrokerClient, make_broker_config
 
@@ -38,7 +39,7 @@ def pools_config(tmp_path, libvirt_host):
 @pytest.fixture
 def pools_url(broker_server, pools_config, fake_authenticator, demo_image, libvirt_host) -> Iterator[str]:
     url = broker_server(
-        pools_config, authenticator=fake_authenticator, image_resolver=lambda pool: demo_image.boot_image()
+        pools_config, authenticator=fake_authenticator, image_resolver=lambda pool: BootImage.of(demo_image)
     )
     yield url
     destroy_all(pools_config, libvirt_host)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.db.models import Session as DesktopSession
+from broker.db.models import DesktopSession
 from tests.fixtures.gateway import RFB_BANNER, eventually, receive_until, run_async, running_gateway
 
 FRAMEBUFFER_UPDATE_REQUEST = b"\x03\x01\x00\x00\x00\x00\x00\x40\x00\x30"

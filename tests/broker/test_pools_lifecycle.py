@@ -13,8 +13,7 @@ import pytest
 from sqlalchemy import event, select
 
 from broker.app import prepare_database
-from broker.db.models import AuditEvent, Desktop, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import AuditEvent, Desktop, DesktopSession, utcnow
 from broker.desktops import DesktopService
 from broker.lifecycle import POLICY_ACTOR, SessionLifecycle
 from sso.base import Identity

@@ -21,6 +21,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop
 from broker.power import POWER_ACTOR
+from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
@@ -63,10 +64,10 @@ def power_db(power_config) -> Iterator[Database]:
 @pytest.fixture
 def broker(power_config, power_db, fake_authenticator, demo_image, libvirt_host) -> Iterator[BrokerThread]:
     broker = BrokerThread(
-        power_config, authenticator=fake_authenticator, image_resolver=lambda pool: demo_image.boot_image()
+        power_config, authenticator=fake_authenticator, image_resolver=lambda pool: BootImage.of(demo_image)
     )
     yield broker
-    broker._loop_thread.call(broker.app.settings["power_manager"].stop())
+    broker._loop_thread.call(broker.app.power_manager.stop())
     broker.stop()
     driver = LibvirtDriver(libvirt_host)
     try:

@@ -16,6 +16,7 @@ from broker.db.migrate import upgrade
 from broker.db.models import Desktop, User, utcnow
 from broker.desktops import take_spare
 from broker.pools import pool_counts
+from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
@@ -46,11 +47,11 @@ def spares_db(spares_config) -> Iterator[Database]:
 @pytest.fixture
 def broker(spares_config, spares_db, fake_authenticator, demo_image, libvirt_host) -> Iterator[BrokerThread]:
     broker = BrokerThread(
-        spares_config, authenticator=fake_authenticator, image_resolver=lambda pool: demo_image.boot_image()
+        spares_config, authenticator=fake_authenticator, image_resolver=lambda pool: BootImage.of(demo_image)
     )
     yield broker
     # Stop refilling before removing what the test started.
-    broker._loop_thread.call(broker.app.settings["pool_manager"].stop())
+    broker._loop_thread.call(broker.app.pool_manager.stop())
     broker.stop()
     destroy_desktops(spares_db, libvirt_host)
 

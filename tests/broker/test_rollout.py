@@ -17,9 +17,8 @@ from sqlalchemy import select, update
 
 from broker.db import Database
 from broker.db.migrate import upgrade
-from broker.db.models import AuditEvent, Desktop, Rollout
-from broker.db.models import Session as DesktopSession
-from images.catalog import Catalog, NewVersion
+from broker.db.models import AuditEvent, Desktop, DesktopSession, Rollout
+from broker.image_catalog import Catalog, NewVersion
 from images.demo import CMDLINE
 from tests.broker.test_pools_spares import destroy_desktops
 from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, BrokerThread, make_broker_config, seed_session
@@ -80,8 +79,8 @@ def rollout_db(rollout_config, demo_image) -> Iterator[Database]:
 def broker(rollout_config, rollout_db, fake_authenticator, libvirt_host) -> Iterator[BrokerThread]:
     broker = BrokerThread(rollout_config, authenticator=fake_authenticator)
     yield broker
-    broker._loop_thread.call(broker.app.settings["pool_manager"].stop())
-    broker._loop_thread.call(broker.app.settings["rollout_manager"].stop())
+    broker._loop_thread.call(broker.app.pool_manager.stop())
+    broker._loop_thread.call(broker.app.rollout_manager.stop())
     broker.stop()
     destroy_desktops(rollout_db, libvirt_host)
 

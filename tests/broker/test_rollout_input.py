@@ -23,8 +23,8 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop, Pool, Rollout
 from broker.desktops import DesktopService
+from broker.image_catalog import Catalog, NewVersion
 from broker.pools import PoolManager
-from images.catalog import Catalog, NewVersion
 from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, UnreachableDriver, make_broker_config
 from tests.fixtures.common import wait_until
 

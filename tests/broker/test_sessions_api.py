@@ -10,8 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 
-from broker.db.models import ConsoleToken, Desktop
-from broker.db.models import Session as DesktopSession
+from broker.db.models import ConsoleToken, Desktop, DesktopSession
 from broker.db.tokens import consume_token, hash_token
 from tests.fixtures.broker import BrokerClient, seed_session
 

@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from broker.db import Database
-from broker.db.models import Desktop
-from broker.db.models import Session as DesktopSession
+from broker.db.models import Desktop, DesktopSession
 from broker.db.tokens import issue_token
 from tests.fixtures.broker import seed_session
 from tests.fixtures.gateway import RFB_BANNER, metric, read_close, receive_until, run_async, running_gateway

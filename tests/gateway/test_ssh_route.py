@@ -21,7 +21,7 @@ from tornado.websocket import WebSocketClientConnection
 from broker.db.models import Desktop, Host
 from gateway.ssh_channel import fingerprint
 from gateway.websockify_plugin import ConsoleTokens
-from hypervisor.base import DesktopSpec, DisplayEndpoint
+from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
@@ -61,7 +61,7 @@ def vnc_display(
     driver = LibvirtDriver(libvirt_host)
     name = f"{desktop_prefix(libvirt_session_token)}ssh-route"
     try:
-        yield driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+        yield driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
     finally:
         destroy_quietly(driver, name)
         driver.close()

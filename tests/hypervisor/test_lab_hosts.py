@@ -11,7 +11,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from hypervisor.base import DesktopSpec
+from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
 from tests.fixtures.lab_hosts import lab_host_settings
@@ -103,7 +103,7 @@ def test_desktop_on_hv2_has_its_display_on_hv2s_loopback_only(lab_hosts, lab_poo
     driver = LibvirtDriver(lab_host_settings(lab_hosts, "hv2", lab_pool))
     name = f"{lab_pool}-vnc"
     try:
-        endpoint = driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+        endpoint = driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
         assert endpoint.host == "127.0.0.1"
         banner = lab_hosts.run("hv2", [sys.executable, "-c", READ_BANNER, str(endpoint.port)])
         assert (banner.returncode, banner.stdout) == (0, "RFB 003.008\n")

@@ -44,7 +44,7 @@ def running_desktop(
     name = f"{desktop_prefix(libvirt_session_token)}shared"
     try:
         endpoint = driver.create_desktop(
-            DesktopSpec(domain_name=name, image=demo_image.boot_image(), label=LABEL)
+            DesktopSpec(domain_name=name, image=BootImage.of(demo_image), label=LABEL)
         )
         console = wait_for_console(driver, name, "smartwork-vdi: desktop ready")
         yield RunningDesktop(name, endpoint, console)
@@ -152,7 +152,7 @@ def test_destroy_removes_domain_and_volumes_and_is_idempotent(
     libvirt_host, libvirt_driver, demo_image, desktop_name
 ):
     name = desktop_name()
-    libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+    libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
     assert {f"{name}.qcow2", f"{name}.console.log"} <= _volume_names(libvirt_host)
 
     libvirt_driver.destroy_desktop(name)
@@ -167,7 +167,7 @@ def _garbage_kernel_image(demo_image: DemoImage, directory: Path) -> BootImage:
     kernel = directory / "not-a-kernel"
     kernel.write_bytes(b"this is not a Linux kernel\n" * 100)
     return dataclasses.replace(
-        demo_image.boot_image(), name="broken", version=secrets.token_hex(4), kernel=kernel
+        BootImage.of(demo_image), name="broken", version=secrets.token_hex(4), kernel=kernel
     )
 
 
@@ -179,7 +179,7 @@ def test_failed_start_leaves_no_domain_and_no_volumes(
     if failure == "garbage kernel":
         spec = DesktopSpec(domain_name=name, image=_garbage_kernel_image(demo_image, tmp_path))
     else:
-        spec = DesktopSpec(domain_name=name, image=demo_image.boot_image(), vcpus=100_000)
+        spec = DesktopSpec(domain_name=name, image=BootImage.of(demo_image), vcpus=100_000)
 
     with pytest.raises(HypervisorError) as raised:
         libvirt_driver.create_desktop(spec)
@@ -194,7 +194,7 @@ def test_creating_an_existing_desktop_fails_and_keeps_the_first(
     libvirt_host, libvirt_driver, demo_image, desktop_name
 ):
     name = desktop_name()
-    spec = DesktopSpec(domain_name=name, image=demo_image.boot_image())
+    spec = DesktopSpec(domain_name=name, image=BootImage.of(demo_image))
     first = libvirt_driver.create_desktop(spec)
 
     with pytest.raises(HypervisorError, match="already exists"):
@@ -225,7 +225,7 @@ def test_destroy_refuses_a_domain_smartwork_did_not_create(libvirt_host, libvirt
 
 
 def test_concurrent_creates_upload_a_new_image_once(libvirt_host, demo_image, desktop_name, tmp_path, caplog):
-    image = dataclasses.replace(demo_image.boot_image(), version=f"fresh-{secrets.token_hex(4)}")
+    image = dataclasses.replace(BootImage.of(demo_image), version=f"fresh-{secrets.token_hex(4)}")
     names = [desktop_name(), desktop_name()]
     drivers = [LibvirtDriver(libvirt_host) for _ in names]
     errors: list[Exception] = []
@@ -290,4 +290,6 @@ def test_virt_type_matches_the_hosts_hardware_virtualization(libvirt_driver):
 
 def test_invalid_desktop_name_is_rejected_before_touching_the_host(libvirt_driver, demo_image):
     with pytest.raises(HypervisorError, match="domain_name"):
-        libvirt_driver.create_desktop(DesktopSpec(domain_name="../etc/passwd", image=demo_image.boot_image()))
+        libvirt_driver.create_desktop(
+            DesktopSpec(domain_name="../etc/passwd", image=BootImage.of(demo_image))
+        )

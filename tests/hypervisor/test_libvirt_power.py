@@ -9,7 +9,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from hypervisor.base import DesktopNotFound, DesktopSpec, HypervisorError
+from hypervisor.base import BootImage, DesktopNotFound, DesktopSpec, HypervisorError
 from tests.fixtures.libvirt import wait_for_console
 
 # The demo guest powers off when the ACPI power button is pressed; a forced power-off is logged as a warning.
@@ -40,7 +40,7 @@ def test_stopped_desktop_starts_again_from_its_own_disk(
     libvirt_driver, libvirt_host, demo_image, desktop_name, caplog
 ):
     name = desktop_name()
-    first = libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+    first = libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
     wait_for_console(libvirt_driver, name, "boots=1 ")
     overlay_path, _ = overlay_of(libvirt_host, name)
 
@@ -62,7 +62,7 @@ def test_stopped_desktop_starts_again_from_its_own_disk(
 
 def test_suspended_desktop_resumes_without_a_reboot(libvirt_driver, libvirt_host, demo_image, desktop_name):
     name = desktop_name()
-    libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=demo_image.boot_image()))
+    libvirt_driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))
     wait_for_console(libvirt_driver, name, "boots=1 ")
 
     libvirt_driver.suspend_desktop(name)

@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Image, ImageVersion
-from images.catalog import Catalog, CatalogError, DuplicateVersion, NewVersion, inspect_qcow2
+from broker.image_catalog import Catalog, CatalogError, DuplicateVersion, NewVersion
+from images.files import inspect_qcow2
 from tests.fixtures.broker import make_broker_config
 
 CONFIG_TOML = """

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from broker.db import Database
-from images.catalog import Catalog, NewVersion
+from broker.image_catalog import Catalog, NewVersion
 from tests.fixtures.broker import COOKIE_SECRET, TEST_IMAGE, BrokerClient, make_broker_config
 
 

@@ -12,10 +12,16 @@ from prometheus_client import REGISTRY
 
 from broker.db import Database
 from broker.db.migrate import upgrade
-from hypervisor.base import DesktopSpec, ImageChecksumMismatch
+from broker.image_catalog import Catalog, NewVersion
+from broker.image_distribution import (
+    ChecksumMismatch,
+    base_volume_name,
+    boot_image,
+    distribute,
+    verify_on_host,
+)
+from hypervisor.base import BootImage, DesktopSpec, ImageChecksumMismatch
 from hypervisor.libvirt_driver import LibvirtDriver
-from images.catalog import Catalog, NewVersion
-from images.distribution import ChecksumMismatch, base_volume_name, boot_image, distribute, verify_on_host
 from tests.fixtures.broker import make_broker_config
 from tests.images.test_catalog import CONFIG_TOML, vdi
 
@@ -30,7 +36,7 @@ def catalog_row(tmp_path, demo_image, libvirt_session_token):
         file=demo_image.disk,
         kernel=demo_image.kernel,
         initrd=demo_image.initrd,
-        cmdline=demo_image.boot_image().cmdline,
+        cmdline=BootImage.of(demo_image).cmdline,
     )
     with database.transaction() as session:
         row = Catalog(tmp_path / "store").register(session, new)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from hypervisor.base import BootImage
 from images import build, demo, demo_root
 from images.config import ImageSettings
 from images.demo import ImageNotBuilt, build_demo_image, find_demo_image
@@ -159,7 +160,7 @@ def test_files_are_world_readable_for_qemu(built):
 
 
 def test_boot_image_points_at_the_built_files(built):
-    boot = built.boot_image()
+    boot = BootImage.of(built)
     assert (boot.name, boot.version) == ("demo", built.version)
     assert boot.disk == built.disk and boot.kernel == built.kernel and boot.initrd == built.initrd
     assert boot.kernel.read_bytes()[0x202:0x206] == b"HdrS"  # the x86 Linux boot protocol's magic

@@ -12,9 +12,9 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from broker.client_address import client_address
 from broker.db import Database
 from broker.db.models import AuditEvent
+from broker.web.client_address import client_address
 from tests.fixtures.gateway import metric
 from tests.fixtures.login_security import CENTER_NETWORKS, OUTSIDE, SourceClient, security_config
 from vdi.lab.slapd import DEMO_PASSWORD
@@ -86,7 +86,7 @@ def test_the_client_is_the_right_most_address_no_trusted_proxy_owns(peer, header
 
 
 def test_garbage_from_a_trusted_proxy_is_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="broker.client_address"):
+    with caplog.at_level(logging.WARNING, logger="broker.web.client_address"):
         assert client_address(PROXY, "1.2.3.4, not-an-ip", TRUSTED) == PROXY
     assert "ignored malformed X-Forwarded-For from trusted proxy 127.0.0.9: entry 'not-an-ip'" in caplog.text
 
@@ -146,7 +146,7 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_source_lock(proxied_brok
 def test_garbage_from_the_trusted_proxy_falls_back_to_the_proxy_address(proxied_broker, caplog):
     url, config = proxied_broker()
     malformed_before = metric("vdi_forwarded_for_ignored_total", reason="malformed")
-    with caplog.at_level(logging.WARNING, logger="broker.client_address"):
+    with caplog.at_level(logging.WARNING, logger="broker.web.client_address"):
         assert login(SourceClient(url, PROXY), "yoonsh", DEMO_PASSWORD, "not-an-address").status == 200
     assert audit_sources(config, "yoonsh") == [(PROXY, "authenticated")]
     assert "ignored malformed X-Forwarded-For from trusted proxy 127.0.0.9" in caplog.text

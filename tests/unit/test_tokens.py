@@ -9,8 +9,7 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.db.config import DatabaseSettings
 from broker.db.migrate import upgrade
-from broker.db.models import ConsoleToken, Desktop, Host, Pool, User, utcnow
-from broker.db.models import Session as DesktopSession
+from broker.db.models import ConsoleToken, Desktop, DesktopSession, Host, Pool, User, utcnow
 from broker.db.tokens import TOKEN_BYTES, TokenRefused, consume_token, hash_token, issue_token, mask
 
 

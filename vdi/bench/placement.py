@@ -33,7 +33,7 @@ from broker.db.config import DatabaseSettings
 from broker.db.migrate import upgrade
 from broker.db.models import Desktop, Host, Pool
 from broker.placement import PlacementEngine, PlacementRequest
-from broker.placement.base import HostCandidate
+from broker.placement.candidates import HostCandidate
 from broker.placement.claim import load_host_candidates
 from broker.placement.config import PlacementSettings
 from broker.placement.worker import ClaimsKeptFailing, DecisionTiming, NoHostFits, PlacementWorker

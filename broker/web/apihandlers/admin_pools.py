@@ -1,0 +1,48 @@
+"""/api/v1/admin/pools/{pool}/rollouts and /rollout, /api/v1/admin/desktops/{id}/move: image rollouts.
+
+Administrators only (`broker.admin_groups`). Starting a rollout records it and answers 202; the rollout
+manager (broker/rollout.py) starts the canaries and promotes or rolls back on its own; GET .../rollout
+shows where it stands.
+"""
+
+from __future__ import annotations
+
+from broker.rollout import RolloutManager, RolloutRequest
+from broker.web.apihandlers.admin_sessions import AdminAPIHandler
+
+POOL_NAME = r"[^/]{1,64}"
+
+
+class RolloutAdminHandler(AdminAPIHandler):
+    @property
+    def rollouts(self) -> RolloutManager:
+        return self.settings["rollout_manager"]
+
+
+class RolloutsAPIHandler(RolloutAdminHandler):
+    async def post(self, pool_name: str) -> None:
+        admin = self.require_admin()
+        pool = self.desktops.pool(pool_name)
+        request = self.parse_body(RolloutRequest)
+        view = await self.rollouts.request(pool, request, admin.username, self.client_ip)
+        self.write_json(view.as_json(), status=202)
+
+
+class RolloutStatusAPIHandler(RolloutAdminHandler):
+    async def get(self, pool_name: str) -> None:
+        self.require_admin()
+        self.write_json(await self.rollouts.status(self.desktops.pool(pool_name)))
+
+
+class MoveDesktopAPIHandler(RolloutAdminHandler):
+    async def post(self, desktop_id: str) -> None:
+        admin = self.require_admin()
+        moved = await self.rollouts.move_desktop(int(desktop_id), admin.username, self.client_ip)
+        self.write_json({"desktop": moved.as_json() if moved else None})
+
+
+default_handlers = [
+    (rf"/api/v1/admin/pools/({POOL_NAME})/rollouts", RolloutsAPIHandler),
+    (rf"/api/v1/admin/pools/({POOL_NAME})/rollout", RolloutStatusAPIHandler),
+    (r"/api/v1/admin/desktops/([0-9]{1,18})/move", MoveDesktopAPIHandler),
+]

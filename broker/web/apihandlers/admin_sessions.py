@@ -1,0 +1,45 @@
+"""/api/v1/admin/users/{username}/…: an administrator signs a user out everywhere, or resets their TOTP."""
+
+from __future__ import annotations
+
+from broker import errors
+from broker.auth import PortalUser
+from broker.signout import user_exists
+from broker.web.apihandlers.base import APIHandler
+from monitoring.metrics import SignOutCause
+
+USERNAME = r"[^/]{1,128}"
+
+
+class AdminAPIHandler(APIHandler):
+    def require_admin(self) -> PortalUser:
+        user = self.require_user()
+        if not set(user.groups) & {group.lower() for group in self.config.broker.admin_groups}:
+            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
+        return user
+
+
+class RevokeSessionsAPIHandler(AdminAPIHandler):
+    async def post(self, username: str) -> None:
+        admin = self.require_admin()
+        if not await self.db.run(lambda db: user_exists(db, username)):
+            raise errors.NotFound(f"There is no user {username!r} known to the broker.", field="username")
+        revoked = await self.portal_auth.sign_out_user(
+            username, admin.username, SignOutCause.ADMIN, self.client_ip
+        )
+        self.write_json({"username": username, "revoked": revoked.as_json()})
+
+
+class TotpResetAPIHandler(AdminAPIHandler):
+    """DELETE /api/v1/admin/users/{username}/totp: forget the user's authenticator app (lost phone)."""
+
+    async def delete(self, username: str) -> None:
+        admin = self.require_admin()
+        await self.portal_auth.reset_totp(username, admin.username, self.client_ip)
+        self.write_json({"username": username, "totp_enrolled": False})
+
+
+default_handlers = [
+    (rf"/api/v1/admin/users/({USERNAME})/revoke-sessions", RevokeSessionsAPIHandler),
+    (rf"/api/v1/admin/users/({USERNAME})/totp", TotpResetAPIHandler),
+]

@@ -1,0 +1,64 @@
+"""The base of the REST API: JSON in, JSON out, and one place that renders every error."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from broker import errors
+from broker.auth import PortalUser
+from broker.web.base import BaseHandler, as_broker_error
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class APIHandler(BaseHandler):
+    # Scripts and curl send no Accept-Language; they get English, which operators grep for.
+    fallback_language = "en"
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+
+    def require_user(self) -> PortalUser:
+        if not self.current_user:
+            raise errors.NotAuthenticated()
+        return self.current_user
+
+    def json_body(self) -> object:
+        body = self.request.body or b"{}"
+        try:
+            return json.loads(body)
+        except UnicodeDecodeError:
+            raise errors.InvalidJson("The request body is not UTF-8 encoded JSON.") from None
+        except json.JSONDecodeError as exc:
+            raise errors.InvalidJson(
+                f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+            ) from None
+
+    def parse_body(self, model: type[M]) -> M:
+        try:
+            return model.model_validate(self.json_body())
+        except ValidationError as exc:
+            raise errors.invalid_field(exc) from None
+
+    def write_json(self, data: dict, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = as_broker_error(status_code, kwargs.get("exc_info"))
+        body = error.as_json()
+        body["error"]["message"] = self.localized_message(error)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.set_status(error.status)
+        self.finish(json.dumps(body, ensure_ascii=False))
+
+
+class APINotFoundHandler(APIHandler):
+    """Any /api/ path no route matched answers in JSON, like the rest of the API."""
+
+    async def prepare(self) -> None:
+        raise errors.NotFound("There is no such API endpoint.")

@@ -1,0 +1,88 @@
+"""The broker's Tornado application: routes, settings and security headers, nothing started.
+
+`make_app` only builds; the services it hands to handlers are built and run by `broker.app.BrokerApp`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import tornado.web
+
+from broker.config import BrokerConfig
+from broker.web.apihandlers import admin_desktops as admin_desktops_api
+from broker.web.apihandlers import admin_pools as admin_pools_api
+from broker.web.apihandlers import admin_sessions as admin_sessions_api
+from broker.web.apihandlers import auth as auth_api
+from broker.web.apihandlers import cert_login as cert_login_api
+from broker.web.apihandlers import desktops as desktops_api
+from broker.web.apihandlers import health as health_api
+from broker.web.apihandlers import hosts as hosts_api
+from broker.web.apihandlers import images as images_api
+from broker.web.apihandlers import sessions as sessions_api
+from broker.web.apihandlers.base import APINotFoundHandler
+from broker.web.base import PageNotFoundHandler, log_request
+from broker.web.handlers import cert_login, login, pages, static
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+ROUTE_MODULES = (
+    pages,
+    login,
+    static,
+    health_api,
+    auth_api,
+    desktops_api,
+    sessions_api,
+    admin_sessions_api,
+    admin_desktops_api,
+    admin_pools_api,
+    hosts_api,
+    images_api,
+    cert_login,
+    cert_login_api,
+)
+
+
+def routes() -> list[tuple]:
+    handlers = [route for module in ROUTE_MODULES for route in module.default_handlers]
+    # Unknown /api/ paths answer in JSON; every other unknown path gets the HTML 404 page.
+    handlers.append((r"/api/.*", APINotFoundHandler))
+    return handlers
+
+
+def content_security_policy(gateway_url: str) -> str:
+    """Scripts and styles only from the broker; WebSockets only to the broker and the gateway."""
+    gateway = urlsplit(gateway_url)
+    return "; ".join(
+        [
+            "default-src 'self'",
+            f"connect-src 'self' {gateway.scheme}://{gateway.netloc}",
+            # noVNC draws the remote cursor as a data: URL image.
+            "img-src 'self' data: blob:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ]
+    )
+
+
+def make_app(config: BrokerConfig, services: dict) -> tornado.web.Application:
+    """The web application over already-built services (db, portal_auth, desktops, the managers, …)."""
+    settings = {
+        "config": config,
+        **services,
+        "cookie_secret": config.broker.cookie_secret.get_secret_value(),
+        "xsrf_cookies": True,
+        "xsrf_cookie_kwargs": {"samesite": "Lax"},
+        "login_url": "/login",
+        "template_path": str(TEMPLATES),
+        "static_path": str(STATIC),
+        "log_function": log_request,
+        "default_handler_class": PageNotFoundHandler,
+        "content_security_policy": content_security_policy(config.broker.gateway_url),
+    }
+    return tornado.web.Application(routes(), **settings)

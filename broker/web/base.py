@@ -1,0 +1,261 @@
+"""The base of every broker handler: services, the logged-in user, language, errors, safe logs."""
+
+from __future__ import annotations
+
+import http
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import unquote_plus, urlencode
+
+import tornado.web
+from tornado.log import access_log
+
+from broker import errors
+from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser
+from broker.web.client_address import HEADER as FORWARDED_FOR
+from broker.web.client_address import client_address
+from broker.web.i18n import (
+    LANGUAGE_NAMES,
+    LANGUAGES,
+    choose_language,
+    error_message,
+    other_language,
+    translator,
+)
+
+if TYPE_CHECKING:
+    from broker.config import BrokerConfig
+    from broker.db import Database
+    from broker.desktops import DesktopService
+
+log = logging.getLogger("broker.web")
+
+LANG_COOKIE = "lang"
+MASK = "***"
+# Query arguments whose values never reach a log line (principle 4); matched as substrings
+# so that e.g. `access_token` and `new_password` are covered too.
+SECRET_ARG_WORDS = ("token", "password", "passwd", "secret", "xsrf", "key", "ticket", "code")
+QUIET_PATHS = ("/static/", "/novnc/", "/healthz", "/metrics")
+
+
+def is_secret_arg(name: str) -> bool:
+    name = unquote_plus(name).lower()
+    return any(word in name for word in SECRET_ARG_WORDS)
+
+
+def mask_uri(uri: str) -> str:
+    """The URI with the values of secret-looking query arguments replaced by ***."""
+    path, sep, query = uri.partition("?")
+    if not sep:
+        return uri
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _value = pair.partition("=")
+        pairs.append(f"{name}={MASK}" if eq and is_secret_arg(name) else pair)
+    return f"{path}?{'&'.join(pairs)}"
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with secrets in the query string masked."""
+    status = handler.get_status()
+    request = handler.request
+    if status < 400:
+        # Static files, probes and scrapes would drown the lines operators read.
+        level = logging.DEBUG if request.path.startswith(QUIET_PATHS) else logging.INFO
+    else:
+        level = logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        mask_uri(request.uri or ""),
+        # The proxy-reported client where broker.trusted_proxies allows it, else the TCP peer.
+        getattr(handler, "client_ip", request.remote_ip),
+        1000.0 * request.request_time(),
+    )
+
+
+def error_for_status(status: int) -> errors.BrokerError:
+    """A BrokerError standing in for a plain tornado HTTPError (404 route, 405 method, …)."""
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    error = errors.BrokerError(f"{phrase}.")
+    error.status = status
+    error.reason = phrase.lower().replace(" ", "_").replace("-", "_")
+    return error
+
+
+def as_broker_error(status: int, exc_info) -> errors.BrokerError:
+    exc = exc_info[1] if exc_info else None
+    if isinstance(exc, errors.BrokerError):
+        return exc
+    if status >= 500 and not isinstance(exc, tornado.web.HTTPError):
+        # An unexpected exception: its text may hold anything, so the client gets none of it.
+        return errors.BrokerError()
+    return error_for_status(status)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Gives handlers the services, the portal user and the language; renders errors as pages."""
+
+    # None: the configured default_language.
+    fallback_language: str | None = None
+
+    @property
+    def config(self) -> BrokerConfig:
+        return self.settings["config"]
+
+    @property
+    def db(self) -> Database:
+        return self.settings["db"]
+
+    @property
+    def portal_auth(self) -> PortalAuth:
+        return self.settings["portal_auth"]
+
+    @property
+    def desktops(self) -> DesktopService:
+        return self.settings["desktops"]
+
+    @property
+    def peer_ip(self) -> str:
+        """The TCP peer: the client itself, or a reverse proxy in front of the broker."""
+        return self.request.remote_ip or ""
+
+    @property
+    def client_ip(self) -> str:
+        """The client's address: X-Forwarded-For only from broker.trusted_proxies (broker/web/client_address.py)."""
+        if not hasattr(self, "_client_ip"):
+            self._client_ip = client_address(
+                self.peer_ip,
+                self.request.headers.get(FORWARDED_FOR),
+                self.config.broker.trusted_proxies,
+            )
+        return self._client_ip
+
+    # -- user and cookies --------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        self.current_user = await self.portal_auth.user_for(self.portal_session_id())
+
+    def get_current_user(self) -> PortalUser | None:
+        # prepare() sets the user; this only runs when an error cut the request short before it.
+        return None
+
+    def portal_session_id(self) -> str | None:
+        max_age_days = self.config.broker.session_lifetime_s / 86400
+        value = self.get_signed_cookie(SESSION_COOKIE, max_age_days=max_age_days)
+        return value.decode("ascii", "replace") if value else None
+
+    def _cookie_flags(self) -> dict:
+        # SameSite=Lax (RFC 6265bis) still sends the cookie on top-level navigation from a link,
+        # so a bookmark works, while cross-site POSTs arrive without it.
+        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": self.request.protocol == "https"}
+
+    def set_portal_cookie(self, session_id: str) -> None:
+        # No expiry: the cookie dies with the browser, which matters on shared center terminals;
+        # the server-side expiry in portal_sessions bounds it in any case.
+        self.set_signed_cookie(SESSION_COOKIE, session_id, expires_days=None, **self._cookie_flags())
+
+    def clear_portal_cookie(self) -> None:
+        self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
+
+    async def start_portal_session(self, username: str, password: str) -> PortalUser:
+        """Log in and replace whatever session cookie the browser had with a brand-new one."""
+        await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
+        user, session_id = await self.portal_auth.login(username, password, self.client_ip)
+        self.set_portal_cookie(session_id)
+        self.current_user = user
+        return user
+
+    async def end_portal_session(self) -> None:
+        await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
+        self.clear_portal_cookie()
+        self.current_user = None
+
+    def check_xsrf_cookie(self) -> None:
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            raise errors.CsrfFailed() from None
+
+    # -- language ------------------------------------------------------------------------------
+
+    @property
+    def lang(self) -> str:
+        if not hasattr(self, "_lang"):
+            self._lang = choose_language(
+                self.get_query_argument("lang", None),
+                self.get_cookie(LANG_COOKIE),
+                self.request.headers.get("Accept-Language"),
+                self.fallback_language or self.config.broker.default_language,
+            )
+        return self._lang
+
+    def remember_language(self) -> None:
+        """A `?lang=` choice sticks for later pages through a cookie."""
+        chosen = self.get_query_argument("lang", None)
+        if chosen in LANGUAGES and chosen != self.get_cookie(LANG_COOKIE):
+            self.set_cookie(LANG_COOKIE, chosen, path="/", expires_days=365, samesite="Lax")
+
+    def language_switch_url(self) -> str:
+        """This page in the other language, keeping its other query arguments (e.g. ?next=)."""
+        args = [
+            (name, value.decode("utf-8", "replace"))
+            for name, values in self.request.query_arguments.items()
+            if name != "lang"
+            for value in values
+        ]
+        args.append(("lang", other_language(self.lang)))
+        return f"{self.request.path}?{urlencode(args)}"
+
+    def get_template_namespace(self) -> dict:
+        namespace = super().get_template_namespace()
+        other = other_language(self.lang)
+        namespace.update(
+            _=translator(self.lang),
+            lang=self.lang,
+            other_lang=other,
+            other_lang_name=LANGUAGE_NAMES[other],
+            lang_switch_url=self.language_switch_url(),
+        )
+        return namespace
+
+    # -- headers, errors and logs --------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", self.settings.get("content_security_policy", ""))
+        # Pages show who is logged in and their desktops; shared terminals must not cache them.
+        self.set_header("Cache-Control", "no-store")
+
+    def localized_message(self, error: errors.BrokerError) -> str:
+        return error_message(self.lang, error.reason, error.message, error.params)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        error = as_broker_error(status_code, kwargs.get("exc_info"))
+        self.set_status(error.status)
+        self.render("error.html", error=error, message=self.localized_message(error))
+
+    def log_exception(self, typ, value, tb) -> None:
+        # Tornado's own version logs the request with its full URI, query string and all.
+        summary = f"{self.request.method} {mask_uri(self.request.uri or '')} ({self.client_ip})"
+        if isinstance(value, errors.BrokerError):
+            log.warning("%d %s: %s %s", value.status, summary, value.reason, value.message)
+        elif isinstance(value, tornado.web.HTTPError):
+            log.warning("%d %s: %s", value.status_code, summary, value.log_message or "")
+        else:
+            log.error("uncaught exception in %s", summary, exc_info=(typ, value, tb))
+
+
+class PageNotFoundHandler(BaseHandler):
+    """Any path no route matched."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise errors.NotFound()

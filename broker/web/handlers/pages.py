@@ -1,0 +1,53 @@
+"""Portal pages: the start page, my desktops, and the console."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from broker.web.base import BaseHandler
+from broker.web.i18n import translator
+
+CONSOLE_STRINGS = (
+    "connecting",
+    "connected",
+    "disconnected",
+    "connection_lost",
+    "security_failure",
+    "logging_off",
+    "session_ended",
+)
+
+
+class RootHandler(BaseHandler):
+    def get(self) -> None:
+        self.redirect("/desktops" if self.current_user else "/login")
+
+
+class DesktopsHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.remember_language()
+        pools = await self.desktops.pools_for(self.current_user)
+        self.render("desktops.html", pools=pools)
+
+
+class ConsoleHandler(BaseHandler):
+    @tornado.web.authenticated
+    async def get(self, session_id: str) -> None:
+        self.remember_language()
+        session = await self.desktops.session(self.current_user, session_id)
+        pool = self.config.pool(session.desktop.pool)
+        _ = translator(self.lang)
+        self.render(
+            "console.html",
+            session=session,
+            pool_name=pool.display_name if pool else session.desktop.pool,
+            strings={key: _(f"console.{key}") for key in CONSOLE_STRINGS} | {"network": _("error.network")},
+        )
+
+
+default_handlers = [
+    (r"/", RootHandler),
+    (r"/desktops", DesktopsHandler),
+    (r"/console/([^/]+)", ConsoleHandler),
+]

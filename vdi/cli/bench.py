@@ -1,0 +1,54 @@
+"""`vdi bench …`: benchmarks that print JSON (vdi/bench/). Never run as timed tests."""
+
+from __future__ import annotations
+
+
+def cmd_bench_placement(config, args) -> int:
+    from vdi.bench.placement import main
+
+    return main(args)
+
+
+def cmd_bench_time_to_desktop(config, args) -> int:
+    from vdi.bench.time_to_desktop import main
+
+    return main(config, args)
+
+
+def add_commands(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
+    kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    text = "placement at scale: many hosts, concurrent requests, real engine, claims and SQLite"
+    placement = kinds.add_parser("placement", help=text, description=text)
+    placement.set_defaults(fn=cmd_bench_placement, needs_config="optional")
+    placement.add_argument("--hosts", type=int, default=1000, help="hosts in the inventory (default 1000)")
+    placement.add_argument("--concurrency", type=int, default=50, help="concurrent requests (default 50)")
+    placement.add_argument("--requests", type=int, default=5000, help="placements per policy (default 5000)")
+    placement.add_argument("--policy", choices=["spread", "pack", "both"], default="both")
+    placement.add_argument("--json", action="store_true", help="print only the JSON result")
+    placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
+    placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    text = "time from connect to the first framebuffer update through the gateway, against a running broker"
+    ttd = kinds.add_parser("time-to-desktop", help=text, description=text)
+    ttd.set_defaults(fn=cmd_bench_time_to_desktop, needs_config="full")
+    ttd.add_argument("--runs", type=int, default=20, help="connects per pool (default 20)")
+    ttd.add_argument("--user", default="kimmj", help="user to sign in as (default: demo user kimmj)")
+    ttd.add_argument("--password", default="demo1234!", help="that user's password (default: the demo's)")
+    ttd.add_argument("--prewarmed-pool", default="mois-shared", help="floating pool with spares ('' to skip)")
+    ttd.add_argument("--cold-pool", default="mois-office", help="floating pool without spares ('' to skip)")
+    ttd.add_argument(
+        "--virt-note",
+        default="",
+        help="recorded in the JSON as virt (default: what the broker's desktops booted with)",
+    )
+    ttd.add_argument(
+        "--screen-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait after the first frame for the desktop's own screen (default 60)",
+    )
+    ttd.add_argument(
+        "--no-desktop-screen",
+        action="store_true",
+        help="stop at the first frame (for images other than the demo's, whose screen this cannot recognise)",
+    )

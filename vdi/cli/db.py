@@ -1,0 +1,24 @@
+"""`vdi db upgrade`: database maintenance."""
+
+from __future__ import annotations
+
+import argparse
+
+from vdi.config import Config
+
+
+def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
+    from broker.db.migrate import upgrade
+
+    upgrade(config.database.url)
+    print("database is at the latest revision")
+    return 0
+
+
+def add_commands(sub) -> None:
+    db = sub.add_parser("db", help="database maintenance", description="database maintenance")
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    text = "migrate the database to the latest schema"
+    actions.add_parser("upgrade", help=text, description=text).set_defaults(
+        fn=cmd_db_upgrade, needs_config="full"
+    )

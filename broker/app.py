@@ -25,7 +25,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
-from broker.inventory import host_settings, seed_from_config, update_host_gauges
+from broker.inventory import host_settings, providers_for, seed_from_config, update_host_gauges
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
@@ -36,8 +36,7 @@ from broker.rollout import RolloutManager
 from broker.settings_file import ConfigError
 from broker.web.app import make_app
 from broker.web.tls import BrokerHTTPServer, tls_context
-from hypervisor.base import Driver
-from hypervisor.config import HostSettings
+from hypervisor.provider import DesktopProvider
 from monitoring.metrics import SESSIONS_ACTIVE
 from sso.base import Authenticator
 from sso.cert_auth import CertificateAuthenticator
@@ -45,13 +44,6 @@ from sso.cert_auth import CertificateAuthenticator
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
-
-
-def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
-    # Imported here: libvirt-python is needed only when real hosts are driven.
-    from hypervisor import driver_for
-
-    return {host.name: driver_for(host) for host in hosts}
 
 
 class BrokerApp:
@@ -62,7 +54,7 @@ class BrokerApp:
         config: BrokerConfig,
         db: Database,
         authenticator: Authenticator,
-        drivers: dict[str, Driver],
+        providers: dict[str, DesktopProvider],
         *,
         image_resolver: ImageResolver | None = None,
         placement: PlacementEngine | None = None,
@@ -71,9 +63,13 @@ class BrokerApp:
     ) -> None:
         self.config = config
         self.db = db
-        self.drivers = drivers
+        self.providers = providers
         self.desktops = DesktopService(
-            config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
+            config,
+            db,
+            providers,
+            placement or PlacementEngine.from_settings(config.placement),
+            image_resolver,
         )
         self.portal_auth = PortalAuth(
             db,
@@ -89,7 +85,7 @@ class BrokerApp:
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
         # Its first pass reconciles every host that answers (docs/monitoring.md).
-        self.monitor = HostMonitor(config.monitor, db, drivers) if monitor else None
+        self.monitor = HostMonitor(config.monitor, db, providers) if monitor else None
         self.web = make_app(
             config,
             {
@@ -111,7 +107,7 @@ class BrokerApp:
 
     @classmethod
     async def build(cls, config: BrokerConfig) -> BrokerApp:
-        """Everything `vdi broker` needs from the configuration: database, drivers, login methods."""
+        """Everything `vdi broker` needs from the configuration: database, providers, login methods."""
         from sso.ldap import LdapAuthenticator
 
         db = Database(config.database)
@@ -122,15 +118,16 @@ class BrokerApp:
             db.close()
             raise ConfigError(exc.message) from None
         await prepare_database(db, config)
-        drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
+        # Each host row names its provider (hypervisor/registry.py).
+        providers = providers_for(await db.run(partial(host_settings, configured=config.hosts)))
         authenticator = LdapAuthenticator(config.ldap)
         certificate_auth = (
             CertificateAuthenticator.from_settings(config.certificate, authenticator)
             if config.certificate.enabled
             else None
         )
-        app = cls(config, db, authenticator, drivers, certificate_auth=certificate_auth)
-        app._closers = [db.close, *(driver.close for driver in drivers.values()), authenticator.close]
+        app = cls(config, db, authenticator, providers, certificate_auth=certificate_auth)
+        app._closers = [db.close, *(provider.close for provider in providers.values()), authenticator.close]
         if certificate_auth is not None:
             app._closers.append(certificate_auth.close)
         return app

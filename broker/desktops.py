@@ -1,9 +1,9 @@
 """Connect and log off: which desktop a user gets in a pool, and its life from placement to logoff.
 
 Connect reuses the user's running desktop in the pool, or places a new one on a host (claimed
-under optimistic concurrency), starts it through the host's driver and opens a session.
-Driver calls block (libvirt, SSH), so they run on a small executor, never on the loop.
-A failed start leaves no half-made state: the driver removes the domain, and the desktop row
+under optimistic concurrency), starts it through the host's desktop provider and opens a session.
+Provider calls block (libvirt, SSH), so they run on a small executor, never on the loop.
+A failed start leaves no half-made state: the provider removes the desktop, and the desktop row
 is marked "error" so it holds no capacity and no session points at it.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -33,6 +33,7 @@ from broker.db import Database
 from broker.db.models import AuditEvent, Desktop, DesktopSession, utcnow
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
+from broker.inventory import host_settings, providers_for
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
 from broker.placement.claim import HOLDING_STATES, load_host_candidates
 from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementWorker
@@ -48,10 +49,12 @@ from broker.power import (
     record_power_action,
     set_state,
 )
-from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, Driver, HypervisorError
-from hypervisor.base import HostUnreachable as DriverHostUnreachable
+from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, HypervisorError, Readiness
+from hypervisor.base import HostUnreachable as ProviderHostUnreachable
+from hypervisor.provider import DesktopProvider
+from images.boot import ImageError
+from images.built_in import BUILT_IN_IMAGES
 from images.config import ImageSettings
-from images.demo import ImageError, find_demo_image
 from monitoring.metrics import (
     CONNECT_DURATION,
     CONSOLE_TOKENS_ISSUED,
@@ -66,11 +69,12 @@ log = logging.getLogger(__name__)
 
 # A desktop still "provisioning" after this long belongs to a broker that died mid-start.
 STALE_PROVISIONING_S = 600
-DRIVER_THREADS = 4
+PROVIDER_THREADS = 4
 # Audit actor for desktops the pool manager starts on no user's behalf.
 SPARE_ACTOR = "pool-manager"
 
 ImageResolver = Callable[[PoolSettings], BootImage]
+T = TypeVar("T")
 
 
 # -- views returned to handlers -------------------------------------------------------------------
@@ -152,21 +156,14 @@ class ConsoleGrant:
 # -- images and names -----------------------------------------------------------------------------
 
 
-def _demo_boot_image(settings: ImageSettings) -> BootImage:
-    return BootImage.of(find_demo_image(settings))
-
-
-# Pool `image` names the broker knows how to boot; a new golden image adds one entry here.
-IMAGE_LOADERS: dict[str, Callable[[ImageSettings], BootImage]] = {"demo": _demo_boot_image}
-
-
 def boot_image_for(settings: ImageSettings, pool: PoolSettings) -> BootImage:
-    loader = IMAGE_LOADERS.get(pool.image)
-    if loader is None:
+    """A built-in image (images/built_in.py) for a pool that names no catalog version."""
+    find = BUILT_IN_IMAGES.get(pool.image)
+    if find is None:
         detail = f"pool {pool.name} uses unknown image {pool.image!r}"
         raise errors.ImageUnavailable(f"The desktop image is not available: {detail}.", detail=detail)
     try:
-        return loader(settings)
+        return BootImage.of(find(settings))
     except ImageError as exc:
         raise errors.ImageUnavailable(f"The desktop image is not available: {exc}", detail=str(exc)) from None
 
@@ -225,7 +222,7 @@ def connect_result(exc: errors.BrokerError) -> ConnectResult | None:
 
 def broker_error_for(exc: HypervisorError) -> errors.ServiceUnavailable:
     # str(exc) names the host and never a secret (hypervisor.base's contract), so the user sees it.
-    cls = errors.HostUnreachable if isinstance(exc, DriverHostUnreachable) else errors.HypervisorFailed
+    cls = errors.HostUnreachable if isinstance(exc, ProviderHostUnreachable) else errors.HypervisorFailed
     return cls(str(exc), detail=str(exc), host=exc.host)
 
 
@@ -455,24 +452,25 @@ class DesktopService:
         self,
         config: BrokerConfig,
         db: Database,
-        drivers: dict[str, Driver],
+        providers: dict[str, DesktopProvider],
         placement: PlacementEngine | None = None,
         image_resolver: ImageResolver | None = None,
     ) -> None:
         self.config = config
         self.db = db
-        self.drivers = drivers
+        # The desktop provider of each host placement may choose; the hosts API adds and removes entries.
+        self.providers = providers
         self.placement = placement or PlacementEngine.default()
         # Decides and claims on one thread, from candidates it keeps (re-read when stale or lost).
         self.placer = PlacementWorker(
             db,
             self.placement,
             config.placement.claim_attempts,
-            host_names=lambda: list(self.drivers),
+            host_names=lambda: list(self.providers),
             max_age_s=config.placement.catalog_max_age_s,
         )
         self.image_resolver = image_resolver or PoolImages(db, partial(boot_image_for, config.images))
-        self._executor = ThreadPoolExecutor(max_workers=DRIVER_THREADS, thread_name_prefix="hypervisor")
+        self._executor = ThreadPoolExecutor(max_workers=PROVIDER_THREADS, thread_name_prefix="hypervisor")
         self._locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -575,7 +573,7 @@ class DesktopService:
             actual = "stale provisioning"
         else:
             # The database says running (or powered off); the hypervisor is the truth (principle 1).
-            actual = await self._driver_call(desktop.host_name, "desktop_state", desktop.domain_name)
+            actual = await self.desktop_state(desktop)
             if actual == "running":
                 if desktop.state != "running":  # a power action a dead broker left half-way
                     desktop = await self.db.run(partial(set_state, desktop_id=desktop.id, state="running"))
@@ -599,7 +597,9 @@ class DesktopService:
         await self.db.run(partial(set_state, desktop_id=desktop.id, state="starting"))
         started = time.monotonic()
         try:
-            endpoint = await self._driver_call(desktop.host_name, "start_desktop", desktop.domain_name)
+            endpoint = await self._on_host(
+                desktop.host_name, lambda host: host.start_desktop(desktop.domain_name)
+            )
         except errors.BrokerError as exc:
             observe_power_action(action, False, time.monotonic() - started)
             await self._record_power(
@@ -639,11 +639,11 @@ class DesktopService:
             if not await self.db.run(partial(begin_power_off, desktop_id=desktop.id, transit=how.transit)):
                 return False  # its user connected meanwhile
             started = time.monotonic()
-            args: tuple = (desktop.domain_name,)
-            if how.action is PowerAction.STOP:
-                args += (pool.shutdown_timeout_s,)
             try:
-                await self._driver_call(desktop.host_name, how.driver_method, *args)
+                await self._on_host(
+                    desktop.host_name,
+                    lambda host: how.apply(host, desktop.domain_name, pool.shutdown_timeout_s),
+                )
             except errors.BrokerError as exc:
                 observe_power_action(how.action, False, time.monotonic() - started)
                 log.warning(
@@ -669,7 +669,7 @@ class DesktopService:
         if desktop is None:
             return None
         self.pool_changed()
-        actual = await self._driver_call(desktop.host_name, "desktop_state", desktop.domain_name)
+        actual = await self.desktop_state(desktop)
         if actual == "running":
             log.info(
                 "connect: user=%s takes spare %s of pool %s", user.username, desktop.domain_name, pool.name
@@ -681,13 +681,13 @@ class DesktopService:
 
     async def _refresh_display(self, desktop: Desktop) -> Desktop:
         # A desktop restarted behind our back (host reboot) gets a new VNC port from autoport.
-        endpoint = await self._driver_call(desktop.host_name, "display", desktop.domain_name)
+        endpoint = await self._on_host(desktop.host_name, lambda host: host.display(desktop.domain_name))
         if (endpoint.host, endpoint.port) == (desktop.vnc_host, desktop.vnc_port):
             return desktop
         return await self.db.run(partial(update_display, desktop_id=desktop.id, endpoint=endpoint))
 
     async def _retire(self, desktop: Desktop) -> None:
-        await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        await self.destroy(desktop)
         ended = await self.db.run(partial(retire_desktop, desktop_id=desktop.id))
         SESSIONS_ACTIVE.dec(ended)
 
@@ -743,7 +743,7 @@ class DesktopService:
             label=f"{pool.name} / {owner or name or 'spare'}",
         )
         try:
-            endpoint = await self._driver_call(desktop.host_name, "create_desktop", spec)
+            endpoint = await self._on_host(desktop.host_name, lambda host: host.create_desktop(spec))
         except Exception as exc:
             await self._start_failed(desktop, exc, actor, client_ip)
             raise
@@ -854,7 +854,7 @@ class DesktopService:
         if pool is not None and pool.kind == "dedicated" and not moved:
             # The user comes back to this desktop: same domain, same overlay, so their writes survive.
             return record_dedicated_logoff
-        await self._driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        await self.destroy(desktop)
         # A rollout promoted another version: the next connect starts the user a desktop of it.
         return partial(record_logoff, outdated_image=desktop.image) if moved else record_logoff
 
@@ -867,23 +867,26 @@ class DesktopService:
     async def _blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def driver_call(self, host: str | None, method: str, *args: Any) -> Any:
-        return await self._driver_call(host, method, *args)
+    async def desktop_state(self, desktop: Desktop) -> str:
+        """What the desktop's host says it is: "running", "paused", "suspended", "shutoff" or "missing"."""
+        return await self._on_host(desktop.host_name, lambda host: host.desktop_state(desktop.domain_name))
 
-    async def console_tail(self, desktop: Desktop) -> str | None:
-        """The desktop's serial console tail; None when its host's driver keeps no console log."""
-        if not hasattr(self.drivers.get(desktop.host_name or ""), "console_log"):
-            return None
-        return await self._driver_call(desktop.host_name, "console_log", desktop.domain_name)
+    async def destroy(self, desktop: Desktop) -> None:
+        """Remove the desktop from its host (idempotent); the database is the caller's to update."""
+        await self._on_host(desktop.host_name, lambda host: host.destroy_desktop(desktop.domain_name))
 
-    async def _driver_call(self, host: str | None, method: str, *args: Any) -> Any:
-        """Call a driver method on the executor; hypervisor errors become 503s naming the host."""
-        driver = self.drivers.get(host or "")
-        if driver is None:
-            detail = f"host {host}: no driver is configured for it"
+    async def readiness(self, desktop: Desktop) -> Readiness:
+        """Whether the running desktop finished starting, as its host's provider can tell."""
+        return await self._on_host(desktop.host_name, lambda host: host.readiness(desktop.domain_name))
+
+    async def _on_host(self, host: str | None, call: Callable[[DesktopProvider], T]) -> T:
+        """Run `call` with the host's provider on the executor; hypervisor errors become 503s naming the host."""
+        provider = self.providers.get(host or "")
+        if provider is None:
+            detail = f"host {host}: no desktop provider is configured for it"
             raise errors.HostUnreachable(f"{detail}.", detail=detail, host=str(host))
         try:
-            return await self._blocking(getattr(driver, method), *args)
+            return await self._blocking(call, provider)
         except HypervisorError as exc:
             raise broker_error_for(exc) from None
 
@@ -896,18 +899,17 @@ def remove_all_desktops(config: BrokerConfig) -> int:
 
     Blocking; for command-line use, never on the event loop.
     """
-    from hypervisor import driver_for
-
     db = Database(config.database)
-    drivers = {host.name: driver_for(host) for host in config.hosts}
+    providers: dict[str, DesktopProvider] = {}
     try:
         with db.transaction() as session:
+            providers = providers_for(host_settings(session, configured=config.hosts))
             live = session.scalars(select(Desktop).where(Desktop.state != "deleted")).all()
         removed = 0
         for desktop in live:
             try:
-                if desktop.host_name in drivers:
-                    drivers[desktop.host_name].destroy_desktop(desktop.domain_name)
+                if desktop.host_name in providers:
+                    providers[desktop.host_name].destroy_desktop(desktop.domain_name)
             except HypervisorError as exc:
                 log.warning("could not remove desktop %s: %s", desktop.domain_name, exc)
                 continue  # the others still go; this one stays recorded for the next try
@@ -916,6 +918,6 @@ def remove_all_desktops(config: BrokerConfig) -> int:
             removed += 1
         return removed
     finally:
-        for driver in drivers.values():
-            driver.close()
+        for provider in providers.values():
+            provider.close()
         db.close()

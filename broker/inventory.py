@@ -1,9 +1,10 @@
-"""Host inventory: add, change, drain and remove hypervisor hosts. The database is the truth.
+"""Host inventory: add, change, drain and remove hosts. The database is the truth.
 
 Hosts in the configuration file (`[[hosts]]`) seed the inventory when the broker starts (inserted
-once, never overwritten); after that, `vdi host ...` and /api/v1/hosts change it. Adding a host
-first connects to it and asks for its capabilities, so a typo in the URI is a 400 on `uri` and
-nothing is stored. Every change bumps the host's generation, so a claim decided on the old
+once, never overwritten); after that, `vdi host ...` and /api/v1/hosts change it. Each host names
+its desktop provider (`provider`, hypervisor/registry.py), which decides what its URI looks like.
+Adding a host first connects to it through its provider, so a typo in the URI is a 400 on `uri` (an
+unknown provider one on `provider`) and nothing is stored. Every change bumps the host's generation, so a claim decided on the old
 figures loses and is placed again, and every change is audited.
 
 Label rule: keys are lower-case words, ^[a-z][a-z0-9_-]{0,31}$; a key must be one of
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -29,14 +30,15 @@ from broker.db.models import AuditEvent, Desktop, DesktopSession, Host
 from broker.placement.candidates import HostCandidate
 from broker.placement.claim import HOLDING_STATES, host_usage, load_host_candidates
 from broker.placement.config import PlacementSettings
-from hypervisor.base import Driver, HypervisorError
+from hypervisor.base import HypervisorError
 from hypervisor.config import HostSettings, SshAddress, resolve_console_route
+from hypervisor.provider import DesktopProvider, provider_for
+from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name, provider_class
 from monitoring.metrics import HOSTS, HostAdminState, HostHealth
 
 log = logging.getLogger(__name__)
 
 HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
-HOST_URI = r"^(qemu(\+(ssh|tls|tcp|unix|libssh|libssh2))?|test)://"
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -86,7 +88,21 @@ class HostChange(BaseModel):
 
 class NewHost(HostChange):
     name: str = Field(pattern=HOST_NAME)
-    uri: str = Field(pattern=HOST_URI, max_length=512)
+    provider: str = DEFAULT_PROVIDER
+    uri: str = Field(max_length=512)
+
+    @field_validator("provider")
+    @classmethod
+    def _registered_provider(cls, value: str) -> str:
+        return check_provider_name(value)
+
+    @field_validator("uri")
+    @classmethod
+    def _provider_uri(cls, value: str, info: ValidationInfo) -> str:
+        # The provider decides what its hosts' URIs look like; an unknown provider is reported on its own.
+        if "provider" in info.data:
+            provider_class(info.data["provider"]).check_uri(value)
+        return value
 
     def console_route(self) -> tuple[str, str | None]:
         """(console_access, ssh_address) with the URI's defaults; a 400 on ssh_address if there is none."""
@@ -94,7 +110,9 @@ class NewHost(HostChange):
 
     def settings(self) -> HostSettings:
         access, address = self.console_route()
-        return HostSettings(name=self.name, uri=self.uri, console_access=access, ssh_address=address)
+        return HostSettings(
+            name=self.name, provider=self.provider, uri=self.uri, console_access=access, ssh_address=address
+        )
 
 
 def console_route(uri: str, access: str | None, address: str | None) -> tuple[str, str | None]:
@@ -142,6 +160,7 @@ def display_uri(uri: str) -> str:
 class HostView:
     host: HostCandidate
     uri: str
+    provider: str = DEFAULT_PROVIDER
     console_access: str = "direct"
     ssh_address: str | None = None
 
@@ -149,6 +168,7 @@ class HostView:
         h = self.host
         return {
             "name": h.name,
+            "provider": self.provider,
             "uri": display_uri(self.uri),
             "health": h.state,
             "admin_state": h.admin_state,
@@ -170,14 +190,13 @@ class HostView:
 
 
 def _views(db: Session, names: list[str] | None = None) -> list[HostView]:
-    rows = {
-        row.name: row
-        for row in db.execute(select(Host.name, Host.uri, Host.console_access, Host.ssh_address))
-    }
-    return [
-        HostView(c, rows[c.name].uri, rows[c.name].console_access or "direct", rows[c.name].ssh_address)
-        for c in load_host_candidates(db, names)
-    ]
+    columns = (Host.name, Host.uri, Host.provider, Host.console_access, Host.ssh_address)
+    rows = {row.name: row for row in db.execute(select(*columns))}
+    return [_view(candidate, rows[candidate.name]) for candidate in load_host_candidates(db, names)]
+
+
+def _view(candidate: HostCandidate, row) -> HostView:
+    return HostView(candidate, row.uri, row.provider, row.console_access or "direct", row.ssh_address)
 
 
 def list_hosts(db: Session) -> list[HostView]:
@@ -203,7 +222,7 @@ def _audit(db: Session, actor: str, action: str, target: str, client_ip: str, **
 
 
 def _apply(row: Host, change: HostChange) -> dict:
-    changed = change.model_dump(exclude_unset=True, exclude={"name", "uri"})
+    changed = change.model_dump(exclude_unset=True, exclude={"name", "uri", "provider"})
     for key, value in changed.items():
         setattr(row, key, dict(value) if key == "labels" else value)
     # Any change invalidates decisions taken on the old figures (optimistic concurrency).
@@ -215,7 +234,15 @@ def insert_host(db: Session, new: NewHost, actor: str, client_ip: str) -> HostVi
     if db.get(Host, new.name) is not None:
         raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
     access, address = new.console_route()
-    row = Host(name=new.name, uri=new.uri, state="up", admin_state="enabled", labels={}, images=[])
+    row = Host(
+        name=new.name,
+        uri=new.uri,
+        provider=new.provider,
+        state="up",
+        admin_state="enabled",
+        labels={},
+        images=[],
+    )
     row.max_desktops, row.cpu_ratio, row.ram_ratio = 20, 4.0, 1.0
     _apply(row, new)
     row.console_access, row.ssh_address = access, address
@@ -228,6 +255,7 @@ def insert_host(db: Session, new: NewHost, actor: str, client_ip: str) -> HostVi
         "host.add",
         new.name,
         client_ip,
+        provider=new.provider,
         uri=display_uri(new.uri),
         labels=row.labels,
         console_access=access,
@@ -303,6 +331,7 @@ def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
         db.add(
             Host(
                 name=host.name,
+                provider=host.provider,
                 uri=host.uri,
                 state="up",
                 admin_state="enabled",
@@ -321,10 +350,18 @@ def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
 
 
 def host_settings(db: Session, configured: list[HostSettings]) -> list[HostSettings]:
-    """Driver settings for every host in the inventory: the config's when it has the host."""
+    """Provider settings for every host in the inventory: the config's when it has the host."""
     by_name = {host.name: host for host in configured}
-    rows = db.execute(select(Host.name, Host.uri).order_by(Host.name)).all()
-    return [by_name.get(name) or HostSettings(name=name, uri=uri) for name, uri in rows]
+    rows = db.execute(select(Host.name, Host.provider, Host.uri).order_by(Host.name)).all()
+    return [
+        by_name.get(name) or HostSettings(name=name, provider=provider, uri=uri)
+        for name, provider, uri in rows
+    ]
+
+
+def providers_for(hosts: list[HostSettings]) -> dict[str, DesktopProvider]:
+    """Each host's desktop provider, by host name (nothing is connected yet)."""
+    return {host.name: provider_for(host) for host in hosts}
 
 
 def update_host_gauges(db: Session) -> None:
@@ -339,20 +376,22 @@ def update_host_gauges(db: Session) -> None:
 # -- reaching the host -----------------------------------------------------------------------------
 
 
-def probe(settings: HostSettings) -> Driver:
-    """Connect to the host and read its capabilities (blocking); a 400 on `uri` if it cannot be reached.
+def probe(settings: HostSettings) -> DesktopProvider:
+    """Connect to the host through its provider (blocking); a 400 on `uri` if it cannot be reached.
 
-    Returns the connected driver, which the broker keeps for the host.
+    Returns the connected provider, which the broker keeps for the host.
     """
-    from hypervisor import driver_for
-
-    driver = None
+    provider = provider_for(settings)
     try:
-        driver = driver_for(settings)
-        virt_type = driver.virt_type()
+        offers = provider.probe()
     except HypervisorError as exc:
-        if driver is not None:
-            driver.close()
+        provider.close()
         raise errors.InvalidField(f"uri: the host cannot be reached: {exc.message}", field="uri") from None
-    log.info("host %s reachable at %s (%s)", settings.name, display_uri(settings.uri), virt_type)
-    return driver
+    log.info(
+        "host %s reachable at %s (%s: %s)",
+        settings.name,
+        display_uri(settings.uri),
+        settings.provider,
+        offers,
+    )
+    return provider

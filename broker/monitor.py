@@ -22,10 +22,11 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,7 +36,8 @@ from broker.config import MonitorSettings
 from broker.db import Database, move_state
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, Pool, utcnow
 from broker.inventory import update_host_gauges
-from hypervisor.base import DisplayEndpoint, DomainEvent, Driver, HostStats, HypervisorError
+from hypervisor.base import DisplayEndpoint, DomainEvent, HostStats, HypervisorError
+from hypervisor.provider import DesktopProvider
 from monitoring.metrics import (
     DESKTOPS_LOST,
     DOMAIN_EVENTS,
@@ -48,6 +50,7 @@ from monitoring.metrics import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACTOR = "monitor"
 HOST_DOWN_REASON = "host_down"
@@ -237,13 +240,15 @@ class HostMonitor(PeriodicTask):
 
     name = "host-monitor"
 
-    def __init__(self, settings: MonitorSettings, db: Database, drivers: dict[str, Driver]) -> None:
+    def __init__(
+        self, settings: MonitorSettings, db: Database, providers: dict[str, DesktopProvider]
+    ) -> None:
         super().__init__(settings.poll_interval_s)
         self.settings = settings
         self.db = db
-        self.drivers = drivers
+        self.providers = providers
         # One thread per host at most: a hung host blocks only its own poll (see _pending).
-        self._executor = ThreadPoolExecutor(max_workers=max(2, len(drivers)), thread_name_prefix="monitor")
+        self._executor = ThreadPoolExecutor(max_workers=max(2, len(providers)), thread_name_prefix="monitor")
         self._pending: dict[str, Future] = {}
         self._last_answer: dict[str, float] = {}
         self._reported_orphans: set[tuple[str, str]] = set()
@@ -259,7 +264,9 @@ class HostMonitor(PeriodicTask):
         )
         self._loop = asyncio.get_running_loop()
         watching = [
-            name for name, driver in self.drivers.items() if driver.watch_events(self._event_from_driver)
+            name
+            for name, provider in self.providers.items()
+            if provider.watch_events(self._event_from_provider)
         ]
         if watching:
             log.info("host monitor: lifecycle events from %s", ", ".join(sorted(watching)))
@@ -275,7 +282,7 @@ class HostMonitor(PeriodicTask):
     async def pass_once(self) -> None:
         """Poll every enabled host once, concurrently, and reconcile the ones that answered."""
         hosts = await self.db.run(enabled_hosts)
-        names = [name for name in hosts if name in self.drivers]
+        names = [name for name in hosts if name in self.providers]
         await asyncio.gather(*(self._check_host(name) for name in names))
 
     async def _check_host(self, name: str) -> None:
@@ -299,7 +306,7 @@ class HostMonitor(PeriodicTask):
         future = self._pending.get(name)
         if future is None or future.done():
             # A call still hanging from an earlier pass is awaited again rather than piled up.
-            future = self._executor.submit(self.drivers[name].host_stats)
+            future = self._executor.submit(self.providers[name].host_stats)
             self._pending[name] = future
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.poll_interval_s)
@@ -311,8 +318,8 @@ class HostMonitor(PeriodicTask):
 
     # -- lifecycle events -------------------------------------------------------------------------------
 
-    def _event_from_driver(self, event: DomainEvent) -> None:
-        """Called on a driver's thread: hand the event to the broker's loop."""
+    def _event_from_provider(self, event: DomainEvent) -> None:
+        """Called on a provider's thread: hand the event to the broker's loop."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._on_event, event)
@@ -362,12 +369,12 @@ class HostMonitor(PeriodicTask):
         """Reconcile every enabled host that is up (at broker start, before the first poll)."""
         hosts = await self.db.run(enabled_hosts)
         for name, state in hosts.items():
-            if state == "up" and name in self.drivers:
+            if state == "up" and name in self.providers:
                 await self.reconcile_host(name)
 
     async def reconcile_host(self, name: str) -> None:
         try:
-            domains = await self._call(name, "list_desktops")
+            domains = await self._call(name, lambda host: host.list_desktops())
         except HypervisorError as exc:
             log.info("host %s: cannot reconcile now: %s", name, exc.message)
             return
@@ -384,7 +391,7 @@ class HostMonitor(PeriodicTask):
 
     async def _adopt(self, name: str, desktop_id: int, domain: str) -> None:
         try:
-            endpoint = await self._call(name, "display", domain)
+            endpoint = await self._call(name, lambda host: host.display(domain))
         except HypervisorError as exc:
             log.info("host %s: cannot adopt %s yet: %s", name, domain, exc.message)
             return
@@ -397,7 +404,7 @@ class HostMonitor(PeriodicTask):
     async def _orphan(self, name: str, domain: str) -> None:
         if self.settings.orphans == "destroy":
             try:
-                await self._call(name, "destroy_desktop", domain)
+                await self._call(name, lambda host: host.destroy_desktop(domain))
             except HypervisorError as exc:
                 log.warning("host %s: cannot destroy orphan %s: %s", name, domain, exc.message)
                 return
@@ -411,8 +418,6 @@ class HostMonitor(PeriodicTask):
         ORPHAN_DOMAINS.labels(action=action.value).inc()
         log.warning("host %s: orphan domain %s (not in the database): %s", name, domain, action.value)
 
-    async def _call(self, name: str, method: str, *args: Any) -> Any:
-        driver = self.drivers[name]
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, getattr(driver, method), *args
-        )
+    async def _call(self, name: str, call: Callable[[DesktopProvider], T]) -> T:
+        """Run `call` with the host's provider on the monitor's own threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call, self.providers[name])

@@ -6,7 +6,7 @@ desktops get is, in this order:
 1. the version of the pool's image the newest *promoted* rollout moved the pool to (broker/rollout.py;
    the database is the truth of desired state, so it wins over the file);
 2. `image_version` from the configuration;
-3. for `image = "demo"` without a version, the built-in demo image (images/demo.py), as before the catalog;
+3. for a built-in image (images/built_in.py, e.g. the demo image) without a version, its files as found;
 4. otherwise the image's newest catalog version.
 
 Checks that need the database rather than the file alone live here too: a pool naming a version the
@@ -29,12 +29,10 @@ from broker.db import Database
 from broker.db.models import Host, ImageVersion, Rollout
 from broker.image_catalog import Catalog, CatalogError
 from hypervisor.base import BootImage
+from images.built_in import BUILT_IN_IMAGES
 from monitoring.metrics import POOL_CAPACITY_SHORTFALL
 
 log = logging.getLogger(__name__)
-
-# Image names that boot without the catalog when the pool names no version (broker.desktops.IMAGE_LOADERS).
-BUILT_IN_IMAGES = frozenset({"demo"})
 
 
 def image_ref(name: str, version: str) -> str:
@@ -66,7 +64,7 @@ def configured_version(db: Session, pool: PoolSettings) -> str | None:
 
 
 def catalog_version(db: Session, pool: PoolSettings) -> ImageVersion | None:
-    """The catalog row new desktops of the pool start from; None for the built-in demo image."""
+    """The catalog row new desktops of the pool start from; None for a built-in image."""
     version = configured_version(db, pool)
     if version is None and pool.image in BUILT_IN_IMAGES:
         return None

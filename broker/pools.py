@@ -3,10 +3,10 @@
 Level triggered (ARCHITECTURE.md, principle 1): every pass counts what each pool holds in the
 database and starts what is missing, so a missed wake-up, a failed start or a broker restart is
 repaired by the next pass. Desktops are placed and booted through DesktopService (placement,
-claim, driver calls on its executor), never from here directly.
+claim, provider calls on its executor), never from here directly.
 
-A spare is "ready" once its guest shows it finished booting: the ready marker on its serial console
-(the same one a rollout's canaries must show, broker/rollout.py). Until then it is a booting spare:
+A spare is "ready" once its host's provider says it finished starting (`readiness`; for libvirt, the
+ready marker on its serial console, the same one a rollout's canaries must show, broker/rollout.py). Until then it is a booting spare:
 connects take ready spares first, and a booting one only when no ready one is left (still sooner
 than a cold clone). A spare whose guest crashes while booting is removed and replaced; one still
 silent at the pool's `ready_deadline_s` is logged and counted ready, so nothing waits forever on an
@@ -32,7 +32,8 @@ from broker.db.models import Desktop, DesktopSession, utcnow
 from broker.desktops import DesktopService, spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
-from broker.rollout import PANIC, READY, last_console_line, remove_spare, retire_outdated_spares
+from broker.rollout import remove_spare, retire_outdated_spares
+from hypervisor.base import Readiness
 from monitoring.metrics import (
     DESKTOP_GUEST_READY_DURATION,
     POOL_DESKTOPS,
@@ -198,27 +199,26 @@ class PoolManager(PeriodicTask):
         name = desktop.domain_name
         while True:
             try:
-                # None: the host's driver keeps no console log, and the spare counts as ready.
-                console = await self.desktops.console_tail(desktop)
+                readiness = await self.desktops.readiness(desktop)
             except errors.BrokerError as exc:
                 if not await self.db.run(partial(still_running, desktop_id=desktop.id)):
                     return  # taken and logged off, removed, or lost with its host: nothing left to watch
-                console = ""  # host briefly unreachable: the monitor decides about hosts; keep polling
-                log.debug("pool %s: spare %s: console unreadable: %s", pool.name, name, exc.message)
+                # Host briefly unreachable: the monitor decides about hosts; keep polling.
+                readiness = Readiness(ready=False)
+                log.debug("pool %s: spare %s: readiness unknown: %s", pool.name, name, exc.message)
             except Exception:
-                log.exception("pool %s: spare %s: reading its console failed", pool.name, name)
+                log.exception("pool %s: spare %s: asking its readiness failed", pool.name, name)
                 return
-            if console is None or READY.search(console):
+            if readiness.ready:
                 break
-            panic = PANIC.search(console)
-            if panic is not None:
-                await self._replace_crashed(pool, desktop, panic.group(0).strip())
+            if readiness.crashed:
+                await self._replace_crashed(pool, desktop, readiness.crashed)
                 return
             if time.monotonic() >= deadline:
                 SPARES_NOT_READY.labels(outcome="deadline").inc()
                 log.warning(
                     "pool %s: spare %s did not show ready within %d s (console: %s); handed out anyway",
-                    *(pool.name, name, pool.ready_deadline_s, last_console_line(console) or "(empty)"),
+                    *(pool.name, name, pool.ready_deadline_s, readiness.last_output or "(empty)"),
                 )
                 break
             await asyncio.sleep(READY_POLL_S)

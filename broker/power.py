@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session
 from broker.config import PoolSettings
 from broker.db.models import AuditEvent, Desktop, DesktopSession
 from hypervisor.base import DisplayEndpoint
+from hypervisor.provider import DesktopProvider
 from monitoring.metrics import DESKTOPS_BY_POWER, POWER_ACTION_DURATION, PowerAction, PowerResult, PowerState
 
 log = logging.getLogger(__name__)
@@ -36,19 +38,28 @@ OFF_STATES = ("stopped", "suspended")
 TRANSIT_STATES = ("stopping", "suspending", "starting")
 
 
+def _stop(provider: DesktopProvider, domain_name: str, timeout_s: float) -> None:
+    provider.stop_desktop(domain_name, timeout_s)
+
+
+def _suspend(provider: DesktopProvider, domain_name: str, _timeout_s: float) -> None:
+    provider.suspend_desktop(domain_name)
+
+
 @dataclass(frozen=True)
 class PowerOff:
-    """How a policy powers a desktop off: the driver method, and the states during and after it."""
+    """How a policy powers a desktop off: the provider call (desktop name and the pool's shutdown
+    timeout), and the states during and after it."""
 
     action: PowerAction
-    driver_method: str
+    apply: Callable[[DesktopProvider, str, float], None]
     transit: str
     final: str
 
 
 POWER_OFF = {
-    "shutoff": PowerOff(PowerAction.STOP, "stop_desktop", "stopping", "stopped"),
-    "suspend": PowerOff(PowerAction.SUSPEND, "suspend_desktop", "suspending", "suspended"),
+    "shutoff": PowerOff(PowerAction.STOP, _stop, "stopping", "stopped"),
+    "suspend": PowerOff(PowerAction.SUSPEND, _suspend, "suspending", "suspended"),
 }
 
 

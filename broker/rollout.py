@@ -11,16 +11,16 @@ manager, one periodic task per broker, drives every unfinished rollout:
 - creating: the canary desktops (N, or N % of the pool's desktops, at least 1) are placed and booted on the
   new version like spares, named `vdi-<pool>-canary-r<id>-<hex>`; no user is given one (broker/desktops.py
   `spare_conditions`).
-- canary: each pass looks at every canary: the domain runs, its VNC display answers `RFB`, and its serial
-  console shows the ready marker (the demo guest's `smartwork-vdi: desktop ready`, or a getty's
-  `<host> login:` for images built by `vdi image build`). "Kernel panic" on the console, a domain that
-  stopped, or a desktop that failed to start is a failure at once; anything not ready at the deadline
-  (counted from the request) is one too.
+- canary: each pass looks at every canary: the desktop runs, its VNC display answers `RFB`, and its host's
+  provider says it is ready (`readiness`; for libvirt, the ready marker on its serial console: the demo
+  guest's `smartwork-vdi: desktop ready`, or a getty's `<host> login:`). A crash the provider reports
+  ("Kernel panic" on the console), a desktop that stopped, or one that failed to start is a failure at
+  once; anything not ready at the deadline (counted from the request) is one too.
 - promoted: new desktops of the pool use the version (it wins over `image_version` in the file); canaries
   stay as spares up to the pool's `spares`; the pool manager replaces older spares, floating desktops go at
   logoff as always, dedicated ones at their next logoff or when an administrator moves them.
 - rolled back: every canary is destroyed (domain and volumes), the pool stays where it was, and the
-  reason names the desktop and what failed, with the console's last line.
+  reason names the desktop and what failed, with the last line it showed.
 
 A rollout in "canary" when a broker restarts is simply checked again by the next pass (the deadline is in
 the database); one left "creating" by a broker that stopped is rolled back once its deadline has passed.
@@ -51,6 +51,7 @@ from broker.desktops import DesktopService, DesktopView, canary_owner, domain_pr
 from broker.image_catalog import Catalog, CatalogError
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import BUILT_IN_IMAGES, configured_version, image_ref, promoted_rollout
+from images.boot import ImageError
 from images.config import ImageSettings
 from monitoring.metrics import (
     CANARY_READY_SECONDS,
@@ -68,10 +69,7 @@ CREATOR_GRACE_S = 30.0
 RFB_PROBE_TIMEOUT_S = 3.0
 ACTIVE_STATES = ("pending", "creating", "canary", "rolling_back")
 ACTOR = "rollout"
-READY = re.compile(r"smartwork-vdi: desktop ready|^\S+ login:", re.MULTILINE)
-PANIC = re.compile(r"Kernel panic[^\r\n]*")
 CANARY_SPEC = re.compile(r"^([1-9][0-9]{0,3})(%?)$")
-CONTROL = re.compile(r"[\x00-\x1f\x7f]|\x1b\[[0-9;]*[A-Za-z]")
 
 
 # -- errors and requests -------------------------------------------------------------------------------
@@ -184,10 +182,8 @@ def current_ref(db: Session, pool: PoolSettings, settings: ImageSettings) -> str
     """ "name:version" new desktops of the pool get now (what a rollout moves the pool away from)."""
     version = configured_version(db, pool)
     if version is None and pool.image in BUILT_IN_IMAGES:
-        from images.demo import ImageError, find_demo_image
-
         try:
-            version = find_demo_image(settings).version
+            version = BUILT_IN_IMAGES[pool.image](settings).version
         except ImageError:
             version = "not-built"
     elif version is None:
@@ -365,13 +361,7 @@ class CanaryCheck:
     ready: bool = False
     failure: str | None = None  # set: the rollout fails now
     waiting_for: str = ""  # what is still missing, for the deadline's reason
-    console_tail: str = ""
-
-
-def last_console_line(console: str) -> str:
-    lines = [CONTROL.sub("", line).strip() for line in console.splitlines()]
-    text = next((line for line in reversed(lines) if line), "")
-    return text[:200]
+    last_output: str = ""  # the last line the desktop showed
 
 
 async def rfb_answers(host: str | None, port: int | None) -> bool:
@@ -578,7 +568,7 @@ class RolloutManager(PeriodicTask):
             late = next(check for check in checks if not check.ready)
             reason = (
                 f"canary desktop {late.name} did not show ready within {rollout.deadline_s} s "
-                f"(waiting for {late.waiting_for}); console: {late.console_tail or '(empty)'}"
+                f"(waiting for {late.waiting_for}); console: {late.last_output or '(empty)'}"
             )
             await self._roll_back(rollout, reason)
 
@@ -590,27 +580,27 @@ class RolloutManager(PeriodicTask):
             why = f": {desktop.error}" if desktop.error else ""
             return CanaryCheck(name, failure=f"canary desktop {name} is {desktop.state}{why}")
         try:
-            actual = await self.desktops.driver_call(desktop.host_name, "desktop_state", name)
-            console = await self.desktops.console_tail(desktop)  # None: the display decides
+            actual = await self.desktops.desktop_state(desktop)
+            readiness = await self.desktops.readiness(desktop)
         except errors.BrokerError as exc:
             return CanaryCheck(name, waiting_for=f"its host ({exc.message})")
         if actual != "running":
             return CanaryCheck(name, failure=f"canary desktop {name} is {actual} on host {desktop.host_name}")
-        tail = last_console_line(console or "")
-        panic = PANIC.search(console or "")
-        if panic is not None:
-            return CanaryCheck(
-                name, failure=f"canary desktop {name} crashed; console: {panic.group(0).strip()}"
-            )
+        if readiness.crashed:
+            return CanaryCheck(name, failure=f"canary desktop {name} crashed; console: {readiness.crashed}")
         # A display reached through the host's sshd (console_access = "ssh") is the gateway's to open.
         screen = display_via_ssh or await rfb_answers(desktop.vnc_host, desktop.vnc_port)
-        marker = console is None or READY.search(console) is not None
         missing = [
             what
-            for what, ok in (("its VNC display", screen), ("the ready marker on its console", marker))
+            for what, ok in (
+                ("its VNC display", screen),
+                (readiness.waiting_for or "it to finish starting", readiness.ready),
+            )
             if not ok
         ]
-        return CanaryCheck(name, ready=not missing, waiting_for=" and ".join(missing), console_tail=tail)
+        return CanaryCheck(
+            name, ready=not missing, waiting_for=" and ".join(missing), last_output=readiness.last_output
+        )
 
     async def _promote(self, rollout: RolloutView, pool: PoolSettings, desktops: list[Desktop]) -> None:
         # Canaries beyond the pool's spares go before the promotion makes them takeable by users.
@@ -636,7 +626,7 @@ class RolloutManager(PeriodicTask):
             return
         leftovers = []
         for desktop in await self.db.run(partial(canary_desktops, rollout=rollout)):
-            # A row in "error" failed to start, and the driver removes what a failed start made.
+            # A row in "error" failed to start, and the provider removes what a failed start made.
             if not await self._remove(desktop) and desktop.state != "error":
                 leftovers.append(desktop.domain_name)
         if leftovers:
@@ -668,7 +658,7 @@ async def remove_spare(desktops: DesktopService, db: Database, desktop: Desktop,
     if not await db.run(partial(claim_spare_for_removal, desktop_id=desktop.id)):
         return False  # a user took it meanwhile: it goes at their logoff instead
     try:
-        await desktops.driver_call(desktop.host_name, "destroy_desktop", desktop.domain_name)
+        await desktops.destroy(desktop)
     except errors.BrokerError as exc:
         log.warning(
             "pool %s: cannot remove %s %s: %s", desktop.pool_name, why, desktop.domain_name, exc.message

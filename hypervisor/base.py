@@ -1,17 +1,13 @@
-"""The driver contract: what the broker asks of a hypervisor host.
+"""What desktop providers and the broker exchange: errors, images, specs, endpoints, stats and events.
 
-Drivers are blocking (libvirt-python, paramiko); the broker calls them in an executor.
-A driver never touches the database.
+The contract itself is hypervisor/provider.py. A desktop's `domain_name` is its unique name on its host
+(a libvirt domain, or a session on a session host).
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from hypervisor.config import HostSettings
 
 
 class HypervisorError(Exception):
@@ -31,15 +27,23 @@ class DesktopNotFound(HypervisorError):
     """No such desktop on the host."""
 
 
+class Unsupported(HypervisorError):
+    """The host's provider has no such operation (e.g. suspending a desktop that is not a VM)."""
+
+
+class UnknownProvider(HypervisorError):
+    """The host names a provider nobody registered (hypervisor/registry.py)."""
+
+
 class ImageChecksumMismatch(HypervisorError):
     """The host's copy of an image does not hold the bytes the catalog recorded; the copy was removed."""
 
 
 @dataclass(frozen=True)
 class BootImage:
-    """A golden image version as files on the broker's machine.
+    """A golden image version as files on the broker's machine, for providers that need one (`needs_image`).
 
-    `disk` is the qcow2 base every desktop's overlay is backed by; `kernel` and `initrd`
+    For libvirt, `disk` is the qcow2 base every desktop's overlay is backed by; `kernel` and `initrd`
     are booted directly when present (the demo image has no boot loader).
     """
 
@@ -49,7 +53,7 @@ class BootImage:
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
-    # The catalog's SHA-256 of `disk`: when set, a driver verifies the uploaded copy on the host against it.
+    # The catalog's SHA-256 of `disk`: when set, a provider verifies the uploaded copy on the host against it.
     sha256: str | None = None
 
     @classmethod
@@ -113,69 +117,15 @@ class DomainEvent:
         return self.event == "crashed" or (self.event == "stopped" and self.detail in ("crashed", "failed"))
 
 
-class Driver(ABC):
-    def __init__(self, host: HostSettings) -> None:
-        self.host = host
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a running desktop finished starting, as far as its provider can tell.
 
-    @abstractmethod
-    def create_desktop(self, spec: DesktopSpec) -> DisplayEndpoint:
-        """Clone, define and start a desktop; on any failure leave no domain or volume behind."""
+    `crashed` holds what the desktop showed when it died while starting (e.g. "Kernel panic - …"),
+    `waiting_for` what is still missing, `last_output` the last line it showed; all three are for messages.
+    """
 
-    @abstractmethod
-    def destroy_desktop(self, domain_name: str) -> None:
-        """Stop, undefine and delete the desktop's overlay. Idempotent."""
-
-    @abstractmethod
-    def desktop_state(self, domain_name: str) -> str:
-        """One of "running", "paused", "suspended" (memory saved to disk), "shutoff", "missing"."""
-
-    @abstractmethod
-    def display(self, domain_name: str) -> DisplayEndpoint:
-        """The running desktop's VNC endpoint, read from its live definition."""
-
-    @abstractmethod
-    def list_desktops(self) -> list[str]:
-        """Names of the domains on this host that smartwork-vdi created."""
-
-    # Power actions on a kept (dedicated) desktop; optional: drivers without them refuse with an error.
-
-    def stop_desktop(self, domain_name: str, timeout_s: float) -> None:
-        """Shut the guest down (forced off after `timeout_s`), keeping its definition and disk. Idempotent."""
-        raise HypervisorError(self.host.name, f"this driver cannot stop desktop {domain_name}")
-
-    def suspend_desktop(self, domain_name: str) -> None:
-        """Save the guest's memory to disk and free it on the host; start_desktop resumes it."""
-        raise HypervisorError(self.host.name, f"this driver cannot suspend desktop {domain_name}")
-
-    def start_desktop(self, domain_name: str) -> DisplayEndpoint:
-        """Start (or resume) a stopped or suspended desktop from its kept disk; its display endpoint."""
-        raise HypervisorError(self.host.name, f"this driver cannot start desktop {domain_name}")
-
-    # Golden images on the host; optional: drivers that need no image copy refuse with an error.
-
-    def upload_image(self, image: BootImage) -> bool:
-        """Copy the image's files to the host if not there yet (True when copied now); with
-        `image.sha256`, a new copy is verified on the host and removed again when it differs."""
-        raise HypervisorError(self.host.name, f"this driver cannot upload image {image.name} {image.version}")
-
-    def image_sha256(self, image: BootImage) -> str:
-        """SHA-256 of the host's copy of the image's disk, read back from the host."""
-        raise HypervisorError(self.host.name, f"this driver cannot read image {image.name} {image.version}")
-
-    def host_stats(self) -> HostStats:
-        """Free memory, CPU load and running desktops; raises HostUnreachable when the host does not answer.
-
-        Optional: drivers without a cheaper probe answer with list_desktops(), which proves the host is alive.
-        """
-        return HostStats(free_memory_mib=0, cpu_load=None, running_desktops=len(self.list_desktops()))
-
-    def watch_events(self, callback: Callable[[DomainEvent], None]) -> bool:
-        """Call `callback` (from a driver thread) for every lifecycle event of this host's domains.
-
-        Optional: returns False when the driver has no events; the monitor's polling still notices
-        changes, only later.
-        """
-        return False
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+    ready: bool
+    crashed: str = ""
+    waiting_for: str = ""
+    last_output: str = ""

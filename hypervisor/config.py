@@ -1,4 +1,4 @@
-"""Settings of one hypervisor host as seen by its driver, and how the gateway reaches its displays."""
+"""Settings of one host as seen by its desktop provider, and how the gateway reaches its displays."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name
 
 # libvirt's SSH transports (https://libvirt.org/uri.html#transport-configuration).
 SSH_URI_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
@@ -78,8 +80,13 @@ class HostSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="short unique name of the host")
+    provider: str = Field(
+        DEFAULT_PROVIDER,
+        description="desktop provider that drives the host (hypervisor/registry.py): libvirt",
+    )
     uri: str = Field(
-        "qemu:///system", description="libvirt URI (qemu:///system, qemu+ssh://..., qemu+tls://...)"
+        "qemu:///system",
+        description="where the provider reaches the host; libvirt: qemu:///system, qemu+ssh://..., qemu+tls://...",
     )
     storage_pool: str = Field(
         "smartwork", description="libvirt storage pool holding base images and overlays"
@@ -111,6 +118,11 @@ class HostSettings(BaseModel):
         description="user@host:port of the host's sshd for console_access ssh "
         "(unset: from a qemu+ssh:// uri, user root, port 22)",
     )
+
+    @field_validator("provider")
+    @classmethod
+    def _registered_provider(cls, value: str) -> str:
+        return check_provider_name(value)
 
     @field_validator("ssh_address")
     @classmethod

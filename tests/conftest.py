@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.login_security",
     "tests.fixtures.sshd",
     "tests.fixtures.lab_hosts",
+    "tests.fixtures.toy_provider",
 ]
 
 

@@ -25,7 +25,7 @@ from gateway.config import GatewaySettings
 from gateway.ssh_channel import SshChannels, SshRouteError
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import SshAddress
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from monitoring.metrics import SshChannelResult
 from tests.ansible.conftest import ANSIBLE_DIR, ansible_playbook, recap
@@ -162,7 +162,7 @@ def test_gateway_account_gets_no_command(role_on_hv4):
 
 def test_gateway_reaches_a_desktop_on_hv4_as_the_role_made_account(role_on_hv4, demo_image: DemoImage):
     run = role_on_hv4
-    driver = LibvirtDriver(lab_host_settings(run.hosts, HOST, run.pool))
+    driver = LibvirtProvider(lab_host_settings(run.hosts, HOST, run.pool))
     name = f"{run.pool}-desktop"
     settings = GatewaySettings(ssh_key_file=run.gateway_key, ssh_known_hosts=run.hosts.known_hosts)
     address = SshAddress(run.user, run.address, 22)

@@ -153,7 +153,7 @@ def test_connect_to_unknown_pool_is_404(client):
     assert "no-such-pool" in response.json()["error"]["message"]
 
 
-def test_connect_to_pool_of_other_groups_is_403_and_audited(client, broker_db, unreachable_drivers):
+def test_connect_to_pool_of_other_groups_is_403_and_audited(client, broker_db, unreachable_providers):
     before = metric("vdi_connect_duration_seconds_count", result="forbidden")
     response = client.post("/api/v1/pools/moef-office/connect")
     assert response.status == 403
@@ -161,11 +161,11 @@ def test_connect_to_pool_of_other_groups_is_403_and_audited(client, broker_db, u
     (event,) = audit_rows(broker_db, "connect")
     assert (event.actor, event.result, event.target) == ("kimmj", "denied", "moef-office")
     assert metric("vdi_connect_duration_seconds_count", result="forbidden") == before + 1
-    assert unreachable_drivers["local"].calls == []
+    assert unreachable_providers["local"].calls == []
 
 
 def test_unreachable_host_is_503_naming_the_host_and_leaves_nothing_half_made(
-    client, broker_db, unreachable_drivers
+    client, broker_db, unreachable_providers
 ):
     failures = metric("vdi_desktop_start_failures_total")
     response = client.post("/api/v1/pools/mois-office/connect", headers={"Accept-Language": "en"})
@@ -173,7 +173,7 @@ def test_unreachable_host_is_503_naming_the_host_and_leaves_nothing_half_made(
     error = response.json()["error"]
     assert error["reason"] == "host_unreachable"
     assert "host local" in error["message"]
-    assert unreachable_drivers["local"].calls == ["create_desktop"]
+    assert unreachable_providers["local"].calls == ["create_desktop"]
     assert metric("vdi_desktop_start_failures_total") == failures + 1
     with broker_db.transaction() as db:
         (desktop,) = db.scalars(select(Desktop)).all()
@@ -193,13 +193,13 @@ def test_unreachable_host_message_follows_the_users_language(client):
 
 
 def test_no_host_with_room_is_503_with_the_placement_reason(
-    tmp_path, broker_server, fake_authenticator, unreachable_drivers
+    tmp_path, broker_server, fake_authenticator, unreachable_providers
 ):
     config = make_broker_config(
         tmp_path / "full.db", hosts=[{"name": "local", "uri": "qemu:///system", "max_desktops": 0}]
     )
     client = BrokerClient(
-        broker_server(config, authenticator=fake_authenticator, drivers=unreachable_drivers)
+        broker_server(config, authenticator=fake_authenticator, providers=unreachable_providers)
     )
     client.login("kimmj")
     before = metric("vdi_connect_duration_seconds_count", result="no_capacity")
@@ -208,29 +208,29 @@ def test_no_host_with_room_is_503_with_the_placement_reason(
     error = response.json()["error"]
     assert error["reason"] == "no_capacity"
     assert "local" in error["message"]
-    assert unreachable_drivers["local"].calls == []
+    assert unreachable_providers["local"].calls == []
     assert metric("vdi_connect_duration_seconds_count", result="no_capacity") == before + 1
 
 
 def test_no_hosts_at_all_is_503(tmp_path, broker_server, fake_authenticator):
     config = make_broker_config(tmp_path / "none.db")
-    client = BrokerClient(broker_server(config, authenticator=fake_authenticator, drivers={}))
+    client = BrokerClient(broker_server(config, authenticator=fake_authenticator, providers={}))
     client.login("kimmj")
     response = client.post("/api/v1/pools/mois-office/connect")
     assert (response.status, response.json()["error"]["reason"]) == (503, "no_capacity")
 
 
 def test_missing_image_is_503_before_any_host_is_touched(
-    broker_server, broker_config, broker_db, fake_authenticator, unreachable_drivers
+    broker_server, broker_config, broker_db, fake_authenticator, unreachable_providers
 ):
     config = broker_config.model_copy(deep=True)
     config.images.cache_dir = broker_config.images.cache_dir.__class__("/nonexistent/images")
     client = BrokerClient(
-        broker_server(config, authenticator=fake_authenticator, drivers=unreachable_drivers)
+        broker_server(config, authenticator=fake_authenticator, providers=unreachable_providers)
     )
     client.login("kimmj")
     response = client.post("/api/v1/pools/mois-office/connect")
     assert (response.status, response.json()["error"]["reason"]) == (503, "image_unavailable")
-    assert unreachable_drivers["local"].calls == []
+    assert unreachable_providers["local"].calls == []
     with broker_db.transaction() as db:
         assert db.scalars(select(Desktop)).all() == []

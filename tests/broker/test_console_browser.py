@@ -14,7 +14,7 @@ from tests.fixtures.broker import (
     PASSWORD,
     TEST_IMAGE,
     LoopThread,
-    UnreachableDriver,
+    UnreachableProvider,
     make_broker_config,
     seed_session,
 )
@@ -63,9 +63,9 @@ def console_stack(tmp_path, broker_server, fake_authenticator) -> Iterator[Conso
         tmp_path / "console.db",
         broker={"cookie_secret": COOKIE_SECRET, "gateway_url": f"ws://127.0.0.1:{gateway_port}/ws"},
     )
-    drivers = {host.name: UnreachableDriver(host) for host in config.hosts}
+    drivers = {host.name: UnreachableProvider(host) for host in config.hosts}
     base_url = broker_server(
-        config, authenticator=fake_authenticator, drivers=drivers, image_resolver=lambda pool: TEST_IMAGE
+        config, authenticator=fake_authenticator, providers=drivers, image_resolver=lambda pool: TEST_IMAGE
     )
     gateway_config = config.model_copy(deep=True)
     gateway_config.gateway.port = gateway_port

@@ -37,11 +37,11 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def url(broker_server, config, fake_authenticator, unreachable_drivers):
+def url(broker_server, config, fake_authenticator, unreachable_providers):
     return broker_server(
         config,
         authenticator=fake_authenticator,
-        drivers=unreachable_drivers,
+        providers=unreachable_providers,
         image_resolver=lambda p: TEST_IMAGE,
     )
 

@@ -23,7 +23,7 @@ from broker.desktops import record_logoff
 from broker.monitor import ADOPT_AFTER_S, HostMonitor, mark_missing_lost
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.fixtures.broker import (
     BrokerClient,
@@ -57,7 +57,7 @@ def two_host_config(tmp_path: Path, libvirt_host: HostSettings, relay: UnixRelay
     return make_broker_config(tmp_path / "broker.db", hosts=hosts, monitor=settings)
 
 
-class SessionScopedDriver(LibvirtDriver):
+class SessionScopedDriver(LibvirtProvider):
     """The real driver, seeing only this test session's domains: other sessions share the libvirtd, and
     an orphan policy of "destroy" must never reach their desktops."""
 
@@ -118,16 +118,16 @@ def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
     """Two hosts on the real libvirtd (one behind the relay), the broker, and cleanup of every domain."""
     config = two_host_config(tmp_path, libvirt_host, relay)
     upgrade(config.database.url)
-    drivers = {host.name: LibvirtDriver(host) for host in config.hosts}
+    drivers = {host.name: LibvirtProvider(host) for host in config.hosts}
     url = broker_server(
         config,
         authenticator=FakeAuthenticator(),
-        drivers=drivers,
+        providers=drivers,
         image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
     yield config, drivers, url, db
-    cleaner = LibvirtDriver(libvirt_host)
+    cleaner = LibvirtProvider(libvirt_host)
     with db.transaction() as session:
         domains = session.scalars(select(Desktop.domain_name)).all()
     for domain in domains:
@@ -233,11 +233,11 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
     pools = [pool.model_copy(update={"kind": "dedicated"}) for pool in config.pools]
     config = config.model_copy(update={"pools": pools})
     upgrade(config.database.url)
-    drivers = {host.name: LibvirtDriver(host) for host in config.hosts}
+    drivers = {host.name: LibvirtProvider(host) for host in config.hosts}
     url = broker_server(
         config,
         authenticator=FakeAuthenticator(),
-        drivers=drivers,
+        providers=drivers,
         image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
@@ -271,7 +271,7 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
         assert desktop_by_domain(db, domain).state == "running"
         assert drivers["healthy"].desktop_state(domain) == "running"
     finally:
-        cleaner = LibvirtDriver(libvirt_host)
+        cleaner = LibvirtProvider(libvirt_host)
         destroy_quietly(cleaner, domain)
         cleaner.close()
         for driver in drivers.values():

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.db.models import Desktop, Host
 from hypervisor.base import BootImage
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.broker.test_monitor import (
     MonitorRunner,
@@ -43,7 +43,7 @@ def lab_config(tmp_path, lab_hosts: LabHosts, pool: str, monitor: dict) -> Confi
 
 
 class Lab:
-    def __init__(self, config: Config, drivers: dict[str, LibvirtDriver], url: str, db: Database) -> None:
+    def __init__(self, config: Config, drivers: dict[str, LibvirtProvider], url: str, db: Database) -> None:
         self.config, self.drivers, self.url, self.db = config, drivers, url, db
 
     def only(self, host: str) -> None:
@@ -66,11 +66,11 @@ def lab(request, tmp_path, lab_hosts, lab_pool, demo_image: DemoImage, broker_se
     Monitor settings come from `@pytest.mark.parametrize("lab", [settings], indirect=True)`, else FAST_MONITOR.
     """
     config = lab_config(tmp_path, lab_hosts, lab_pool, getattr(request, "param", FAST_MONITOR))
-    drivers = {host.name: LibvirtDriver(host) for host in config.hosts}
+    drivers = {host.name: LibvirtProvider(host) for host in config.hosts}
     url = broker_server(
         config,
         authenticator=FakeAuthenticator(),
-        drivers=drivers,
+        providers=drivers,
         image_resolver=lambda pool: BootImage.of(demo_image),
     )
     db = Database(config.database)
@@ -81,7 +81,7 @@ def lab(request, tmp_path, lab_hosts, lab_pool, demo_image: DemoImage, broker_se
     with db.transaction() as session:
         placed = session.execute(select(Desktop.host_name, Desktop.domain_name)).all()
     for host, domain in placed:
-        cleaner = LibvirtDriver(lab_host_settings(lab_hosts, host, lab_pool))
+        cleaner = LibvirtProvider(lab_host_settings(lab_hosts, host, lab_pool))
         destroy_quietly(cleaner, domain)
         cleaner.close()
     for driver in drivers.values():

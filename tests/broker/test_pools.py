@@ -16,7 +16,7 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.db.models import AuditEvent
 from hypervisor.base import BootImage
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.broker import BrokerClient, make_broker_config
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,7 @@ def pools_url(broker_server, pools_config, fake_authenticator, demo_image, libvi
 def destroy_all(config, host) -> None:
     """Dedicated desktops outlive logoff by design, so the test removes what it started."""
     db = Database(config.database)
-    driver = LibvirtDriver(host)
+    driver = LibvirtProvider(host)
     try:
         with db.transaction() as session:
             names = session.scalars(select(AuditEvent.detail)).all()

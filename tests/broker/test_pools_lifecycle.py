@@ -81,7 +81,7 @@ def enforce(config, db, drivers) -> int:
 
 
 def test_idle_and_overlong_sessions_are_logged_off_by_pool_policy(
-    broker_config, broker_db, unreachable_drivers
+    broker_config, broker_db, unreachable_providers
 ):
     asyncio.run(prepare_database(broker_db, broker_config))  # the pools and hosts rows the broker makes
     idle, _ = seed_session(broker_db, "kimmj", "mois-office")
@@ -91,7 +91,7 @@ def test_idle_and_overlong_sessions_are_logged_off_by_pool_policy(
     busy, _ = seed_session(broker_db, "guest01", "mois-office")
     backdate(broker_db, busy, started_at=120, last_input_at=5)
 
-    assert enforce(broker_config, broker_db, unreachable_drivers) == 2
+    assert enforce(broker_config, broker_db, unreachable_providers) == 2
 
     assert state_of(broker_db, idle) == ("ended", "running")
     assert state_of(broker_db, overlong) == ("ended", "running")
@@ -100,7 +100,7 @@ def test_idle_and_overlong_sessions_are_logged_off_by_pool_policy(
     (time_event,) = audited(broker_db, "max_time_logoff")
     assert (idle_event.actor, idle_event.detail["user"]) == (POLICY_ACTOR, "kimmj")
     assert (time_event.actor, time_event.detail["user"]) == (POLICY_ACTOR, "choijw")
-    assert unreachable_drivers["local"].calls == []
+    assert unreachable_providers["local"].calls == []
 
 
 def test_administrator_forces_a_logoff_and_it_is_audited(broker_url, broker_db):
@@ -129,7 +129,7 @@ def test_force_logoff_needs_an_administrator_and_a_known_session(broker_url, bro
     assert (missing.status, missing.json()["error"]["reason"]) == (404, "unknown_session")
 
 
-def test_input_that_arrives_during_a_pass_saves_the_session(broker_config, broker_db, unreachable_drivers):
+def test_input_that_arrives_during_a_pass_saves_the_session(broker_config, broker_db, unreachable_providers):
     """The pass reads all overdue sessions first, then logs them off one by one. A user who types after
     that read (the gateway records it in last_input_at) keeps their session."""
     asyncio.run(prepare_database(broker_db, broker_config))
@@ -147,7 +147,7 @@ def test_input_that_arrives_during_a_pass_saves_the_session(broker_config, broke
 
     event.listen(broker_db.engine, "after_cursor_execute", input_after_the_pass_read)
     try:
-        logged_off = enforce(broker_config, broker_db, unreachable_drivers)
+        logged_off = enforce(broker_config, broker_db, unreachable_providers)
     finally:
         event.remove(broker_db.engine, "after_cursor_execute", input_after_the_pass_read)
 

@@ -22,7 +22,7 @@ from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop
 from broker.power import POWER_ACTOR
 from hypervisor.base import BootImage
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import wait_for_console
@@ -69,7 +69,7 @@ def broker(power_config, power_db, fake_authenticator, demo_image, libvirt_host)
     yield broker
     broker._loop_thread.call(broker.app.power_manager.stop())
     broker.stop()
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     try:
         with power_db.transaction() as session:
             names = session.scalars(select(Desktop.domain_name).where(Desktop.state != "deleted")).all()

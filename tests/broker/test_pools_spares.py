@@ -17,7 +17,7 @@ from broker.db.models import Desktop, User, utcnow
 from broker.desktops import take_spare
 from broker.pools import pool_counts
 from hypervisor.base import BootImage
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
 
@@ -57,7 +57,7 @@ def broker(spares_config, spares_db, fake_authenticator, demo_image, libvirt_hos
 
 
 def destroy_desktops(db: Database, host) -> None:
-    driver = LibvirtDriver(host)
+    driver = LibvirtProvider(host)
     try:
         with db.transaction() as session:
             names = session.scalars(select(Desktop.domain_name).where(Desktop.state != "deleted")).all()
@@ -91,7 +91,7 @@ def test_pool_fills_a_spare_a_connect_takes_it_and_the_pool_refills(broker, spar
     # Running is not yet ready: the spare counts as ready once its guest shows the ready marker.
     wait_until(lambda: spare_gauge("spare_ready") == 1, 120, "the spare's guest to show ready")
     assert ready_at(spares_db, spare) is not None
-    driver = LibvirtDriver(broker.config.hosts[0])
+    driver = LibvirtProvider(broker.config.hosts[0])
     try:
         assert "smartwork-vdi: desktop ready" in driver.console_log(spare)
     finally:

@@ -25,7 +25,7 @@ from broker.db.models import AuditEvent, Desktop, Pool, Rollout
 from broker.desktops import DesktopService
 from broker.image_catalog import Catalog, NewVersion
 from broker.pools import PoolManager
-from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, UnreachableDriver, make_broker_config
+from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, UnreachableProvider, make_broker_config
 from tests.fixtures.common import wait_until
 
 POOL = "mois-office"
@@ -78,8 +78,8 @@ def config(tmp_path):
 @pytest.fixture
 def url(broker_server, config, fake_authenticator, tmp_path):
     register(config, tmp_path)
-    drivers = {host.name: UnreachableDriver(host) for host in config.hosts}
-    return broker_server(config, authenticator=fake_authenticator, drivers=drivers)
+    drivers = {host.name: UnreachableProvider(host) for host in config.hosts}
+    return broker_server(config, authenticator=fake_authenticator, providers=drivers)
 
 
 def admin(url) -> BrokerClient:
@@ -197,9 +197,9 @@ def test_canary_rollout_left_by_a_stopped_broker_is_checked_again_and_rolled_bac
             )
         )
     database.close()
-    drivers = {host.name: UnreachableDriver(host) for host in config.hosts}
+    drivers = {host.name: UnreachableProvider(host) for host in config.hosts}
 
-    broker_server(config, authenticator=fake_authenticator, drivers=drivers)
+    broker_server(config, authenticator=fake_authenticator, providers=drivers)
 
     (row,) = wait_until(
         lambda: [r for r in rollout_rows(config) if r.state == "rolled_back"],
@@ -301,7 +301,7 @@ def test_pool_larger_than_its_hosts_can_hold_is_not_filled_and_says_which_key(tm
     )
     upgrade(config.database.url)
     database = Database(config.database)
-    drivers = {host.name: UnreachableDriver(host) for host in config.hosts}
+    drivers = {host.name: UnreachableProvider(host) for host in config.hosts}
 
     async def one_pass() -> None:
         await prepare_database(database, config)

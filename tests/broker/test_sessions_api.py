@@ -106,31 +106,33 @@ def test_no_console_token_while_the_desktop_is_not_running(client, broker_db):
 
 
 def test_logoff_on_unreachable_host_is_503_and_keeps_the_session(
-    client, running, broker_db, unreachable_drivers
+    client, running, broker_db, unreachable_providers
 ):
     session_id, desktop_id = running
     response = client.post(f"/api/v1/sessions/{session_id}/logoff")
     assert response.status == 503
     assert "host local" in response.json()["error"]["message"]
-    assert unreachable_drivers["local"].calls == ["destroy_desktop"]
+    assert unreachable_providers["local"].calls == ["destroy_desktop"]
     with broker_db.transaction() as db:
         assert db.get(DesktopSession, session_id).state == "active"
         assert db.get(Desktop, desktop_id).state == "running"
 
 
-def test_logoff_of_an_ended_session_does_not_touch_the_host(client, running, broker_db, unreachable_drivers):
+def test_logoff_of_an_ended_session_does_not_touch_the_host(
+    client, running, broker_db, unreachable_providers
+):
     session_id, _ = running
     with broker_db.transaction() as db:
         db.execute(update(DesktopSession).values(state="ended"))
     response = client.post(f"/api/v1/sessions/{session_id}/logoff")
     assert (response.status, response.json()["state"]) == (200, "ended")
-    assert unreachable_drivers["local"].calls == []
+    assert unreachable_providers["local"].calls == []
 
 
-def test_reconnect_checks_the_hypervisor_before_reusing_a_desktop(client, running, unreachable_drivers):
+def test_reconnect_checks_the_hypervisor_before_reusing_a_desktop(client, running, unreachable_providers):
     response = client.post("/api/v1/pools/mois-office/connect")
     assert response.status == 503
-    assert unreachable_drivers["local"].calls == ["desktop_state"]
+    assert unreachable_providers["local"].calls == ["desktop_state"]
 
 
 def test_a_desktop_still_starting_is_409(client, broker_db):

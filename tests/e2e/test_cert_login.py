@@ -16,7 +16,7 @@ from broker.db import Database
 from broker.db.models import AuditEvent
 from sso.cert_auth import CertificateAuthenticator
 from sso.ldap import LdapAuthenticator
-from tests.fixtures.broker import BrokerClient, UnreachableDriver, _NoRedirect, make_broker_config
+from tests.fixtures.broker import BrokerClient, UnreachableProvider, _NoRedirect, make_broker_config
 from tests.fixtures.common import free_port, wait_until
 from vdi.lab.slapd import DEMO_PASSWORD
 
@@ -61,7 +61,7 @@ def start_broker(tmp_path, tls_broker, tls_ldap_settings, lab_pki, **certificate
     url = tls_broker(
         config,
         authenticator=directory,
-        drivers={host.name: UnreachableDriver(host) for host in config.hosts},
+        providers={host.name: UnreachableProvider(host) for host in config.hosts},
         certificate_auth=CertificateAuthenticator.from_settings(config.certificate, directory),
     )
     return url, Database(config.database)
@@ -217,7 +217,7 @@ def test_plain_http_without_a_header_is_refused_cleanly(tmp_path, broker_server,
     url = broker_server(
         config,
         authenticator=directory,
-        drivers={host.name: UnreachableDriver(host) for host in config.hosts},
+        providers={host.name: UnreachableProvider(host) for host in config.hosts},
         certificate_auth=CertificateAuthenticator.from_settings(config.certificate, directory),
     )
     response = BrokerClient(url).post("/api/v1/login/certificate")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import libvirt
 import pytest
 
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.libvirt import wait_for_console
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ def open_console(page, base_url, pool):
 def wait_connected_and_painted(page, host, domain):
     page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
     # The guest reports on its serial console when its banner is up; then the canvas must show it.
-    wait_for_console(LibvirtDriver(host), domain, "desktop ready")
+    wait_for_console(LibvirtProvider(host), domain, "desktop ready")
     page.wait_for_function(DESKTOP_SCREEN_SHOWN, timeout=30_000)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from broker.db.models import AuditEvent, Desktop
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.e2e.test_portal_to_desktop import (
     open_console,
     session_state,
@@ -33,7 +33,7 @@ def stack(stack_factory, libvirt_host) -> Iterator:
     stack = stack_factory()
     yield stack
     # Whatever the test left (a failure before logoff) is removed here, not by the next run.
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     try:
         for desktop in stack_desktops(stack):
             driver.destroy_desktop(desktop)

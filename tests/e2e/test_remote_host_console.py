@@ -21,7 +21,7 @@ from broker.db import Database
 from broker.db.config import DatabaseSettings
 from broker.db.models import Desktop
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.e2e.test_portal_to_desktop import (
     domain_exists,
     open_console,
@@ -54,7 +54,7 @@ def destroy_desktops(database_url: str, host: HostSettings) -> None:
             domains = session.scalars(select(Desktop.domain_name)).all()
     finally:
         database.close()
-    driver = LibvirtDriver(host)
+    driver = LibvirtProvider(host)
     try:
         for domain in domains:
             destroy_quietly(driver, domain)

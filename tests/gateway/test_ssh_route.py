@@ -23,7 +23,7 @@ from gateway.ssh_channel import fingerprint
 from gateway.websockify_plugin import ConsoleTokens
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.fixtures.common import free_port
 from tests.fixtures.gateway import (
@@ -58,7 +58,7 @@ def vnc_display(
     libvirt_host: HostSettings, demo_image: DemoImage, libvirt_session_token: str
 ) -> Iterator[DisplayEndpoint]:
     """A QEMU desktop's VNC server on this machine's loopback, as on a remote host's."""
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     name = f"{desktop_prefix(libvirt_session_token)}ssh-route"
     try:
         yield driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))

@@ -9,7 +9,7 @@ import pytest
 
 from hypervisor.base import HostUnreachable
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.common import wait_until
 from tests.hypervisor.libvirt_relay import UnixRelay
 
@@ -22,16 +22,16 @@ def relay(tmp_path: Path) -> Iterator[UnixRelay]:
 
 
 @pytest.fixture
-def relayed_driver(libvirt_host: HostSettings, relay: UnixRelay) -> Iterator[LibvirtDriver]:
+def relayed_driver(libvirt_host: HostSettings, relay: UnixRelay) -> Iterator[LibvirtProvider]:
     host = libvirt_host.model_copy(
         update={"name": "relayed", "uri": f"qemu+unix:///system?socket={relay.path}"}
     )
-    driver = LibvirtDriver(host)
+    driver = LibvirtProvider(host)
     yield driver
     driver.close()
 
 
-def test_host_stats_report_memory_load_and_running_desktops(libvirt_driver: LibvirtDriver) -> None:
+def test_host_stats_report_memory_load_and_running_desktops(libvirt_driver: LibvirtProvider) -> None:
     first = libvirt_driver.host_stats()
     assert first.free_memory_mib > 0
     assert first.running_desktops >= 0
@@ -43,7 +43,7 @@ def test_host_stats_report_memory_load_and_running_desktops(libvirt_driver: Libv
 
 
 def test_close_callback_marks_the_connection_dead_when_the_host_goes_away(
-    relayed_driver: LibvirtDriver, relay: UnixRelay
+    relayed_driver: LibvirtProvider, relay: UnixRelay
 ) -> None:
     relayed_driver.host_stats()
     assert relayed_driver.is_connected()
@@ -54,7 +54,7 @@ def test_close_callback_marks_the_connection_dead_when_the_host_goes_away(
 
 
 def test_keepalive_closes_the_connection_to_a_host_that_hangs(
-    relayed_driver: LibvirtDriver, relay: UnixRelay
+    relayed_driver: LibvirtProvider, relay: UnixRelay
 ) -> None:
     relayed_driver.host_stats()
     relay.freeze()

@@ -7,7 +7,7 @@ the decision rests on.
 import libvirt
 import pytest
 
-from hypervisor.libvirt_driver import kvm_usable
+from hypervisor.libvirt_provider import kvm_usable
 
 
 class StandInConnection:

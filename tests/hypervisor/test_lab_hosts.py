@@ -12,7 +12,7 @@ import libvirt
 import pytest
 
 from hypervisor.base import BootImage, DesktopSpec
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.fixtures.lab_hosts import lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
@@ -100,7 +100,7 @@ def test_hosts_check_each_others_keys_and_refuse_unknown_ones(lab_hosts, tmp_pat
 
 
 def test_desktop_on_hv2_has_its_display_on_hv2s_loopback_only(lab_hosts, lab_pool, demo_image: DemoImage):
-    driver = LibvirtDriver(lab_host_settings(lab_hosts, "hv2", lab_pool))
+    driver = LibvirtProvider(lab_host_settings(lab_hosts, "hv2", lab_pool))
     name = f"{lab_pool}-vnc"
     try:
         endpoint = driver.create_desktop(DesktopSpec(domain_name=name, image=BootImage.of(demo_image)))

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from hypervisor import domain_xml
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, HostUnreachable, HypervisorError
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.fixtures.common import free_port
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly, wait_for_console
@@ -40,7 +40,7 @@ def running_desktop(
     libvirt_host: HostSettings, demo_image: DemoImage, libvirt_session_token: str
 ) -> Iterator[RunningDesktop]:
     """One booted desktop shared by the tests that only look at it."""
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     name = f"{desktop_prefix(libvirt_session_token)}shared"
     try:
         endpoint = driver.create_desktop(
@@ -227,16 +227,16 @@ def test_destroy_refuses_a_domain_smartwork_did_not_create(libvirt_host, libvirt
 def test_concurrent_creates_upload_a_new_image_once(libvirt_host, demo_image, desktop_name, tmp_path, caplog):
     image = dataclasses.replace(BootImage.of(demo_image), version=f"fresh-{secrets.token_hex(4)}")
     names = [desktop_name(), desktop_name()]
-    drivers = [LibvirtDriver(libvirt_host) for _ in names]
+    drivers = [LibvirtProvider(libvirt_host) for _ in names]
     errors: list[Exception] = []
 
-    def create(driver: LibvirtDriver, name: str) -> None:
+    def create(driver: LibvirtProvider, name: str) -> None:
         try:
             driver.create_desktop(DesktopSpec(domain_name=name, image=image))
         except Exception as exc:
             errors.append(exc)
 
-    caplog.set_level(logging.INFO, logger="hypervisor.libvirt_driver")
+    caplog.set_level(logging.INFO, logger="hypervisor.libvirt_provider")
     threads = [threading.Thread(target=create, args=pair) for pair in zip(drivers, names, strict=True)]
     for thread in threads:
         thread.start()
@@ -259,7 +259,7 @@ def test_concurrent_creates_upload_a_new_image_once(libvirt_host, demo_image, de
 )
 def test_unreachable_host_raises_host_unreachable_naming_it(uri):
     host = HostSettings(name="ghost-host", uri=uri.format(port=free_port()))
-    driver = LibvirtDriver(host)
+    driver = LibvirtProvider(host)
 
     with pytest.raises(HostUnreachable) as raised:
         driver.list_desktops()
@@ -273,7 +273,7 @@ def test_unreachable_uri_is_shown_without_credentials():
     host = HostSettings(name="ghost-host", uri=f"qemu+tcp://admin:s3cret@127.0.0.1:{free_port()}/system?x=y")
 
     with pytest.raises(HostUnreachable) as raised:
-        LibvirtDriver(host).desktop_state("any")
+        LibvirtProvider(host).desktop_state("any")
 
     assert "s3cret" not in str(raised.value)
     assert "admin" not in str(raised.value)

@@ -14,7 +14,7 @@ import pytest
 
 from broker.db.migrate import upgrade
 from hypervisor.base import BootImage, DesktopSpec
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from images.build import BuildLog, debian_mirror, ensure_base_tarball
 from images.config import ImageSettings
 from tests.fixtures.libvirt import wait_for_console
@@ -106,7 +106,7 @@ def test_built_image_boots_under_libvirt_to_the_login_console(built, libvirt_hos
         initrd=Path(built["initrd"]),
         cmdline=built["cmdline"],
     )
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     name = desktop_name()
     try:
         driver.create_desktop(DesktopSpec(domain_name=name, image=image, memory_mib=512))

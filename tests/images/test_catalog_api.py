@@ -24,11 +24,11 @@ def config(tmp_path):
 
 
 @pytest.fixture
-def url(broker_server, config, fake_authenticator, unreachable_drivers, tmp_path):
+def url(broker_server, config, fake_authenticator, unreachable_providers, tmp_path):
     started = broker_server(
         config,
         authenticator=fake_authenticator,
-        drivers=unreachable_drivers,
+        providers=unreachable_providers,
         image_resolver=lambda p: TEST_IMAGE,
     )
     disk = tmp_path / "office.qcow2"

@@ -21,7 +21,7 @@ from broker.image_distribution import (
     verify_on_host,
 )
 from hypervisor.base import BootImage, DesktopSpec, ImageChecksumMismatch
-from hypervisor.libvirt_driver import LibvirtDriver
+from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.broker import make_broker_config
 from tests.images.test_catalog import CONFIG_TOML, vdi
 
@@ -50,7 +50,7 @@ def checks(copy: str, result: str) -> float:
 
 
 def test_uploaded_base_volume_matches_the_catalog(catalog_row, libvirt_host, desktop_name):
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     try:
         driver.create_desktop(DesktopSpec(domain_name=desktop_name(), image=boot_image(catalog_row)))
     finally:
@@ -78,7 +78,7 @@ def test_a_changed_file_is_refused_before_upload(catalog_row):
 
 
 def test_a_volume_with_other_bytes_is_reported(catalog_row, libvirt_host, libvirtd, tmp_path):
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     try:
         driver._ensure_pool(driver._connection())  # the session's pool, created as the driver would
     finally:
@@ -139,7 +139,7 @@ def test_an_upload_that_differs_from_the_catalog_is_removed(catalog_row, libvirt
     """The host-side check: bytes on the host that are not the catalog's leave no volume and no desktop."""
     wrong = dataclasses.replace(boot_image(catalog_row), sha256="0" * 64)
     name = desktop_name()
-    driver = LibvirtDriver(libvirt_host)
+    driver = LibvirtProvider(libvirt_host)
     try:
         with pytest.raises(ImageChecksumMismatch) as caught:
             driver.create_desktop(DesktopSpec(domain_name=name, image=wrong))

@@ -34,7 +34,7 @@ def proxied_broker(broker_server, tmp_path, ldap_settings):
     def start(*, lockout: dict | None = None, totp: dict | None = None):
         config = security_config(tmp_path / "broker.db", ldap_settings, lockout=lockout, totp=totp)
         config.broker = config.broker.model_copy(update={"trusted_proxies": [ipaddress.ip_network(PROXY)]})
-        return broker_server(config, drivers={}), config
+        return broker_server(config, providers={}), config
 
     return start
 

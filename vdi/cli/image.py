@@ -120,10 +120,13 @@ def cmd_distribute(config, args: argparse.Namespace) -> int:
     failed = 0
     for name in args.host or sorted(hosts):
         try:
-            distribute(hosts[name], row)
+            needed = distribute(hosts[name], row)
         except CatalogError as exc:
             failed += 1
             _fail(exc)
+            continue
+        if not needed:
+            print(f"host {name}: its {hosts[name].provider} provider needs no image; skipped")
             continue
         print(
             f"host {name}: {row.image_name} {row.version} uploaded and verified (sha256 {row.sha256[:16]}…)"

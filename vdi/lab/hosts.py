@@ -9,7 +9,7 @@ lets root in with the lab's key only, and a libvirtd reached over `qemu+ssh://`.
   pid the lab keeps (it also holds a UTS namespace, so the host's hostname is its name): everything of the
   host runs with `nsenter --target <holder> --mount --net --uts`;
 - in that mount namespace the host's own /run/libvirt, /run/sshd, /etc/libvirt (a fresh copy), /etc/ssh,
-  /var/lib/libvirt, /var/log, /var/cache/libvirt and /var/lib/smartwork-vdi (the driver's storage pools),
+  /var/lib/libvirt, /var/log, /var/cache/libvirt and /var/lib/smartwork-vdi (the libvirt provider's storage pools),
   bind-mounted from `<state>/<name>/fs/`, so a domain or a volume on hv1 does not exist on hv2;
 - virtlogd, libvirtd and sshd (own host key, root by key only, TCP forwarding for the gateway's
   direct-tcpip channels to the host's loopback VNC, no PAM, no passwords; other accounts log in with the
@@ -221,7 +221,7 @@ def _namespaces() -> set[str]:
 class LabHosts:
     """The lab's hypervisor hosts: `up()`, `down()`, `status()`, and what tests need to hurt them.
 
-    Client-side files for whoever connects to the hosts (the broker's drivers, the gateway's SSH channel):
+    Client-side files for whoever connects to the hosts (the broker's providers, the gateway's SSH channel):
     `client_key` (ed25519 private key root logs in with), `known_hosts` (the hosts' keys, by address),
     `ssh_config` and `ssh_wrapper` (used by the `command=` of `uri(name)`).
     """

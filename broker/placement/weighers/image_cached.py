@@ -7,7 +7,7 @@ from broker.placement.table import HostTable
 class ImageCachedWeigher(HostWeigher):
     """A host that already holds the pool's image version weighs more.
 
-    A weigher, not a filter: the libvirt driver uploads a missing base image on first use, so a
+    A weigher, not a filter: the libvirt provider uploads a missing base image on first use, so a
     host without it can still take the desktop; it only starts more slowly the first time.
     """
 

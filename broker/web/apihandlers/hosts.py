@@ -29,7 +29,7 @@ from broker.inventory import (
     validate_labels,
 )
 from broker.web.apihandlers.base import APIHandler
-from hypervisor.base import Driver
+from hypervisor.provider import DesktopProvider
 
 HOST_NAME = r"[^/]{1,64}"
 
@@ -46,9 +46,9 @@ class AdminHandler(APIHandler):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     @property
-    def drivers(self) -> dict[str, Driver]:
-        # Placement considers the hosts the connect flow has a driver for.
-        return self.desktops.drivers
+    def providers(self) -> dict[str, DesktopProvider]:
+        # Placement considers the hosts the connect flow has a provider for.
+        return self.desktops.providers
 
 
 class HostsAPIHandler(AdminHandler):
@@ -63,20 +63,20 @@ class HostsAPIHandler(AdminHandler):
         validate_labels(new.labels or {}, self.config.placement)
         if await self.db.run(lambda db: db.get(Host, new.name) is not None):
             raise HostExists(f"A host named {new.name} already exists.", field="name", host=new.name)
-        driver = await self.blocking(probe, new.settings())
+        provider = await self.blocking(probe, new.settings())
         try:
             view = await self.db.run(
                 partial(insert_host, new=new, actor=admin.username, client_ip=self.client_ip)
             )
         except IntegrityError:
-            await self.blocking(driver.close)
+            await self.blocking(provider.close)
             raise HostExists(
                 f"A host named {new.name} already exists.", field="name", host=new.name
             ) from None
         except BaseException:
-            await self.blocking(driver.close)
+            await self.blocking(provider.close)
             raise
-        self.drivers[new.name] = driver
+        self.providers[new.name] = provider
         self.desktops.placer.invalidate()
         await self.db.run(update_host_gauges)
         self.write_json(view.as_json(), status=201)
@@ -106,10 +106,10 @@ class HostAPIHandler(AdminHandler):
         detached = await self.db.run(
             partial(delete_host, name=name, force=force, actor=admin.username, client_ip=self.client_ip)
         )
-        driver = self.drivers.pop(name, None)
+        provider = self.providers.pop(name, None)
         self.desktops.placer.invalidate()
-        if driver is not None:
-            await self.blocking(driver.close)
+        if provider is not None:
+            await self.blocking(provider.close)
         await self.db.run(update_host_gauges)
         self.write_json({"name": name, "removed": True, "desktops_detached": detached})
 
@@ -122,7 +122,7 @@ class PlacementExplainAPIHandler(AdminHandler):
             raise errors.InvalidField("pool: the pool to explain placement for is required", field="pool")
         pool = self.desktops.pool(name)
         request = placement_request(pool, await self._image_ref(pool))
-        hosts = await self.db.run(partial(load_candidates, host_names=sorted(self.desktops.drivers)))
+        hosts = await self.db.run(partial(load_candidates, host_names=sorted(self.desktops.providers)))
         decision = self.desktops.placement.explain(hosts, request)
         self.write_json({"pool": pool.name, "hosts": len(hosts), **decision.as_json()})
 

@@ -1,10 +1,10 @@
-"""The libvirt driver: desktops as QEMU domains on a libvirtd host (local, or qemu+ssh/qemu+tls remote).
+"""The libvirt provider: desktops as QEMU domains on a libvirtd host (local, or qemu+ssh/qemu+tls remote).
 
 Everything goes through the libvirt API, including the image files: base images are uploaded into a
 storage pool as volumes and each desktop gets a qcow2 overlay volume backed by them, so the broker never
 needs a shell or a shared filesystem on the host.
 
-Calls block; the broker runs them in an executor. One connection per driver, opened on first use.
+Calls block; the broker runs them in an executor. One connection per provider, opened on first use.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from hypervisor.base import (
     DesktopSpec,
     DisplayEndpoint,
     DomainEvent,
-    Driver,
     HostStats,
     HostUnreachable,
     HypervisorError,
     ImageChecksumMismatch,
+    Readiness,
 )
 from hypervisor.config import HostSettings
+from hypervisor.provider import DesktopProvider
 from monitoring.metrics import DESKTOP_BOOT_DURATION, DESKTOP_CLONE_DURATION
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,14 @@ def _ignore_libvirt_error(_ctx: object, _error: object) -> None:
 
 libvirt.registerErrorHandler(_ignore_libvirt_error, None)
 
+# libvirt URIs (https://libvirt.org/uri.html): qemu with its transports, and the test driver that stands in
+# for hosts in placement runs at scale.
+URI_PATTERN = re.compile(r"^(qemu(\+(ssh|tls|tcp|unix|libssh|libssh2))?|test)://")
+# What the desktop image prints on its serial console when the desktop can be used (images/demo_init.sh;
+# a getty's login prompt for full images), and what a kernel prints when it dies while booting.
+READY_MARKER = re.compile(r"smartwork-vdi: desktop ready|^\S+ login:", re.MULTILINE)
+PANIC_MARKER = re.compile(r"Kernel panic[^\r\n]*")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]|\x1b\[[0-9;]*[A-Za-z]")
 # Domain and volume names become file names on the host: keep them to a safe alphabet.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VNC_PORT_TIMEOUT_S = 10.0
@@ -127,7 +136,7 @@ def _run_event_loop() -> None:
         libvirt.virEventRunDefaultImpl()
 
 
-# Several drivers (threads of one broker) may start desktops of a new image on one host at once; the base
+# Several providers (threads of one broker) may start desktops of a new image on one host at once; the base
 # volumes must be uploaded once. Keyed by (uri, pool, volume).
 _upload_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _upload_locks_guard = threading.Lock()
@@ -173,7 +182,20 @@ class BaseVolumes:
     initrd: str | None
 
 
-class LibvirtDriver(Driver):
+def last_console_line(console: str) -> str:
+    """The last non-empty line the console showed, without control characters, for messages."""
+    lines = [CONTROL.sub("", line).strip() for line in console.splitlines()]
+    return next((line for line in reversed(lines) if line), "")[:200]
+
+
+class LibvirtProvider(DesktopProvider):
+    @classmethod
+    def check_uri(cls, uri: str) -> None:
+        if not URI_PATTERN.match(uri):
+            raise ValueError(
+                "expected a libvirt URI: qemu:///system, qemu+ssh://host/system, test:///default"
+            )
+
     def __init__(self, host: HostSettings) -> None:
         super().__init__(host)
         self._conn: libvirt.virConnect | None = None
@@ -262,7 +284,7 @@ class LibvirtDriver(Driver):
             )
 
     def is_connected(self) -> bool:
-        """Whether the driver holds a live connection (False after the close callback fired)."""
+        """Whether the provider holds a live connection (False after the close callback fired)."""
         conn = self._conn
         return conn is not None and not self._closed.is_set() and self._alive(conn)
 
@@ -300,7 +322,7 @@ class LibvirtDriver(Driver):
                 ) from None
             raise HypervisorError(self.host.name, f"cannot {action}: {_error_text(exc)}") from None
 
-    # -- the Driver contract ---------------------------------------------------------------------------
+    # -- the DesktopProvider contract ------------------------------------------------------------------
 
     def create_desktop(self, spec: DesktopSpec) -> DisplayEndpoint:
         self._check_spec(spec)
@@ -469,6 +491,19 @@ class LibvirtDriver(Driver):
                 )
             return self._volume_sha256(conn, volume)
 
+    # -- readiness: the serial console -----------------------------------------------------------------
+
+    def readiness(self, domain_name: str) -> Readiness:
+        """Ready once the console shows the ready marker; a kernel panic on it is a crash."""
+        console = self.console_log(domain_name)
+        last = last_console_line(console)
+        panic = PANIC_MARKER.search(console)
+        if panic is not None:
+            return Readiness(ready=False, crashed=panic.group(0).strip(), last_output=last)
+        if READY_MARKER.search(console):
+            return Readiness(ready=True, last_output=last)
+        return Readiness(ready=False, waiting_for="the ready marker on its console", last_output=last)
+
     # -- beyond the contract ---------------------------------------------------------------------------
 
     def console_log(self, domain_name: str, max_bytes: int = 64 * 1024) -> str:
@@ -481,6 +516,10 @@ class LibvirtDriver(Driver):
             if volume is None:
                 raise DesktopNotFound(self.host.name, f"no console log for desktop {domain_name}")
             return self._download_tail(conn, volume, max_bytes).decode("utf-8", errors="replace")
+
+    def probe(self) -> str:
+        """Connects and reads the host's capabilities: how desktops will run there."""
+        return self.virt_type()
 
     def virt_type(self) -> str:
         """The domain type desktops get: "kvm" with hardware acceleration, else "qemu" (TCG)."""
@@ -703,7 +742,7 @@ class LibvirtDriver(Driver):
                     self.host.storage_path,
                 )
             except libvirt.libvirtError:
-                pool = self._lookup_pool(conn)  # another driver defined it at the same moment
+                pool = self._lookup_pool(conn)  # another provider defined it at the same moment
                 if pool is None:
                     raise
         if not pool.isActive():

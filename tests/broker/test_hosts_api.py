@@ -212,3 +212,51 @@ def test_patch_to_ssh_without_an_address_changes_nothing(admin):
     assert (refused.status, refused.json()["error"]["field"]) == (400, "ssh_address")
     host = admin.get("/api/v1/hosts/hv1").json()
     assert (host["console_access"], host["labels"], host["generation"]) == ("direct", {}, 0)
+
+
+# -- providers by name ----------------------------------------------------------------------------------
+
+
+def test_unknown_provider_is_400_naming_provider_and_stores_nothing(admin, config):
+    response = add(admin, "hv5", provider="vmware", uri="vmware://vcenter/dc")
+    assert response.status == 400, response.text
+    error = response.json()["error"]
+    assert error["field"] == "provider" and "unknown desktop provider 'vmware'" in error["message"]
+    assert admin.get("/api/v1/hosts/hv5").status == 404
+    assert audit_actions(config) == []
+
+
+def test_a_uri_the_provider_does_not_speak_is_400_naming_uri(admin, toy_provider):
+    response = add(admin, "toy1", provider="toy", uri="test:///default")
+    assert response.status == 400, response.text
+    assert response.json()["error"]["field"] == "uri"
+    assert admin.get("/api/v1/hosts/toy1").status == 404
+
+
+def test_a_host_added_with_a_registered_provider_is_driven_by_it(admin, config, toy_provider):
+    response = add(admin, "toy1", provider="toy", uri="toy://toy1", labels={"zone": "business"})
+    assert response.status == 201, response.text
+    assert response.json()["provider"] == "toy"
+    assert admin.get("/api/v1/hosts/local").json()["provider"] == "libvirt"
+    # Pool mois-office wants zone business, which only toy1 has: its desktop must come from the toy provider.
+    connected = admin.post("/api/v1/pools/mois-office/connect")
+    assert connected.status == 200, connected.text
+    desktop = connected.json()["desktop"]["name"]
+    assert list(toy_provider.desktops["toy1"]) == [desktop]
+    assert toy_provider.desktops["toy1"][desktop].image == TEST_IMAGE
+
+
+def test_a_configured_host_gets_the_provider_its_row_names(
+    tmp_path, broker_server, fake_authenticator, toy_provider
+):
+    toy_host = {"name": "toy-1", "provider": "toy", "uri": "toy://toy-1", "labels": {"zone": "business"}}
+    config = make_broker_config(tmp_path / "toy.db", hosts=[toy_host], pools=POOLS)
+    url = broker_server(config, authenticator=fake_authenticator, image_resolver=lambda p: TEST_IMAGE)
+    user = BrokerClient(url)
+    user.login("kimmj")
+    connected = user.post("/api/v1/pools/mois-office/connect")
+    assert connected.status == 200, connected.text
+    session_id = connected.json()["session_id"]
+    assert list(toy_provider.desktops["toy-1"]) == [connected.json()["desktop"]["name"]]
+    assert user.post(f"/api/v1/sessions/{session_id}/logoff").status == 200
+    assert toy_provider.desktops["toy-1"] == {}  # a floating pool's desktop goes at logoff

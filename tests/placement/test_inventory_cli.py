@@ -62,6 +62,17 @@ def test_cli_errors_name_the_field(vdi):
     assert code == 2 and "already exists" in err
 
 
+def test_provider_from_the_command_line(vdi, toy_provider):
+    code, out, _ = vdi("add", "toy1", "--provider", "toy", "--uri", "toy://toy1")
+    assert code == 0 and json.loads(out)["provider"] == "toy"
+    assert json.loads(vdi("show", "seeded")[1])["provider"] == "libvirt"
+    code, _, err = vdi("add", "hv5", "--provider", "vmware", "--uri", "vmware://vcenter/dc")
+    assert code == 2 and err.startswith("vdi host add: provider") and "known: libvirt, toy" in err
+    code, _, err = vdi("add", "hv5", "--provider", "toy", "--uri", "test:///default")
+    assert code == 2 and err.startswith("vdi host add: uri")
+    assert vdi("show", "hv5")[0] == 2
+
+
 def test_console_route_from_the_command_line(vdi):
     code, out, _ = vdi(
         "add",

@@ -30,6 +30,7 @@ from broker.inventory import (
     show_host,
     validate_labels,
 )
+from hypervisor.registry import provider_names
 
 ADMIN_VERBS = {"enable": "enabled", "disable": "disabled", "drain": "draining"}
 
@@ -51,6 +52,7 @@ def _parse_labels(pairs: list[str]) -> dict[str, str]:
 def _cli_add(db, config, args) -> HostView:
     fields = {"name": args.name, "uri": args.uri, "labels": _parse_labels(args.label)}
     for key in (
+        "provider",
         "vcpus",
         "memory_mib",
         "cpu_ratio",
@@ -88,13 +90,13 @@ def _cli_run(db, config, args) -> HostView | list[HostView] | int:
 
 
 def _print_hosts(hosts: list[HostView]) -> None:
-    print(f"{'NAME':<20} {'HEALTH':<6} {'ADMIN':<9} {'DESKTOPS':>9}  {'CONSOLE':<30} LABELS")
+    print(f"{'NAME':<20} {'PROVIDER':<9} {'HEALTH':<6} {'ADMIN':<9} {'DESKTOPS':>9}  {'CONSOLE':<30} LABELS")
     for view in hosts:
         h = view.host
         labels = ",".join(f"{k}={v}" for k, v in sorted(h.labels.items()))
         console = f"ssh {view.ssh_address}" if view.console_access == "ssh" else view.console_access
         print(
-            f"{h.name:<20} {h.state:<6} {h.admin_state:<9} {h.desktops:>4}/{h.max_desktops:<4}"
+            f"{h.name:<20} {view.provider:<9} {h.state:<6} {h.admin_state:<9} {h.desktops:>4}/{h.max_desktops:<4}"
             f"  {console:<30} {labels}"
         )
 
@@ -125,14 +127,22 @@ def run_host_command(config, args) -> int:
 
 def add_commands(sub) -> None:
     """The `vdi host` subcommands, added to the `vdi` parser."""
-    host = sub.add_parser("host", help="hypervisor host inventory", description="hypervisor host inventory")
+    host = sub.add_parser("host", help="host inventory", description="host inventory")
     host.set_defaults(fn=run_host_command, needs_config="full")
     verbs = host.add_subparsers(dest="host_command", required=True, metavar="ACTION")
     add = verbs.add_parser(
         "add", help="connect to a host and add it", description="connect to a host and add it"
     )
     add.add_argument("name")
-    add.add_argument("--uri", required=True, help="libvirt URI (qemu:///system, qemu+ssh://..., test:///...)")
+    add.add_argument(
+        "--provider",
+        help=f"desktop provider that drives the host (registered: {', '.join(provider_names())}; default libvirt)",
+    )
+    add.add_argument(
+        "--uri",
+        required=True,
+        help="where the provider reaches the host; libvirt: qemu:///system, qemu+ssh://..., test:///...",
+    )
     add.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label (repeatable)")
     add.add_argument("--vcpus", type=int, help="physical CPUs placement counts")
     add.add_argument("--memory-mib", dest="memory_mib", type=int, help="physical memory placement counts")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, mod
 from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
 from hypervisor.config import HostSettings
-from images.config import ImageSettings
+from images.config import DEFAULT_IMAGE, ImageSettings
 from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
@@ -68,11 +68,14 @@ class PoolSettings(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
     display_name: str = Field(description="name users see on the portal")
-    image: str = Field("demo", description="name of the golden image the pool's desktops are cloned from")
+    image: str = Field(
+        DEFAULT_IMAGE, description="name of the golden image the pool's desktops are cloned from"
+    )
     image_version: str | None = Field(
         None,
         description="catalog version of `image` new desktops start from until a rollout promotes another; "
-        "unset: the built-in demo image for image demo, else the image's newest catalog version",
+        "unset: a built-in image's files as found (images/built_in.py), else the image's newest "
+        "catalog version",
     )
     groups: list[str] = Field(min_length=1, description="directory groups entitled to the pool")
     memory_mib: int = Field(256, ge=64, le=1024 * 1024, description="memory of each desktop")

@@ -4,6 +4,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The image a pool boots when its settings name none: the built-in demo image (images/built_in.py).
+DEFAULT_IMAGE = "demo"
+
 
 class ImageSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")

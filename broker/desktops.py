@@ -598,7 +598,7 @@ class DesktopService:
         started = time.monotonic()
         try:
             endpoint = await self._on_host(
-                desktop.host_name, lambda host: host.start_desktop(desktop.domain_name)
+                desktop.host_name, lambda provider: provider.start_desktop(desktop.domain_name)
             )
         except errors.BrokerError as exc:
             observe_power_action(action, False, time.monotonic() - started)
@@ -642,7 +642,7 @@ class DesktopService:
             try:
                 await self._on_host(
                     desktop.host_name,
-                    lambda host: how.apply(host, desktop.domain_name, pool.shutdown_timeout_s),
+                    lambda provider: how.apply(provider, desktop.domain_name, pool.shutdown_timeout_s),
                 )
             except errors.BrokerError as exc:
                 observe_power_action(how.action, False, time.monotonic() - started)
@@ -681,7 +681,9 @@ class DesktopService:
 
     async def _refresh_display(self, desktop: Desktop) -> Desktop:
         # A desktop restarted behind our back (host reboot) gets a new VNC port from autoport.
-        endpoint = await self._on_host(desktop.host_name, lambda host: host.display(desktop.domain_name))
+        endpoint = await self._on_host(
+            desktop.host_name, lambda provider: provider.display(desktop.domain_name)
+        )
         if (endpoint.host, endpoint.port) == (desktop.vnc_host, desktop.vnc_port):
             return desktop
         return await self.db.run(partial(update_display, desktop_id=desktop.id, endpoint=endpoint))
@@ -743,7 +745,7 @@ class DesktopService:
             label=f"{pool.name} / {owner or name or 'spare'}",
         )
         try:
-            endpoint = await self._on_host(desktop.host_name, lambda host: host.create_desktop(spec))
+            endpoint = await self._on_host(desktop.host_name, lambda provider: provider.create_desktop(spec))
         except Exception as exc:
             await self._start_failed(desktop, exc, actor, client_ip)
             raise
@@ -869,15 +871,19 @@ class DesktopService:
 
     async def desktop_state(self, desktop: Desktop) -> str:
         """What the desktop's host says it is: "running", "paused", "suspended", "shutoff" or "missing"."""
-        return await self._on_host(desktop.host_name, lambda host: host.desktop_state(desktop.domain_name))
+        return await self._on_host(
+            desktop.host_name, lambda provider: provider.desktop_state(desktop.domain_name)
+        )
 
     async def destroy(self, desktop: Desktop) -> None:
         """Remove the desktop from its host (idempotent); the database is the caller's to update."""
-        await self._on_host(desktop.host_name, lambda host: host.destroy_desktop(desktop.domain_name))
+        await self._on_host(desktop.host_name, lambda provider: provider.destroy_desktop(desktop.domain_name))
 
     async def readiness(self, desktop: Desktop) -> Readiness:
         """Whether the running desktop finished starting, as its host's provider can tell."""
-        return await self._on_host(desktop.host_name, lambda host: host.readiness(desktop.domain_name))
+        return await self._on_host(
+            desktop.host_name, lambda provider: provider.readiness(desktop.domain_name)
+        )
 
     async def _on_host(self, host: str | None, call: Callable[[DesktopProvider], T]) -> T:
         """Run `call` with the host's provider on the executor; hypervisor errors become 503s naming the host."""

@@ -374,7 +374,7 @@ class HostMonitor(PeriodicTask):
 
     async def reconcile_host(self, name: str) -> None:
         try:
-            domains = await self._call(name, lambda host: host.list_desktops())
+            domains = await self._call(name, lambda provider: provider.list_desktops())
         except HypervisorError as exc:
             log.info("host %s: cannot reconcile now: %s", name, exc.message)
             return
@@ -391,7 +391,7 @@ class HostMonitor(PeriodicTask):
 
     async def _adopt(self, name: str, desktop_id: int, domain: str) -> None:
         try:
-            endpoint = await self._call(name, lambda host: host.display(domain))
+            endpoint = await self._call(name, lambda provider: provider.display(domain))
         except HypervisorError as exc:
             log.info("host %s: cannot adopt %s yet: %s", name, domain, exc.message)
             return
@@ -404,7 +404,7 @@ class HostMonitor(PeriodicTask):
     async def _orphan(self, name: str, domain: str) -> None:
         if self.settings.orphans == "destroy":
             try:
-                await self._call(name, lambda host: host.destroy_desktop(domain))
+                await self._call(name, lambda provider: provider.destroy_desktop(domain))
             except HypervisorError as exc:
                 log.warning("host %s: cannot destroy orphan %s: %s", name, domain, exc.message)
                 return

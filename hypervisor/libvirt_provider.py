@@ -188,6 +188,17 @@ def last_console_line(console: str) -> str:
     return next((line for line in reversed(lines) if line), "")[:200]
 
 
+def console_readiness(console: str) -> Readiness:
+    """Ready once the serial console shows the ready marker; a kernel panic on it is a crash."""
+    last = last_console_line(console)
+    panic = PANIC_MARKER.search(console)
+    if panic is not None:
+        return Readiness(ready=False, crashed=panic.group(0).strip(), last_output=last)
+    if READY_MARKER.search(console):
+        return Readiness(ready=True, last_output=last)
+    return Readiness(ready=False, waiting_for="the ready marker on its console", last_output=last)
+
+
 class LibvirtProvider(DesktopProvider):
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -494,15 +505,7 @@ class LibvirtProvider(DesktopProvider):
     # -- readiness: the serial console -----------------------------------------------------------------
 
     def readiness(self, domain_name: str) -> Readiness:
-        """Ready once the console shows the ready marker; a kernel panic on it is a crash."""
-        console = self.console_log(domain_name)
-        last = last_console_line(console)
-        panic = PANIC_MARKER.search(console)
-        if panic is not None:
-            return Readiness(ready=False, crashed=panic.group(0).strip(), last_output=last)
-        if READY_MARKER.search(console):
-            return Readiness(ready=True, last_output=last)
-        return Readiness(ready=False, waiting_for="the ready marker on its console", last_output=last)
+        return console_readiness(self.console_log(domain_name))
 
     # -- beyond the contract ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from hypervisor import domain_xml
 from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, HostUnreachable, HypervisorError
 from hypervisor.config import HostSettings
-from hypervisor.libvirt_provider import LibvirtProvider
+from hypervisor.libvirt_provider import LibvirtProvider, console_readiness, last_console_line
 from images.demo import DemoImage
 from tests.fixtures.common import free_port
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly, wait_for_console
@@ -119,6 +119,28 @@ def test_desktop_screen_shows_the_banner(running_desktop):
     assert framebuffer.width >= 640 and framebuffer.height >= 350
     assert _is_blue(background), f"background {background}"
     assert len(colours) >= 3, colours
+
+
+def test_a_booted_desktop_is_ready(libvirt_driver, running_desktop):
+    readiness = libvirt_driver.readiness(running_desktop.name)
+    assert (readiness.ready, readiness.crashed) == (True, "")
+
+
+@pytest.mark.parametrize(
+    ("console", "ready", "crashed"),
+    [
+        ("Booting\r\nsmartwork-vdi: desktop ready desktop=d1\r\n", True, ""),
+        ("Debian GNU/Linux 12\ndesk-1 login: ", True, ""),
+        ("Booting\n[    1.2] Run /init as init process\n", False, ""),
+        ("\x1b[0mKernel panic - not syncing: VFS: Unable to mount root fs\r\n", False, "Kernel panic"),
+    ],
+)
+def test_readiness_is_read_from_the_serial_console(console, ready, crashed):
+    readiness = console_readiness(console)
+    assert readiness.ready is ready and readiness.crashed.startswith(crashed)
+    assert bool(readiness.crashed) is bool(crashed)
+    assert readiness.last_output == last_console_line(console)
+    assert bool(readiness.waiting_for) is (not ready and not crashed)
 
 
 def test_desktop_is_listed_as_ours(libvirt_driver, running_desktop):

@@ -35,6 +35,8 @@ _ANY_URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
 class DesktopProvider(ABC):
+    """Runs desktops on one host (`self.host`); registered by name in hypervisor/registry.py."""
+
     # Whether desktops start from a golden image uploaded to the host (upload_image, image_sha256).
     needs_image: ClassVar[bool] = True
 

@@ -4,8 +4,8 @@ Hosts in the configuration file (`[[hosts]]`) seed the inventory when the broker
 once, never overwritten); after that, `vdi host ...` and /api/v1/hosts change it. Each host names
 its desktop provider (`provider`, hypervisor/registry.py), which decides what its URI looks like.
 Adding a host first connects to it through its provider, so a typo in the URI is a 400 on `uri` (an
-unknown provider one on `provider`) and nothing is stored. Every change bumps the host's generation, so a claim decided on the old
-figures loses and is placed again, and every change is audited.
+unknown provider one on `provider`) and nothing is stored. Every change bumps the host's generation,
+so a claim decided on the old figures loses and is placed again, and every change is audited.
 
 Label rule: keys are lower-case words, ^[a-z][a-z0-9_-]{0,31}$; a key must be one of
 `[placement] label_keys` (default site, zone, gpu) unless `free_form_labels` is on (the

@@ -57,6 +57,17 @@ class APIHandler(BaseHandler):
         self.finish(json.dumps(body, ensure_ascii=False))
 
 
+class AdminAPIHandler(APIHandler):
+    """API endpoints for members of `broker.admin_groups` (group names compare case-insensitively)."""
+
+    def require_admin(self) -> PortalUser:
+        user = self.require_user()
+        admin_groups = {group.lower() for group in self.config.broker.admin_groups}
+        if not {group.lower() for group in user.groups} & admin_groups:
+            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
+        return user
+
+
 class APINotFoundHandler(APIHandler):
     """Any /api/ path no route matched answers in JSON, like the rest of the API."""
 

@@ -25,6 +25,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
+from broker.housekeeping import TokenPurge
 from broker.inventory import host_settings, seed_from_config, update_host_gauges
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
@@ -88,6 +89,7 @@ class BrokerApp:
         self.power_manager = PowerManager(config, db, self.desktops)  # docs/pools.md, "Power policy"
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
+        self.token_purge = TokenPurge(db)
         # Its first pass reconciles every host that answers (docs/monitoring.md).
         self.monitor = HostMonitor(config.monitor, db, drivers) if monitor else None
         self.web = make_app(
@@ -152,7 +154,13 @@ class BrokerApp:
 
     async def start(self) -> None:
         """Start the background tasks that have work in this configuration, then the host monitor."""
-        tasks = [self.pool_manager, self.session_lifecycle, self.power_manager, self.rollout_manager]
+        tasks = [
+            self.pool_manager,
+            self.session_lifecycle,
+            self.power_manager,
+            self.rollout_manager,
+            self.token_purge,
+        ]
         self._running = [task for task in tasks if task.wanted]
         if self.monitor is not None:
             self._running.append(self.monitor)

@@ -54,6 +54,9 @@ DESKTOP_START_FAILURES = Counter(
     "vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back"
 )
 CONSOLE_TOKENS_ISSUED = Counter("vdi_console_tokens_issued_total", "Console tokens handed to clients")
+CONSOLE_TOKENS_PURGED = Counter(
+    "vdi_console_tokens_purged_total", "Expired console tokens removed from the database by the broker"
+)
 
 TUNNELS_OPEN = Gauge("vdi_gateway_tunnels_open", "Console tunnels currently relaying")
 TUNNELS_REFUSED = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import secrets
 import time
 
 import pytest
@@ -108,7 +109,7 @@ def test_token_works_only_once(console_db, fake_vnc, gateway_config):
     ("make_token", "expected_reason"),
     [
         (lambda db, s: db.issue(s, now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)), "expired"),
-        (lambda db, s: "forged-" + "x" * 40, "unknown console token"),
+        (lambda db, s: secrets.token_urlsafe(32), "unknown console token"),
         (lambda db, s: "", "missing"),
     ],
     ids=["expired", "forged", "empty"],
@@ -323,7 +324,7 @@ def test_close_reasons_fit_a_control_frame():
 
 def test_unreachable_database_closes_with_internal_error(tmp_path, gateway_config, caplog):
     database = Database(DatabaseSettings(url=f"sqlite:///{tmp_path}/no-such-dir/vdi.db"))
-    token = "a-token-for-a-database-that-is-down"
+    token = secrets.token_urlsafe(32)  # well formed, so the gateway asks the database
 
     async def scenario():
         async with running_gateway(gateway_config, database) as gateway:

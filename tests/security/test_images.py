@@ -31,7 +31,7 @@ def test_finding_7_an_encrypted_qcow2_is_refused(tmp_path):
         "--object",
         "secret,id=sec0,data=hunter2",
         "-o",
-        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
     )
 
     with pytest.raises(CatalogError) as caught:

@@ -141,8 +141,16 @@ class BrokerApp:
         """Serve the portal (HTTPS when the config names a certificate); returns the bound port."""
         # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads
         # it only from broker.trusted_proxies (broker/web/client_address.py).
+        settings = self.config.broker
         self.server = BrokerHTTPServer(
-            self.web, ssl_options=tls_context(self.config.broker), portal_auth=self.portal_auth
+            self.web,
+            ssl_options=tls_context(settings),
+            portal_auth=self.portal_auth,
+            # Tornado waits an hour for headers and takes 100 MB bodies by default: far more than a
+            # portal needs, and free resources for anyone who opens connections and sends nothing.
+            idle_connection_timeout=settings.header_timeout_s,
+            body_timeout=settings.body_timeout_s,
+            max_body_size=settings.max_body_bytes,
         )
         sockets = bind_sockets(port, address)
         self.server.add_sockets(sockets)

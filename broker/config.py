@@ -48,6 +48,26 @@ class BrokerSettings(BaseModel):
         description="PEM CAs whose client certificates the TLS layer asks for (optional: password users "
         "on the same port send none); set for certificate login without a TLS-terminating proxy",
     )
+    console_tokens_per_minute: int = Field(
+        30,
+        ge=1,
+        le=6000,
+        description="console tokens one user may mint per minute (more: 429 with Retry-After)",
+    )
+    max_body_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest request body accepted (the API takes small JSON; images are imported with "
+        "`vdi image import`); a larger one is refused before it is read",
+    )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a connection that sends no complete request headers for this long is closed",
+    )
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="time allowed to receive a request body")
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "

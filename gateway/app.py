@@ -33,6 +33,7 @@ WEBSOCKIFY_PATH = "/websockify"
 PING_INTERVAL_S = 30
 PING_TIMEOUT_S = 30
 SHUTDOWN_GRACE_S = 5.0
+MAX_UPGRADE_BODY_BYTES = 4096
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -112,6 +113,17 @@ class GatewayApplication(tornado.web.Application):
         return self.tunnels.close_session(session_id, reason)
 
 
+def http_server(app: GatewayApplication, settings: GatewaySettings) -> HTTPServer:
+    """The gateway's HTTP server: TLS when configured, and short limits before the WebSocket upgrade."""
+    return HTTPServer(
+        app,
+        ssl_options=tls_context(settings),
+        # Tornado's default waits an hour for the upgrade request; a WebSocket upgrade has no body.
+        idle_connection_timeout=settings.handshake_timeout_s,
+        max_body_size=MAX_UPGRADE_BODY_BYTES,
+    )
+
+
 def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
     if not config.gateway.allowed_origins:
         log.warning("gateway.allowed_origins is empty: every browser will be refused")
@@ -126,7 +138,7 @@ def run(config: GatewayConfig) -> None:
 async def serve(config: GatewayConfig) -> None:
     db = Database(config.database)
     app = make_app(config, db)
-    server = HTTPServer(app, ssl_options=tls_context(config.gateway))
+    server = http_server(app, config.gateway)
     sockets = bind_sockets(config.gateway.port, config.gateway.listen_address)
     server.add_sockets(sockets)
     stop = _stop_on_signals()

@@ -44,6 +44,18 @@ class GatewaySettings(BaseModel):
         description="OpenSSH known_hosts file with the hosts' keys; an unknown or mismatching host key "
         "is refused (unset: ssh routes are refused)",
     )
+    max_tunnels_per_session: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="console tunnels one desktop session may hold open at once on this gateway",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a connection that has not sent its complete WebSocket upgrade request by then is closed",
+    )
     ssh_idle_close_s: float = Field(
         300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"
     )

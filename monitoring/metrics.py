@@ -34,6 +34,11 @@ class TunnelRefusal(Enum):
     ORIGIN = "origin"
     UPSTREAM = "upstream"
     UPSTREAM_SSH = "upstream_ssh"  # the display's host refused or failed the SSH route
+    LIMIT = "limit"  # the session already has gateway.max_tunnels_per_session tunnels open
+
+
+class TokenRefusal(Enum):
+    RATE = "rate"  # the user minted broker.console_tokens_per_minute already
 
 
 class Direction(Enum):
@@ -54,6 +59,9 @@ DESKTOP_START_FAILURES = Counter(
     "vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back"
 )
 CONSOLE_TOKENS_ISSUED = Counter("vdi_console_tokens_issued_total", "Console tokens handed to clients")
+CONSOLE_TOKENS_REFUSED = Counter(
+    "vdi_console_tokens_refused_total", "Console tokens the broker would not mint, by reason", ["reason"]
+)
 CONSOLE_TOKENS_PURGED = Counter(
     "vdi_console_tokens_purged_total", "Expired console tokens removed from the database by the broker"
 )
@@ -73,6 +81,8 @@ def _zero_series() -> None:
         CONNECT_DURATION.labels(result=connect.value)
     for refusal in TunnelRefusal:
         TUNNELS_REFUSED.labels(reason=refusal.value)
+    for token_refusal in TokenRefusal:
+        CONSOLE_TOKENS_REFUSED.labels(reason=token_refusal.value)
     for direction in Direction:
         BYTES_RELAYED.labels(direction=direction.value)
 

@@ -50,6 +50,9 @@ class APIHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = as_broker_error(status_code, kwargs.get("exc_info"))
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if error.status == 429 and retry_after_s is not None:
+            self.set_header("Retry-After", str(retry_after_s))
         body = error.as_json()
         body["error"]["message"] = self.localized_message(error)
         self.set_header("Content-Type", "application/json; charset=UTF-8")

@@ -68,6 +68,16 @@ class BrokerSettings(BaseModel):
         description="a connection that sends no complete request headers for this long is closed",
     )
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="time allowed to receive a request body")
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
+    )
+    metrics_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        validate_default=True,
+        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
+    )
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "

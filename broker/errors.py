@@ -132,6 +132,12 @@ class DesktopStarting(Conflict):
     message = "Your desktop is still starting; try again in a moment."
 
 
+class MetricsForbidden(BrokerError):
+    status = 403
+    reason = "metrics_forbidden"
+    message = "Metrics need the configured bearer token or a client in metrics_networks."
+
+
 class TooManyRequests(BrokerError):
     """429 with Retry-After (RFC 6585 section 4): `retry_after_s` says when to try again."""
 

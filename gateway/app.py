@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig, GatewaySettings
 from gateway.relay import ConsoleRelay, TunnelRegistry
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
+from monitoring.access import scrape_allowed
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class HealthHandler(JsonHandler):
 
 
 class MetricsHandler(JsonHandler):
+    def prepare(self) -> None:
+        settings: GatewaySettings = self.application.settings["gateway"]
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        authorization = self.request.headers.get("Authorization")
+        if not scrape_allowed(self.request.remote_ip or "", authorization, token, settings.metrics_networks):
+            raise tornado.web.HTTPError(403)
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
@@ -106,6 +114,7 @@ class GatewayApplication(tornado.web.Application):
             default_handler_class=NotFoundHandler,
             websocket_ping_interval=PING_INTERVAL_S,
             websocket_ping_timeout=PING_TIMEOUT_S,
+            gateway=config.gateway,
         )
 
     def close_session(self, session_id: str, reason: str) -> int:

@@ -34,7 +34,7 @@ from tests.fixtures.broker import (
 )
 from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly
-from tests.hypervisor.libvirt_relay import UnixRelay
+from tests.fixtures.libvirt_relay import UnixRelay
 from vdi.config import Config, ConfigError
 
 DOWN_DEADLINE_S = 30.0

@@ -17,8 +17,8 @@ from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.build import BuildLog, debian_mirror, ensure_base_tarball
 from images.config import ImageSettings
+from tests.broker.test_image_catalog import CONFIG_TOML
 from tests.fixtures.libvirt import wait_for_console
-from tests.images.test_catalog import CONFIG_TOML
 
 # Under TCG on two shared cores systemd takes about a minute to reach the login prompt.
 LOGIN_TIMEOUT_S = 300.0

@@ -23,7 +23,8 @@ from broker.db.models import AuditEvent, Desktop
 from broker.power import POWER_ACTOR
 from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
-from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
+from tests.fixtures.broker import BrokerThread, make_broker_config
+from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import wait_for_console
 from vdi.config import ConfigError
@@ -77,23 +78,6 @@ def broker(power_config, power_db, fake_authenticator, demo_image, libvirt_host)
             driver.destroy_desktop(name)
     finally:
         driver.close()
-
-
-def signed_in(url: str, username: str) -> BrokerClient:
-    client = BrokerClient(url)
-    assert client.login(username).status == 200
-    return client
-
-
-def connect(client: BrokerClient, pool: str) -> dict:
-    response = client.post(f"/api/v1/pools/{pool}/connect")
-    assert response.status == 200, response.body
-    return response.json()
-
-
-def logoff(client: BrokerClient, session_id: str) -> None:
-    response = client.post(f"/api/v1/sessions/{session_id}/logoff")
-    assert (response.status, response.json()["state"]) == (200, "ended")
 
 
 def desktop_state(db: Database, name: str) -> str:

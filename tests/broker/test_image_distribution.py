@@ -22,8 +22,8 @@ from broker.image_distribution import (
 )
 from hypervisor.base import BootImage, DesktopSpec, ImageChecksumMismatch
 from hypervisor.libvirt_driver import LibvirtDriver
-from tests.broker.test_image_catalog import CONFIG_TOML, vdi
 from tests.fixtures.broker import make_broker_config
+from tests.fixtures.images import CONFIG_TOML, vdi
 
 
 @pytest.fixture

@@ -16,18 +16,18 @@ from broker.db.models import Desktop, Host
 from hypervisor.base import BootImage
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
-from tests.broker.test_monitor import (
+from tests.fixtures.broker import BrokerClient, FakeAuthenticator, make_broker_config
+from tests.fixtures.broker_api import connect
+from tests.fixtures.common import wait_until
+from tests.fixtures.lab_hosts import lab_host_settings
+from tests.fixtures.libvirt import destroy_quietly
+from tests.fixtures.monitor import (
     MonitorRunner,
     audit_actions,
     desktop_by_domain,
     row,
     set_admin_state,
 )
-from tests.fixtures.broker import BrokerClient, FakeAuthenticator, make_broker_config
-from tests.fixtures.broker_api import connect
-from tests.fixtures.common import wait_until
-from tests.fixtures.lab_hosts import lab_host_settings
-from tests.fixtures.libvirt import destroy_quietly
 from vdi.config import Config
 from vdi.lab.hosts import LabHosts
 

@@ -22,8 +22,8 @@ from broker.db.config import DatabaseSettings
 from broker.db.models import Desktop
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_driver import LibvirtDriver
-from tests.fixtures.common import free_port
-from tests.fixtures.e2e import ROOT, Stack, vdi_process, write_config
+from tests.fixtures.common import ROOT, free_port
+from tests.fixtures.e2e import Stack, vdi_process, write_config
 from tests.fixtures.lab_hosts import lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from tests.fixtures.portal import (

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from broker.db import Database
 from broker.db.models import AuditEvent
-from tests.fixtures.e2e import ROOT
+from tests.fixtures.common import ROOT
 from tests.fixtures.gateway import metric
 from tests.fixtures.login_security import (
     CENTER_NETWORKS,

@@ -14,7 +14,7 @@ import pytest
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
-from tests.fixtures.e2e import ROOT
+from tests.fixtures.common import ROOT
 from tests.fixtures.lab_hosts import lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from vdi.lab.hosts import LabHosts

@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.ldap",
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
+    "tests.fixtures.broker_api",
     "tests.fixtures.e2e",
     "tests.fixtures.pki",
     "tests.fixtures.login_security",

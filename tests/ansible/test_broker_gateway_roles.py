@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, REPO, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, REPO, ansible_playbook, recap
 from tests.fixtures.broker import BrokerClient
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.e2e import http_ok, port_open

@@ -21,9 +21,9 @@ from hypervisor.base import BootImage, DesktopSpec, DisplayEndpoint, HostUnreach
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
+from tests.fixtures import rfb_client
 from tests.fixtures.common import free_port
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly, wait_for_console
-from tests.hypervisor import rfb_client
 
 LABEL = "mois-office / kim <&> '100%'"
 

@@ -14,6 +14,7 @@ import pytest
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_driver import LibvirtDriver
 from images.demo import DemoImage
+from tests.fixtures.common import ROOT
 from tests.fixtures.lab_hosts import lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from vdi.lab.hosts import LabHosts
@@ -120,7 +121,7 @@ def test_desktop_on_hv2_has_its_display_on_hv2s_loopback_only(lab_hosts, lab_poo
 
 
 def test_cli_status_names_each_host_with_its_address_and_uri(lab_hosts, tmp_path):
-    demo = (Path(__file__).resolve().parents[2] / "etc" / "demo.toml").read_text()
+    demo = (ROOT / "etc" / "demo.toml").read_text()
     config = tmp_path / "vdi.toml"
     config.write_text(re.sub(r'(?m)^state_dir = ".*"$', f'state_dir = "{lab_hosts.state_dir.parent}"', demo))
     result = subprocess.run(

@@ -8,13 +8,6 @@ from broker.web.handlers.login import safe_next
 from tests.fixtures.broker import BrokerClient, seed_session
 
 
-@pytest.fixture
-def client(broker_url) -> BrokerClient:
-    client = BrokerClient(broker_url)
-    client.login("kimmj")
-    return client
-
-
 def title(html: str) -> str:
     return re.search(r"<title>(.*?)</title>", html, re.S).group(1).strip()
 

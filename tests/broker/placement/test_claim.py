@@ -9,44 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from broker.db import Database
-from broker.db.config import DatabaseSettings
-from broker.db.migrate import upgrade
-from broker.db.models import Desktop, Host, Pool
+from broker.db.models import Desktop, Host
 from broker.placement import PlacementEngine, PlacementRequest
 from broker.placement.claim import ClaimLost, HostCatalog, claim_slot, load_host_candidates, reserve
 from broker.placement.config import PlacementSettings
 from monitoring.metrics import ClaimConflict
+from tests.fixtures.placement import add_host, desktop_row, new_database
 
 REQUEST = PlacementRequest(pool="p", vcpus=2, memory_mib=1024)
-
-
-def new_database(path) -> Database:
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    database = Database(DatabaseSettings(url=url))
-    with database.transaction() as session:
-        session.add(Pool(name="p", display_name="p", image="demo", groups=[]))
-    return database
-
-
-def add_host(database, name, max_desktops=10, vcpus=None, memory_mib=None, cpu_ratio=1.0, ram_ratio=1.0):
-    with database.transaction() as session:
-        session.add(
-            Host(
-                name=name,
-                uri="test:///default",
-                max_desktops=max_desktops,
-                vcpus=vcpus,
-                memory_mib=memory_mib,
-                cpu_ratio=cpu_ratio,
-                ram_ratio=ram_ratio,
-            )
-        )
-
-
-def desktop_row(number: int) -> Desktop:
-    return Desktop(pool_name="p", domain_name=f"vdi-p-{number}", image="demo:test", state="running")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import hashlib
 import json
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,7 @@ from broker.db.models import Image, ImageVersion
 from broker.image_catalog import Catalog, CatalogError, DuplicateVersion, NewVersion
 from images.files import inspect_qcow2
 from tests.fixtures.broker import make_broker_config
-
-CONFIG_TOML = """
-[database]
-url = "sqlite:///{db}"
-
-[broker]
-cookie_secret = "test-only-cookie-secret-0123456789abcdef"
-gateway_url = "ws://127.0.0.1:9/ws"
-
-[ldap]
-user_base = "ou=people,dc=test"
-group_base = "ou=groups,dc=test"
-
-[images]
-cache_dir = "{store}"
-
-[[hosts]]
-name = "local"
-"""
+from tests.fixtures.images import CONFIG_TOML, vdi
 
 
 @pytest.fixture
@@ -52,16 +33,6 @@ def qcow2(tmp_path: Path) -> Path:
     path = tmp_path / "office.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
     return path
-
-
-def vdi(config_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vdi.cli", "--config", str(config_file), "image", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def sha256(path: Path) -> str:

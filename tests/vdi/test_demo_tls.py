@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from tests.fixtures.e2e import ROOT
+from tests.fixtures.common import ROOT
 from vdi.config import ConfigError, load_config, parse_config
 from vdi.demo_tls import CERT_USERS, P12_PASSWORD, ensure_pki, write_https_config
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.fixtures.e2e import ROOT
+from tests.fixtures.common import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -2,13 +2,11 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.fixtures.common import ROOT
 from vdi.config import ConfigError, load_config, parse_config
-
-ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = {
     "broker": {"cookie_secret": "x" * 32},

@@ -23,7 +23,7 @@ from broker.image_distribution import (
 from hypervisor.base import BootImage, DesktopSpec, ImageChecksumMismatch
 from hypervisor.libvirt_driver import LibvirtDriver
 from tests.fixtures.broker import make_broker_config
-from tests.images.test_catalog import CONFIG_TOML, vdi
+from tests.fixtures.images import CONFIG_TOML, vdi
 
 
 @pytest.fixture

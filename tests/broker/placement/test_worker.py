@@ -10,7 +10,7 @@ from broker.db.models import Desktop, Host
 from broker.placement import PlacementEngine, PlacementRequest
 from broker.placement.claim import load_host_candidates
 from broker.placement.worker import NoHostFits, PlacementWorker
-from tests.placement.test_claim import add_host, desktop_row, new_database
+from tests.fixtures.placement import add_host, desktop_row, new_database
 
 REQUEST = PlacementRequest(pool="p", vcpus=1, memory_mib=512)
 

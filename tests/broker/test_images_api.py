@@ -9,6 +9,7 @@ import pytest
 from broker.db import Database
 from broker.image_catalog import Catalog, NewVersion
 from tests.fixtures.broker import COOKIE_SECRET, TEST_IMAGE, BrokerClient, make_broker_config
+from tests.fixtures.broker_api import signed_in
 
 
 @pytest.fixture
@@ -44,14 +45,8 @@ def url(broker_server, config, fake_authenticator, unreachable_drivers, tmp_path
     return started
 
 
-def client(url, login: str) -> BrokerClient:
-    c = BrokerClient(url)
-    c.login(login)
-    return c
-
-
 def test_administrator_lists_images_with_their_versions(url):
-    response = client(url, "kimmj").get("/api/v1/images")
+    response = signed_in(url, "kimmj").get("/api/v1/images")
 
     assert response.status == 200
     (image,) = response.json()["images"]
@@ -61,14 +56,14 @@ def test_administrator_lists_images_with_their_versions(url):
 
 
 def test_show_gives_the_newest_or_the_asked_version(url):
-    admin = client(url, "kimmj")
+    admin = signed_in(url, "kimmj")
 
     assert admin.get("/api/v1/images/mois-office").json()["version"] == "2"
     assert admin.get("/api/v1/images/mois-office?version=1").json()["version"] == "1"
 
 
 def test_unknown_image_or_version_is_404_naming_the_field(url):
-    admin = client(url, "kimmj")
+    admin = signed_in(url, "kimmj")
 
     missing = admin.get("/api/v1/images/nothing")
     wrong_version = admin.get("/api/v1/images/mois-office?version=9")
@@ -78,7 +73,7 @@ def test_unknown_image_or_version_is_404_naming_the_field(url):
 
 
 def test_non_administrator_is_forbidden(url):
-    assert client(url, "choijw").get("/api/v1/images").status == 403
+    assert signed_in(url, "choijw").get("/api/v1/images").status == 403
 
 
 def test_anonymous_is_refused(url):

@@ -11,7 +11,7 @@ import tornado.web
 from tornado.log import access_log
 
 from broker import errors
-from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser
+from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
 from broker.web.client_address import HEADER as FORWARDED_FOR
 from broker.web.client_address import client_address
 from broker.web.i18n import (
@@ -22,6 +22,8 @@ from broker.web.i18n import (
     other_language,
     translator,
 )
+from sso.base import AuthError
+from sso.password import Password, PasswordLogin
 
 if TYPE_CHECKING:
     from broker.config import BrokerConfig
@@ -164,9 +166,14 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
 
     async def start_portal_session(self, username: str, password: str) -> PortalUser:
-        """Log in and replace whatever session cookie the browser had with a brand-new one."""
+        """Log in by password and replace whatever session cookie the browser had with a brand-new one."""
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
-        user, session_id = await self.portal_auth.login(username, password, self.client_ip)
+        try:
+            user, session_id = await self.portal_auth.login(
+                PasswordLogin.name, Password(username, password), self.client_ip
+            )
+        except AuthError as exc:
+            raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)
         self.current_user = user
         return user

@@ -166,12 +166,15 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
 
     async def start_portal_session(self, username: str, password: str) -> PortalUser:
-        """Log in by password and replace whatever session cookie the browser had with a brand-new one."""
+        """Log in by password (see `log_in`)."""
+        return await self.log_in(PasswordLogin.name, Password(username, password))
+
+    async def log_in(self, method: str, credentials: object) -> PortalUser:
+        """Log in by an enabled login method and replace whatever session cookie the browser had with a
+        brand-new one. A refusal becomes the generic broker error (broker.auth.login_refusal)."""
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
         try:
-            user, session_id = await self.portal_auth.login(
-                PasswordLogin.name, Password(username, password), self.client_ip
-            )
+            user, session_id = await self.portal_auth.login(method, credentials, self.client_ip)
         except AuthError as exc:
             raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)

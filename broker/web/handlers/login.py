@@ -29,6 +29,9 @@ def safe_next(value: str | None) -> str:
 
 class LoginHandler(BaseHandler):
     def render_form(self, username: str = "", error: str | None = None) -> None:
+        # The _xsrf cookie comes with the sign-in page even when it shows no password form (password
+        # login disabled), for the forms and scripts of the other login methods.
+        self.xsrf_token  # noqa: B018
         self.render(
             "login.html", username=username, error=error, next_url=safe_next(self.get_argument("next", None))
         )

@@ -58,7 +58,12 @@ def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
 
 
 class BrokerApp:
-    """The services, background tasks and web application of one broker process."""
+    """The services, background tasks and web application of one broker process.
+
+    Login methods: those `[broker] login_methods` enables (BrokerConfig.enabled_login_methods), taken
+    from `login_methods` when given, password over `authenticator` (the directory), certificate over
+    `certificate_auth` when given, and any other made from the registry (sso/methods.py) and closed at stop.
+    """
 
     def __init__(
         self,

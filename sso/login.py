@@ -5,10 +5,10 @@ override it; it calls small hooks in a fixed order:
 
     authenticate(credentials, audit) → normalize(identity) → is_blocked / is_allowed → Login
 
-Only `authenticate` is required (an abstract method, so a subclass without it cannot be instantiated);
-`name` is checked when a subclass is defined. A refusal is an `AuthError` (sso/base.py), whose public
-message is the same for an unknown user and a wrong secret. Lockout, the second factor, portal sessions
-and audit records are the broker's business (broker/auth.py), applied the same way to every method.
+Only `authenticate` and `name` are required; both are checked when a subclass is defined. A refusal
+is an `AuthError` (sso/base.py), whose public message is the same for an unknown user and a wrong
+secret. Lockout, the second factor, portal sessions and audit records are the broker's business
+(broker/auth.py), applied the same way to every method.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class LoginMethod(ABC):
         super().__init_subclass__(**kwargs)
         if "login" in cls.__dict__:
             raise TypeError(f"{cls.__name__} must not override login(); implement its hooks instead")
+        if getattr(cls.authenticate, "__isabstractmethod__", False):
+            # Caught where the plugin is written, not at the first login after a deployment.
+            raise TypeError(f"{cls.__name__} must implement authenticate(credentials, audit)")
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not NAME.match(name):
             raise TypeError(f"{cls.__name__}.name must match {NAME.pattern}, not {name!r}")

@@ -87,13 +87,15 @@ def test_a_subclass_needs_a_name_fit_for_config_and_metrics():
         class Shouting(LoginMethod):
             name = "Password!"
 
+            async def authenticate(self, credentials, audit):
+                raise AssertionError
 
-def test_a_subclass_without_authenticate_cannot_be_made():
-    class Half(LoginMethod):
-        name = "half"
 
-    with pytest.raises(TypeError, match="authenticate"):
-        Half()
+def test_a_subclass_without_authenticate_is_refused_when_defined():
+    with pytest.raises(TypeError, match=r"Half must implement authenticate"):
+
+        class Half(LoginMethod):
+            name = "half"
 
 
 def test_the_toy_method_passes_through_the_same_template():

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from sqlalchemy.orm import Session
@@ -40,8 +40,11 @@ from broker.web.tls import BrokerHTTPServer, tls_context
 from hypervisor.base import Driver
 from hypervisor.config import HostSettings
 from monitoring.metrics import SESSIONS_ACTIVE
+from sso import methods
 from sso.base import Authenticator
-from sso.cert_auth import CertificateAuthenticator
+from sso.cert_auth import CertificateAuthenticator, CertificateLogin
+from sso.login import LoginMethod
+from sso.password import PasswordLogin
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,12 @@ def drivers_for(hosts: list[HostSettings]) -> dict[str, Driver]:
 
 
 class BrokerApp:
-    """The services, background tasks and web application of one broker process."""
+    """The services, background tasks and web application of one broker process.
+
+    Login methods: those `[broker] login_methods` enables (BrokerConfig.enabled_login_methods), taken
+    from `login_methods` when given, password over `authenticator` (the directory), certificate over
+    `certificate_auth` when given, and any other made from the registry (sso/methods.py) and closed at stop.
+    """
 
     def __init__(
         self,
@@ -68,17 +76,21 @@ class BrokerApp:
         image_resolver: ImageResolver | None = None,
         placement: PlacementEngine | None = None,
         certificate_auth: CertificateAuthenticator | None = None,
+        login_methods: Mapping[str, LoginMethod] | None = None,
         monitor: bool = True,
     ) -> None:
         self.config = config
         self.db = db
         self.drivers = drivers
+        # What `stop` closes, last made first: here the login methods this app made itself.
+        self._closers: list[Callable[[], None]] = []
+        self.login_methods = self._enabled_login_methods(authenticator, certificate_auth, login_methods)
         self.desktops = DesktopService(
             config, db, drivers, placement or PlacementEngine.from_settings(config.placement), image_resolver
         )
         self.portal_auth = PortalAuth(
             db,
-            authenticator,
+            self.login_methods,
             config.broker.session_lifetime_s,
             lockout=config.lockout,
             totp=config.totp,
@@ -102,14 +114,30 @@ class BrokerApp:
                 "session_lifecycle": self.session_lifecycle,
                 "power_manager": self.power_manager,
                 "rollout_manager": self.rollout_manager,
-                # None unless [certificate] is enabled; the certificate login routes then answer 404.
-                "certificate_auth": certificate_auth,
             },
+            login_methods=list(self.login_methods),
         )
         self.server: BrokerHTTPServer | None = None
         self._running: list[PeriodicTask] = []
-        # What `build` made for this app and `stop` closes, last made first.
-        self._closers: list[Callable[[], None]] = []
+
+    def _enabled_login_methods(
+        self,
+        directory: Authenticator,
+        certificate_auth: CertificateAuthenticator | None,
+        given: Mapping[str, LoginMethod] | None,
+    ) -> dict[str, LoginMethod]:
+        """The methods `[broker] login_methods` enables: those given, else made from the registry."""
+        ready: dict[str, LoginMethod] = {PasswordLogin.name: PasswordLogin(directory)}
+        if certificate_auth is not None:
+            ready[CertificateLogin.name] = CertificateLogin(certificate_auth)
+        ready.update(given or {})
+        enabled = {}
+        for name in self.config.enabled_login_methods():
+            if name not in ready:
+                ready[name] = methods.create(name, self.config, directory)
+                self._closers.append(ready[name].close)
+            enabled[name] = ready[name]
+        return enabled
 
     @classmethod
     async def build(cls, config: BrokerConfig) -> BrokerApp:
@@ -125,16 +153,11 @@ class BrokerApp:
             raise ConfigError(exc.message) from None
         await prepare_database(db, config)
         drivers = drivers_for(await db.run(partial(host_settings, configured=config.hosts)))
-        authenticator = LdapAuthenticator(config.ldap)
-        certificate_auth = (
-            CertificateAuthenticator.from_settings(config.certificate, authenticator)
-            if config.certificate.enabled
-            else None
-        )
-        app = cls(config, db, authenticator, drivers, certificate_auth=certificate_auth)
-        app._closers = [db.close, *(driver.close for driver in drivers.values()), authenticator.close]
-        if certificate_auth is not None:
-            app._closers.append(certificate_auth.close)
+        directory = LdapAuthenticator(config.ldap)
+        # The enabled login methods other than password are made from the registry (sso/methods.py).
+        app = cls(config, db, directory, drivers)
+        made = [db.close, *(driver.close for driver in drivers.values()), directory.close]
+        app._closers = made + app._closers
         return app
 
     def listen(self, port: int, address: str) -> int:

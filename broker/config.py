@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
 from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
 from hypervisor.config import HostSettings
 from images.config import ImageSettings
+from sso import methods
 from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
@@ -83,6 +84,17 @@ class BrokerSettings(BaseModel):
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "
         "(lockout, TOTP center networks, audit); the header from any other address is ignored",
     )
+    login_methods: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="login methods the portal and API offer, by name (password, certificate, or one a "
+        "plugin registers in sso/methods.py); unset: password, and certificate when [certificate] is enabled",
+    )
+
+    @field_validator("login_methods")
+    @classmethod
+    def _methods_known(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else methods.check_names(value)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> BrokerSettings:
@@ -194,6 +206,28 @@ class BrokerConfig(BaseModel):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+
+    @model_validator(mode="after")
+    def _login_methods_agree(self) -> BrokerConfig:
+        listed = self.broker.login_methods
+        if listed is not None and ("certificate" in listed) != self.certificate.enabled:
+            # Two switches for one thing must not disagree silently; [certificate] also holds its settings.
+            enabled = self.certificate.enabled
+            raise ValueError(
+                f"broker.login_methods: 'certificate' {'is not' if enabled else 'is'} listed, "
+                f"but [certificate] enabled = {str(enabled).lower()}"
+            )
+        try:
+            methods.check_names(self.totp.methods)
+        except ValueError as exc:
+            raise ValueError(f"totp.methods: {exc}") from None
+        return self
+
+    def enabled_login_methods(self) -> list[str]:
+        """`broker.login_methods`, or today's default: password, and certificate when it is enabled."""
+        if self.broker.login_methods is not None:
+            return list(self.broker.login_methods)
+        return ["password", *(["certificate"] if self.certificate.enabled else [])]
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> BrokerConfig:

@@ -39,7 +39,7 @@ class SourceLocked(errors.LoginRefused):
 
 
 class TotpRequired(errors.LoginRefused):
-    """The password was right; the login waits for a TOTP code on POST /api/v1/login/totp."""
+    """The first step (any login method) was right; the login waits for a TOTP code on POST /api/v1/login/totp."""
 
     reason = "totp_required"
     message = "Enter the code from your authenticator app."
@@ -151,13 +151,14 @@ def store_pending(
     )
 
 
-def load_pending(db: Session, id_hash: str, client_ip: str, now: dt.datetime) -> Identity | None:
-    """The identity waiting for its code; bound to the address that gave the password."""
+def load_pending(db: Session, id_hash: str, client_ip: str, now: dt.datetime) -> tuple[Identity, str] | None:
+    """The identity waiting for its code and the login method of its first step; bound to the address
+    that took that step."""
     db.execute(delete(PendingLogin).where(PendingLogin.expires_at <= now))
     row = db.get(PendingLogin, id_hash)
     if row is None or row.client_ip != client_ip:
         return None
-    return Identity(row.username, row.display_name, "", list(row.groups or []))
+    return Identity(row.username, row.display_name, "", list(row.groups or [])), row.method
 
 
 def drop_pending(db: Session, id_hash: str) -> None:
@@ -210,7 +211,7 @@ def reset_totp(db: Session, username: str, actor: str, client_ip: str, via: str)
     """Remove a user's confirmed TOTP credential (lost phone) and their pending TOTP logins; audit it.
 
     The user then enrols again, which is allowed only from a center network (PortalAuth.enrolment_allowed),
-    and until then a password login from outside answers totp_enrolment_required.
+    and until then a login from outside that needs the second factor answers totp_enrolment_required.
     """
     if db.get(User, username) is None:
         raise UnknownUser(username)
@@ -218,7 +219,7 @@ def reset_totp(db: Session, username: str, actor: str, client_ip: str, via: str)
     if row is None or row.confirmed_at is None:
         raise TotpNotEnrolled(username)
     db.delete(row)
-    # A password step already taken with the old phone in mind must not finish with its codes.
+    # A first step already taken with the old phone in mind must not finish with its codes.
     db.execute(delete(PendingLogin).where(PendingLogin.username == username))
     db.add(
         AuditEvent(

@@ -12,6 +12,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 
 class LoginMethod(Enum):
+    """The built-in login methods; further ones add their series through `declare_login_method`
+    when sso/methods.py registers them (their names are fixed by code, never taken from requests)."""
+
     PASSWORD = "password"
     CERTIFICATE = "certificate"
 
@@ -73,10 +76,15 @@ TUNNELS_REFUSED = Counter(
 BYTES_RELAYED = Counter("vdi_gateway_bytes_relayed_total", "Bytes relayed through the gateway", ["direction"])
 
 
+def declare_login_method(method: str) -> None:
+    """Series of a login method at zero, so that its rate is 0 rather than absent before its first login."""
+    for result in LoginResult:
+        LOGINS.labels(method=method, result=result.value)
+
+
 def _zero_series() -> None:
     for method in LoginMethod:
-        for result in LoginResult:
-            LOGINS.labels(method=method.value, result=result.value)
+        declare_login_method(method.value)
     for connect in ConnectResult:
         CONNECT_DURATION.labels(result=connect.value)
     for refusal in TunnelRefusal:

@@ -63,12 +63,18 @@ class LockoutSettings(BaseModel):
 
 
 class TotpSettings(BaseModel):
-    """Second factor (RFC 6238 TOTP) for password logins from outside the smart work centers."""
+    """Second factor (RFC 6238 TOTP) for logins from outside the smart work centers (sso/second_factor.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
     required_outside_centers: bool = Field(
-        False, description="ask for a TOTP code when a password login comes from outside center_networks"
+        False,
+        description="ask for a TOTP code when a login by one of `methods` comes from outside center_networks",
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: ["password"],
+        description="login methods (names as in broker.login_methods) the second factor applies to; "
+        "certificate logins are exempt unless listed",
     )
     center_networks: list[str] = Field(
         default_factory=list,

@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.e2e",
     "tests.fixtures.pki",
     "tests.fixtures.login_security",
+    "tests.fixtures.login_methods",
     "tests.fixtures.sshd",
     "tests.fixtures.lab_hosts",
 ]

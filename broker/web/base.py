@@ -11,7 +11,7 @@ import tornado.web
 from tornado.log import access_log
 
 from broker import errors
-from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser
+from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
 from broker.web.client_address import HEADER as FORWARDED_FOR
 from broker.web.client_address import PROTO_HEADER, client_address, client_scheme
 from broker.web.i18n import (
@@ -22,6 +22,8 @@ from broker.web.i18n import (
     other_language,
     translator,
 )
+from sso.base import AuthError
+from sso.password import Password, PasswordLogin
 
 if TYPE_CHECKING:
     from broker.config import BrokerConfig
@@ -194,9 +196,17 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
 
     async def start_portal_session(self, username: str, password: str) -> PortalUser:
-        """Log in and replace whatever session cookie the browser had with a brand-new one."""
+        """Log in by password (see `log_in`)."""
+        return await self.log_in(PasswordLogin.name, Password(username, password))
+
+    async def log_in(self, method: str, credentials: object) -> PortalUser:
+        """Log in by an enabled login method and replace whatever session cookie the browser had with a
+        brand-new one. A refusal becomes the generic broker error (broker.auth.login_refusal)."""
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
-        user, session_id = await self.portal_auth.login(username, password, self.client_ip)
+        try:
+            user, session_id = await self.portal_auth.login(method, credentials, self.client_ip)
+        except AuthError as exc:
+            raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)
         self.current_user = user
         return user

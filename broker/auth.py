@@ -200,14 +200,22 @@ class PortalAuth:
         """
         method = self.method(method_name)
         username = method.username_of(credentials)
+        user_key = normalize_username(username)
         if method.counts_failures:
-            await self._check_locks(normalize_username(username), username, client_ip, method.name)
+            # Before the method sees the secret: at most the lockout limit of guesses are ever checked.
+            await self._reserve_attempt(user_key, username, client_ip, method.name)
         audit: dict[str, str] = {}
         try:
             login = await method.login(credentials, audit)
         except AuthError as exc:
             await self._refused(method, username, client_ip, exc, audit)
             raise
+        except BaseException:
+            if method.counts_failures:
+                await self._release_attempt(user_key, client_ip)
+            raise
+        if method.counts_failures:
+            await self._release_attempt(user_key, client_ip)  # the right secret is no guess
         if self.second_factor.required(method.name, client_ip):
             await self._ask_for_totp(login, client_ip)
         return await self._open_session(login.identity, method.name, client_ip, login.audit)
@@ -215,9 +223,15 @@ class PortalAuth:
     def enrolment_allowed(self, client_ip: str) -> bool:
         return self.second_factor.enrolment_allowed(client_ip)
 
-    async def _check_locks(self, user_key: str, username: str, client_ip: str, method: str) -> None:
+    async def _reserve_attempt(self, user_key: str, username: str, client_ip: str, method: str) -> None:
         user_wait, source_wait = await self.db.run(
-            partial(guard.lock_waits, user_key=user_key, client_ip=client_ip, now=utcnow())
+            partial(
+                guard.reserve_attempt,
+                settings=self.lockout,
+                user_key=user_key,
+                client_ip=client_ip,
+                now=utcnow(),
+            )
         )
         if not (user_wait or source_wait):
             return
@@ -229,16 +243,24 @@ class PortalAuth:
         await self._audit(username, LoginResult.FAILURE.value, client_ip, method, reason)
         raise guard.SourceLocked(source_wait) if source_wait else guard.AccountLocked()
 
-    async def _count_failure(self, username: str, client_ip: str) -> None:
+    async def _release_attempt(self, user_key: str, client_ip: str) -> None:
+        await self.db.run(
+            partial(guard.release_attempt, user_key=user_key, client_ip=client_ip, now=utcnow())
+        )
+
+    async def _settle_failure(self, username: str, client_ip: str) -> None:
         locked = await self.db.run(
             partial(
-                guard.count_failure,
+                guard.settle_failure,
                 settings=self.lockout,
                 user_key=normalize_username(username),
                 client_ip=client_ip,
                 now=utcnow(),
             )
         )
+        await self._report_locks(locked, username, client_ip)
+
+    async def _report_locks(self, locked: list[str], username: str, client_ip: str) -> None:
         for kind in locked:
             LOCKOUTS.labels(kind=kind).inc()
             log.warning(
@@ -289,8 +311,9 @@ class PortalAuth:
             )
             raise guard.PendingLoginExpired()
         identity, method = waiting
-        # Six digits can be guessed whatever the first step was: the code always meets the lock.
-        await self._check_locks(normalize_username(identity.username), identity.username, client_ip, method)
+        # Six digits can be guessed whatever the first step was: each code takes a place under the lock.
+        user_key = normalize_username(identity.username)
+        await self._reserve_attempt(user_key, identity.username, client_ip, method)
         try:
             await self.db.run(
                 partial(
@@ -300,6 +323,10 @@ class PortalAuth:
         except TotpError as exc:
             await self._totp_refused(identity.username, method, client_ip, exc)
             raise guard.InvalidTotp() from None
+        except BaseException:
+            await self._release_attempt(user_key, client_ip)
+            raise
+        await self._release_attempt(user_key, client_ip)
         TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
         await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
         return await self._open_session(identity, method, client_ip, second_factor=True)
@@ -309,8 +336,8 @@ class PortalAuth:
         LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
         log.warning("login refused: user=%r method=totp ip=%s reason=%s", username, client_ip, exc.reason)
         await self._audit(username, LoginResult.FAILURE.value, client_ip, "totp", exc.reason)
-        # A wrong code counts like a wrong password: guessing six digits must hit the same lock.
-        await self._count_failure(username, client_ip)
+        # A wrong code counts like a wrong password (its place was reserved): the same lock stops guessing.
+        await self._settle_failure(username, client_ip)
 
     # -- enrolment (only from inside a center: the place where the user's identity is vouched for) --
 
@@ -393,9 +420,13 @@ class PortalAuth:
         self, method: LoginMethod, username: str, client_ip: str, exc: AuthError, audit: dict
     ) -> None:
         await self._audit_refusal(method.name, username, client_ip, exc, audit)
-        if method.counts_failures and exc.status == 401:
-            # A directory outage is nobody's guess: only refused credentials count towards a lock.
-            await self._count_failure(username, client_ip)
+        if not method.counts_failures:
+            return
+        if exc.status == 401:
+            await self._settle_failure(username, client_ip)
+        else:
+            # A directory outage is nobody's guess: only refused credentials keep their place counted.
+            await self._release_attempt(normalize_username(username), client_ip)
 
     async def _audit_refusal(
         self, method: str, username: str, client_ip: str, exc: AuthError, audit: dict

@@ -27,6 +27,20 @@ class LdapSettings(BaseModel):
         "cn", description="group attribute used as the group name in pool entitlements"
     )
     bind_dn: str | None = Field(None, description="service account used to find users; anonymous if unset")
+    refusal_floor_s: float = Field(
+        0.2,
+        ge=0,
+        le=5,
+        description="a refused password login answers after at least this long, known user or not, so the "
+        "answer's timing does not tell which user names exist (0: answer as soon as the directory does)",
+    )
+    decoy_dn: str | None = Field(
+        None,
+        description="an existing entry with a random password no one uses (and no lockout policy): unknown "
+        "user names are bound against it, so the directory spends the same password check as for a real "
+        "user and the answer's timing does not reveal which names exist (unset: a DN that does not exist, "
+        "which many directories answer faster)",
+    )
     bind_password: SecretStr | None = Field(None, description="password of bind_dn")
     timeout_s: float = Field(
         2.0,

@@ -4,7 +4,7 @@ VENV := .venv
 VDI := $(VENV)/bin/vdi
 DEMO_CONFIG := etc/demo.toml
 
-.PHONY: setup demo stop test lint format clean
+.PHONY: setup demo stop test lint format fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,7 @@ stop:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 format:
 	$(VENV)/bin/ruff format .
@@ -25,6 +26,10 @@ format:
 
 test: setup lint
 	$(VENV)/bin/python -m pytest
+
+# The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
+fuzz: setup
+	VDI_FUZZ_EXAMPLES=$${VDI_FUZZ_EXAMPLES:-5000} $(VENV)/bin/python -m pytest -p no:cacheprovider tests/security/test_fuzz.py
 
 clean: stop
 	rm -rf var test-artifacts .pytest_cache .ruff_cache

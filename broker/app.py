@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from sqlalchemy.orm import Session
@@ -25,6 +25,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
+from broker.housekeeping import TokenPurge
 from broker.inventory import host_settings, providers_for, seed_from_config, update_host_gauges
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
@@ -38,8 +39,11 @@ from broker.web.app import make_app
 from broker.web.tls import BrokerHTTPServer, tls_context
 from hypervisor.provider import DesktopProvider
 from monitoring.metrics import SESSIONS_ACTIVE
+from sso import methods
 from sso.base import Authenticator
-from sso.cert_auth import CertificateAuthenticator
+from sso.cert_auth import CertificateAuthenticator, CertificateLogin
+from sso.login import LoginMethod
+from sso.password import PasswordLogin
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,12 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 class BrokerApp:
-    """The services, background tasks and web application of one broker process."""
+    """The services, background tasks and web application of one broker process.
+
+    Login methods: those `[broker] login_methods` enables (BrokerConfig.enabled_login_methods), taken
+    from `login_methods` when given, password over `authenticator` (the directory), certificate over
+    `certificate_auth` when given, and any other made from the registry (sso/methods.py) and closed at stop.
+    """
 
     def __init__(
         self,
@@ -59,11 +68,15 @@ class BrokerApp:
         image_resolver: ImageResolver | None = None,
         placement: PlacementEngine | None = None,
         certificate_auth: CertificateAuthenticator | None = None,
+        login_methods: Mapping[str, LoginMethod] | None = None,
         monitor: bool = True,
     ) -> None:
         self.config = config
         self.db = db
         self.providers = providers
+        # What `stop` closes, last made first: here the login methods this app made itself.
+        self._closers: list[Callable[[], None]] = []
+        self.login_methods = self._enabled_login_methods(authenticator, certificate_auth, login_methods)
         self.desktops = DesktopService(
             config,
             db,
@@ -73,7 +86,7 @@ class BrokerApp:
         )
         self.portal_auth = PortalAuth(
             db,
-            authenticator,
+            self.login_methods,
             config.broker.session_lifetime_s,
             lockout=config.lockout,
             totp=config.totp,
@@ -84,6 +97,7 @@ class BrokerApp:
         self.power_manager = PowerManager(config, db, self.desktops)  # docs/pools.md, "Power policy"
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
+        self.token_purge = TokenPurge(db)
         # Its first pass reconciles every host that answers (docs/monitoring.md).
         self.monitor = HostMonitor(config.monitor, db, providers) if monitor else None
         self.web = make_app(
@@ -96,14 +110,30 @@ class BrokerApp:
                 "session_lifecycle": self.session_lifecycle,
                 "power_manager": self.power_manager,
                 "rollout_manager": self.rollout_manager,
-                # None unless [certificate] is enabled; the certificate login routes then answer 404.
-                "certificate_auth": certificate_auth,
             },
+            login_methods=list(self.login_methods),
         )
         self.server: BrokerHTTPServer | None = None
         self._running: list[PeriodicTask] = []
-        # What `build` made for this app and `stop` closes, last made first.
-        self._closers: list[Callable[[], None]] = []
+
+    def _enabled_login_methods(
+        self,
+        directory: Authenticator,
+        certificate_auth: CertificateAuthenticator | None,
+        given: Mapping[str, LoginMethod] | None,
+    ) -> dict[str, LoginMethod]:
+        """The methods `[broker] login_methods` enables: those given, else made from the registry."""
+        ready: dict[str, LoginMethod] = {PasswordLogin.name: PasswordLogin(directory)}
+        if certificate_auth is not None:
+            ready[CertificateLogin.name] = CertificateLogin(certificate_auth)
+        ready.update(given or {})
+        enabled = {}
+        for name in self.config.enabled_login_methods():
+            if name not in ready:
+                ready[name] = methods.create(name, self.config, directory)
+                self._closers.append(ready[name].close)
+            enabled[name] = ready[name]
+        return enabled
 
     @classmethod
     async def build(cls, config: BrokerConfig) -> BrokerApp:
@@ -120,24 +150,27 @@ class BrokerApp:
         await prepare_database(db, config)
         # Each host row names its provider (hypervisor/registry.py).
         providers = providers_for(await db.run(partial(host_settings, configured=config.hosts)))
-        authenticator = LdapAuthenticator(config.ldap)
-        certificate_auth = (
-            CertificateAuthenticator.from_settings(config.certificate, authenticator)
-            if config.certificate.enabled
-            else None
-        )
-        app = cls(config, db, authenticator, providers, certificate_auth=certificate_auth)
-        app._closers = [db.close, *(provider.close for provider in providers.values()), authenticator.close]
-        if certificate_auth is not None:
-            app._closers.append(certificate_auth.close)
+        directory = LdapAuthenticator(config.ldap)
+        # The enabled login methods other than password are made from the registry (sso/methods.py).
+        app = cls(config, db, directory, providers)
+        made = [db.close, *(provider.close for provider in providers.values()), directory.close]
+        app._closers = made + app._closers
         return app
 
     def listen(self, port: int, address: str) -> int:
         """Serve the portal (HTTPS when the config names a certificate); returns the bound port."""
         # No xheaders=True: Tornado would then believe X-Forwarded-For from any client. The broker reads
         # it only from broker.trusted_proxies (broker/web/client_address.py).
+        settings = self.config.broker
         self.server = BrokerHTTPServer(
-            self.web, ssl_options=tls_context(self.config.broker), portal_auth=self.portal_auth
+            self.web,
+            ssl_options=tls_context(settings),
+            portal_auth=self.portal_auth,
+            # Tornado waits an hour for headers and takes 100 MB bodies by default: far more than a
+            # portal needs, and free resources for anyone who opens connections and sends nothing.
+            idle_connection_timeout=settings.header_timeout_s,
+            body_timeout=settings.body_timeout_s,
+            max_body_size=settings.max_body_bytes,
         )
         sockets = bind_sockets(port, address)
         self.server.add_sockets(sockets)
@@ -149,7 +182,13 @@ class BrokerApp:
 
     async def start(self) -> None:
         """Start the background tasks that have work in this configuration, then the host monitor."""
-        tasks = [self.pool_manager, self.session_lifecycle, self.power_manager, self.rollout_manager]
+        tasks = [
+            self.pool_manager,
+            self.session_lifecycle,
+            self.power_manager,
+            self.rollout_manager,
+            self.token_purge,
+        ]
         self._running = [task for task in tasks if task.wanted]
         if self.monitor is not None:
             self._running.append(self.monitor)

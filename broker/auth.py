@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 import logging
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -34,10 +34,12 @@ from monitoring.metrics import (
     SignOutCause,
     TotpResult,
 )
-from sso.base import Authenticator, AuthError, Identity
+from sso.base import AuthError, Identity
 from sso.base import DirectoryUnavailable as DirectoryDown
 from sso.config import LockoutSettings, TotpSettings
 from sso.lockout import normalize_username
+from sso.login import Login, LoginMethod
+from sso.second_factor import SecondFactor
 from sso.totp import SecretBox, TotpError
 
 log = logging.getLogger(__name__)
@@ -154,25 +156,19 @@ def revoke(db: Session, id_hash: str, client_ip: str) -> str | None:
     return portal_session.username
 
 
-def in_networks(client_ip: str, networks: list[str]) -> bool:
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return False
-    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
-
-
 class PortalAuth:
-    """Logs users in (password, then TOTP where policy asks) and out, and resolves cookies to users.
+    """Logs users in by any enabled login method (then TOTP where the policy asks) and out, and resolves
+    cookies to users.
 
-    Order of a password login: lock check (before the directory sees the password) → authenticate →
-    count a failure or → second factor by policy → portal session. Every outcome is audited.
+    Order of every login: lock check (methods with guessable secrets, before the method sees them) →
+    the method's template (sso/login.py) → count a failure, or → second factor by policy
+    (sso/second_factor.py) → portal session. Every outcome is audited.
     """
 
     def __init__(
         self,
         db: Database,
-        authenticator: Authenticator,
+        methods: Mapping[str, LoginMethod],
         session_lifetime_s: int,
         *,
         lockout: LockoutSettings | None = None,
@@ -180,40 +176,62 @@ class PortalAuth:
         totp_key: str = "",
     ) -> None:
         self.db = db
-        self.authenticator = authenticator
+        self.methods = dict(methods)
         self.session_lifetime_s = session_lifetime_s
         self.lockout = lockout or LockoutSettings()
         self.totp = totp or TotpSettings()
+        self.second_factor = SecondFactor(self.totp)
         self.secret_box = SecretBox(totp_key or secrets.token_hex(32))
 
-    # -- the password step ----------------------------------------------------------------------
+    def method(self, name: str) -> LoginMethod:
+        """The enabled login method `name`; a disabled one is not there (404), as its routes are not."""
+        method = self.methods.get(name)
+        if method is None:
+            raise errors.NotFound(f"Sign-in by {name} is not enabled.")
+        return method
 
-    async def login(self, username: str, password: str, client_ip: str) -> tuple[PortalUser, str]:
-        """Authenticate and open a portal session; return the user and the new session id.
+    # -- the first step: any login method --------------------------------------------------------
 
-        Raises TotpRequired (with a pending-login id) when policy asks for a second factor.
+    async def login(self, method_name: str, credentials: object, client_ip: str) -> tuple[PortalUser, str]:
+        """Log in by the method and open a portal session; return the user and the new session id.
+
+        Raises the method's AuthError (audited; the handler turns it into its answer), a lock error,
+        or TotpRequired (with a pending-login id) when the second-factor policy asks for a code.
         """
-        method = self.authenticator.method
+        method = self.method(method_name)
+        username = method.username_of(credentials)
         user_key = normalize_username(username)
-        await self._check_locks(user_key, username, client_ip, method)
+        if method.counts_failures:
+            # Before the method sees the secret: at most the lockout limit of guesses are ever checked.
+            await self._reserve_attempt(user_key, username, client_ip, method.name)
+        audit: dict[str, str] = {}
         try:
-            identity = await self.authenticator.authenticate(username, password)
+            login = await method.login(credentials, audit)
         except AuthError as exc:
-            await self._refused(username, client_ip, method, exc)
-            raise login_refusal(exc) from None
-        if self.totp_required(client_ip):
-            await self._ask_for_totp(identity, method, client_ip)
-        return await self._open_session(identity, method, client_ip)
+            await self._refused(method, username, client_ip, exc, audit)
+            raise
+        except BaseException:
+            if method.counts_failures:
+                await self._release_attempt(user_key, client_ip)
+            raise
+        if method.counts_failures:
+            await self._release_attempt(user_key, client_ip)  # the right secret is no guess
+        if self.second_factor.required(method.name, client_ip):
+            await self._ask_for_totp(login, client_ip)
+        return await self._open_session(login.identity, method.name, client_ip, login.audit)
 
-    def totp_required(self, client_ip: str) -> bool:
-        return self.totp.required_outside_centers and not self.inside_center(client_ip)
+    def enrolment_allowed(self, client_ip: str) -> bool:
+        return self.second_factor.enrolment_allowed(client_ip)
 
-    def inside_center(self, client_ip: str) -> bool:
-        return in_networks(client_ip, self.totp.center_networks)
-
-    async def _check_locks(self, user_key: str, username: str, client_ip: str, method: str) -> None:
+    async def _reserve_attempt(self, user_key: str, username: str, client_ip: str, method: str) -> None:
         user_wait, source_wait = await self.db.run(
-            partial(guard.lock_waits, user_key=user_key, client_ip=client_ip, now=utcnow())
+            partial(
+                guard.reserve_attempt,
+                settings=self.lockout,
+                user_key=user_key,
+                client_ip=client_ip,
+                now=utcnow(),
+            )
         )
         if not (user_wait or source_wait):
             return
@@ -225,16 +243,24 @@ class PortalAuth:
         await self._audit(username, LoginResult.FAILURE.value, client_ip, method, reason)
         raise guard.SourceLocked(source_wait) if source_wait else guard.AccountLocked()
 
-    async def _count_failure(self, username: str, client_ip: str) -> None:
+    async def _release_attempt(self, user_key: str, client_ip: str) -> None:
+        await self.db.run(
+            partial(guard.release_attempt, user_key=user_key, client_ip=client_ip, now=utcnow())
+        )
+
+    async def _settle_failure(self, username: str, client_ip: str) -> None:
         locked = await self.db.run(
             partial(
-                guard.count_failure,
+                guard.settle_failure,
                 settings=self.lockout,
                 user_key=normalize_username(username),
                 client_ip=client_ip,
                 now=utcnow(),
             )
         )
+        await self._report_locks(locked, username, client_ip)
+
+    async def _report_locks(self, locked: list[str], username: str, client_ip: str) -> None:
         for kind in locked:
             LOCKOUTS.labels(kind=kind).inc()
             log.warning(
@@ -247,10 +273,13 @@ class PortalAuth:
 
     # -- the TOTP step --------------------------------------------------------------------------
 
-    async def _ask_for_totp(self, identity: Identity, method: str, client_ip: str) -> None:
-        if not await self.db.run(partial(guard.is_enrolled, username=identity.username)):
-            reason = "password ok; no TOTP enrolled, enrolment only inside a center"
-            await self._audit(identity.username, LoginResult.FAILURE.value, client_ip, method, reason)
+    async def _ask_for_totp(self, login: Login, client_ip: str) -> None:
+        username, method = login.username, login.method
+        if not await self.db.run(partial(guard.is_enrolled, username=username)):
+            reason = f"{method} ok; no TOTP enrolled, enrolment only inside a center"
+            await self._audit(
+                username, LoginResult.FAILURE.value, client_ip, method, reason, extra=login.audit
+            )
             LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
             raise guard.TotpEnrolmentRequired()
         pending = new_session_id()
@@ -258,31 +287,33 @@ class PortalAuth:
         await self.db.run(
             partial(
                 guard.store_pending,
-                identity=identity,
+                identity=login.identity,
                 id_hash=hash_session_id(pending),
                 method=method,
                 client_ip=client_ip,
                 expires_at=expires_at,
             )
         )
-        await self._audit(identity.username, "pending", client_ip, method, "password ok; TOTP code required")
+        reason = f"{method} ok; TOTP code required"
+        await self._audit(username, "pending", client_ip, method, reason, extra=login.audit)
         raise guard.TotpRequired(pending)
 
     async def login_totp(self, pending: str, code: str, client_ip: str) -> tuple[PortalUser, str]:
         """Finish a pending login with its TOTP code; return the user and the new session id."""
         id_hash = hash_session_id(pending)
-        identity = await self.db.run(
+        waiting = await self.db.run(
             partial(guard.load_pending, id_hash=id_hash, client_ip=client_ip, now=utcnow())
         )
-        if identity is None:
+        if waiting is None:
             TOTP_VERIFICATIONS.labels(result=TotpResult.EXPIRED.value).inc()
             await self._audit(
                 "", LoginResult.FAILURE.value, client_ip, "totp", "unknown or expired pending login"
             )
             raise guard.PendingLoginExpired()
-        await self._check_locks(
-            normalize_username(identity.username), identity.username, client_ip, self.authenticator.method
-        )
+        identity, method = waiting
+        # Six digits can be guessed whatever the first step was: each code takes a place under the lock.
+        user_key = normalize_username(identity.username)
+        await self._reserve_attempt(user_key, identity.username, client_ip, method)
         try:
             await self.db.run(
                 partial(
@@ -290,24 +321,25 @@ class PortalAuth:
                 )
             )
         except TotpError as exc:
-            await self._totp_refused(identity.username, client_ip, exc)
+            await self._totp_refused(identity.username, method, client_ip, exc)
             raise guard.InvalidTotp() from None
+        except BaseException:
+            await self._release_attempt(user_key, client_ip)
+            raise
+        await self._release_attempt(user_key, client_ip)
         TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
         await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
-        return await self._open_session(identity, "password+totp", client_ip)
+        return await self._open_session(identity, method, client_ip, second_factor=True)
 
-    async def _totp_refused(self, username: str, client_ip: str, exc: TotpError) -> None:
+    async def _totp_refused(self, username: str, method: str, client_ip: str, exc: TotpError) -> None:
         TOTP_VERIFICATIONS.labels(result=exc.result).inc()
-        LOGINS.labels(method=self.authenticator.method, result=LoginResult.FAILURE.value).inc()
+        LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
         log.warning("login refused: user=%r method=totp ip=%s reason=%s", username, client_ip, exc.reason)
         await self._audit(username, LoginResult.FAILURE.value, client_ip, "totp", exc.reason)
-        # A wrong code counts like a wrong password: guessing six digits must hit the same lock.
-        await self._count_failure(username, client_ip)
+        # A wrong code counts like a wrong password (its place was reserved): the same lock stops guessing.
+        await self._settle_failure(username, client_ip)
 
     # -- enrolment (only from inside a center: the place where the user's identity is vouched for) --
-
-    def enrolment_allowed(self, client_ip: str) -> bool:
-        return self.inside_center(client_ip)
 
     async def start_enrolment(self, user: PortalUser, client_ip: str) -> str:
         """A fresh secret for the user's app, stored unconfirmed; returns its otpauth:// URI."""
@@ -353,59 +385,76 @@ class PortalAuth:
     # -- sessions -------------------------------------------------------------------------------
 
     async def _open_session(
-        self, identity: Identity, method: str, client_ip: str, audit_detail: dict | None = None
+        self,
+        identity: Identity,
+        method: str,
+        client_ip: str,
+        audit_detail: dict | None = None,
+        second_factor: bool = False,
     ) -> tuple[PortalUser, str]:
         session_id = new_session_id()
+        # The session and its audit say how the user got in; the login counter counts by method only.
+        session_method = f"{method}+totp" if second_factor else method
         await self.db.run(
             partial(
                 record_login,
                 identity=identity,
                 id_hash=hash_session_id(session_id),
-                method=method,
+                method=session_method,
                 client_ip=client_ip,
                 lifetime_s=self.session_lifetime_s,
-                audit_detail=audit_detail,
+                audit_detail=audit_detail or None,
             )
         )
         await self.db.run(partial(guard.reset_user, user_key=normalize_username(identity.username)))
-        counted = "certificate" if method == "certificate" else self.authenticator.method
-        LOGINS.labels(method=counted, result=LoginResult.SUCCESS.value).inc()
-        log.info("login succeeded: user=%s method=%s ip=%s", identity.username, method, client_ip)
-        return PortalUser(identity.username, identity.display_name, list(identity.groups), method), session_id
+        LOGINS.labels(method=method, result=LoginResult.SUCCESS.value).inc()
+        log.info("login succeeded: user=%s method=%s ip=%s", identity.username, session_method, client_ip)
+        user = PortalUser(identity.username, identity.display_name, list(identity.groups), session_method)
+        return user, session_id
 
-    async def login_certificate(
-        self, identity: Identity, client_ip: str, certificate: dict
-    ) -> tuple[PortalUser, str]:
-        """A portal session for a user a validated certificate mapped to (sso/cert_auth.py); no password step,
-        so no lockout or TOTP: the certificate's private key is the strong factor."""
-        return await self._open_session(identity, "certificate", client_ip, certificate)
+    async def record_refusal(self, method: str, client_ip: str, exc: AuthError, audit: dict) -> None:
+        """Audit a login refused before it reached its method (a certificate the TLS handshake refused)."""
+        await self._audit_refusal(method, "", client_ip, exc, audit)
 
-    async def certificate_refused(self, client_ip: str, exc: AuthError, certificate: dict) -> None:
-        """Audit a refused certificate login with its serial and issuer (when the certificate parsed)."""
-        result = login_result(exc)
-        LOGINS.labels(method="certificate", result=result.value).inc()
-        log.warning(
-            "certificate login refused: ip=%s certificate=%s reason=%s", client_ip, certificate, exc.reason
-        )
-        event = audit_login("", result.value, client_ip, "certificate", exc.reason, certificate)
-        await self.db.run(lambda db: db.add(event))
+    async def _refused(
+        self, method: LoginMethod, username: str, client_ip: str, exc: AuthError, audit: dict
+    ) -> None:
+        await self._audit_refusal(method.name, username, client_ip, exc, audit)
+        if not method.counts_failures:
+            return
+        if exc.status == 401:
+            await self._settle_failure(username, client_ip)
+        else:
+            # A directory outage is nobody's guess: only refused credentials keep their place counted.
+            await self._release_attempt(normalize_username(username), client_ip)
 
-    async def _refused(self, username: str, client_ip: str, method: str, exc: AuthError) -> None:
+    async def _audit_refusal(
+        self, method: str, username: str, client_ip: str, exc: AuthError, audit: dict
+    ) -> None:
         result = login_result(exc)
         LOGINS.labels(method=method, result=result.value).inc()
         # The reason (e.g. "wrong password") is for operators; the user sees only the public message.
         log.warning(
-            "login refused: user=%r method=%s ip=%s reason=%s", username[:128], method, client_ip, exc.reason
+            "login refused: user=%r method=%s ip=%s reason=%s%s",
+            username[:128],
+            method,
+            client_ip,
+            exc.reason,
+            f" detail={audit}" if audit else "",
         )
-        await self._audit(username, result.value, client_ip, method, exc.reason)
-        if exc.status == 401:
-            # A directory outage is nobody's guess: only refused credentials count towards a lock.
-            await self._count_failure(username, client_ip)
+        await self._audit(username, result.value, client_ip, method, exc.reason, extra=audit)
 
     async def _audit(
-        self, username: str, result: str, client_ip: str, method: str, reason: str, action: str = "login"
+        self,
+        username: str,
+        result: str,
+        client_ip: str,
+        method: str,
+        reason: str,
+        action: str = "login",
+        extra: dict | None = None,
     ) -> None:
-        event = audit_login((username or "").strip(), result, client_ip, method, reason)
+        event = audit_login((username or "").strip(), result, client_ip, method, reason, extra)
         event.action = action
         await self.db.run(lambda db: db.add(event))
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
 from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
 from hypervisor.config import HostSettings
 from images.config import DEFAULT_IMAGE, ImageSettings
+from sso import methods
 from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
@@ -48,11 +49,52 @@ class BrokerSettings(BaseModel):
         description="PEM CAs whose client certificates the TLS layer asks for (optional: password users "
         "on the same port send none); set for certificate login without a TLS-terminating proxy",
     )
+    console_tokens_per_minute: int = Field(
+        30,
+        ge=1,
+        le=6000,
+        description="console tokens one user may mint per minute (more: 429 with Retry-After)",
+    )
+    max_body_bytes: int = Field(
+        65536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="largest request body accepted (the API takes small JSON; images are imported with "
+        "`vdi image import`); a larger one is refused before it is read",
+    )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a connection that sends no complete request headers for this long is closed",
+    )
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="time allowed to receive a request body")
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
+    )
+    metrics_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        validate_default=True,
+        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
+    )
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "
         "(lockout, TOTP center networks, audit); the header from any other address is ignored",
     )
+    login_methods: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="login methods the portal and API offer, by name (password, certificate, or one a "
+        "plugin registers in sso/methods.py); unset: password, and certificate when [certificate] is enabled",
+    )
+
+    @field_validator("login_methods")
+    @classmethod
+    def _methods_known(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else methods.check_names(value)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> BrokerSettings:
@@ -167,6 +209,28 @@ class BrokerConfig(BaseModel):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+
+    @model_validator(mode="after")
+    def _login_methods_agree(self) -> BrokerConfig:
+        listed = self.broker.login_methods
+        if listed is not None and ("certificate" in listed) != self.certificate.enabled:
+            # Two switches for one thing must not disagree silently; [certificate] also holds its settings.
+            enabled = self.certificate.enabled
+            raise ValueError(
+                f"broker.login_methods: 'certificate' {'is not' if enabled else 'is'} listed, "
+                f"but [certificate] enabled = {str(enabled).lower()}"
+            )
+        try:
+            methods.check_names(self.totp.methods)
+        except ValueError as exc:
+            raise ValueError(f"totp.methods: {exc}") from None
+        return self
+
+    def enabled_login_methods(self) -> list[str]:
+        """`broker.login_methods`, or today's default: password, and certificate when it is enabled."""
+        if self.broker.login_methods is not None:
+            return list(self.broker.login_methods)
+        return ["password", *(["certificate"] if self.certificate.enabled else [])]
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> BrokerConfig:

@@ -30,7 +30,7 @@ from broker import errors
 from broker.auth import PortalUser
 from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database
-from broker.db.models import AuditEvent, Desktop, DesktopSession, utcnow
+from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, utcnow
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.inventory import host_settings, providers_for
@@ -58,11 +58,13 @@ from images.config import ImageSettings
 from monitoring.metrics import (
     CONNECT_DURATION,
     CONSOLE_TOKENS_ISSUED,
+    CONSOLE_TOKENS_REFUSED,
     DESKTOP_START_FAILURES,
     DESKTOPS_STARTED,
     SESSIONS_ACTIVE,
     ConnectResult,
     PowerAction,
+    TokenRefusal,
 )
 
 log = logging.getLogger(__name__)
@@ -400,8 +402,24 @@ def load_owned_session(db: Session, session_id: str, username: str) -> tuple[Des
     return session, db.get(Desktop, session.desktop_id)
 
 
-def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int) -> str:
+TOKEN_RATE_WINDOW_S = 60
+
+
+def tokens_minted_recently(db: Session, username: str, now: dt.datetime) -> int:
+    """Console tokens minted for the user's sessions in the last minute (all brokers: it is the database)."""
+    since = now - dt.timedelta(seconds=TOKEN_RATE_WINDOW_S)
+    return db.scalar(
+        select(func.count())
+        .select_from(ConsoleToken)
+        .join(DesktopSession, DesktopSession.id == ConsoleToken.session_id)
+        .where(DesktopSession.username == username, ConsoleToken.created_at > since)
+    )
+
+
+def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int, per_minute: int) -> str:
     session, desktop = load_owned_session(db, session_id, username)
+    if tokens_minted_recently(db, username, utcnow()) >= per_minute:
+        raise errors.ConsoleTokenRate()
     if session.state != "active":
         raise errors.SessionEnded()
     if desktop.state != "running" or desktop.vnc_port is None:
@@ -802,9 +820,23 @@ class DesktopService:
 
     async def console_token(self, user: PortalUser, session_id: str) -> ConsoleGrant:
         ttl_s = self.config.broker.console_token_ttl_s
-        token = await self.db.run(
-            partial(issue_for_owner, session_id=session_id, username=user.username, ttl_s=ttl_s)
+        issue = partial(
+            issue_for_owner,
+            session_id=session_id,
+            username=user.username,
+            ttl_s=ttl_s,
+            per_minute=self.config.broker.console_tokens_per_minute,
         )
+        try:
+            token = await self.db.run(issue)
+        except errors.ConsoleTokenRate:
+            CONSOLE_TOKENS_REFUSED.labels(reason=TokenRefusal.RATE.value).inc()
+            log.warning(
+                "console token refused: user=%s over %d per minute",
+                user.username,
+                issue.keywords["per_minute"],
+            )
+            raise
         CONSOLE_TOKENS_ISSUED.inc()
         log.info("console token issued: user=%s session=%s ttl=%ss", user.username, session_id, ttl_s)
         return ConsoleGrant(token, self.config.broker.gateway_url, ttl_s)

@@ -132,6 +132,26 @@ class DesktopStarting(Conflict):
     message = "Your desktop is still starting; try again in a moment."
 
 
+class MetricsForbidden(BrokerError):
+    status = 403
+    reason = "metrics_forbidden"
+    message = "Metrics need the configured bearer token or a client in metrics_networks."
+
+
+class TooManyRequests(BrokerError):
+    """429 with Retry-After (RFC 6585 section 4): `retry_after_s` says when to try again."""
+
+    status = 429
+    reason = "too_many_requests"
+    message = "Too many requests. Please try again later."
+    retry_after_s = 60
+
+
+class ConsoleTokenRate(TooManyRequests):
+    reason = "console_token_rate"
+    message = "Too many console openings in a short time. Please wait a minute and try again."
+
+
 class ServiceUnavailable(BrokerError):
     status = 503
     reason = "service_unavailable"

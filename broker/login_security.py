@@ -39,7 +39,7 @@ class SourceLocked(errors.LoginRefused):
 
 
 class TotpRequired(errors.LoginRefused):
-    """The password was right; the login waits for a TOTP code on POST /api/v1/login/totp."""
+    """The first step (any login method) was right; the login waits for a TOTP code on POST /api/v1/login/totp."""
 
     reason = "totp_required"
     message = "Enter the code from your authenticator app."
@@ -110,22 +110,48 @@ def _counter(db: Session, kind: str, key: str, now: dt.datetime) -> LoginThrottl
     return db.get(LoginThrottle, (kind, key), with_for_update=True, populate_existing=True)
 
 
-def lock_waits(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> tuple[int, int]:
-    """Seconds the user name and the source address stay locked (0 = not locked)."""
-    user = db.get(LoginThrottle, (lockout.USER, user_key))
-    source = db.get(LoginThrottle, (lockout.SOURCE, client_ip))
-    return lockout.seconds_locked(user, now), lockout.seconds_locked(source, now)
+def _counters(
+    db: Session, user_key: str, client_ip: str, now: dt.datetime
+) -> list[tuple[str, LoginThrottle]]:
+    return [
+        (kind, _counter(db, kind, key, now))
+        for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip))
+        if key
+    ]
 
 
-def count_failure(
+def reserve_attempt(
+    db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
+) -> tuple[int, int]:
+    """Reserve one attempt on the user name and on the address, both or neither (one transaction, rows
+    locked). Returns the seconds each one still has to wait; (0, 0) means the attempt may go ahead."""
+    counters = _counters(db, user_key, client_ip, now)
+    waits = {kind: lockout.seconds_locked(counter, now) for kind, counter in counters}
+    if not any(waits.values()):
+        for kind, counter in counters:
+            waits[kind] = lockout.reserve_attempt(counter, kind, settings, now)
+        if any(waits.values()):
+            # One side was full: the other side's place is given back, as the attempt does not happen.
+            for kind, counter in counters:
+                if not waits[kind]:
+                    lockout.release_attempt(counter)
+    return waits.get(lockout.USER, 0), waits.get(lockout.SOURCE, 0)
+
+
+def release_attempt(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> None:
+    for _, counter in _counters(db, user_key, client_ip, now):
+        lockout.release_attempt(counter)
+
+
+def settle_failure(
     db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
 ) -> list[str]:
-    """Count a failed login against the user name and the address; return the kinds it newly locked."""
-    locked = []
-    for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip)):
-        if key and lockout.record_failure(_counter(db, kind, key, now), kind, settings, now):
-            locked.append(kind)
-    return locked
+    """The reserved attempt failed: lock what it used up; return the kinds it newly locked."""
+    return [
+        kind
+        for kind, counter in _counters(db, user_key, client_ip, now)
+        if lockout.settle_failure(counter, kind, settings, now)
+    ]
 
 
 def reset_user(db: Session, user_key: str) -> None:
@@ -151,13 +177,14 @@ def store_pending(
     )
 
 
-def load_pending(db: Session, id_hash: str, client_ip: str, now: dt.datetime) -> Identity | None:
-    """The identity waiting for its code; bound to the address that gave the password."""
+def load_pending(db: Session, id_hash: str, client_ip: str, now: dt.datetime) -> tuple[Identity, str] | None:
+    """The identity waiting for its code and the login method of its first step; bound to the address
+    that took that step."""
     db.execute(delete(PendingLogin).where(PendingLogin.expires_at <= now))
     row = db.get(PendingLogin, id_hash)
     if row is None or row.client_ip != client_ip:
         return None
-    return Identity(row.username, row.display_name, "", list(row.groups or []))
+    return Identity(row.username, row.display_name, "", list(row.groups or [])), row.method
 
 
 def drop_pending(db: Session, id_hash: str) -> None:
@@ -210,7 +237,7 @@ def reset_totp(db: Session, username: str, actor: str, client_ip: str, via: str)
     """Remove a user's confirmed TOTP credential (lost phone) and their pending TOTP logins; audit it.
 
     The user then enrols again, which is allowed only from a center network (PortalAuth.enrolment_allowed),
-    and until then a password login from outside answers totp_enrolment_required.
+    and until then a login from outside that needs the second factor answers totp_enrolment_required.
     """
     if db.get(User, username) is None:
         raise UnknownUser(username)
@@ -218,7 +245,7 @@ def reset_totp(db: Session, username: str, actor: str, client_ip: str, via: str)
     if row is None or row.confirmed_at is None:
         raise TotpNotEnrolled(username)
     db.delete(row)
-    # A password step already taken with the old phone in mind must not finish with its codes.
+    # A first step already taken with the old phone in mind must not finish with its codes.
     db.execute(delete(PendingLogin).where(PendingLogin.username == username))
     db.add(
         AuditEvent(

@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig, GatewaySettings
 from gateway.relay import ConsoleRelay, TunnelRegistry
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
+from monitoring.access import scrape_allowed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ WEBSOCKIFY_PATH = "/websockify"
 PING_INTERVAL_S = 30
 PING_TIMEOUT_S = 30
 SHUTDOWN_GRACE_S = 5.0
+MAX_UPGRADE_BODY_BYTES = 4096
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -77,6 +79,13 @@ class HealthHandler(JsonHandler):
 
 
 class MetricsHandler(JsonHandler):
+    def prepare(self) -> None:
+        settings: GatewaySettings = self.application.settings["gateway"]
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        authorization = self.request.headers.get("Authorization")
+        if not scrape_allowed(self.request.remote_ip or "", authorization, token, settings.metrics_networks):
+            raise tornado.web.HTTPError(403)
+
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest())
@@ -105,11 +114,23 @@ class GatewayApplication(tornado.web.Application):
             default_handler_class=NotFoundHandler,
             websocket_ping_interval=PING_INTERVAL_S,
             websocket_ping_timeout=PING_TIMEOUT_S,
+            gateway=config.gateway,
         )
 
     def close_session(self, session_id: str, reason: str) -> int:
         """Close the session's tunnels (logoff, revoke); returns how many were open."""
         return self.tunnels.close_session(session_id, reason)
+
+
+def http_server(app: GatewayApplication, settings: GatewaySettings) -> HTTPServer:
+    """The gateway's HTTP server: TLS when configured, and short limits before the WebSocket upgrade."""
+    return HTTPServer(
+        app,
+        ssl_options=tls_context(settings),
+        # Tornado's default waits an hour for the upgrade request; a WebSocket upgrade has no body.
+        idle_connection_timeout=settings.handshake_timeout_s,
+        max_body_size=MAX_UPGRADE_BODY_BYTES,
+    )
 
 
 def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
@@ -126,7 +147,7 @@ def run(config: GatewayConfig) -> None:
 async def serve(config: GatewayConfig) -> None:
     db = Database(config.database)
     app = make_app(config, db)
-    server = HTTPServer(app, ssl_options=tls_context(config.gateway))
+    server = http_server(app, config.gateway)
     sockets = bind_sockets(config.gateway.port, config.gateway.listen_address)
     server.add_sockets(sockets)
     stop = _stop_on_signals()

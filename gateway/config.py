@@ -7,7 +7,7 @@ broker's business and are not looked at here).
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, model_validator
 
 from broker.db.config import DatabaseSettings
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
@@ -43,6 +43,28 @@ class GatewaySettings(BaseModel):
         None,
         description="OpenSSH known_hosts file with the hosts' keys; an unknown or mismatching host key "
         "is refused (unset: ssh routes are refused)",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
+    )
+    metrics_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        validate_default=True,
+        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
+    )
+    max_tunnels_per_session: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="console tunnels one desktop session may hold open at once on this gateway",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a connection that has not sent its complete WebSocket upgrade request by then is closed",
     )
     ssh_idle_close_s: float = Field(
         300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"

@@ -98,8 +98,30 @@ class TunnelRegistry:
 
     def __init__(self) -> None:
         self._by_session: dict[str, set[ConsoleRelay]] = {}
+        # Tunnels of a session between their token's acceptance and their upstream's connection.
+        self._opening: dict[str, int] = {}
         # Called at every new tunnel; the gateway starts its session watch from here, on the running loop.
         self.on_add: Callable[[], None] | None = None
+
+    def reserve(self, session_id: str, limit: int) -> bool:
+        """Hold one of the session's `limit` places for a tunnel being opened; False when all are taken.
+
+        Counted with the tunnels still connecting, so two tokens used at the same moment cannot both
+        slip under the limit while their displays are being reached.
+        """
+        held = len(self._by_session.get(session_id, ())) + self._opening.get(session_id, 0)
+        if held >= limit:
+            return False
+        self._opening[session_id] = self._opening.get(session_id, 0) + 1
+        return True
+
+    def release(self, session_id: str) -> None:
+        """The reserved place is taken by `add` or given up."""
+        left = self._opening.get(session_id, 0) - 1
+        if left > 0:
+            self._opening[session_id] = left
+        else:
+            self._opening.pop(session_id, None)
 
     def add(self, relay: ConsoleRelay) -> None:
         self._by_session.setdefault(relay.session_id, set()).add(relay)
@@ -191,13 +213,29 @@ class ConsoleRelay(WebSocketHandler):
         target = await self._consume_token(token_from_query(self.request.uri or ""))
         if target is None or self._client_gone:
             return
-        upstream = await self._connect(target)
-        if upstream is None:
+        if not self.tunnels.reserve(target.session_id, self.gateway.max_tunnels_per_session):
+            self._refuse_over_limit(target)
             return
-        if self._client_gone:
-            upstream.close()
-            return
-        self._start_tunnel(target, upstream)
+        try:
+            upstream = await self._connect(target)
+            if upstream is None:
+                return
+            if self._client_gone:
+                upstream.close()
+                return
+            self._start_tunnel(target, upstream)
+        finally:
+            self.tunnels.release(target.session_id)
+
+    def _refuse_over_limit(self, target: ConsoleTarget) -> None:
+        # OSSN-0008: one session must not fan out into unbounded tunnels to its desktop.
+        TUNNELS_REFUSED.labels(reason=TunnelRefusal.LIMIT.value).inc()
+        log.warning(
+            "console refused: session %s already has %d tunnel(s) open (gateway.max_tunnels_per_session)",
+            target.session_id,
+            self.gateway.max_tunnels_per_session,
+        )
+        self.close(CLOSE_POLICY_VIOLATION, "too many consoles open for this session")
 
     async def _consume_token(self, token: str | None) -> ConsoleTarget | None:
         try:

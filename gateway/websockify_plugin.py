@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from urllib.parse import unquote_plus
 
 from broker.db import Database
 from broker.db.tokens import TokenRefused, consume_token, mask
@@ -28,13 +29,35 @@ from gateway.config import load_gateway_config
 
 log = logging.getLogger(__name__)
 
-# websockify's own messages that carry a token: the request line and "Path: '/?token=…'"
-# (token=…), and "Token '…' not found" on refusal.
-_TOKEN_IN_TEXT = re.compile(r"(?P<lead>token=)[^&\s'\"]+|(?P<quoted>Token ')[^']*(?=')", re.IGNORECASE)
+# A `name=value` pair in a logged URL, also percent-encoded inside another value (websockify's
+# `?path=%2F%3Ftoken%3D…`): a name is letters or escapes other than =, ? and &; a value runs to & (or %26).
+_PAIR = re.compile(
+    r"(?:(?<=[?&\s'\"/])|(?<=%3[fF])|(?<=%26)|^)"
+    r"(?P<name>(?:[A-Za-z0-9_.+-]|%(?!3[dDfF]|26)[0-9A-Fa-f]{2})+)"
+    r"(?P<sep>=|%3[dD])"
+    r"(?P<value>(?:[^&\s'\"%]|%(?!26)[0-9A-Fa-f]{2})*)"
+)
+# websockify's refusal names the token itself: "Token '…' not found".
+_QUOTED = re.compile(r"(?P<quoted>Token ')[^']*(?=')", re.IGNORECASE)
+
+
+def _is_token_name(name: str) -> bool:
+    # websockify decodes the query (parse_qs), so `%74oken` or `TOK%45N` reach it as a token too.
+    for _ in range(3):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.lower() == "token"
+
+
+def _mask_pair(match: re.Match) -> str:
+    name, sep, value = match.group("name", "sep", "value")
+    return f"{name}{sep}***" if _is_token_name(name) else f"{name}{sep}{_mask_tokens(value)}"
 
 
 def _mask_tokens(text: str) -> str:
-    return _TOKEN_IN_TEXT.sub(lambda m: (m.group("lead") or m.group("quoted")) + "***", text)
+    return _QUOTED.sub(r"\g<quoted>***", _PAIR.sub(_mask_pair, text))
 
 
 class TokenRedactingFilter(logging.Filter):

@@ -83,7 +83,32 @@ def inspect_qcow2(path: Path) -> Qcow2Info:
         raise CatalogError("file", "not_qcow2", f"{path.name} is {info.get('format', 'unknown')}, not qcow2")
     if info.get("backing-filename"):
         raise CatalogError("file", "has_backing_file", f"{path.name} depends on a backing file")
+    refuse_qcow2_features(path, info.get("format-specific", {}).get("data", {}))
     return Qcow2Info(virtual_size=int(info["virtual-size"]), actual_size=int(info.get("actual-size", 0)))
+
+
+# What qemu-img (QEMU 7.2) reports of a plain qcow2. Anything else is a feature a golden image does not need
+# and that could make every desktop's QEMU open more than the image: refused rather than trusted.
+KNOWN_QCOW2_FIELDS = frozenset(
+    {"compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2", "bitmaps"}
+)
+
+
+def refuse_qcow2_features(path: Path, fields: dict) -> None:
+    """CatalogError(field="file") for an external data file, encryption, corruption or an unknown feature.
+
+    An external data file (`data_file=`) names a path on the host that QEMU would open for every desktop
+    cloned from the image: an import could thereby read or overwrite any file QEMU can reach.
+    """
+    if "data-file" in fields or "data-file-raw" in fields:
+        raise CatalogError("file", "has_data_file", f"{path.name} keeps its data in an external data file")
+    if "encrypt" in fields:
+        raise CatalogError("file", "encrypted", f"{path.name} is encrypted")
+    if fields.get("corrupt"):
+        raise CatalogError("file", "corrupt", f"{path.name} is marked corrupt")
+    unknown = sorted(set(fields) - KNOWN_QCOW2_FIELDS)
+    if unknown:
+        raise CatalogError("file", "unknown_feature", f"{path.name} uses qcow2 features {', '.join(unknown)}")
 
 
 def sha256_file(path: Path, label: str | None = None) -> str:

@@ -12,6 +12,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 
 class LoginMethod(Enum):
+    """The built-in login methods; further ones add their series through `declare_login_method`
+    when sso/methods.py registers them (their names are fixed by code, never taken from requests)."""
+
     PASSWORD = "password"
     CERTIFICATE = "certificate"
 
@@ -34,6 +37,11 @@ class TunnelRefusal(Enum):
     ORIGIN = "origin"
     UPSTREAM = "upstream"
     UPSTREAM_SSH = "upstream_ssh"  # the display's host refused or failed the SSH route
+    LIMIT = "limit"  # the session already has gateway.max_tunnels_per_session tunnels open
+
+
+class TokenRefusal(Enum):
+    RATE = "rate"  # the user minted broker.console_tokens_per_minute already
 
 
 class Direction(Enum):
@@ -54,6 +62,12 @@ DESKTOP_START_FAILURES = Counter(
     "vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back"
 )
 CONSOLE_TOKENS_ISSUED = Counter("vdi_console_tokens_issued_total", "Console tokens handed to clients")
+CONSOLE_TOKENS_REFUSED = Counter(
+    "vdi_console_tokens_refused_total", "Console tokens the broker would not mint, by reason", ["reason"]
+)
+CONSOLE_TOKENS_PURGED = Counter(
+    "vdi_console_tokens_purged_total", "Expired console tokens removed from the database by the broker"
+)
 
 TUNNELS_OPEN = Gauge("vdi_gateway_tunnels_open", "Console tunnels currently relaying")
 TUNNELS_REFUSED = Counter(
@@ -62,14 +76,21 @@ TUNNELS_REFUSED = Counter(
 BYTES_RELAYED = Counter("vdi_gateway_bytes_relayed_total", "Bytes relayed through the gateway", ["direction"])
 
 
+def declare_login_method(method: str) -> None:
+    """Series of a login method at zero, so that its rate is 0 rather than absent before its first login."""
+    for result in LoginResult:
+        LOGINS.labels(method=method, result=result.value)
+
+
 def _zero_series() -> None:
     for method in LoginMethod:
-        for result in LoginResult:
-            LOGINS.labels(method=method.value, result=result.value)
+        declare_login_method(method.value)
     for connect in ConnectResult:
         CONNECT_DURATION.labels(result=connect.value)
     for refusal in TunnelRefusal:
         TUNNELS_REFUSED.labels(reason=refusal.value)
+    for token_refusal in TokenRefusal:
+        CONSOLE_TOKENS_REFUSED.labels(reason=token_refusal.value)
     for direction in Direction:
         BYTES_RELAYED.labels(direction=direction.value)
 

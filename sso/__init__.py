@@ -1,4 +1,7 @@
-"""Who the user is: authenticators (directory password, certificate, TOTP), revocation, lockout, portal session.
+"""Who the user is: login methods (directory password, certificate), the TOTP second factor, revocation, lockout.
 
-Each authenticator is a small `sso.base.Authenticator` subclass in its own module (`sso.ldap` for passwords).
+Every login method is a small `sso.login.LoginMethod` subclass (template: authenticate → normalize →
+blocked/allowed → Login), registered by name in `sso.methods`: `sso.password` over the directory of
+`sso.ldap`, `sso.cert_auth` over sso/x509.py, sso/revocation.py and sso/cert_mapping.py. The policy of
+when a second factor is due for which method is `sso.second_factor`.
 """

@@ -1,4 +1,7 @@
-"""The authenticator contract and the errors every authenticator raises."""
+"""The identity a login proves, the errors every login method raises, and the password-check contract.
+
+The login-method contract itself (password, certificate, …) is `sso.login.LoginMethod`.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +41,10 @@ class DirectoryUnavailable(AuthError):
 
 
 class Authenticator(ABC):
-    """Template: `authenticate` validates input, then calls the hook; subclasses implement the hook."""
+    """A directory that checks passwords (sso/ldap.py); password login (sso/password.py) runs over one.
+
+    Template: `authenticate` validates input, then calls the hook; subclasses implement the hook.
+    """
 
     method = "password"
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from monitoring.metrics import CERTIFICATE_LOGINS, CertificateLoginOutcome, RevocationResult
+from monitoring.metrics import LoginMethod as MethodLabel
 from sso.base import AuthError, DirectoryUnavailable, Identity, InvalidCredentials
 from sso.cert_mapping import CertificateMapping, mapping_for
 from sso.config import CertificateSettings
 from sso.ldap import LdapAuthenticator
+from sso.login import LoginMethod
 from sso.revocation import RevocationAnswer, RevocationChecker
 from sso.x509 import (
     CertificateRefused,
@@ -30,7 +33,7 @@ log = logging.getLogger("sso.cert_auth")
 
 
 @dataclass(frozen=True)
-class CertificateLogin:
+class CertificateCheck:
     identity: Identity
     certificate: dict[str, str]  # serial and issuer, for the audit record
     reason: str
@@ -78,7 +81,7 @@ class CertificateAuthenticator:
     def close(self) -> None:
         self.revocation.close()
 
-    async def authenticate(self, data: bytes) -> CertificateLogin:
+    async def authenticate(self, data: bytes) -> CertificateCheck:
         """`data`: the client certificate, DER from the TLS layer or PEM from a trusted proxy's header."""
         certificate: dict[str, str] = {}
         outcome = CertificateLoginOutcome.INVALID
@@ -96,7 +99,7 @@ class CertificateAuthenticator:
             raise CertificateLoginRefused(exc, certificate, outcome) from None
         CERTIFICATE_LOGINS.labels(outcome=outcome.value).inc()
         log.info("certificate login of %s (%s): %s", identity.username, reason, certificate)
-        return CertificateLogin(identity, certificate, reason)
+        return CertificateCheck(identity, certificate, reason)
 
     def _judge(self, answer: RevocationAnswer) -> tuple[CertificateLoginOutcome, str]:
         if answer.result is RevocationResult.GOOD:
@@ -119,6 +122,46 @@ class CertificateAuthenticator:
             raise _NoUser(
                 f"no directory user for the certificate ({self.mapping.name} mapping): {exc.reason}"
             ) from None
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """The certificate the client presented: DER from the TLS layer or PEM from a trusted proxy; None if none."""
+
+    data: bytes | None
+
+
+class CertificateLogin(LoginMethod):
+    """The login method over `CertificateAuthenticator`: no password, so no lockout (the private key is
+    the strong factor) and, by default, no second factor (`[totp] methods`)."""
+
+    name = MethodLabel.CERTIFICATE.value
+    counts_failures = False
+
+    def __init__(self, checker: CertificateAuthenticator) -> None:
+        self.checker = checker
+
+    @property
+    def settings(self) -> CertificateSettings:
+        return self.checker.settings
+
+    @classmethod
+    def from_config(cls, config: Any, directory: LdapAuthenticator) -> CertificateLogin:
+        return cls(CertificateAuthenticator.from_settings(config.certificate, directory))
+
+    async def authenticate(self, credentials: ClientCertificate, audit: dict[str, str]) -> Identity:
+        if not credentials.data:
+            raise CertificateRefused("no client certificate presented")
+        try:
+            check = await self.checker.authenticate(credentials.data)
+        except CertificateLoginRefused as exc:
+            audit.update(exc.certificate)  # serial and issuer, when the certificate parsed
+            raise
+        audit.update({**check.certificate, "checks": check.reason})
+        return check.identity
+
+    def close(self) -> None:
+        self.checker.close()
 
 
 class _Revoked(CertificateRefused):

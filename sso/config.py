@@ -27,6 +27,20 @@ class LdapSettings(BaseModel):
         "cn", description="group attribute used as the group name in pool entitlements"
     )
     bind_dn: str | None = Field(None, description="service account used to find users; anonymous if unset")
+    refusal_floor_s: float = Field(
+        0.2,
+        ge=0,
+        le=5,
+        description="a refused password login answers after at least this long, known user or not, so the "
+        "answer's timing does not tell which user names exist (0: answer as soon as the directory does)",
+    )
+    decoy_dn: str | None = Field(
+        None,
+        description="an existing entry with a random password no one uses (and no lockout policy): unknown "
+        "user names are bound against it, so the directory spends the same password check as for a real "
+        "user and the answer's timing does not reveal which names exist (unset: a DN that does not exist, "
+        "which many directories answer faster)",
+    )
     bind_password: SecretStr | None = Field(None, description="password of bind_dn")
     timeout_s: float = Field(
         2.0,
@@ -63,12 +77,18 @@ class LockoutSettings(BaseModel):
 
 
 class TotpSettings(BaseModel):
-    """Second factor (RFC 6238 TOTP) for password logins from outside the smart work centers."""
+    """Second factor (RFC 6238 TOTP) for logins from outside the smart work centers (sso/second_factor.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
     required_outside_centers: bool = Field(
-        False, description="ask for a TOTP code when a password login comes from outside center_networks"
+        False,
+        description="ask for a TOTP code when a login by one of `methods` comes from outside center_networks",
+    )
+    methods: list[str] = Field(
+        default_factory=lambda: ["password"],
+        description="login methods (names as in broker.login_methods) the second factor applies to; "
+        "certificate logins are exempt unless listed",
     )
     center_networks: list[str] = Field(
         default_factory=list,

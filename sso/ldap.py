@@ -87,11 +87,16 @@ class LdapAuthenticator(Authenticator):
 
     async def _authenticate(self, username: str, password: str) -> Identity:
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             identity = await loop.run_in_executor(self._executor, self._login, username, password)
         except AuthError as exc:
             level = logging.WARNING if isinstance(exc, DirectoryUnavailable) else logging.INFO
             log.log(level, "password login refused for %r: %s", username, exc.reason)
+            if isinstance(exc, InvalidCredentials):
+                # What is left to tell "no such user" from "wrong password" (a search that found an entry or
+                # none) hides under one floor: every refusal answers after refusal_floor_s at the earliest.
+                await asyncio.sleep(max(0.0, self.settings.refusal_floor_s - (loop.time() - started)))
             raise
         log.info("password login of %r as %s, groups %s", identity.username, identity.dn, identity.groups)
         return identity
@@ -124,8 +129,9 @@ class LdapAuthenticator(Authenticator):
         # Two results are enough to tell "exactly one" from "ambiguous".
         entries = self._search(service, s.user_base, query, [s.user_attr, s.display_name_attr], size_limit=2)
         if len(entries) != 1:
-            # Spend a bind anyway so that "no such user" takes as long as "wrong password" (enumeration).
-            self._bind(f"{_DECOY_RDN},{s.user_base}", password)
+            # Spend a bind anyway so that "no such user" takes as long as "wrong password" (enumeration):
+            # against a real entry when one is configured, since a missing DN skips the password check.
+            self._bind(s.decoy_dn or f"{_DECOY_RDN},{s.user_base}", password)
             reason = f"ambiguous user: {len(entries)} or more entries" if entries else "unknown user"
             raise InvalidCredentials(reason)
         return self._user_entry(entries[0], username)

@@ -40,15 +40,43 @@ def seconds_locked(counter: Counter | None, now: dt.datetime) -> int:
     return max(1, math.ceil((counter.locked_until - now).total_seconds()))
 
 
-def record_failure(counter: Counter, kind: str, settings: LockoutSettings, now: dt.datetime) -> bool:
-    """Count one failure; return True when this failure locks the counter."""
-    if now - counter.window_started_at > dt.timedelta(seconds=settings.window_s):
-        # A fixed window restarted at the first failure after it ran out: simple, and the lock
-        # itself (not the window) is what slows a guesser down.
-        counter.failures, counter.window_started_at = 0, now
+# -- reservations: a guess is counted before the secret is checked ------------------------------------
+#
+# Counting after the check let parallel requests race: forty wrong passwords sent at once all passed the
+# lock check before the first failure was counted, and all forty reached the directory. Now each attempt
+# takes one of the window's places first (under the counter's row lock), so at most the limit of guesses
+# are ever checked; a success gives its place back.
+
+
+def _window_wait(counter: Counter, settings: LockoutSettings, now: dt.datetime) -> int:
+    ends = counter.window_started_at + dt.timedelta(seconds=settings.window_s)
+    return max(1, math.ceil((ends - now).total_seconds()))
+
+
+def reserve_attempt(counter: Counter, kind: str, settings: LockoutSettings, now: dt.datetime) -> int:
+    """Take one attempt of the counter's window: 0 when taken, else the seconds until one is free."""
+    wait = seconds_locked(counter, now)
+    if wait:
+        return wait
+    if counter.locked_until is not None or now - counter.window_started_at > dt.timedelta(
+        seconds=settings.window_s
+    ):
+        # The lock ran out, or the window did: a fresh window starts with this attempt.
+        counter.failures, counter.window_started_at, counter.locked_until = 0, now, None
+    if (counter.failures or 0) >= limit_for(kind, settings):
+        return _window_wait(counter, settings, now)  # every place is taken by attempts still being checked
     counter.failures = (counter.failures or 0) + 1
-    if counter.failures >= limit_for(kind, settings) and seconds_locked(counter, now) == 0:
+    return 0
+
+
+def release_attempt(counter: Counter) -> None:
+    """Give a reserved attempt back: it was no guess (right secret, or the directory did not answer)."""
+    counter.failures = max((counter.failures or 0) - 1, 0)
+
+
+def settle_failure(counter: Counter, kind: str, settings: LockoutSettings, now: dt.datetime) -> bool:
+    """A reserved attempt failed and stays counted; lock when the window is used up. True: locked now."""
+    if (counter.failures or 0) >= limit_for(kind, settings) and not seconds_locked(counter, now):
         counter.locked_until = now + dt.timedelta(seconds=settings.lock_s)
-        counter.failures, counter.window_started_at = 0, now
         return True
     return False

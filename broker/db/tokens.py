@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -17,6 +18,11 @@ from broker.db.models import ConsoleToken, Desktop, DesktopSession, Host, utcnow
 from hypervisor.config import SshAddress, ssh_address_from_uri
 
 TOKEN_BYTES = 32  # 256 random bits, twice the 128 the design asks for
+# What secrets.token_urlsafe(TOKEN_BYTES) makes: 43 characters of the URL-safe base64 alphabet. Anything
+# else is refused before the database is asked, so garbage costs no query.
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# Expired tokens stay this long (for "expired" rather than "unknown" answers), then the broker purges them.
+PURGE_AFTER_S = 3600
 
 
 class TokenRefused(Exception):
@@ -80,10 +86,13 @@ def issue_token(
 
 def consume_token(db: Session, token: str | None, now: dt.datetime | None = None) -> ConsoleTarget:
     """Mark the token used and return its target, or raise TokenRefused saying why."""
-    if not token or len(token) > 256:
+    if not token or not TOKEN_SHAPE.match(token):
         raise TokenRefused("missing or malformed console token")
     now = now or utcnow()
     digest = hash_token(token)
+    # An unknown token is answered from a read: only a token that exists costs a write.
+    if db.scalar(select(ConsoleToken.token_hash).where(ConsoleToken.token_hash == digest)) is None:
+        raise TokenRefused("unknown console token")
     # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
     # sees rowcount 1, on SQLite and PostgreSQL alike.
     claimed = db.execute(
@@ -138,6 +147,7 @@ def _ssh_address(address: str | None, uri: str) -> SshAddress | None:
     return ssh_address_from_uri(uri)
 
 
-def purge_expired(db: Session, now: dt.datetime | None = None, keep_s: int = 3600) -> int:
+def purge_expired(db: Session, now: dt.datetime | None = None, keep_s: int = PURGE_AFTER_S) -> int:
+    """Delete tokens that expired more than `keep_s` ago; how many."""
     cutoff = (now or utcnow()) - dt.timedelta(seconds=keep_s)
     return db.execute(delete(ConsoleToken).where(ConsoleToken.expires_at < cutoff)).rowcount

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit
 
 import tornado.web
@@ -41,13 +43,17 @@ ROUTE_MODULES = (
     admin_pools_api,
     hosts_api,
     images_api,
-    cert_login,
-    cert_login_api,
 )
+# The pages and API a login method brings beyond the shared ones (sign-in page, TOTP, logout), by its
+# registered name (sso/methods.py); routed only while the method is enabled, so a disabled one answers 404.
+LOGIN_METHOD_ROUTES: dict[str, tuple[ModuleType, ...]] = {
+    "certificate": (cert_login, cert_login_api),
+}
 
 
-def routes() -> list[tuple]:
-    handlers = [route for module in ROUTE_MODULES for route in module.default_handlers]
+def routes(login_methods: Iterable[str] = ("password",)) -> list[tuple]:
+    modules = [*ROUTE_MODULES, *(m for name in login_methods for m in LOGIN_METHOD_ROUTES.get(name, ()))]
+    handlers = [route for module in modules for route in module.default_handlers]
     # Unknown /api/ paths answer in JSON; every other unknown path gets the HTML 404 page.
     handlers.append((r"/api/.*", APINotFoundHandler))
     return handlers
@@ -70,11 +76,16 @@ def content_security_policy(gateway_url: str) -> str:
     )
 
 
-def make_app(config: BrokerConfig, services: dict) -> tornado.web.Application:
-    """The web application over already-built services (db, portal_auth, desktops, the managers, …)."""
+def make_app(
+    config: BrokerConfig, services: dict, login_methods: Iterable[str] = ("password",)
+) -> tornado.web.Application:
+    """The web application over already-built services (db, portal_auth, desktops, the managers, …)
+    with the routes of the enabled `login_methods`."""
+    login_methods = list(login_methods)
     settings = {
         "config": config,
         **services,
+        "login_methods": login_methods,
         "cookie_secret": config.broker.cookie_secret.get_secret_value(),
         "xsrf_cookies": True,
         "xsrf_cookie_kwargs": {"samesite": "Lax"},
@@ -85,4 +96,4 @@ def make_app(config: BrokerConfig, services: dict) -> tornado.web.Application:
         "default_handler_class": PageNotFoundHandler,
         "content_security_policy": content_security_policy(config.broker.gateway_url),
     }
-    return tornado.web.Application(routes(), **settings)
+    return tornado.web.Application(routes(login_methods), **settings)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import http
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import unquote_plus, urlencode
+from urllib.parse import quote, unquote_plus, urlencode
 
 import tornado.web
 from tornado.log import access_log
 
 from broker import errors
-from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser
+from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
 from broker.web.client_address import HEADER as FORWARDED_FOR
-from broker.web.client_address import client_address
+from broker.web.client_address import PROTO_HEADER, client_address, client_scheme
 from broker.web.i18n import (
     LANGUAGE_NAMES,
     LANGUAGES,
@@ -22,6 +22,8 @@ from broker.web.i18n import (
     other_language,
     translator,
 )
+from sso.base import AuthError
+from sso.password import Password, PasswordLogin
 
 if TYPE_CHECKING:
     from broker.config import BrokerConfig
@@ -36,6 +38,19 @@ MASK = "***"
 # so that e.g. `access_token` and `new_password` are covered too.
 SECRET_ARG_WORDS = ("token", "password", "passwd", "secret", "xsrf", "key", "ticket", "code")
 QUIET_PATHS = ("/static/", "/novnc/", "/healthz", "/metrics")
+# RFC 6797: browsers that saw the portal over https keep to https for a year.
+HSTS = "max-age=31536000"
+
+
+def same_site_path(path: str) -> str:
+    """`path` as a link that can only lead to this site.
+
+    A browser reads `//host/x` and `/\\host/x` as links to another host (the shape of OpenStack's
+    CVE-2021-3654), so leading slashes and backslashes collapse into one slash; the rest is
+    percent-encoded so it cannot end the attribute or start a query of its own.
+    """
+    rest = path.replace("\\", "/").lstrip("/")
+    return "/" + quote(rest, safe="/-._~!$&'()*+,;=:@%")
 
 
 def is_secret_arg(name: str) -> bool:
@@ -126,6 +141,16 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.request.remote_ip or ""
 
     @property
+    def client_scheme(self) -> str:
+        """ "https" or "http" as the browser sees the portal (X-Forwarded-Proto from trusted proxies only)."""
+        return client_scheme(
+            self.peer_ip,
+            self.request.protocol,
+            self.request.headers.get(PROTO_HEADER),
+            self.config.broker.trusted_proxies,
+        )
+
+    @property
     def client_ip(self) -> str:
         """The client's address: X-Forwarded-For only from broker.trusted_proxies (broker/web/client_address.py)."""
         if not hasattr(self, "_client_ip"):
@@ -153,7 +178,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def _cookie_flags(self) -> dict:
         # SameSite=Lax (RFC 6265bis) still sends the cookie on top-level navigation from a link,
         # so a bookmark works, while cross-site POSTs arrive without it.
-        return {"path": "/", "httponly": True, "samesite": "Lax", "secure": self.request.protocol == "https"}
+        return {"path": "/", "httponly": True, "samesite": "Lax"}
+
+    def set_cookie(self, name: str, value: str | bytes, *args, **kwargs) -> None:
+        # Every cookie (session, _xsrf, language) is Secure whenever the browser reached the portal over
+        # https, also through a TLS-terminating proxy (Guacamole's CVE-2018-1340 was a cookie without it).
+        if self.client_scheme == "https":
+            kwargs["secure"] = True
+        super().set_cookie(name, value, *args, **kwargs)
 
     def set_portal_cookie(self, session_id: str) -> None:
         # No expiry: the cookie dies with the browser, which matters on shared center terminals;
@@ -164,9 +196,17 @@ class BaseHandler(tornado.web.RequestHandler):
         self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
 
     async def start_portal_session(self, username: str, password: str) -> PortalUser:
-        """Log in and replace whatever session cookie the browser had with a brand-new one."""
+        """Log in by password (see `log_in`)."""
+        return await self.log_in(PasswordLogin.name, Password(username, password))
+
+    async def log_in(self, method: str, credentials: object) -> PortalUser:
+        """Log in by an enabled login method and replace whatever session cookie the browser had with a
+        brand-new one. A refusal becomes the generic broker error (broker.auth.login_refusal)."""
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
-        user, session_id = await self.portal_auth.login(username, password, self.client_ip)
+        try:
+            user, session_id = await self.portal_auth.login(method, credentials, self.client_ip)
+        except AuthError as exc:
+            raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)
         self.current_user = user
         return user
@@ -210,7 +250,7 @@ class BaseHandler(tornado.web.RequestHandler):
             for value in values
         ]
         args.append(("lang", other_language(self.lang)))
-        return f"{self.request.path}?{urlencode(args)}"
+        return f"{same_site_path(self.request.path)}?{urlencode(args)}"
 
     def get_template_namespace(self) -> dict:
         namespace = super().get_template_namespace()
@@ -233,6 +273,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Security-Policy", self.settings.get("content_security_policy", ""))
         # Pages show who is logged in and their desktops; shared terminals must not cache them.
         self.set_header("Cache-Control", "no-store")
+        if self.client_scheme == "https":
+            self.set_header("Strict-Transport-Security", HSTS)
 
     def localized_message(self, error: errors.BrokerError) -> str:
         return error_message(self.lang, error.reason, error.message, error.params)

@@ -63,3 +63,18 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPvAn
         if not is_trusted(address, trusted):
             return str(address)
     return str(address)  # every hop is a trusted proxy: the left-most one is where the request began
+
+
+PROTO_HEADER = "X-Forwarded-Proto"
+
+
+def client_scheme(
+    peer: str, protocol: str, forwarded_proto: str | None, trusted: Sequence[IPvAnyNetwork]
+) -> str:
+    """ "https" or "http" as the browser used it: the TLS-terminating proxy's X-Forwarded-Proto when the
+    peer is a trusted proxy, else the broker's own listener's protocol (a client cannot choose it)."""
+    if forwarded_proto is None or not is_trusted(_parse(peer), trusted):
+        return protocol
+    # A chain of proxies appends; the left-most value is what the first proxy, facing the browser, saw.
+    first = forwarded_proto.split(",", 1)[0].strip().lower()
+    return first if first in ("http", "https") else protocol

@@ -82,7 +82,9 @@ class BrokerHTTPServer(HTTPServer):
         reason = f"refused in the TLS handshake: {refused.verify_message}"
         detail = {"stage": HANDSHAKE_STAGE, "verify_code": refused.verify_code}
         try:
-            await self.portal_auth.certificate_refused(client_ip, CertificateRefused(reason), detail)
+            await self.portal_auth.record_refusal(
+                "certificate", client_ip, CertificateRefused(reason), detail
+            )
         except Exception:
             log.exception("cannot audit a certificate refused in the TLS handshake from %s", client_ip)
 

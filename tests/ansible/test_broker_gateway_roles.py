@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, REPO, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, REPO, ansible_playbook, recap
 from tests.fixtures.broker import BrokerClient
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.e2e import http_ok, port_open
@@ -73,9 +73,6 @@ class Deployment:
             "smartwork_gateway_venv": str(self.venv),
             "smartwork_gateway_config_path": str(self.gateway_config),
             "smartwork_gateway_database_url": f"sqlite:///{root / 'vdi.db'}",
-            "smartwork_gateway_cookie_secret": secrets.token_hex(32),
-            "smartwork_gateway_ldap_user_base": ldap.user_base,
-            "smartwork_gateway_ldap_group_base": ldap.group_base,
             "smartwork_gateway_port": self.gateway_port,
             "smartwork_gateway_allowed_origins": [portal],
             "smartwork_gateway_user": self.user,
@@ -125,6 +122,9 @@ def test_roles_install_the_package_config_and_account(deployment):
     gateway_text = deployed.gateway_config.read_text()
     assert f"port = {deployed.gateway_port}" in gateway_text
     assert deployed.portal in gateway_text  # the allowed origin
+    # A gateway machine carries none of the broker's secrets or directory and host settings.
+    for broker_only in ("cookie_secret", "[broker]", "[ldap]", "[[hosts]]"):
+        assert broker_only not in gateway_text
     # SSH display routes: the gateway's key (its own, 0600) and the hosts' keys, named in its config.
     assert f'ssh_key_file = "{deployed.key_path}"' in gateway_text
     assert f'ssh_known_hosts = "{deployed.known_hosts_path}"' in gateway_text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.conftest import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
 
 PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "hypervisor.yml")
 PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHsmartworkvdiTESTkeyonlyNOTREAL0000000000000 gw@test"

@@ -28,7 +28,7 @@ from hypervisor.config import SshAddress
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from monitoring.metrics import SshChannelResult
-from tests.ansible.conftest import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
 from tests.fixtures.lab_hosts import POOLS_DIR, lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from tests.fixtures.sshd import generate_key

@@ -9,7 +9,7 @@ import pytest
 
 from images.build import BuildLog, ensure_base_tarball
 from images.config import ImageSettings
-from tests.ansible.conftest import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
 
 PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "image.yml")
 EXTRA = ["-e", "smartwork_image_build_hostname=mois-desk", "-e", "smartwork_image_build_image_version=7"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.ansible.conftest import ANSIBLE_DIR, BIN, REPO
+from tests.fixtures.ansible import ANSIBLE_DIR, BIN, REPO
 
 
 def test_ansible_lint_production_profile_passes():

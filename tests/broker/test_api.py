@@ -18,13 +18,6 @@ def audit_rows(db, action: str) -> list[AuditEvent]:
         return session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
 
 
-@pytest.fixture
-def client(broker_url) -> BrokerClient:
-    client = BrokerClient(broker_url)
-    assert client.login("kimmj").status == 200
-    return client
-
-
 # -- login ----------------------------------------------------------------------------------------
 
 

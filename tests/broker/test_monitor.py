@@ -18,9 +18,9 @@ from sqlalchemy import event, select
 from broker.app import prepare_database
 from broker.db import Database
 from broker.db.migrate import upgrade
-from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, utcnow
+from broker.db.models import Desktop, DesktopSession, Host, utcnow
 from broker.desktops import record_logoff
-from broker.monitor import ADOPT_AFTER_S, HostMonitor, mark_missing_lost
+from broker.monitor import ADOPT_AFTER_S, mark_missing_lost
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_provider import LibvirtProvider
@@ -34,7 +34,8 @@ from tests.fixtures.broker import (
 )
 from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly
-from tests.hypervisor.libvirt_relay import UnixRelay
+from tests.fixtures.libvirt_relay import UnixRelay
+from tests.fixtures.monitor import MonitorRunner, audit_actions, desktop_by_domain, row, set_admin_state
 from vdi.config import Config, ConfigError
 
 DOWN_DEADLINE_S = 30.0
@@ -67,50 +68,6 @@ class SessionScopedDriver(LibvirtProvider):
 
     def list_desktops(self) -> list[str]:
         return [name for name in super().list_desktops() if name.startswith(self.prefix)]
-
-
-class MonitorRunner:
-    """The monitor on its own loop thread, as the broker process runs it."""
-
-    def __init__(self, config: Config, drivers: dict) -> None:
-        self.db = Database(config.database)
-        self.loop = LoopThread("monitor-under-test")
-        self.monitor = HostMonitor(config.monitor, self.db, drivers)
-        self.loop.call(self._start())
-
-    async def _start(self) -> None:
-        self.monitor.start()
-
-    def stop(self) -> None:
-        self.loop.call(self.monitor.stop())
-        self.loop.close()
-        self.db.close()
-
-
-def row(db: Database, model, key):
-    with db.transaction() as session:
-        found = session.get(model, key)
-        session.expunge_all()
-        return found
-
-
-def desktop_by_domain(db: Database, domain: str) -> Desktop:
-    with db.transaction() as session:
-        desktop = session.scalars(select(Desktop).where(Desktop.domain_name == domain)).one()
-        session.expunge_all()
-        return desktop
-
-
-def audit_actions(db: Database, action: str) -> list[AuditEvent]:
-    with db.transaction() as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
-        session.expunge_all()
-        return list(events)
-
-
-def set_admin_state(db: Database, host: str, admin_state: str) -> None:
-    with db.transaction() as session:
-        session.get(Host, host).admin_state = admin_state
 
 
 @pytest.fixture

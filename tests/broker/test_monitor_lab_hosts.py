@@ -16,17 +16,18 @@ from broker.db.models import Desktop, Host
 from hypervisor.base import BootImage
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
-from tests.broker.test_monitor import (
+from tests.fixtures.broker import BrokerClient, FakeAuthenticator, make_broker_config
+from tests.fixtures.broker_api import connect
+from tests.fixtures.common import wait_until
+from tests.fixtures.lab_hosts import lab_host_settings
+from tests.fixtures.libvirt import destroy_quietly
+from tests.fixtures.monitor import (
     MonitorRunner,
     audit_actions,
     desktop_by_domain,
     row,
     set_admin_state,
 )
-from tests.fixtures.broker import BrokerClient, FakeAuthenticator, make_broker_config
-from tests.fixtures.common import wait_until
-from tests.fixtures.lab_hosts import lab_host_settings
-from tests.fixtures.libvirt import destroy_quietly
 from vdi.config import Config
 from vdi.lab.hosts import LabHosts
 
@@ -87,12 +88,6 @@ def lab(request, tmp_path, lab_hosts, lab_pool, demo_image: DemoImage, broker_se
     for driver in drivers.values():
         driver.close()
     db.close()
-
-
-def connect(client: BrokerClient, pool: str) -> dict:
-    response = client.post(f"/api/v1/pools/{pool}/connect")
-    assert response.status == 200, response.text
-    return response.json()
 
 
 def test_host_whose_libvirtd_dies_is_marked_down_and_new_desktops_go_elsewhere(lab, lab_hosts):

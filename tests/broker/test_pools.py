@@ -17,7 +17,8 @@ from broker.db import Database
 from broker.db.models import AuditEvent
 from hypervisor.base import BootImage
 from hypervisor.libvirt_provider import LibvirtProvider
-from tests.fixtures.broker import BrokerClient, make_broker_config
+from tests.fixtures.broker import make_broker_config
+from tests.fixtures.broker_api import connect, logoff, signed_in
 
 pytestmark = pytest.mark.e2e
 
@@ -58,23 +59,6 @@ def destroy_all(config, host) -> None:
     finally:
         driver.close()
         db.close()
-
-
-def signed_in(url: str, username: str) -> BrokerClient:
-    client = BrokerClient(url)
-    assert client.login(username).status == 200
-    return client
-
-
-def connect(client: BrokerClient, pool: str) -> dict:
-    response = client.post(f"/api/v1/pools/{pool}/connect")
-    assert response.status == 200, response.body
-    return response.json()
-
-
-def logoff(client: BrokerClient, session_id: str) -> None:
-    response = client.post(f"/api/v1/sessions/{session_id}/logoff")
-    assert (response.status, response.json()["state"]) == (200, "ended")
 
 
 def disk_of(host, domain: str) -> str | None:

@@ -22,10 +22,10 @@ from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop
 from broker.power import POWER_ACTOR
 from hypervisor.base import BootImage
-from hypervisor.libvirt_provider import LibvirtProvider
-from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
+from tests.fixtures.broker import BrokerThread, make_broker_config
+from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
-from tests.fixtures.libvirt import wait_for_console
+from tests.fixtures.libvirt import destroy_desktops, wait_for_console
 from vdi.config import ConfigError
 
 pytestmark = pytest.mark.e2e
@@ -69,31 +69,7 @@ def broker(power_config, power_db, fake_authenticator, demo_image, libvirt_host)
     yield broker
     broker._loop_thread.call(broker.app.power_manager.stop())
     broker.stop()
-    driver = LibvirtProvider(libvirt_host)
-    try:
-        with power_db.transaction() as session:
-            names = session.scalars(select(Desktop.domain_name).where(Desktop.state != "deleted")).all()
-        for name in names:
-            driver.destroy_desktop(name)
-    finally:
-        driver.close()
-
-
-def signed_in(url: str, username: str) -> BrokerClient:
-    client = BrokerClient(url)
-    assert client.login(username).status == 200
-    return client
-
-
-def connect(client: BrokerClient, pool: str) -> dict:
-    response = client.post(f"/api/v1/pools/{pool}/connect")
-    assert response.status == 200, response.body
-    return response.json()
-
-
-def logoff(client: BrokerClient, session_id: str) -> None:
-    response = client.post(f"/api/v1/sessions/{session_id}/logoff")
-    assert (response.status, response.json()["state"]) == (200, "ended")
+    destroy_desktops(power_db, libvirt_host)
 
 
 def desktop_state(db: Database, name: str) -> str:

@@ -20,6 +20,7 @@ from hypervisor.base import BootImage
 from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
 from tests.fixtures.common import wait_until
+from tests.fixtures.libvirt import destroy_desktops
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +55,6 @@ def broker(spares_config, spares_db, fake_authenticator, demo_image, libvirt_hos
     broker._loop_thread.call(broker.app.pool_manager.stop())
     broker.stop()
     destroy_desktops(spares_db, libvirt_host)
-
-
-def destroy_desktops(db: Database, host) -> None:
-    driver = LibvirtProvider(host)
-    try:
-        with db.transaction() as session:
-            names = session.scalars(select(Desktop.domain_name).where(Desktop.state != "deleted")).all()
-        for name in names:
-            driver.destroy_desktop(name)
-    finally:
-        driver.close()
 
 
 def running_spares(db: Database) -> list[str]:

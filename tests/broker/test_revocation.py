@@ -7,22 +7,15 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.db.models import AuditEvent
 from tests.fixtures.gateway import metric
-from tests.fixtures.login_security import SourceClient
-from vdi.lab.slapd import DEMO_PASSWORD
-
-
-def signed_in(url: str, username: str, source: str = "127.0.0.1") -> SourceClient:
-    client = SourceClient(url, source)
-    assert client.login(username, DEMO_PASSWORD).status == 200
-    return client
+from tests.fixtures.login_security import SourceClient, signed_in_from
 
 
 def test_logout_on_one_broker_ends_the_users_sessions_on_every_broker(secure_broker, tmp_path):
     database = tmp_path / "shared.db"
     first, _ = secure_broker(database=database)
     second, _ = secure_broker(database=database)
-    here, there = signed_in(first, "kimmj"), signed_in(second, "kimmj", "127.0.0.4")
-    bystander = signed_in(second, "leesy")
+    here, there = signed_in_from(first, "kimmj"), signed_in_from(second, "kimmj", "127.0.0.4")
+    bystander = signed_in_from(second, "leesy")
 
     assert here.post("/api/v1/logout").status == 200
 
@@ -32,8 +25,8 @@ def test_logout_on_one_broker_ends_the_users_sessions_on_every_broker(secure_bro
 
 def test_a_non_administrator_gets_403(secure_broker):
     url, _ = secure_broker()
-    victim = signed_in(url, "leesy")
-    refused = signed_in(url, "kimmj").post("/api/v1/admin/users/leesy/revoke-sessions")
+    victim = signed_in_from(url, "leesy")
+    refused = signed_in_from(url, "kimmj").post("/api/v1/admin/users/leesy/revoke-sessions")
     assert refused.status == 403
     assert refused.json()["error"]["reason"] == "forbidden"
     assert victim.get("/api/v1/me").status == 200
@@ -46,10 +39,10 @@ def test_signed_out_callers_get_401(secure_broker):
 
 def test_an_administrator_revokes_every_session_of_a_user_and_it_is_audited(secure_broker):
     url, config = secure_broker()
-    victim_a, victim_b = signed_in(url, "leesy"), signed_in(url, "leesy", "127.0.0.6")
+    victim_a, victim_b = signed_in_from(url, "leesy"), signed_in_from(url, "leesy", "127.0.0.6")
     revoked_before = metric("vdi_sessions_revoked_total", cause="admin")
 
-    answer = signed_in(url, "parkjh").post("/api/v1/admin/users/leesy/revoke-sessions")
+    answer = signed_in_from(url, "parkjh").post("/api/v1/admin/users/leesy/revoke-sessions")
 
     assert answer.status == 200
     assert answer.json() == {"username": "leesy", "revoked": {"portal_sessions": 2, "desktop_sessions": 0}}
@@ -64,6 +57,6 @@ def test_an_administrator_revokes_every_session_of_a_user_and_it_is_audited(secu
 
 def test_revoking_an_unknown_user_is_404_naming_the_field(secure_broker):
     url, _ = secure_broker()
-    answer = signed_in(url, "parkjh").post("/api/v1/admin/users/nobody/revoke-sessions")
+    answer = signed_in_from(url, "parkjh").post("/api/v1/admin/users/nobody/revoke-sessions")
     assert answer.status == 404
     assert answer.json()["error"]["field"] == "username"

@@ -20,9 +20,9 @@ from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Rollout
 from broker.image_catalog import Catalog, NewVersion
 from images.demo import CMDLINE
-from tests.broker.test_pools_spares import destroy_desktops
 from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, BrokerThread, make_broker_config, seed_session
 from tests.fixtures.common import wait_until
+from tests.fixtures.libvirt import destroy_desktops
 
 pytestmark = pytest.mark.e2e
 

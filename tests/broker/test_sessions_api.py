@@ -16,13 +16,6 @@ from tests.fixtures.broker import BrokerClient, seed_session
 
 
 @pytest.fixture
-def client(broker_url) -> BrokerClient:
-    client = BrokerClient(broker_url)
-    client.login("kimmj")
-    return client
-
-
-@pytest.fixture
 def running(client, broker_db) -> tuple[str, int]:
     return seed_session(broker_db, "kimmj", "mois-office", vnc_port=5907)
 

@@ -279,3 +279,47 @@ def test_certificates_refused_in_the_tls_handshake_are_audited(broker, lab_pki, 
     with db.transaction() as session:
         (source,) = session.scalars(select(AuditEvent.source_ip).where(AuditEvent.action == "login")).all()
     assert source == "127.0.0.1"
+
+
+def test_the_second_factor_wraps_certificate_login_when_the_policy_names_it(
+    tmp_path, tls_broker, tls_ldap_settings, lab_pki
+):
+    """`[totp] methods` lists certificate: from outside the centers a valid certificate alone opens nothing.
+
+    No CertificateAuthenticator is handed to the app here: it builds the method from the registry by name,
+    as `vdi broker` does."""
+    pki = lab_pki.pki
+    section = {
+        "enabled": True,
+        "trust_anchors": [str(pki.roots_file)],
+        "intermediates": [str(pki.intermediates_file)],
+        "cache_s": 0,
+    }
+    broker = {
+        "cookie_secret": "cert-login-tests-" + "0" * 32,
+        "gateway_url": "ws://127.0.0.1:9/ws",
+        "tls_cert": str(pki.directory / "server-chain.pem"),
+        "tls_key": str(pki.server.key_path),
+        "tls_client_ca": str(pki.chain_file),
+        "login_methods": ["password", "certificate"],
+    }
+    totp = {"required_outside_centers": True, "center_networks": ["10.0.0.0/8"], "methods": ["certificate"]}
+    ldap = tls_ldap_settings.model_dump(mode="json", exclude_none=True)
+    config = make_broker_config(
+        tmp_path / "broker.db", broker=broker, ldap=ldap, certificate=section, totp=totp
+    )
+    directory = LdapAuthenticator(config.ldap)
+    url = tls_broker(
+        config, authenticator=directory, providers={h.name: UnreachableProvider(h) for h in config.hosts}
+    )
+    db = Database(config.database)
+
+    response = TlsClient(url, pki, "kimmj").certificate_login()
+    assert (response.status, response.json()["error"]["reason"]) == (403, "totp_enrolment_required")
+    actor, result, detail = login_audits(db)[-1]
+    assert (actor, result, detail["method"]) == ("kimmj", "failure", "certificate")
+    assert detail["reason"] == "certificate ok; no TOTP enrolled, enrolment only inside a center"
+    assert detail["serial"] == f"{pki.users['kimmj'].cert.serial_number:x}"
+    # Password is not in [totp] methods here: it signs in from the same address without a code.
+    assert TlsClient(url, pki).login("leesy", DEMO_PASSWORD).status == 200
+    db.close()

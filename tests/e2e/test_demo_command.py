@@ -19,8 +19,8 @@ from sqlalchemy import select
 from broker.db import Database
 from broker.db.models import AuditEvent
 from tests.fixtures.broker import BrokerClient, _NoRedirect
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.e2e import ROOT, port_open, write_config
+from tests.fixtures.common import ROOT, free_port, wait_until
+from tests.fixtures.e2e import port_open, write_config
 from vdi.config import load_config
 from vdi.demo_tls import P12_PASSWORD, DemoTls
 from vdi.lab.slapd import DEMO_PASSWORD

@@ -9,76 +9,19 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import libvirt
 import pytest
 
-from hypervisor.libvirt_provider import LibvirtProvider
-from tests.fixtures.libvirt import wait_for_console
+from tests.fixtures.portal import (
+    domain_exists,
+    open_console,
+    session_state,
+    sign_in,
+    user_in,
+    user_without_groups,
+    wait_connected_and_painted,
+)
 
 pytestmark = pytest.mark.e2e
-
-# Function form: the console page's Content-Security-Policy forbids evaluating strings.
-# The demo desktop clears its console to VGA blue and prints its banner; a mostly blue canvas
-# means the browser shows the guest's own screen, not a blank canvas or the BIOS.
-DESKTOP_SCREEN_SHOWN = """
-() => {
-  const canvas = document.querySelector('#screen canvas');
-  if (!canvas || !canvas.width || !canvas.height) return false;
-  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  let blue = 0, samples = 0, other = new Set();
-  for (let i = 0; i < data.length; i += 4 * 53) {
-    samples++;
-    if (data[i + 2] > 120 && data[i] < 60 && data[i + 1] < 60) blue++;
-    else other.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
-  }
-  return blue / samples > 0.5 && other.size > 0;
-}
-"""
-
-
-def user_in(demo_users, group):
-    return next(u for u in demo_users if group in u.groups)
-
-
-def user_without_groups(demo_users):
-    return next(u for u in demo_users if not u.groups)
-
-
-def sign_in(page, base_url, user, password=None):
-    page.goto(f"{base_url}/login")
-    page.fill("input[name=username]", user.uid)
-    page.fill("input[name=password]", password if password is not None else user.password)
-    page.click("button[type=submit]")
-
-
-def open_console(page, base_url, pool):
-    page.wait_for_url(f"{base_url}/desktops")
-    page.click(f"li[data-pool='{pool}'] button.connect")
-    page.wait_for_url(f"{base_url}/console/*")
-
-
-def wait_connected_and_painted(page, host, domain):
-    page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
-    # The guest reports on its serial console when its banner is up; then the canvas must show it.
-    wait_for_console(LibvirtProvider(host), domain, "desktop ready")
-    page.wait_for_function(DESKTOP_SCREEN_SHOWN, timeout=30_000)
-
-
-def domain_exists(host, name):
-    conn = libvirt.open(host.uri)
-    try:
-        conn.lookupByName(name)
-        return True
-    except libvirt.libvirtError:
-        return False
-    finally:
-        conn.close()
-
-
-def session_state(page, base_url, session_id):
-    return page.evaluate(
-        "async (url) => (await fetch(url)).json()", f"{base_url}/api/v1/sessions/{session_id}"
-    )
 
 
 @pytest.mark.parametrize("data_plane", ["gateway", "websockify"])

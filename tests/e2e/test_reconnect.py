@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from broker.db.models import AuditEvent, Desktop
 from hypervisor.libvirt_provider import LibvirtProvider
-from tests.e2e.test_portal_to_desktop import (
+from tests.fixtures.portal import (
     open_console,
     session_state,
     sign_in,

@@ -22,7 +22,11 @@ from broker.db.config import DatabaseSettings
 from broker.db.models import Desktop
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_provider import LibvirtProvider
-from tests.e2e.test_portal_to_desktop import (
+from tests.fixtures.common import ROOT, free_port
+from tests.fixtures.e2e import Stack, vdi_process, write_config
+from tests.fixtures.lab_hosts import lab_host_settings
+from tests.fixtures.libvirt import destroy_quietly
+from tests.fixtures.portal import (
     domain_exists,
     open_console,
     session_state,
@@ -30,10 +34,6 @@ from tests.e2e.test_portal_to_desktop import (
     user_in,
     wait_connected_and_painted,
 )
-from tests.fixtures.common import free_port
-from tests.fixtures.e2e import ROOT, Stack, vdi_process, write_config
-from tests.fixtures.lab_hosts import lab_host_settings
-from tests.fixtures.libvirt import destroy_quietly
 
 pytestmark = pytest.mark.e2e
 

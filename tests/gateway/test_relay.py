@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import time
+import secrets
 
 import pytest
 from tornado.httpclient import HTTPClientError
-from tornado.iostream import StreamClosedError
 
 from broker.db import Database
 from broker.db.config import DatabaseSettings
@@ -16,34 +14,19 @@ from gateway.relay import close_reason
 from tests.fixtures.common import free_port
 from tests.fixtures.gateway import (
     RFB_BANNER,
-    FakeVncServer,
+    FloodingVnc,
     eventually,
     metric,
     read_close,
     receive_until,
     run_async,
     running_gateway,
+    stalls,
 )
 
 REFUSED = "vdi_gateway_tunnels_refused_total"
 RELAYED = "vdi_gateway_bytes_relayed_total"
 OPEN = "vdi_gateway_tunnels_open"
-
-
-class FloodingVnc(FakeVncServer):
-    """A desktop that sends as fast as it is allowed to, counting what the gateway accepted."""
-
-    sent = 0
-
-    async def handle_stream(self, stream, address):
-        self.streams.add(stream)
-        chunk = b"\0" * 65536
-        try:
-            while True:
-                await stream.write(chunk)
-                self.sent += len(chunk)
-        except StreamClosedError:
-            self.streams.discard(stream)
 
 
 def test_valid_token_relays_both_ways(console_db, fake_vnc, gateway_config):
@@ -108,7 +91,7 @@ def test_token_works_only_once(console_db, fake_vnc, gateway_config):
     ("make_token", "expected_reason"),
     [
         (lambda db, s: db.issue(s, now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)), "expired"),
-        (lambda db, s: "forged-" + "x" * 40, "unknown console token"),
+        (lambda db, s: secrets.token_urlsafe(32), "unknown console token"),
         (lambda db, s: "", "missing"),
     ],
     ids=["expired", "forged", "empty"],
@@ -292,27 +275,13 @@ def test_slow_browser_slows_the_desktop_instead_of_buffering(console_db, gateway
         async with flood.serving(), running_gateway(gateway_config, console_db.db) as gateway:
             conn = await gateway.connect(token)
             await eventually(lambda: flood.sent > 0, what="flood started")
-            stalled_at = await _stalls(lambda: flood.sent)
+            stalled_at = await stalls(lambda: flood.sent)
             # Kernel socket buffers on both hops hold some MiB; without backpressure the gateway would
             # read the desktop at loopback speed into memory and this would never stall.
             assert stalled_at < 64 * 1024 * 1024
             conn.close()
 
     run_async(scenario())
-
-
-async def _stalls(counter, quiet_s: float = 0.5, timeout_s: float = 20.0) -> int:
-    """Wait until `counter()` stops growing for `quiet_s`; returns its value then."""
-    deadline = time.monotonic() + timeout_s
-    last, last_change = counter(), time.monotonic()
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        now = counter()
-        if now != last:
-            last, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change >= quiet_s:
-            return now
-    raise AssertionError(f"the desktop side never stalled; {last} bytes sent")
 
 
 def test_close_reasons_fit_a_control_frame():
@@ -323,7 +292,7 @@ def test_close_reasons_fit_a_control_frame():
 
 def test_unreachable_database_closes_with_internal_error(tmp_path, gateway_config, caplog):
     database = Database(DatabaseSettings(url=f"sqlite:///{tmp_path}/no-such-dir/vdi.db"))
-    token = "a-token-for-a-database-that-is-down"
+    token = secrets.token_urlsafe(32)  # well formed, so the gateway asks the database
 
     async def scenario():
         async with running_gateway(gateway_config, database) as gateway:

@@ -12,19 +12,17 @@ from broker.db.models import Desktop, DesktopSession
 from broker.db.tokens import issue_token
 from tests.fixtures.broker import seed_session
 from tests.fixtures.gateway import RFB_BANNER, metric, read_close, receive_until, run_async, running_gateway
-from tests.fixtures.login_security import SourceClient
+from tests.fixtures.login_security import signed_in_from
 from vdi.lab.slapd import DEMO_PASSWORD
 
 CLOSE_POLICY_VIOLATION = 1008
 
 
 @pytest.fixture
-def signed_in(secure_broker):
+def user_and_admin(secure_broker):
     """kimmj signed in on the real broker, and parkjh (an administrator) too."""
     url, config = secure_broker()
-    user, admin = SourceClient(url, "127.0.0.1"), SourceClient(url, "127.0.0.3")
-    assert user.login("kimmj", DEMO_PASSWORD).status == 200
-    assert admin.login("parkjh", DEMO_PASSWORD).status == 200
+    user, admin = signed_in_from(url, "kimmj"), signed_in_from(url, "parkjh", "127.0.0.3")
     db = Database(config.database)
     yield config, db, user, admin
     db.close()
@@ -63,8 +61,8 @@ def session_and_desktop_state(db: Database, session_id: str) -> tuple[str, str]:
         ).one()
 
 
-def test_logout_closes_the_users_open_tunnel(signed_in, fake_vnc):
-    config, db, user, _ = signed_in
+def test_logout_closes_the_users_open_tunnel(user_and_admin, fake_vnc):
+    config, db, user, _ = user_and_admin
     session_id, desktop_id = seed_session(db, "kimmj", "mois-office", vnc_port=fake_vnc.port)
     closed_before = metric("vdi_gateway_tunnels_closed_revoked_total")
 
@@ -80,8 +78,8 @@ def test_logout_closes_the_users_open_tunnel(signed_in, fake_vnc):
     assert session_and_desktop_state(db, session_id) == ("ended", "running")
 
 
-def test_an_administrators_revoke_closes_the_users_tunnel_and_portal_sessions(signed_in, fake_vnc):
-    config, db, user, admin = signed_in
+def test_an_administrators_revoke_closes_the_users_tunnel_and_portal_sessions(user_and_admin, fake_vnc):
+    config, db, user, admin = user_and_admin
     session_id, desktop_id = seed_session(db, "kimmj", "mois-office", vnc_port=fake_vnc.port)
 
     response, code, reason, _ = open_tunnel_then(

@@ -30,16 +30,17 @@ from tests.fixtures.gateway import (
     RFB_BANNER,
     ConsoleDatabase,
     ConsoleSession,
+    FloodingVnc,
     eventually,
     metric,
     read_close,
     receive_until,
     run_async,
     running_gateway,
+    stalls,
 )
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly
 from tests.fixtures.sshd import SshServer, generate_key, public_key
-from tests.gateway.test_relay import FloodingVnc, _stalls
 from vdi.config import Config
 
 CHANNEL_OPENS = "vdi_gateway_ssh_channel_opens_total"
@@ -236,7 +237,7 @@ def test_slow_browser_slows_the_desktop_through_ssh_too(console_db, sshd, ssh_co
         async with flood.serving(), running_gateway(ssh_config, console_db.db) as gateway:
             conn = await gateway.connect(token)
             await eventually(lambda: flood.sent > 0, what="flood started")
-            stalled_at = await _stalls(lambda: flood.sent)
+            stalled_at = await stalls(lambda: flood.sent)
             # Socket buffers on each hop plus SSH channel windows hold some MiB, not more.
             assert stalled_at < 64 * 1024 * 1024
             conn.close()

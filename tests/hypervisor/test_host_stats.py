@@ -11,7 +11,7 @@ from hypervisor.base import HostUnreachable
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_provider import LibvirtProvider
 from tests.fixtures.common import wait_until
-from tests.hypervisor.libvirt_relay import UnixRelay
+from tests.fixtures.libvirt_relay import UnixRelay
 
 
 @pytest.fixture

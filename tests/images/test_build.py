@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,8 @@ from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.build import BuildLog, debian_mirror, ensure_base_tarball
 from images.config import ImageSettings
+from tests.fixtures.images import CONFIG_TOML, vdi
 from tests.fixtures.libvirt import wait_for_console
-from tests.images.test_catalog import CONFIG_TOML
 
 # Under TCG on two shared cores systemd takes about a minute to reach the login prompt.
 LOGIN_TIMEOUT_S = 300.0
@@ -44,21 +43,11 @@ def config_file(tmp_path_factory, base_tarball) -> Path:
     return path
 
 
-def vdi(config_file: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vdi.cli", "--config", str(config_file), "image", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
-
-
 @pytest.fixture(scope="module")
 def built(config_file) -> dict:
-    result = vdi(config_file, "build", "office", "--version", "2026.11.1")
+    result = vdi(config_file, "build", "office", "--version", "2026.11.1", timeout_s=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(vdi(config_file, "show", "office").stdout)
+    return json.loads(vdi(config_file, "show", "office", timeout_s=900).stdout)
 
 
 def test_build_registers_the_version_with_boot_files_and_log(built):
@@ -118,7 +107,7 @@ def test_built_image_boots_under_libvirt_to_the_login_console(built, libvirt_hos
 
 
 def test_same_version_again_is_refused_and_nothing_new_is_left(config_file, built):
-    result = vdi(config_file, "build", "office", "--version", "2026.11.1")
+    result = vdi(config_file, "build", "office", "--version", "2026.11.1", timeout_s=900)
 
     assert result.returncode == 1
     assert "version: office 2026.11.1 is already registered" in result.stderr
@@ -133,11 +122,11 @@ def test_failing_playbook_registers_nothing_and_keeps_the_log(config_file, tmp_p
         "    - name: Fail\n      ansible.builtin.fail:\n        msg: on purpose\n"
     )
 
-    result = vdi(config_file, "build", "broken", "--version", "1", "--playbook", str(playbook))
+    result = vdi(config_file, "build", "broken", "--version", "1", "--playbook", str(playbook), timeout_s=900)
 
     assert result.returncode == 1
     assert "ansible failed" in result.stderr
-    assert "no image named broken" in vdi(config_file, "show", "broken").stderr
+    assert "no image named broken" in vdi(config_file, "show", "broken", timeout_s=900).stderr
     failed_logs = list((config_file.parent / "store" / "failed-builds").glob("broken-1-*.log"))
     assert failed_logs and "on purpose" in failed_logs[0].read_text()
     assert not [p for p in (config_file.parent / "store").iterdir() if p.name.startswith(".build-")]

@@ -37,18 +37,36 @@ def audit_reasons(config, username: str) -> list[str]:
 # -- the policy -----------------------------------------------------------------------------------
 
 
+def failed_attempt(counter, settings, now=NOW) -> bool:
+    """One wrong guess: its place reserved first, then settled; True when it locked the counter."""
+    assert lockout.reserve_attempt(counter, lockout.USER, settings, now) == 0
+    return lockout.settle_failure(counter, lockout.USER, settings, now)
+
+
 def test_the_fifth_failure_in_the_window_locks_and_an_old_window_restarts():
     settings = LockoutSettings()
     counter = SimpleNamespace(failures=0, window_started_at=NOW, locked_until=None)
-    assert [lockout.record_failure(counter, lockout.USER, settings, NOW) for _ in range(5)] == [False] * 4 + [
-        True
-    ]
+    assert [failed_attempt(counter, settings) for _ in range(5)] == [False] * 4 + [True]
     assert lockout.seconds_locked(counter, NOW) == 300
-    assert lockout.seconds_locked(counter, NOW + dt.timedelta(seconds=301)) == 0
+    assert lockout.reserve_attempt(counter, lockout.USER, settings, NOW) == 300
+    after = NOW + dt.timedelta(seconds=301)
+    assert lockout.seconds_locked(counter, after) == 0
+    assert not failed_attempt(counter, settings, after)  # the lock's end starts a fresh window
+    assert counter.failures == 1
 
     fresh = SimpleNamespace(failures=4, window_started_at=NOW - dt.timedelta(seconds=301), locked_until=None)
-    assert not lockout.record_failure(fresh, lockout.USER, settings, NOW)
+    assert not failed_attempt(fresh, settings)
     assert fresh.failures == 1
+
+
+def test_attempts_in_flight_hold_their_places_and_a_success_gives_its_place_back():
+    settings = LockoutSettings()
+    counter = SimpleNamespace(failures=0, window_started_at=NOW, locked_until=None)
+    assert [lockout.reserve_attempt(counter, lockout.USER, settings, NOW) for _ in range(5)] == [0] * 5
+    # A sixth guess while five are being checked is refused before it reaches the directory.
+    assert lockout.reserve_attempt(counter, lockout.USER, settings, NOW) == 300
+    lockout.release_attempt(counter)
+    assert lockout.reserve_attempt(counter, lockout.USER, settings, NOW) == 0
 
 
 def test_user_names_are_counted_case_insensitively():

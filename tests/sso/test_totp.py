@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pyotp
 import pytest
@@ -18,36 +17,17 @@ from tests.fixtures.login_security import (
     INSIDE_CENTER,
     OUTSIDE,
     SourceClient,
+    enrol,
+    next_code,
     security_config,
     totp_of,
+    wrong_code,
 )
 from vdi.config import ConfigError
 from vdi.lab.slapd import DEMO_PASSWORD
 
 POLICY = {"required_outside_centers": True, "center_networks": CENTER_NETWORKS}
 NOW = dt.datetime(2026, 11, 22, 5, 0, tzinfo=dt.UTC)
-
-
-def enrol(url: str, username: str) -> pyotp.TOTP:
-    """Sign in inside a center, register an app and confirm it with the current code."""
-    client = SourceClient(url, INSIDE_CENTER)
-    assert client.login(username, DEMO_PASSWORD).status == 200
-    started = client.post("/api/v1/totp/enrolment")
-    assert started.status == 201, started.text
-    app = totp_of(started.json()["otpauth_uri"])
-    assert client.post("/api/v1/totp/enrolment/confirm", json={"code": app.now()}).status == 200
-    return app
-
-
-def next_code(app: pyotp.TOTP) -> str:
-    """The code of the next time step: still inside the window of 1, and later than any code used so far."""
-    return app.at(time.time() + 30)
-
-
-def wrong_code(app: pyotp.TOTP) -> str:
-    """A six-digit code valid in no step of the window, so the test cannot pass or fail by luck."""
-    valid = {app.at(time.time() + offset) for offset in range(-60, 91, 30)}
-    return next(code for code in ("000000", "111111", "222222", "333333") if code not in valid)
 
 
 # -- the algorithm --------------------------------------------------------------------------------

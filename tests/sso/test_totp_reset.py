@@ -9,10 +9,16 @@ from sqlalchemy import select
 
 from broker.db import Database
 from broker.db.models import AuditEvent
-from tests.fixtures.e2e import ROOT
+from tests.fixtures.common import ROOT
 from tests.fixtures.gateway import metric
-from tests.fixtures.login_security import CENTER_NETWORKS, INSIDE_CENTER, OUTSIDE, SourceClient
-from tests.sso.test_totp import enrol, next_code
+from tests.fixtures.login_security import (
+    CENTER_NETWORKS,
+    INSIDE_CENTER,
+    OUTSIDE,
+    SourceClient,
+    enrol,
+    next_code,
+)
 from vdi.lab.slapd import DEMO_PASSWORD
 
 POLICY = {"required_outside_centers": True, "center_networks": CENTER_NETWORKS}

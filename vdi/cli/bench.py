@@ -15,6 +15,12 @@ def cmd_bench_time_to_desktop(config, args) -> int:
     return main(config, args)
 
 
+def cmd_bench_login_timing(config, args) -> int:
+    from vdi.bench.login_timing import main
+
+    return main(args)
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -28,6 +34,12 @@ def add_commands(sub) -> None:
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    text = "timing of refused password logins, known user against unknown, on a lab slapd it starts"
+    timing = kinds.add_parser("login-timing", help=text, description=text)
+    timing.set_defaults(fn=cmd_bench_login_timing, needs_config="optional")
+    timing.add_argument(
+        "--runs", type=int, default=200, help="refusals of each kind per set-up (default 200)"
+    )
     text = "time from connect to the first framebuffer update through the gateway, against a running broker"
     ttd = kinds.add_parser("time-to-desktop", help=text, description=text)
     ttd.set_defaults(fn=cmd_bench_time_to_desktop, needs_config="full")

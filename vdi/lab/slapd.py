@@ -117,6 +117,7 @@ def render_demo_ldif(suffix: str, password: str = DEMO_PASSWORD) -> str:
         "suffix": lambda: suffix,
         "suffix_dc": lambda: suffix_dc(suffix),
         "password_hash": lambda: ssha(password),
+        "decoy_password_hash": lambda: ssha(secrets.token_urlsafe(32)),
     }
     return _PLACEHOLDER.sub(lambda match: fill[match[1]](), DEMO_LDIF.read_text(encoding="utf-8"))
 
@@ -201,7 +202,12 @@ class Slapd:
             url=self.url,
             user_base=f"ou=people,{self.suffix}",
             group_base=f"ou=groups,{self.suffix}",
+            decoy_dn=self.decoy_dn,
         )
+
+    @property
+    def decoy_dn(self) -> str:
+        return f"cn=login-decoy,ou=system,{self.suffix}"
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 

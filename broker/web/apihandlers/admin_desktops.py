@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.web.apihandlers.admin_sessions import AdminAPIHandler
+from broker.web.apihandlers.base import AdminAPIHandler
 
 SESSION_ID = r"[0-9a-f-]{1,36}"
 

@@ -8,7 +8,7 @@ shows where it stands.
 from __future__ import annotations
 
 from broker.rollout import RolloutManager, RolloutRequest
-from broker.web.apihandlers.admin_sessions import AdminAPIHandler
+from broker.web.apihandlers.base import AdminAPIHandler
 
 POOL_NAME = r"[^/]{1,64}"
 

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from broker import errors
-from broker.auth import PortalUser
 from broker.signout import user_exists
-from broker.web.apihandlers.base import APIHandler
+from broker.web.apihandlers.base import AdminAPIHandler
 from monitoring.metrics import SignOutCause
 
 USERNAME = r"[^/]{1,128}"
-
-
-class AdminAPIHandler(APIHandler):
-    def require_admin(self) -> PortalUser:
-        user = self.require_user()
-        if not set(user.groups) & {group.lower() for group in self.config.broker.admin_groups}:
-            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
-        return user
 
 
 class RevokeSessionsAPIHandler(AdminAPIHandler):

@@ -8,6 +8,7 @@ from broker import errors
 from broker.auth import PortalUser
 from broker.login_security import SourceLocked
 from broker.web.apihandlers.base import APIHandler
+from sso.password import PasswordLogin
 
 
 class LoginRequest(BaseModel):
@@ -43,6 +44,7 @@ class LoginSecurityHandler(APIHandler):
 
 class LoginAPIHandler(LoginSecurityHandler):
     async def post(self) -> None:
+        self.portal_auth.method(PasswordLogin.name)  # 404 before reading the body when it is disabled
         body = self.parse_body(LoginRequest)
         user = await self.start_portal_session(body.username, body.password)
         self.write_json({"user": user.as_json()})

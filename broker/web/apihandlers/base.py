@@ -50,11 +50,25 @@ class APIHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs) -> None:
         error = as_broker_error(status_code, kwargs.get("exc_info"))
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if error.status == 429 and retry_after_s is not None:
+            self.set_header("Retry-After", str(retry_after_s))
         body = error.as_json()
         body["error"]["message"] = self.localized_message(error)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.set_status(error.status)
         self.finish(json.dumps(body, ensure_ascii=False))
+
+
+class AdminAPIHandler(APIHandler):
+    """API endpoints for members of `broker.admin_groups` (group names compare case-insensitively)."""
+
+    def require_admin(self) -> PortalUser:
+        user = self.require_user()
+        admin_groups = {group.lower() for group in self.config.broker.admin_groups}
+        if not {group.lower() for group in user.groups} & admin_groups:
+            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
+        return user
 
 
 class APINotFoundHandler(APIHandler):

@@ -17,7 +17,7 @@ from broker.web.apihandlers.base import APIHandler
 from broker.web.base import BaseHandler
 from monitoring.metrics import CertificateLoginOutcome
 from sso.base import AuthError
-from sso.cert_auth import CertificateAuthenticator
+from sso.cert_auth import CertificateLogin, ClientCertificate
 from sso.config import CertificateSettings
 from sso.x509 import CertificateRefused
 
@@ -40,11 +40,9 @@ class CertificateStatusUnavailable(errors.LoginRefused):
     message = "The certificate's revocation status could not be checked. Please try again shortly."
 
 
-def certificate_auth(handler: BaseHandler) -> CertificateAuthenticator:
-    authenticator = handler.settings.get("certificate_auth")
-    if authenticator is None:
-        raise errors.NotFound("Certificate login is not enabled.")
-    return authenticator
+def certificate_method(handler: BaseHandler) -> CertificateLogin:
+    # Routed only while the method is enabled (broker/web/app.py); this answers 404 should it not be.
+    return handler.portal_auth.method(CertificateLogin.name)
 
 
 def from_trusted_proxy(client_ip: str, settings: CertificateSettings) -> bool:
@@ -83,20 +81,20 @@ def refusal(exc: AuthError) -> errors.LoginRefused:
 
 
 async def certificate_login(handler: BaseHandler) -> PortalUser:
-    """Authenticate the presented certificate and replace the browser's portal session with a new one."""
-    authenticator = certificate_auth(handler)
+    """Log in by the presented certificate and replace the browser's portal session with a new one."""
+    method = certificate_method(handler)
     portal_auth, client_ip = handler.portal_auth, handler.client_ip
     try:
-        data = presented_certificate(handler, authenticator.settings)
-        if not data:
-            raise CertificateRefused("no client certificate presented")
-        login = await authenticator.authenticate(data)
-    except AuthError as exc:
-        await portal_auth.certificate_refused(client_ip, exc, getattr(exc, "certificate", {}))
+        data = presented_certificate(handler, method.settings)
+    except AuthError as exc:  # a proxy header too large to be a certificate
+        await portal_auth.record_refusal(method.name, client_ip, exc, {})
         raise refusal(exc) from None
-    await portal_auth.logout(handler.portal_session_id(), client_ip)
-    detail = {**login.certificate, "checks": login.reason}
-    user, session_id = await portal_auth.login_certificate(login.identity, client_ip, detail)
+    old_session = handler.portal_session_id()
+    try:
+        user, session_id = await portal_auth.login(method.name, ClientCertificate(data), client_ip)
+    except AuthError as exc:
+        raise refusal(exc) from None
+    await portal_auth.logout(old_session, client_ip)
     handler.set_portal_cookie(session_id)
     handler.current_user = user
     return user

@@ -7,7 +7,9 @@ import logging
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
+from broker import errors
 from broker.web.apihandlers.base import APIHandler
+from monitoring.access import scrape_allowed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,12 @@ class HealthHandler(APIHandler):
 
 class MetricsHandler(APIHandler):
     async def prepare(self) -> None:
-        pass
+        # No portal session here; the scraper proves itself with the token or its address.
+        settings = self.config.broker
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        authorization = self.request.headers.get("Authorization")
+        if not scrape_allowed(self.client_ip, authorization, token, settings.metrics_networks):
+            raise errors.MetricsForbidden()
 
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

@@ -12,7 +12,6 @@ from functools import partial
 from sqlalchemy.exc import IntegrityError
 
 from broker import errors
-from broker.auth import PortalUser
 from broker.db.models import Host
 from broker.desktops import load_candidates, placement_request
 from broker.inventory import (
@@ -28,20 +27,13 @@ from broker.inventory import (
     update_host_gauges,
     validate_labels,
 )
-from broker.web.apihandlers.base import APIHandler
+from broker.web.apihandlers.base import AdminAPIHandler
 from hypervisor.provider import DesktopProvider
 
 HOST_NAME = r"[^/]{1,64}"
 
 
-class AdminHandler(APIHandler):
-    def require_admin(self) -> PortalUser:
-        user = self.require_user()
-        admin_groups = {group.lower() for group in self.config.broker.admin_groups}
-        if not {group.lower() for group in user.groups} & admin_groups:
-            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
-        return user
-
+class HostsAdminHandler(AdminAPIHandler):
     async def blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
@@ -51,7 +43,7 @@ class AdminHandler(APIHandler):
         return self.desktops.providers
 
 
-class HostsAPIHandler(AdminHandler):
+class HostsAPIHandler(HostsAdminHandler):
     async def get(self) -> None:
         self.require_admin()
         hosts = await self.db.run(list_hosts)
@@ -82,7 +74,7 @@ class HostsAPIHandler(AdminHandler):
         self.write_json(view.as_json(), status=201)
 
 
-class HostAPIHandler(AdminHandler):
+class HostAPIHandler(HostsAdminHandler):
     async def get(self, name: str) -> None:
         self.require_admin()
         view = await self.db.run(partial(show_host, name=name))
@@ -114,7 +106,7 @@ class HostAPIHandler(AdminHandler):
         self.write_json({"name": name, "removed": True, "desktops_detached": detached})
 
 
-class PlacementExplainAPIHandler(AdminHandler):
+class PlacementExplainAPIHandler(HostsAdminHandler):
     async def get(self) -> None:
         self.require_admin()
         name = self.get_query_argument("pool", "")

@@ -7,9 +7,8 @@ an administrator can pick a version for a pool. Database reads run in the execut
 from __future__ import annotations
 
 from broker import errors
-from broker.auth import PortalUser
 from broker.image_catalog import Catalog, CatalogError, describe
-from broker.web.apihandlers.base import APIHandler
+from broker.web.apihandlers.base import AdminAPIHandler
 
 IMAGE_NAME = r"[^/]{1,64}"
 
@@ -19,16 +18,7 @@ class ImageNotFound(errors.BrokerError):
     reason = "image_not_found"
 
 
-class ImagesAdminHandler(APIHandler):
-    def require_admin(self) -> PortalUser:
-        user = self.require_user()
-        admin_groups = {group.lower() for group in self.config.broker.admin_groups}
-        if not {group.lower() for group in user.groups} & admin_groups:
-            raise errors.Forbidden("This needs a member of an administrator group (broker.admin_groups).")
-        return user
-
-
-class ImagesAPIHandler(ImagesAdminHandler):
+class ImagesAPIHandler(AdminAPIHandler):
     async def get(self) -> None:
         self.require_admin()
         images = await self.db.run(Catalog.images)
@@ -42,7 +32,7 @@ class ImagesAPIHandler(ImagesAdminHandler):
         )
 
 
-class ImageAPIHandler(ImagesAdminHandler):
+class ImageAPIHandler(AdminAPIHandler):
     async def get(self, name: str) -> None:
         self.require_admin()
         version = self.get_query_argument("version", None)

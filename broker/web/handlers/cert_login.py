@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from broker import errors
-from broker.web.apihandlers.cert_login import certificate_auth, certificate_login
-from broker.web.base import BaseHandler
-from broker.web.handlers.login import safe_next
+from broker.login_security import TotpRequired
+from broker.web.apihandlers.cert_login import certificate_login, certificate_method
+from broker.web.handlers.login import LoginHandler, safe_next
 
 
-class CertificateLoginHandler(BaseHandler):
+class CertificateLoginHandler(LoginHandler):
     def render_page(self, error: str | None = None) -> None:
         self.render("cert_login.html", error=error, next_url=safe_next(self.get_argument("next", None)))
 
     def get(self) -> None:
-        certificate_auth(self)
+        certificate_method(self)
         if self.current_user:
             self.redirect(safe_next(self.get_argument("next", None)))
             return
@@ -23,6 +23,9 @@ class CertificateLoginHandler(BaseHandler):
     async def post(self) -> None:
         try:
             await certificate_login(self)
+        except TotpRequired as exc:  # the second-factor policy covers certificate logins here
+            self.render_totp_form(exc.pending)
+            return
         except errors.LoginRefused as exc:
             self.set_status(exc.status)
             self.render_page(self.localized_message(exc))

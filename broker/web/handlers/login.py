@@ -10,6 +10,7 @@ from broker import errors
 from broker.login_security import PendingLoginExpired, SourceLocked, TotpRequired
 from broker.web.base import BaseHandler
 from broker.web.i18n import translate
+from sso.password import PasswordLogin
 from sso.totp import qr_data_uri
 
 HOME = "/desktops"
@@ -28,6 +29,9 @@ def safe_next(value: str | None) -> str:
 
 class LoginHandler(BaseHandler):
     def render_form(self, username: str = "", error: str | None = None) -> None:
+        # The _xsrf cookie comes with the sign-in page even when it shows no password form (password
+        # login disabled), for the forms and scripts of the other login methods.
+        self.xsrf_token  # noqa: B018
         self.render(
             "login.html", username=username, error=error, next_url=safe_next(self.get_argument("next", None))
         )
@@ -40,6 +44,7 @@ class LoginHandler(BaseHandler):
         self.render_form()
 
     async def post(self) -> None:
+        self.portal_auth.method(PasswordLogin.name)  # 404 when password login is disabled
         username = self.get_body_argument("username", "")
         try:
             await self.start_portal_session(username, self.get_body_argument("password", ""))
@@ -64,7 +69,8 @@ class LoginHandler(BaseHandler):
 
 
 class TotpLoginHandler(LoginHandler):
-    """The second step of a password login from outside the centers: the code for a pending login."""
+    """The second step of a login the second-factor policy holds (sso/second_factor.py): the code for a
+    pending login, whichever method took the first step."""
 
     def get(self) -> None:
         self.redirect("/login")

@@ -1,0 +1,93 @@
+"""The placement worker against a real SQLite database: it places from host figures it keeps, so it
+must notice what changed behind its back — a host taken out, capacity freed — and never overcommit."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from broker.db.models import Desktop, Host
+from broker.placement import PlacementEngine, PlacementRequest
+from broker.placement.claim import load_host_candidates
+from broker.placement.worker import NoHostFits, PlacementWorker
+from tests.fixtures.placement import add_host, desktop_row, new_database
+
+REQUEST = PlacementRequest(pool="p", vcpus=1, memory_mib=512)
+
+
+@pytest.fixture
+def database(tmp_path):
+    database = new_database(tmp_path / "worker.db")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def worker(database):
+    # A long catalog life: only the worker's own rules may make it read the hosts again. The best
+    # host every time (no random pick among the best few), so each test knows where desktops go.
+    default = PlacementEngine.default()
+    engine = PlacementEngine(default.filters, default.weighers, best_of=1)
+    worker = PlacementWorker(database, engine, attempts=3, max_age_s=3600)
+    yield worker
+    worker.close()
+
+
+def place(worker, number):
+    return worker.place(REQUEST, lambda: desktop_row(number))
+
+
+def host_of(database, domain):
+    with database.transaction() as session:
+        return session.scalar(select(Desktop.host_name).where(Desktop.domain_name == domain))
+
+
+def test_a_host_disabled_after_the_catalog_was_read_gets_no_desktop(database, worker):
+    add_host(database, "a", max_desktops=10)
+    add_host(database, "b", max_desktops=1)
+    place(worker, 1)  # the catalog now holds both hosts; "a" has more room and is preferred
+    with database.transaction() as session:
+        session.execute(update(Host).where(Host.name == "a").values(admin_state="draining"))
+
+    placed = place(worker, 2)
+
+    assert placed.desktop.host_name == "b"
+    assert placed.attempts == 2  # the claim on "a" was refused, the host read again, then "b"
+
+
+def test_capacity_freed_behind_the_catalog_is_found_before_saying_no(database, worker):
+    add_host(database, "a", max_desktops=1)
+    place(worker, 1)
+    with database.transaction() as session:
+        session.execute(delete(Desktop))  # another broker logged that desktop off
+
+    assert place(worker, 2).desktop.host_name == "a"
+
+
+def test_no_host_says_why(database, worker):
+    add_host(database, "a", max_desktops=1)
+    place(worker, 1)
+
+    with pytest.raises(NoHostFits) as refused:
+        place(worker, 2)
+
+    assert refused.value.decision.reason.startswith("the only host, a, is full")
+
+
+def test_requests_from_many_threads_never_overcommit(database, worker):
+    for name in ("a", "b", "c"):
+        add_host(database, name, max_desktops=5)
+
+    def attempt(number):
+        try:
+            return worker.submit(REQUEST, lambda: desktop_row(number)).result().desktop.host_name
+        except NoHostFits:
+            return None
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        hosts = list(pool.map(attempt, range(40)))
+
+    assert sum(1 for host in hosts if host) == 15
+    with database.transaction() as session:
+        final = {host.name: host.desktops for host in load_host_candidates(session)}
+    assert final == {"a": 5, "b": 5, "c": 5}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, fie
 
 from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
-from hypervisor.config import HostSettings
+from hypervisor.config import HostSettings, check_direct_display
 from images.config import DEFAULT_IMAGE, ImageSettings
 from sso import methods
 from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
@@ -240,6 +240,16 @@ class BrokerConfig(BaseModel):
                 if item.name in seen:
                     raise ValueError(f"{section}[{index}].name: duplicate name {item.name!r}")
                 seen.add(item.name)
+        return self
+
+    @model_validator(mode="after")
+    def _displays_reachable(self) -> BrokerConfig:
+        # Security review finding 3: a direct route to a remote host's loopback reaches the gateway's own.
+        for index, host in enumerate(self.hosts):
+            try:
+                check_direct_display(host.uri, host.console_access, host.vnc_listen)
+            except ValueError as exc:
+                raise ValueError(f"hosts[{index}].{exc}") from None
         return self
 
     def pool(self, name: str) -> PoolSettings | None:

@@ -29,8 +29,9 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker.auth import PortalUser
 from broker.config import BrokerConfig, PoolSettings
+from broker.console_route import console_route
 from broker.db import Database
-from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, utcnow
+from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, Host, utcnow
 from broker.db.tokens import issue_token
 from broker.entitlement import check_entitled, entitled_pools
 from broker.inventory import host_settings, providers_for
@@ -424,6 +425,7 @@ def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int, per
         raise errors.SessionEnded()
     if desktop.state != "running" or desktop.vnc_port is None:
         raise errors.DesktopNotRunning()
+    route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
     return issue_token(
         db,
         session_id=session.id,
@@ -431,6 +433,8 @@ def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int, per
         host=desktop.vnc_host,
         port=desktop.vnc_port,
         ttl_s=ttl_s,
+        route=route,
+        ssh_address=ssh_address,
     )
 
 

@@ -31,7 +31,7 @@ from broker.placement.candidates import HostCandidate
 from broker.placement.claim import HOLDING_STATES, host_usage, load_host_candidates
 from broker.placement.config import PlacementSettings
 from hypervisor.base import HypervisorError
-from hypervisor.config import HostSettings, SshAddress, resolve_console_route
+from hypervisor.config import HostSettings, SshAddress, check_direct_display, resolve_console_route
 from hypervisor.provider import DesktopProvider, provider_for
 from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name, provider_class
 from monitoring.metrics import HOSTS, HostAdminState, HostHealth
@@ -61,6 +61,10 @@ class HostHasDesktops(errors.Conflict):
     message = "The host still has desktops; drain it first or remove it with force."
 
 
+DEFAULT_VNC_LISTEN = "127.0.0.1"
+ROUTE_FIELDS = ("console_access", "ssh_address", "vnc_listen")
+
+
 # -- request bodies ------------------------------------------------------------------------------
 
 
@@ -79,6 +83,8 @@ class HostChange(BaseModel):
     # How the gateway reaches the host's displays; see hypervisor.config.resolve_console_route.
     console_access: str | None = Field(None, pattern=r"^(direct|ssh)$")
     ssh_address: str | None = Field(None, max_length=255)
+    # Where the host's desktops' VNC servers listen; a direct route needs one the gateway can reach.
+    vnc_listen: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
 
     @field_validator("ssh_address")
     @classmethod
@@ -101,25 +107,38 @@ class NewHost(HostChange):
     def _provider_uri(cls, value: str, info: ValidationInfo) -> str:
         # The provider decides what its hosts' URIs look like; an unknown provider is reported on its own.
         if "provider" in info.data:
-            provider_class(info.data["provider"]).check_uri(value)
+            provider_class(info.data["provider"]).check_added_uri(value)
         return value
 
     def console_route(self) -> tuple[str, str | None]:
-        """(console_access, ssh_address) with the URI's defaults; a 400 on ssh_address if there is none."""
-        return console_route(self.uri, self.console_access, self.ssh_address)
+        """(console_access, ssh_address) with the URI's defaults; a 400 naming the field when the gateway
+        could not reach the displays that way."""
+        return console_route(
+            self.uri, self.console_access, self.ssh_address, self.vnc_listen or DEFAULT_VNC_LISTEN
+        )
 
     def settings(self) -> HostSettings:
         access, address = self.console_route()
         return HostSettings(
-            name=self.name, provider=self.provider, uri=self.uri, console_access=access, ssh_address=address
+            name=self.name,
+            provider=self.provider,
+            uri=self.uri,
+            console_access=access,
+            ssh_address=address,
+            vnc_listen=self.vnc_listen or DEFAULT_VNC_LISTEN,
         )
 
 
-def console_route(uri: str, access: str | None, address: str | None) -> tuple[str, str | None]:
+def console_route(
+    uri: str, access: str | None, address: str | None, vnc_listen: str
+) -> tuple[str, str | None]:
     try:
-        return resolve_console_route(uri, access, address)
+        route = resolve_console_route(uri, access, address)
+        check_direct_display(uri, route[0], vnc_listen)
     except ValueError as exc:
-        raise errors.InvalidField(str(exc), field="ssh_address") from None
+        field = str(exc).split(":", 1)[0]
+        raise errors.InvalidField(str(exc), field=field if field in ROUTE_FIELDS else "ssh_address") from None
+    return route
 
 
 def validate_labels(labels: dict[str, str], settings: PlacementSettings) -> None:
@@ -282,11 +301,12 @@ def change_host(db: Session, name: str, change: HostChange, actor: str, client_i
 def _changed_console_route(row: Host, change: HostChange) -> tuple[str, str | None] | None:
     """The host's console route after the change, checked before anything is written; None if untouched."""
     fields = change.model_fields_set
-    if not fields & {"console_access", "ssh_address"}:
+    if not fields & set(ROUTE_FIELDS):
         return None
     access = change.console_access if "console_access" in fields else row.console_access
     address = change.ssh_address if "ssh_address" in fields else row.ssh_address
-    return console_route(row.uri, access, address)
+    listen = change.vnc_listen if "vnc_listen" in fields else row.vnc_listen
+    return console_route(row.uri, access, address, listen or DEFAULT_VNC_LISTEN)
 
 
 def delete_host(db: Session, name: str, force: bool, actor: str, client_ip: str) -> int:
@@ -345,6 +365,7 @@ def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
                 images=[],
                 console_access=host.console_access,
                 ssh_address=host.ssh_address,
+                vnc_listen=host.vnc_listen,
             )
         )
 
@@ -352,10 +373,10 @@ def seed_from_config(db: Session, hosts: list[HostSettings]) -> None:
 def host_settings(db: Session, configured: list[HostSettings]) -> list[HostSettings]:
     """Provider settings for every host in the inventory: the config's when it has the host."""
     by_name = {host.name: host for host in configured}
-    rows = db.execute(select(Host.name, Host.provider, Host.uri).order_by(Host.name)).all()
+    rows = db.execute(select(Host.name, Host.provider, Host.uri, Host.vnc_listen).order_by(Host.name)).all()
     return [
-        by_name.get(name) or HostSettings(name=name, provider=provider, uri=uri)
-        for name, provider, uri in rows
+        by_name.get(name) or HostSettings(name=name, provider=provider, uri=uri, vnc_listen=listen)
+        for name, provider, uri, listen in rows
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name
+from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name, provider_class
 
 # libvirt's SSH transports (https://libvirt.org/uri.html#transport-configuration).
 SSH_URI_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
@@ -76,6 +77,42 @@ def resolve_console_route(
     return access, address
 
 
+def is_loopback(address: str | None) -> bool:
+    """True for loopback addresses and names (127.0.0.0/8, ::1, localhost): reachable only on that machine."""
+    if not address:
+        return False
+    name = address.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local_uri(uri: str) -> bool:
+    """True when the URI names this machine (no host, or a loopback one): qemu:///system, test:///default."""
+    try:
+        hostname = urlsplit(uri).hostname
+    except ValueError:
+        return False
+    return not hostname or is_loopback(hostname)
+
+
+def check_direct_display(uri: str, console_access: str, vnc_listen: str) -> None:
+    """ValueError (naming console_access) when the gateway would have to dial a remote host's loopback.
+
+    A direct route connects to the display address the host reports. For a remote host a loopback address
+    would be the gateway's own loopback: whatever listens there (another desktop of a local hypervisor)
+    would answer instead of this host's desktop.
+    """
+    if console_access == "direct" and is_loopback(vnc_listen) and not is_local_uri(uri):
+        raise ValueError(
+            f"console_access: direct needs displays on an address the gateway can reach, and vnc_listen "
+            f"{vnc_listen} is the host's loopback; use console_access ssh, or a vnc_listen the gateway reaches"
+        )
+
+
 class HostSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +165,15 @@ class HostSettings(BaseModel):
     @classmethod
     def _normal_ssh_address(cls, value: str | None) -> str | None:
         return None if value is None else str(SshAddress.parse(value))
+
+    @model_validator(mode="after")
+    def _provider_uri(self) -> HostSettings:
+        # The provider decides what its hosts' URIs may say (libvirt: an allow-list of parameters).
+        try:
+            provider_class(self.provider).check_uri(self.uri)
+        except ValueError as exc:
+            raise ValueError(f"uri: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _console_route_defaults(self) -> HostSettings:

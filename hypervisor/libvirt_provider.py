@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import libvirt
 
@@ -188,6 +188,22 @@ def last_console_line(console: str) -> str:
     return next((line for line in reversed(lines) if line), "")[:200]
 
 
+# libvirt URI parameters (https://libvirt.org/uri.html) an administrator may set through the API or `vdi host
+# add`. The others make libvirt run a program (command, netcat), skip or replace the SSH host-key check
+# (no_verify, known_hosts_verify, known_hosts), or read files or sockets of the broker's machine (keyfile,
+# pkipath, socket): only the configuration file may say those (security review finding 6).
+ALLOWED_URI_PARAMETERS = frozenset({"mode", "proxy", "sshauth", "no_tty", "tls_priority"})
+
+
+def check_uri_parameters(uri: str) -> None:
+    """ValueError naming the first query parameter of `uri` that is not allowed."""
+    query = urlsplit(uri).query
+    for name, _value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() not in ALLOWED_URI_PARAMETERS:
+            allowed = ", ".join(sorted(ALLOWED_URI_PARAMETERS))
+            raise ValueError(f"the URI parameter {name!r} is not allowed (allowed: {allowed})")
+
+
 def console_readiness(console: str) -> Readiness:
     """Ready once the serial console shows the ready marker; a kernel panic on it is a crash."""
     last = last_console_line(console)
@@ -206,6 +222,11 @@ class LibvirtProvider(DesktopProvider):
             raise ValueError(
                 "expected a libvirt URI: qemu:///system, qemu+ssh://host/system, test:///default"
             )
+
+    @classmethod
+    def check_added_uri(cls, uri: str) -> None:
+        cls.check_uri(uri)
+        check_uri_parameters(uri)
 
     def __init__(self, host: HostSettings) -> None:
         super().__init__(host)

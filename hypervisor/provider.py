@@ -49,6 +49,15 @@ class DesktopProvider(ABC):
         if not _ANY_URI.match(uri):
             raise ValueError("expected scheme://…")
 
+    @classmethod
+    def check_added_uri(cls, uri: str) -> None:
+        """ValueError when a URI is not one an administrator may add through the admin API or `vdi host add`.
+
+        The configuration file is written by whoever runs the broker and may say more (the lab's hosts name
+        an SSH wrapper); an API call must not make the broker run a program or skip a host-key check.
+        """
+        cls.check_uri(uri)
+
     # -- every provider ----------------------------------------------------------------------------
 
     @abstractmethod

@@ -114,6 +114,8 @@ class Host(Base):
     # address libvirt reports, or "ssh": a channel through the host's sshd to its loopback VNC.
     console_access: Mapped[str] = mapped_column(String(16), default="direct")
     ssh_address: Mapped[str | None] = mapped_column(String(255))  # user@host:port; unset: from the uri
+    # Where the host's desktops' VNC servers listen (migration 0009): a direct route needs one the gateway reaches.
+    vnc_listen: Mapped[str] = mapped_column(String(255), default="127.0.0.1", server_default="127.0.0.1")
 
 
 class Desktop(Base):
@@ -162,6 +164,9 @@ class ConsoleToken(Base):
     desktop_id: Mapped[int] = mapped_column(ForeignKey("desktops.id"))
     target_host: Mapped[str] = mapped_column(String(255))
     target_port: Mapped[int] = mapped_column(Integer)
+    # The route decided at issue (migration 0009): "direct" TCP to target_host, or "ssh" through ssh_address.
+    route: Mapped[str | None] = mapped_column(String(16))
+    ssh_address: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

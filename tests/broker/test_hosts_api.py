@@ -234,7 +234,7 @@ def test_a_uri_the_provider_does_not_speak_is_400_naming_uri(admin, toy_provider
 
 
 def test_a_host_added_with_a_registered_provider_is_driven_by_it(admin, config, toy_provider):
-    response = add(admin, "toy1", provider="toy", uri="toy://toy1", labels={"zone": "business"})
+    response = add(admin, "toy1", provider="toy", uri="toy:///toy1", labels={"zone": "business"})
     assert response.status == 201, response.text
     assert response.json()["provider"] == "toy"
     assert admin.get("/api/v1/hosts/local").json()["provider"] == "libvirt"
@@ -249,7 +249,7 @@ def test_a_host_added_with_a_registered_provider_is_driven_by_it(admin, config, 
 def test_a_configured_host_gets_the_provider_its_row_names(
     tmp_path, broker_server, fake_authenticator, toy_provider
 ):
-    toy_host = {"name": "toy-1", "provider": "toy", "uri": "toy://toy-1", "labels": {"zone": "business"}}
+    toy_host = {"name": "toy-1", "provider": "toy", "uri": "toy:///toy-1", "labels": {"zone": "business"}}
     config = make_broker_config(tmp_path / "toy.db", hosts=[toy_host], pools=POOLS)
     url = broker_server(config, authenticator=fake_authenticator, image_resolver=lambda p: TEST_IMAGE)
     user = BrokerClient(url)

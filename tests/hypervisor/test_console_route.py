@@ -9,7 +9,7 @@ from hypervisor.config import HostSettings, SshAddress, resolve_console_route
     ("uri", "route"),
     [
         ("qemu+ssh://hv1/system", ("ssh", "root@hv1:22")),
-        ("qemu+ssh://vdi@hv1.example:2222/system?keyfile=/k", ("ssh", "vdi@hv1.example:2222")),
+        ("qemu+ssh://vdi@hv1.example:2222/system?sshauth=privkey", ("ssh", "vdi@hv1.example:2222")),
         ("qemu+libssh2://admin@[fd00::1]/system", ("ssh", "admin@[fd00::1]:22")),
         ("qemu+tls://hv1/system", ("direct", None)),
         ("qemu:///system", ("direct", None)),

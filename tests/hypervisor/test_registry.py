@@ -24,7 +24,7 @@ def test_the_registry_maps_names_to_classes(toy_provider):
     assert provider_class("libvirt") is LibvirtProvider
     assert provider_class("toy") is toy_provider
     assert provider_names() == ["libvirt", "toy"]
-    provider = provider_for(HostSettings(name="host-1", provider="toy", uri="toy://host-1"))
+    provider = provider_for(HostSettings(name="host-1", provider="toy", uri="toy:///host-1"))
     assert isinstance(provider, toy_provider)
 
 
@@ -44,7 +44,7 @@ def test_libvirt_refuses_uris_of_other_providers():
 
 
 def test_optional_operations_answer_as_the_contract_says(toy_provider):
-    provider = provider_for(HostSettings(name="host-1", provider="toy", uri="toy://host-1"))
+    provider = provider_for(HostSettings(name="host-1", provider="toy", uri="toy:///host-1"))
     for operation in (
         lambda: provider.stop_desktop("desk-1", 5.0),
         lambda: provider.suspend_desktop("desk-1"),

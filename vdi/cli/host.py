@@ -60,6 +60,7 @@ def _cli_add(db, config, args) -> HostView:
         "max_desktops",
         "console_access",
         "ssh_address",
+        "vnc_listen",
     ):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
@@ -159,6 +160,12 @@ def add_commands(sub) -> None:
         dest="ssh_address",
         metavar="USER@HOST:PORT",
         help="the host's sshd for console access ssh (default: from a qemu+ssh:// URI)",
+    )
+    add.add_argument(
+        "--vnc-listen",
+        dest="vnc_listen",
+        metavar="ADDRESS",
+        help="address the host's desktops show their displays on (default 127.0.0.1: reach them over ssh)",
     )
     remove = verbs.add_parser("remove", help="remove a host", description="remove a host")
     remove.add_argument("name")

@@ -63,7 +63,7 @@ def test_cli_errors_name_the_field(vdi):
 
 
 def test_provider_from_the_command_line(vdi, toy_provider):
-    code, out, _ = vdi("add", "toy1", "--provider", "toy", "--uri", "toy://toy1")
+    code, out, _ = vdi("add", "toy1", "--provider", "toy", "--uri", "toy:///toy1")
     assert code == 0 and json.loads(out)["provider"] == "toy"
     assert json.loads(vdi("show", "seeded")[1])["provider"] == "libvirt"
     code, _, err = vdi("add", "hv5", "--provider", "vmware", "--uri", "vmware://vcenter/dc")

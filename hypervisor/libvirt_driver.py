@@ -658,6 +658,7 @@ class LibvirtDriver(Driver):
             initrd=base.initrd,
             cmdline=domain_xml.kernel_cmdline(spec.image.cmdline, spec.domain_name, spec.label),
             console_log=console_log,
+            vnc_password=spec.vnc_password,
         )
 
     def _wait_for_vnc(self, domain: libvirt.virDomain) -> DisplayEndpoint:

@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +34,33 @@ class TokenRefused(Exception):
 
 
 @dataclass(frozen=True)
+class ConsolePolicy:
+    """What a console may do, from its desktop's pool, fixed when the token is issued.
+
+    clipboard: "both", "to_desktop" (browser to desktop only), "to_client" (desktop to browser only)
+    or "none"; `clipboard_max_bytes` caps one transfer (longer text is cut); `clipboard_text_only`
+    drops other formats of the Extended Clipboard (rich text, HTML, images, files).
+    """
+
+    clipboard: str = "both"
+    clipboard_max_bytes: int = 1024 * 1024
+    clipboard_text_only: bool = False
+
+    def as_json(self) -> dict:
+        return {
+            "clipboard": self.clipboard,
+            "clipboard_max_bytes": self.clipboard_max_bytes,
+            "clipboard_text_only": self.clipboard_text_only,
+        }
+
+    @classmethod
+    def of(cls, stored: dict | None) -> ConsolePolicy:
+        """The stored policy; unknown keys are ignored, a token without one gets the defaults."""
+        stored = stored or {}
+        return cls(**{key: stored[key] for key in cls.__dataclass_fields__ if key in stored})
+
+
+@dataclass(frozen=True)
 class ConsoleTarget:
     """Where a tunnel goes. `host`/`port` is the display as its hypervisor host sees it.
 
@@ -48,6 +75,11 @@ class ConsoleTarget:
     route: str = "direct"
     ssh: SshAddress | None = None  # None with route "ssh": the host has no usable SSH address
     host_name: str | None = None  # the hypervisor host's inventory name, for logs
+    username: str = ""
+    domain_name: str = ""
+    # The desktop's sealed VNC password (broker/db/vnc_passwords.py); None: an unauthenticated display.
+    vnc_password_sealed: str | None = field(default=None, repr=False)
+    policy: ConsolePolicy = field(default_factory=ConsolePolicy)
 
 
 def hash_token(token: str) -> str:
@@ -67,6 +99,7 @@ def issue_token(
     port: int,
     ttl_s: int,
     now: dt.datetime | None = None,
+    policy: ConsolePolicy | None = None,
 ) -> str:
     now = now or utcnow()
     token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -79,6 +112,7 @@ def issue_token(
             target_port=port,
             created_at=now,
             expires_at=now + dt.timedelta(seconds=ttl_s),
+            policy=policy.as_json() if policy is not None else None,
         )
     )
     return token
@@ -111,7 +145,15 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         )
     state = db.execute(
         select(
-            DesktopSession.state, Desktop.state, Host.name, Host.console_access, Host.ssh_address, Host.uri
+            DesktopSession.state,
+            Desktop.state,
+            Host.name,
+            Host.console_access,
+            Host.ssh_address,
+            Host.uri,
+            DesktopSession.username,
+            Desktop.domain_name,
+            Desktop.vnc_password_sealed,
         )
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)
         .outerjoin(Host, Host.name == Desktop.host_name)
@@ -121,20 +163,21 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         raise TokenRefused("session has ended")
     if state[1] != "running":
         raise TokenRefused("desktop is not running")
-    host_name, access, address, uri = state[2:]
-    if access != "ssh":
-        return ConsoleTarget(
-            row.session_id, row.desktop_id, row.target_host, row.target_port, host_name=host_name
-        )
-    return ConsoleTarget(
+    host_name, access, address, uri, username, domain_name, sealed = state[2:]
+    target = ConsoleTarget(
         row.session_id,
         row.desktop_id,
         row.target_host,
         row.target_port,
-        route="ssh",
-        ssh=_ssh_address(address, uri),
         host_name=host_name,
+        username=username,
+        domain_name=domain_name,
+        vnc_password_sealed=sealed,
+        policy=ConsolePolicy.of(row.policy),
     )
+    if access != "ssh":
+        return target
+    return replace(target, route="ssh", ssh=_ssh_address(address, uri))
 
 
 def _ssh_address(address: str | None, uri: str) -> SshAddress | None:

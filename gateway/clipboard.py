@@ -75,8 +75,10 @@ class ClipboardFilter:
         return self._message(cut)
 
     def _extended(self, cut: rfb.CutText) -> bytes | None:
-        if not rfb.extended_flags(cut.payload) & rfb.CLIPBOARD_PROVIDE:
-            # Capabilities, requests and notifications carry no content; only a "provide" does.
+        flags = rfb.extended_flags(cut.payload)
+        if flags & rfb.CLIPBOARD_CAPS or not flags & rfb.CLIPBOARD_PROVIDE:
+            # Capabilities (whose action bits list the actions a peer supports, "provide" among them,
+            # as QEMU sends right after the handshake), requests and notifications carry no content.
             return self._message(cut)
         try:
             data = rfb.parse_provide(cut.payload, self.policy.clipboard_max_bytes + _PROVIDE_OVERHEAD)

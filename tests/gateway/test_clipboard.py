@@ -50,8 +50,16 @@ def test_classic_text_is_cut_to_the_limit_and_the_original_is_hashed():
     )
 
 
-def test_extended_messages_without_content_pass_even_when_blocked():
-    caps = struct.pack(">II", rfb.CLIPBOARD_CAPS | rfb.CLIPBOARD_TEXT, 1024)
+@pytest.mark.parametrize(
+    "flags",
+    [
+        rfb.CLIPBOARD_CAPS | rfb.CLIPBOARD_TEXT,
+        # QEMU's capabilities: every action it supports, provide included, plus the caps bit.
+        rfb.CLIPBOARD_CAPS | rfb.CLIPBOARD_PROVIDE | rfb.CLIPBOARD_NOTIFY | rfb.CLIPBOARD_REQUEST | 1,
+    ],
+)
+def test_extended_messages_without_content_pass_even_when_blocked(flags):
+    caps = struct.pack(">II", flags, 0)
     message, events = run(ConsolePolicy(clipboard="none"), TO_DESKTOP, extended(caps))
     assert message == struct.pack(">B3xi", rfb.CLIENT_CUT_TEXT, -len(caps)) + caps
     assert events == []

@@ -78,13 +78,19 @@ def test_the_gateway_logs_in_and_relays_a_framebuffer(console_db, gateway_config
             browser = RfbBrowser(await gateway.connect(console_db.issue(session)))
             server_init = await browser.handshake()
             width, height = server_init.width, server_init.height
-            browser.send(struct.pack(">BxHi", rfb.CLIENT_SET_ENCODINGS, 1, rfb.ENCODING_RAW))
+            # Raw for the pixels, and the Extended Clipboard, whose capabilities QEMU announces at once.
+            encodings = (rfb.ENCODING_RAW, rfb.PSEUDO_EXTENDED_CLIPBOARD)
+            browser.send(struct.pack(">BxH2i", rfb.CLIENT_SET_ENCODINGS, 2, *encodings))
             browser.send(
                 struct.pack(">BBHHHH", rfb.CLIENT_FRAMEBUFFER_UPDATE_REQUEST, 0, 0, 0, width, height)
             )
-            covered = 0
+            covered, clipboard_flags = 0, []
             while covered < width * height:
                 kind = await browser.read(1)
+                if kind == bytes((rfb.SERVER_CUT_TEXT,)):
+                    (length,) = struct.unpack(">3xi", await browser.read(7))
+                    clipboard_flags.append(rfb.extended_flags(await browser.read(abs(length))))
+                    continue
                 assert kind == b"\x00", kind  # a FramebufferUpdate
                 (rects,) = struct.unpack(">xH", await browser.read(3))
                 for _ in range(rects):
@@ -93,7 +99,8 @@ def test_the_gateway_logs_in_and_relays_a_framebuffer(console_db, gateway_config
                     await browser.read(w * h * server_init.pixel_format.bytes_per_pixel, timeout_s=30)
                     covered += w * h
             browser.conn.close()
-            return server_init
+            return server_init, clipboard_flags
 
-    server_init = run_async(scenario())
+    server_init, clipboard_flags = run_async(scenario())
     assert server_init.width > 0 and server_init.height > 0
+    assert [flags & rfb.CLIPBOARD_CAPS for flags in clipboard_flags] == [rfb.CLIPBOARD_CAPS]

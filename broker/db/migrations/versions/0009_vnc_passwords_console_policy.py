@@ -1,4 +1,6 @@
-"""desktops.vnc_password_sealed holds each desktop's sealed VNC password; console_tokens.policy its pool's
+"""desktops.vnc_password_sealed and console_tokens.policy: sealed VNC passwords and console policies
+
+desktops.vnc_password_sealed holds each desktop's sealed VNC password; console_tokens.policy its pool's
 console policy (clipboard) at issue time
 
 Rows from before stay NULL: those desktops keep an unauthenticated display the gateway relays as bytes,

@@ -378,6 +378,9 @@ class ClientFramer(Framer):
 
     def _set_pixel_format(self, kind: bytes) -> Parser:
         body = yield 19
+        # Section 7.5.1: updates the client asks for after this come in the new format. Clients send it
+        # right after ServerInit, before their first FramebufferUpdateRequest (noVNC always does), so
+        # applying it as it passes is exact for them.
         self._shared.pixel_format = PixelFormat.parse(body[3:])
         self.emit(kind + body)
 

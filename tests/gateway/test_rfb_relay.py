@@ -194,6 +194,25 @@ def test_a_malformed_or_oversized_message_closes_with_a_reason(
     assert metric(REFUSED, reason=refusal) == before + 1
 
 
+def test_a_desktop_breaking_rfb_closes_the_console_without_details_for_the_browser(
+    console_db, gateway_config
+):
+    desktop = PasswordVncServer(PASSWORD)
+    session = console_db.add_session(vnc_port=desktop.port, vnc_password=PASSWORD)
+    before = metric(REFUSED, reason="rfb_unsupported")
+
+    async def scenario():
+        async with desktop.serving(), running_gateway(gateway_config, console_db.db) as gateway:
+            browser = await open_console(gateway, console_db, session)
+            await desktop.send(bytes((rfb.SERVER_BELL,)))
+            assert await browser.read(1) == bytes((rfb.SERVER_BELL,))
+            await desktop.send(bytes((99,)))
+            return await read_close(browser.conn)
+
+    assert run_async(scenario()) == (1011, "desktop display protocol error")
+    assert metric(REFUSED, reason="rfb_unsupported") == before + 1
+
+
 def test_a_browser_that_stalls_its_handshake_is_dropped(console_db, gateway_config):
     desktop = PasswordVncServer(PASSWORD)
     session = console_db.add_session(vnc_port=desktop.port, vnc_password=PASSWORD)

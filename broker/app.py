@@ -148,6 +148,11 @@ class BrokerApp:
             db.close()
             raise ConfigError(exc.message) from None
         await prepare_database(db, config)
+        if config.broker.vnc_password_key is None:
+            log.warning(
+                "broker.vnc_password_key is not set: new desktops get no VNC password, so anyone on a "
+                "host's loopback can reach their displays (see docs/gateway.md)"
+            )
         # Each host row names its provider (hypervisor/registry.py).
         providers = providers_for(await db.run(partial(host_settings, configured=config.hosts)))
         directory = LdapAuthenticator(config.ldap)

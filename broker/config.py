@@ -84,6 +84,13 @@ class BrokerSettings(BaseModel):
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "
         "(lockout, TOTP center networks, audit); the header from any other address is ignored",
     )
+    vnc_password_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="key that seals each desktop's VNC password at rest; the gateway's "
+        "gateway.vnc_password_key must be the same (unset: new desktops get no VNC password and their "
+        "displays are open to anyone on the host's loopback)",
+    )
     login_methods: list[str] | None = Field(
         None,
         min_length=1,
@@ -158,6 +165,20 @@ class PoolSettings(BaseModel):
     )
     shutdown_timeout_s: int = Field(
         60, ge=0, le=600, description="shutoff waits this long for the guest to shut down, then powers it off"
+    )
+    clipboard: Literal["both", "to_desktop", "to_client", "none"] = Field(
+        "both",
+        description="clipboard through the console: both ways, to_desktop (browser to desktop only), "
+        "to_client (desktop to browser only) or none; blocked transfers are audited",
+    )
+    clipboard_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="largest clipboard transfer; longer text is cut (and audited)",
+    )
+    clipboard_text_only: bool = Field(
+        False, description="only plain text crosses the clipboard (no rich text, HTML, images or files)"
     )
 
     @model_validator(mode="after")

@@ -32,7 +32,8 @@ from broker.config import BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
 from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, Host, utcnow
-from broker.db.tokens import issue_token
+from broker.db.tokens import ConsolePolicy, issue_token
+from broker.db.vnc_passwords import VncPasswordBox, new_vnc_password
 from broker.entitlement import check_entitled, entitled_pools
 from broker.inventory import host_settings, providers_for
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
@@ -417,7 +418,21 @@ def tokens_minted_recently(db: Session, username: str, now: dt.datetime) -> int:
     )
 
 
-def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int, per_minute: int) -> str:
+def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
+    """The console policy a token carries to the gateway: the pool's clipboard settings."""
+    if pool is None:
+        return ConsolePolicy()
+    return ConsolePolicy(pool.clipboard, pool.clipboard_max_bytes, pool.clipboard_text_only)
+
+
+def issue_for_owner(
+    db: Session,
+    session_id: str,
+    username: str,
+    ttl_s: int,
+    per_minute: int,
+    policy_of: Callable[[str], ConsolePolicy] | None = None,
+) -> str:
     session, desktop = load_owned_session(db, session_id, username)
     if tokens_minted_recently(db, username, utcnow()) >= per_minute:
         raise errors.ConsoleTokenRate()
@@ -435,6 +450,7 @@ def issue_for_owner(db: Session, session_id: str, username: str, ttl_s: int, per
         ttl_s=ttl_s,
         route=route,
         ssh_address=ssh_address,
+        policy=policy_of(desktop.pool_name) if policy_of else None,
     )
 
 
@@ -499,6 +515,8 @@ class DesktopService:
         # Called when a pool lost a desktop (a spare taken, a floating desktop destroyed); the pool
         # manager sets it to wake its reconcile pass early.
         self.pool_changed: Callable[[], None] = lambda: None
+        key = config.broker.vnc_password_key
+        self.vnc_passwords = VncPasswordBox(key.get_secret_value()) if key else None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -765,6 +783,7 @@ class DesktopService:
             vcpus=pool.vcpus,
             # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
             label=f"{pool.name} / {owner or name or 'spare'}",
+            vnc_password=self._vnc_password(desktop),
         )
         try:
             endpoint = await self._on_host(desktop.host_name, lambda provider: provider.create_desktop(spec))
@@ -811,14 +830,27 @@ class DesktopService:
     def _new_desktop(
         self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
     ) -> Desktop:
+        domain_name = domain_name_for(pool.name, name or owner or "spare")
         return Desktop(
             pool_name=pool.name,
-            domain_name=domain_name_for(pool.name, name or owner or "spare"),
+            domain_name=domain_name,
             image=f"{image.name}:{image.version}",
             state="provisioning",
             assigned_user=owner,
             created_at=utcnow(),
+            vnc_password_sealed=self._sealed_vnc_password(domain_name),
         )
+
+    def _sealed_vnc_password(self, domain_name: str) -> str | None:
+        """A new random VNC password for the desktop, sealed for its row (None without a key)."""
+        if self.vnc_passwords is None:
+            return None
+        return self.vnc_passwords.seal(domain_name, new_vnc_password())
+
+    def _vnc_password(self, desktop: Desktop) -> str | None:
+        if self.vnc_passwords is None or desktop.vnc_password_sealed is None:
+            return None
+        return self.vnc_passwords.open(desktop.domain_name, desktop.vnc_password_sealed)
 
     # -- console token and logoff ----------------------------------------------------------------
 
@@ -830,6 +862,7 @@ class DesktopService:
             username=user.username,
             ttl_s=ttl_s,
             per_minute=self.config.broker.console_tokens_per_minute,
+            policy_of=lambda pool_name: console_policy(self.config.pool(pool_name)),
         )
         try:
             token = await self.db.run(issue)

@@ -20,7 +20,7 @@ from tornado.netutil import bind_sockets
 
 from broker.db import Database
 from gateway.config import GatewayConfig, GatewaySettings
-from gateway.relay import ConsoleRelay, TunnelRegistry
+from gateway.relay import ConsoleRelay, TunnelRegistry, vnc_password_box
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
 from monitoring.access import scrape_allowed
@@ -104,6 +104,7 @@ class GatewayApplication(tornado.web.Application):
             "db": db,
             "tunnels": self.tunnels,
             "ssh_channels": self.ssh_channels,
+            "vnc_passwords": vnc_password_box(config.gateway),
         }
         console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]

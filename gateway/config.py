@@ -66,6 +66,26 @@ class GatewaySettings(BaseModel):
         le=300,
         description="a connection that has not sent its complete WebSocket upgrade request by then is closed",
     )
+    vnc_password_key: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="the broker's broker.vnc_password_key, to open desktops' VNC passwords (unset: "
+        "consoles of desktops that have one are refused)",
+    )
+    rfb_handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="time allowed for the RFB handshake with the desktop, and with the browser once its "
+        "WebSocket is open",
+    )
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="largest RFB message accepted from a browser (and cut text held from a desktop); "
+        "a larger one closes the console (cut text from a desktop is dropped)",
+    )
     ssh_idle_close_s: float = Field(
         300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"
     )

@@ -4,14 +4,22 @@ The token's route says how the display is reached: "direct" TCP, or "ssh", a cha
 host's sshd to the VNC port on its loopback (gateway/ssh_channel.py). Either way the relay reads
 and writes one IOStream.
 
-A tunnel opens only with a console token, consumed once through the shared database. Bytes
-then flow both ways with backpressure: each side waits for its write to drain before reading
+A tunnel opens only with a console token, consumed once through the shared database. A desktop with
+a VNC password (every desktop the broker made since credential injection) is then logged in to by the
+gateway itself (gateway/vnc_login.py); the browser gets an RFB handshake with security type None from
+the gateway and the desktop's ServerInit, and every message after that is framed (gateway/rfb.py) so
+the console policy (clipboard) and the message size limit apply. A desktop without a password (a row
+from before) keeps the plain byte relay.
+
+Either way data flows with backpressure: each side waits for its write to drain before reading
 more, so a slow browser slows the desktop's stream instead of growing a buffer in the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,16 +30,27 @@ from urllib.parse import parse_qs, urlsplit
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from broker.db import Database
-from broker.db.models import DesktopSession, utcnow
+from broker.db.models import AuditEvent, DesktopSession, utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
+from broker.db.vnc_passwords import SealError, VncPasswordBox
+from gateway import rfb, vnc_login
+from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFilter
 from gateway.config import GatewaySettings
 from gateway.ssh_channel import SshChannels, SshRouteError
-from monitoring.metrics import BYTES_RELAYED, TUNNELS_OPEN, TUNNELS_REFUSED, Direction, TunnelRefusal
+from monitoring.metrics import (
+    BYTES_RELAYED,
+    CLIPBOARD_TRANSFERS_STOPPED,
+    TUNNELS_OPEN,
+    TUNNELS_REFUSED,
+    Direction,
+    TunnelRefusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +68,13 @@ MAX_CLOSE_REASON_BYTES = 123
 INPUT_MESSAGE_TYPES = (b"\x04", b"\x05")
 INPUT_RECORD_INTERVAL_S = 5.0
 
+_RFB_REFUSALS = {
+    "malformed": TunnelRefusal.RFB_MALFORMED,
+    "oversized": TunnelRefusal.RFB_OVERSIZED,
+    "unsupported": TunnelRefusal.RFB_UNSUPPORTED,
+    "auth": TunnelRefusal.DESKTOP_AUTH,
+}
+_CLIPBOARD_DIRECTIONS = {TO_DESKTOP: Direction.CLIENT_TO_DESKTOP, TO_CLIENT: Direction.DESKTOP_TO_CLIENT}
 _TO_DESKTOP = BYTES_RELAYED.labels(direction=Direction.CLIENT_TO_DESKTOP.value)
 _TO_CLIENT = BYTES_RELAYED.labels(direction=Direction.DESKTOP_TO_CLIENT.value)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -163,13 +189,44 @@ def record_input(db: Session, session_id: str) -> None:
     db.execute(update(DesktopSession).where(DesktopSession.id == session_id).values(last_input_at=utcnow()))
 
 
+def record_clipboard(db: Session, target: ConsoleTarget, event: ClipboardEvent) -> None:
+    """Audit a blocked or cut clipboard transfer: who, which session and way, size and hash, never content."""
+    detail = {
+        "session": target.session_id,
+        "direction": event.direction,
+        "reason": event.reason,
+        "size": event.size,
+        "sha256": event.sha256,
+    }
+    db.add(
+        AuditEvent(
+            actor=target.username,
+            action="console.clipboard",
+            result=event.result,
+            target=target.domain_name,
+            detail=detail,
+        )
+    )
+
+
+def vnc_password_box(settings: GatewaySettings) -> VncPasswordBox | None:
+    key = settings.vnc_password_key
+    return VncPasswordBox(key.get_secret_value()) if key else None
+
+
 class ConsoleRelay(WebSocketHandler):
     """One console tunnel. The URL carries the token; the token decides the desktop."""
 
     def initialize(
-        self, settings: GatewaySettings, db: Database, tunnels: TunnelRegistry, ssh_channels: SshChannels
+        self,
+        settings: GatewaySettings,
+        db: Database,
+        tunnels: TunnelRegistry,
+        ssh_channels: SshChannels,
+        vnc_passwords: VncPasswordBox | None = None,
     ) -> None:
         self.gateway = settings
+        self.vnc_passwords = vnc_passwords
         self.db = db
         self.tunnels = tunnels
         self.ssh_channels = ssh_channels
@@ -185,6 +242,13 @@ class ConsoleRelay(WebSocketHandler):
         self._bytes_to_client = 0
         self._input_recorded_at = float("-inf")
         self._input_write: asyncio.Task | None = None
+        # Credential-injected tunnels: the desktop's ServerInit, the browser's handshake while it runs
+        # (with its deadline), then the framers of both directions.
+        self._server_init: rfb.ServerInit | None = None
+        self._handshake: rfb.BrowserHandshake | None = None
+        self._handshake_deadline: object | None = None
+        self._rfb: rfb.RfbSession | None = None
+        self._side_tasks: set[asyncio.Task] = set()
 
     # -- handshake -------------------------------------------------------------------------------
 
@@ -220,7 +284,7 @@ class ConsoleRelay(WebSocketHandler):
             upstream = await self._connect(target)
             if upstream is None:
                 return
-            if self._client_gone:
+            if not await self._log_in(target, upstream) or self._client_gone:
                 upstream.close()
                 return
             self._start_tunnel(target, upstream)
@@ -292,6 +356,55 @@ class ConsoleRelay(WebSocketHandler):
             self.close(CLOSE_INTERNAL_ERROR, "desktop display unreachable")
             return None
 
+    # -- logging in to the desktop ---------------------------------------------------------------
+
+    async def _log_in(self, target: ConsoleTarget, upstream: IOStream) -> bool:
+        """With a sealed password, the RFB handshake with the desktop; False when refused (and closed)."""
+        if target.vnc_password_sealed is None:
+            return True  # a desktop from before credential injection: byte relay
+        password = self._vnc_password(target)
+        if password is None:
+            return False
+        try:
+            self._server_init = await asyncio.wait_for(
+                vnc_login.log_in(upstream, password), self.gateway.rfb_handshake_timeout_s
+            )
+        except rfb.RfbError as exc:
+            self._refuse_desktop(target, _RFB_REFUSALS[exc.kind], exc.reason)
+            return False
+        except TimeoutError:
+            self._refuse_desktop(
+                target, TunnelRefusal.RFB_TIMEOUT, "desktop did not finish the RFB handshake"
+            )
+            return False
+        except StreamClosedError:
+            self._refuse_desktop(target, TunnelRefusal.UPSTREAM, "desktop closed the RFB handshake")
+            return False
+        return True
+
+    def _vnc_password(self, target: ConsoleTarget) -> str | None:
+        try:
+            if self.vnc_passwords is None:
+                raise SealError("gateway.vnc_password_key is not set")
+            return self.vnc_passwords.open(target.domain_name, target.vnc_password_sealed or "")
+        except SealError as exc:
+            TUNNELS_REFUSED.labels(reason=TunnelRefusal.NO_KEY.value).inc()
+            log.error("console refused: session %s: desktop has a VNC password: %s", target.session_id, exc)
+            self.close(CLOSE_INTERNAL_ERROR, "console service unavailable")
+            return None
+
+    def _refuse_desktop(self, target: ConsoleTarget, refusal: TunnelRefusal, reason: str) -> None:
+        TUNNELS_REFUSED.labels(reason=refusal.value).inc()
+        log.warning(
+            "console refused: desktop display %s:%d of session %s: %s",
+            target.host,
+            target.port,
+            target.session_id,
+            reason,
+        )
+        # The browser learns only that the display failed; which way is for the log.
+        self.close(CLOSE_INTERNAL_ERROR, "desktop display unreachable")
+
     def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
         self._opened_at = time.monotonic()
@@ -300,8 +413,106 @@ class ConsoleRelay(WebSocketHandler):
         TUNNELS_OPEN.inc()
         via = f" via ssh {target.ssh}" if target.route == "ssh" else ""
         log.info("tunnel open: session %s to %s:%d%s", self.session_id, target.host, target.port, via)
+        if self._server_init is not None:
+            self._start_browser_handshake(self._server_init)
+            return
         # Held so the task is not garbage-collected mid-relay (the loop keeps only weak references).
         self._pump = asyncio.create_task(self._relay_desktop_to_client(upstream))
+
+    # -- the browser's RFB handshake (credential-injected tunnels) --------------------------------
+
+    def _start_browser_handshake(self, server_init: rfb.ServerInit) -> None:
+        self._handshake = rfb.BrowserHandshake(server_init)
+        self._handshake_deadline = IOLoop.current().call_later(
+            self.gateway.rfb_handshake_timeout_s, self._browser_handshake_expired
+        )
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(self._handshake.banner(), binary=True)
+
+    def _browser_handshake_expired(self) -> None:
+        if self._handshake is None or self._ended:
+            return
+        TUNNELS_REFUSED.labels(reason=TunnelRefusal.RFB_TIMEOUT.value).inc()
+        log.warning("console closed: session %s: browser did not finish the RFB handshake", self.session_id)
+        self.end(CLOSE_POLICY_VIOLATION, "RFB handshake timed out")
+
+    async def _continue_browser_handshake(self, message: bytes) -> None:
+        handshake = self._handshake
+        assert handshake is not None and self.target is not None and self.upstream is not None
+        try:
+            reply = b"".join(handshake.feed(message))
+        except rfb.RfbError as exc:
+            self._close_on_rfb_error(exc, "browser")
+            return
+        if reply:
+            await self.write_message(reply, binary=True)
+        if not handshake.done:
+            return
+        self._handshake = None
+        self._cancel_handshake_deadline()
+        self._rfb = self._framers(handshake)
+        self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
+        leftover = handshake.leftover()
+        if leftover:
+            await self._to_desktop(leftover)
+
+    def _framers(self, handshake: rfb.BrowserHandshake) -> rfb.RfbSession:
+        assert self.target is not None and self._server_init is not None
+        policy = self.target.policy
+        return rfb.RfbSession(
+            self._server_init,
+            max_client_message=self.gateway.max_message_bytes,
+            max_server_cut_text=self.gateway.max_message_bytes,
+            to_desktop=ClipboardFilter(policy, TO_DESKTOP, self._clipboard_stopped),
+            to_client=ClipboardFilter(policy, TO_CLIENT, self._clipboard_stopped),
+        )
+
+    def _cancel_handshake_deadline(self) -> None:
+        if self._handshake_deadline is not None:
+            IOLoop.current().remove_timeout(self._handshake_deadline)
+            self._handshake_deadline = None
+
+    def _close_on_rfb_error(self, exc: rfb.RfbError, side: str) -> None:
+        """A message the gateway cannot or will not relay ends the tunnel, saying why (RFC 6143 framing)."""
+        TUNNELS_REFUSED.labels(reason=_RFB_REFUSALS[exc.kind].value).inc()
+        log.warning("console closed: session %s: the %s broke RFB: %s", self.session_id, side, exc.reason)
+        code = CLOSE_POLICY_VIOLATION if side == "browser" else CLOSE_INTERNAL_ERROR
+        self.end(code, exc.reason if side == "browser" else "desktop display protocol error")
+
+    # -- clipboard policy ------------------------------------------------------------------------
+
+    def _clipboard_stopped(self, event: ClipboardEvent) -> None:
+        assert self.target is not None
+        direction = _CLIPBOARD_DIRECTIONS[event.direction].value
+        CLIPBOARD_TRANSFERS_STOPPED.labels(direction=direction, result=event.result).inc()
+        log.info(
+            "clipboard %s %s (%s): session %s, %d bytes, sha256 %s",
+            event.direction,
+            event.result,
+            event.reason,
+            self.session_id,
+            event.size,
+            event.sha256,
+        )
+        self._spawn(self._audit_clipboard(self.target, event))
+        self._notice({"notice": "clipboard", "direction": event.direction, "result": event.result})
+
+    def _notice(self, notice: dict) -> None:
+        """A text frame for the console page; noVNC reads binary frames only and ignores it."""
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(json.dumps(notice))
+
+    async def _audit_clipboard(self, target: ConsoleTarget, event: ClipboardEvent) -> None:
+        try:
+            await self.db.run(partial(record_clipboard, target=target, event=event))
+        except SQLAlchemyError:
+            log.warning("could not audit a clipboard transfer of session %s", target.session_id)
+
+    def _spawn(self, coroutine) -> None:
+        # Held until done: the loop keeps only weak references to tasks.
+        task = asyncio.create_task(coroutine)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     # -- relaying --------------------------------------------------------------------------------
 
@@ -309,10 +520,16 @@ class ConsoleRelay(WebSocketHandler):
         try:
             while True:
                 chunk = await upstream.read_bytes(READ_CHUNK, partial=True)
+                if self._rfb is not None:
+                    chunk = b"".join(self._rfb.server.feed(chunk))
+                    if not chunk:
+                        continue
                 # Awaiting the write is the backpressure: no further read until the browser took it.
                 await self.write_message(chunk, binary=True)
                 self._bytes_to_client += len(chunk)
                 _TO_CLIENT.inc(len(chunk))
+        except rfb.RfbError as exc:
+            self._close_on_rfb_error(exc, "desktop")
         except StreamClosedError:
             self.end(CLOSE_NORMAL, "desktop closed the connection")
         except WebSocketClosedError:
@@ -330,24 +547,45 @@ class ConsoleRelay(WebSocketHandler):
         if self.upstream is None or self._ended:
             return
         try:
+            if self._handshake is not None:
+                await self._continue_browser_handshake(message)
+            else:
+                await self._to_desktop(message)
+        except WebSocketClosedError:
+            self.end(CLOSE_NORMAL, "browser closed the connection")
+
+    async def _to_desktop(self, message: bytes) -> None:
+        assert self.upstream is not None
+        if self._rfb is None:
+            data, is_input = message, message[:1] in INPUT_MESSAGE_TYPES
+        else:
+            try:
+                data = b"".join(self._rfb.client.feed(message))
+            except rfb.RfbError as exc:
+                self._close_on_rfb_error(exc, "browser")
+                return
+            is_input, self._rfb.client.input_seen = self._rfb.client.input_seen, False
+        try:
             # Tornado reads the next frame only after this coroutine returns, so awaiting the
             # desktop's socket keeps a fast browser from queueing input in the gateway.
-            await self.upstream.write(message)
+            if data:
+                await self.upstream.write(data)
         except StreamClosedError:
             self.end(CLOSE_NORMAL, "desktop closed the connection")
             return
-        self._bytes_to_desktop += len(message)
-        _TO_DESKTOP.inc(len(message))
-        self._note_input(message)
+        self._bytes_to_desktop += len(data)
+        _TO_DESKTOP.inc(len(data))
+        self._note_input(is_input)
 
-    def _note_input(self, message: bytes) -> None:
+    def _note_input(self, is_input: bool) -> None:
         """Record the user's last input for the pool's idle timeout, at most every few seconds.
 
-        noVNC sends one RFB message per frame; only key and pointer events count as input, since
-        the framebuffer update requests it sends all the time would keep any session busy.
+        Only key and pointer events count as input, since the framebuffer update requests noVNC
+        sends all the time would keep any session busy. (The byte relay looks at the first byte of
+        each WebSocket message: noVNC sends one RFB message per frame.)
         """
         now = time.monotonic()
-        if message[:1] not in INPUT_MESSAGE_TYPES or now - self._input_recorded_at < INPUT_RECORD_INTERVAL_S:
+        if not is_input or now - self._input_recorded_at < INPUT_RECORD_INTERVAL_S:
             return
         self._input_recorded_at = now
         # Held so the task is not garbage-collected; the write runs on the database's executor.
@@ -378,6 +616,7 @@ class ConsoleRelay(WebSocketHandler):
         if self._ended:
             return
         self._ended = True
+        self._cancel_handshake_deadline()
         if self.upstream is None:
             return
         self.upstream.close()

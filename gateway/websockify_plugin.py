@@ -12,6 +12,10 @@ websockify can only connect by plain TCP. A desktop on a host with console_acces
 listens on the host's loopback, reached through sshd) cannot be served: the plugin refuses such
 tokens and logs why. Use `vdi gateway` for those hosts.
 
+websockify relays bytes: it cannot log in to a desktop that has a VNC password (every desktop a broker
+with `broker.vnc_password_key` makes), and the browser must never be given that password. The plugin
+refuses those tokens too; websockify serves only desktops made without a password.
+
 websockify itself logs the request path and, on refusal, the token it was given; the plugin
 therefore masks `token=` values in every log handler websockify has set up before loading it.
 """
@@ -108,6 +112,13 @@ class ConsoleTokens:
                 "websockify can only connect directly, use `vdi gateway` for this host",
                 target.session_id,
                 target.host_name,
+            )
+            return None
+        if target.vnc_password_sealed is not None:
+            log.warning(
+                "console refused: desktop of session %s has a VNC password, which only `vdi gateway` "
+                "can log in with; websockify relays bytes only",
+                target.session_id,
             )
             return None
         log.info("console granted: session %s to %s:%d", target.session_id, target.host, target.port)

@@ -6,7 +6,7 @@ The contract itself is hypervisor/provider.py. A desktop's `domain_name` is its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -76,6 +76,8 @@ class DesktopSpec:
     memory_mib: int = 256
     vcpus: int = 1
     label: str = ""  # shown on the desktop's own screen, e.g. pool and user
+    # The display's VNC password (RFC 6143 section 7.2.2); None: a display without authentication.
+    vnc_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

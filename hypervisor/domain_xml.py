@@ -7,7 +7,7 @@ few facts the driver needs from libvirt's live XML.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 # Our own namespace in <metadata>: how list_desktops tells our domains from anyone else's on a host.
@@ -37,6 +37,7 @@ class DomainPlan:
     initrd: str | None = None
     cmdline: str = ""
     console_log: str | None = None
+    vnc_password: str | None = field(default=None, repr=False)
 
 
 def kernel_cmdline(image_cmdline: str, domain_name: str, label: str) -> str:
@@ -108,6 +109,9 @@ def _devices(domain: ET.Element, plan: DomainPlan) -> None:
     _sub(disk, "source", file=plan.disk)
     _sub(disk, "target", dev="vda", bus="virtio")
     graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes", listen=plan.vnc_listen)
+    if plan.vnc_password:
+        # QEMU then offers only VNC authentication: the gateway holds the password, browsers never do.
+        graphics.set("passwd", plan.vnc_password)
     _sub(graphics, "listen", type="address", address=plan.vnc_listen)
     # Plain VGA shows the kernel's text console, which is what the demo image draws on.
     video = _sub(devices, "video")

@@ -721,6 +721,7 @@ class LibvirtProvider(DesktopProvider):
             initrd=base.initrd,
             cmdline=domain_xml.kernel_cmdline(spec.image.cmdline, spec.domain_name, spec.label),
             console_log=console_log,
+            vnc_password=spec.vnc_password,
         )
 
     def _wait_for_vnc(self, domain: libvirt.virDomain) -> DisplayEndpoint:

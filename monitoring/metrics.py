@@ -38,6 +38,18 @@ class TunnelRefusal(Enum):
     UPSTREAM = "upstream"
     UPSTREAM_SSH = "upstream_ssh"  # the display's host refused or failed the SSH route
     LIMIT = "limit"  # the session already has gateway.max_tunnels_per_session tunnels open
+    # The RFB layer (gateway/rfb.py): a handshake or message the gateway refuses, during or after opening.
+    RFB_MALFORMED = "rfb_malformed"  # a message that breaks RFC 6143 framing
+    RFB_OVERSIZED = "rfb_oversized"  # a message over gateway.max_message_bytes
+    RFB_UNSUPPORTED = "rfb_unsupported"  # a message type, version or encoding the gateway does not relay
+    RFB_TIMEOUT = "rfb_timeout"  # the desktop or the browser did not finish its RFB handshake in time
+    DESKTOP_AUTH = "desktop_auth"  # the desktop refused the VNC password, or asks for no known security
+    NO_KEY = "no_key"  # the desktop has a sealed password the gateway cannot open (vnc_password_key)
+
+
+class ClipboardResult(Enum):
+    BLOCKED = "blocked"  # not forwarded: the pool's policy, too large, or not text
+    TRUNCATED = "truncated"  # forwarded shortened, or with formats removed
 
 
 class TokenRefusal(Enum):
@@ -74,6 +86,11 @@ TUNNELS_REFUSED = Counter(
     "vdi_gateway_tunnels_refused_total", "Console tunnels refused, by reason", ["reason"]
 )
 BYTES_RELAYED = Counter("vdi_gateway_bytes_relayed_total", "Bytes relayed through the gateway", ["direction"])
+CLIPBOARD_TRANSFERS_STOPPED = Counter(
+    "vdi_gateway_clipboard_transfers_stopped_total",
+    "Clipboard transfers the console policy blocked or cut, by direction and result (each one audited)",
+    ["direction", "result"],
+)
 
 
 def declare_login_method(method: str) -> None:
@@ -93,6 +110,8 @@ def _zero_series() -> None:
         CONSOLE_TOKENS_REFUSED.labels(reason=token_refusal.value)
     for direction in Direction:
         BYTES_RELAYED.labels(direction=direction.value)
+        for clipboard in ClipboardResult:
+            CLIPBOARD_TRANSFERS_STOPPED.labels(direction=direction.value, result=clipboard.value)
 
 
 class PlacementResult(Enum):

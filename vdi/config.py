@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.config import BrokerConfig
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
@@ -38,6 +38,14 @@ class Config(BrokerConfig):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     lab: LabSettings = Field(default_factory=LabSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _vnc_password_keys_agree(self) -> Config:
+        # One file for both processes: a key that differs would refuse every console, found late.
+        broker_key, gateway_key = self.broker.vnc_password_key, self.gateway.vnc_password_key
+        if broker_key and gateway_key and broker_key.get_secret_value() != gateway_key.get_secret_value():
+            raise ValueError("gateway.vnc_password_key: differs from broker.vnc_password_key")
+        return self
 
     def broker_config(self) -> BrokerConfig:
         """The broker's part: no gateway, lab or logging settings."""

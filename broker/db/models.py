@@ -137,6 +137,9 @@ class Desktop(Base):
     memory_mib: Mapped[int | None] = mapped_column(Integer)
     # When the guest showed it had finished booting (migration 0007); a spare is handed out ready first.
     ready_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The VNC password of the desktop's display, sealed (broker/db/vnc_passwords.py; migration 0009).
+    # None: a desktop made before credential injection, whose console the gateway relays as bytes.
+    vnc_password_sealed: Mapped[str | None] = mapped_column(Text)
 
 
 class DesktopSession(Base):
@@ -170,6 +173,8 @@ class ConsoleToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
     used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The pool's console policy (clipboard) when the token was issued (migration 0009); None: no limits.
+    policy: Mapped[dict | None] = mapped_column(JSON)
 
 
 class AuditEvent(Base):

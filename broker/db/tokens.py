@@ -9,7 +9,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +34,33 @@ class TokenRefused(Exception):
 
 
 @dataclass(frozen=True)
+class ConsolePolicy:
+    """What a console may do, from its desktop's pool, fixed when the token is issued.
+
+    clipboard: "both", "to_desktop" (browser to desktop only), "to_client" (desktop to browser only)
+    or "none"; `clipboard_max_bytes` caps one transfer (longer text is cut); `clipboard_text_only`
+    drops other formats of the Extended Clipboard (rich text, HTML, images, files).
+    """
+
+    clipboard: str = "both"
+    clipboard_max_bytes: int = 1024 * 1024
+    clipboard_text_only: bool = False
+
+    def as_json(self) -> dict:
+        return {
+            "clipboard": self.clipboard,
+            "clipboard_max_bytes": self.clipboard_max_bytes,
+            "clipboard_text_only": self.clipboard_text_only,
+        }
+
+    @classmethod
+    def of(cls, stored: dict | None) -> ConsolePolicy:
+        """The stored policy; unknown keys are ignored, a token without one gets the defaults."""
+        stored = stored or {}
+        return cls(**{key: stored[key] for key in cls.__dataclass_fields__ if key in stored})
+
+
+@dataclass(frozen=True)
 class ConsoleTarget:
     """Where a tunnel goes. `host`/`port` is the display as its hypervisor host sees it.
 
@@ -48,6 +75,11 @@ class ConsoleTarget:
     route: str = "direct"
     ssh: SshAddress | None = None  # None with route "ssh": the host has no usable SSH address
     host_name: str | None = None  # the hypervisor host's inventory name, for logs
+    username: str = ""
+    domain_name: str = ""
+    # The desktop's sealed VNC password (broker/db/vnc_passwords.py); None: an unauthenticated display.
+    vnc_password_sealed: str | None = field(default=None, repr=False)
+    policy: ConsolePolicy = field(default_factory=ConsolePolicy)
 
 
 def hash_token(token: str) -> str:
@@ -69,6 +101,7 @@ def issue_token(
     route: str = "direct",
     ssh_address: str | None = None,
     now: dt.datetime | None = None,
+    policy: ConsolePolicy | None = None,
 ) -> str:
     """A new token for the display at host:port, reached by `route` (through `ssh_address` for "ssh")."""
     now = now or utcnow()
@@ -84,6 +117,7 @@ def issue_token(
             ssh_address=ssh_address,
             created_at=now,
             expires_at=now + dt.timedelta(seconds=ttl_s),
+            policy=policy.as_json() if policy is not None else None,
         )
     )
     return token
@@ -115,7 +149,14 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
             "console token already used" if row.used_at is not None else "console token expired"
         )
     state = db.execute(
-        select(DesktopSession.state, Desktop.state, Desktop.host_name)
+        select(
+            DesktopSession.state,
+            Desktop.state,
+            Desktop.host_name,
+            DesktopSession.username,
+            Desktop.domain_name,
+            Desktop.vnc_password_sealed,
+        )
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)
         .where(DesktopSession.id == row.session_id)
     ).one_or_none()
@@ -123,20 +164,27 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         raise TokenRefused("session has ended")
     if state[1] != "running":
         raise TokenRefused("desktop is not running")
-    return _target(row, host_name=state[2])
+    host_name, username, domain_name, sealed = state[2:]
+    target = ConsoleTarget(
+        row.session_id,
+        row.desktop_id,
+        row.target_host,
+        row.target_port,
+        host_name=host_name,
+        username=username,
+        domain_name=domain_name,
+        vnc_password_sealed=sealed,
+        policy=ConsolePolicy.of(row.policy),
+    )
+    return _routed(target, row)
 
 
-def _target(row: ConsoleToken, host_name: str | None) -> ConsoleTarget:
+def _routed(target: ConsoleTarget, row: ConsoleToken) -> ConsoleTarget:
     """The route the broker decided when it issued the token (finding 3: never looked up again here)."""
     if row.route == "direct":
-        return ConsoleTarget(
-            row.session_id, row.desktop_id, row.target_host, row.target_port, host_name=host_name
-        )
+        return target
     if row.route == "ssh":
-        ssh = _parse_ssh(row.ssh_address)
-        return ConsoleTarget(
-            row.session_id, row.desktop_id, row.target_host, row.target_port, "ssh", ssh, host_name
-        )
+        return replace(target, route="ssh", ssh=_parse_ssh(row.ssh_address))
     # Issued before migration 0009 (they live 30 s): its route is unknown, so it opens nothing.
     raise TokenRefused("console token without a route; reconnect")
 

@@ -66,3 +66,25 @@ def test_vdi_broker_refuses_a_gateway_only_file_naming_the_missing_section(tmp_p
     )
     assert result.returncode == 2
     assert "broker: Field required" in result.stderr
+
+
+def test_the_vnc_password_key_must_be_the_same_for_broker_and_gateway_in_one_file():
+    sections = {
+        "broker": {"cookie_secret": "s" * 32, "vnc_password_key": "a" * 32},
+        "ldap": {"user_base": "ou=people,dc=x", "group_base": "ou=groups,dc=x"},
+        "hosts": [{"name": "local"}],
+        "gateway": {"vnc_password_key": "b" * 32},
+    }
+    with pytest.raises(
+        ConfigError, match=r"gateway\.vnc_password_key: differs from broker\.vnc_password_key"
+    ):
+        parse_config(sections)
+    sections["gateway"]["vnc_password_key"] = "a" * 32
+    assert parse_config(sections).gateway_config().gateway.vnc_password_key.get_secret_value() == "a" * 32
+
+
+def test_rfb_limits_are_validated(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text(GATEWAY_ONLY + "max_message_bytes = 10\n")
+    with pytest.raises(ConfigError, match=r"^gateway\.max_message_bytes:"):
+        load_gateway_config(path)

@@ -26,6 +26,17 @@ def test_lookup_returns_the_target_once(console_db, gateway_config_file, caplog)
     assert token not in caplog.text
 
 
+def test_a_desktop_with_a_vnc_password_is_refused_as_websockify_cannot_log_in(
+    console_db, gateway_config_file, caplog
+):
+    session = console_db.add_session(vnc_port=5901, vnc_password="pw123456")
+    plugin = ConsoleTokens(str(gateway_config_file))
+    with caplog.at_level(logging.WARNING, logger="gateway.websockify_plugin"):
+        assert plugin.lookup(console_db.issue(session)) is None
+    assert "has a VNC password, which only `vdi gateway` can log in with" in caplog.text
+    assert "pw123456" not in caplog.text
+
+
 def test_lookup_refuses_expired_and_unknown_tokens(console_db, gateway_config_file):
     session = console_db.add_session(vnc_port=5901)
     expired = console_db.issue(session, now=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))

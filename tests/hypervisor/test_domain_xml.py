@@ -107,3 +107,16 @@ def test_vnc_endpoint_waits_for_an_assigned_port():
     )
     assert domain_xml.vnc_endpoint(unassigned) is None
     assert domain_xml.vnc_endpoint(assigned) == ("127.0.0.1", 5901)
+
+
+def test_a_vnc_password_goes_into_the_graphics_element_escaped():
+    graphics = _parse(domain_xml.domain_xml(_plan(vnc_password="a'b\"<&"))).find("devices/graphics")
+    assert graphics.get("passwd") == "a'b\"<&"
+
+
+def test_without_a_password_the_display_has_none():
+    assert _parse(domain_xml.domain_xml(_plan())).find("devices/graphics").get("passwd") is None
+
+
+def test_the_password_stays_out_of_the_plans_repr():
+    assert "hunter22" not in repr(_plan(vnc_password="hunter22"))

@@ -28,6 +28,7 @@ ENUM_LABELS = {
     "TUNNELS_REFUSED": (metrics.TunnelRefusal,),
     "CONSOLE_TOKENS_REFUSED": (metrics.TokenRefusal,),
     "BYTES_RELAYED": (metrics.Direction,),
+    "CLIPBOARD_TRANSFERS_STOPPED": (metrics.Direction, metrics.ClipboardResult),
     "PLACEMENTS": (metrics.PlacementResult, metrics.PlacementReason),
     "PLACEMENT_CLAIM_CONFLICTS": (metrics.ClaimConflict,),
     "HOSTS": (metrics.HostHealth, metrics.HostAdminState),

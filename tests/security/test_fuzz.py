@@ -1,9 +1,11 @@
 """Property-based fuzzing (hypothesis) of the parsers that take input from the network.
 
 The console token parser and the websockify log masking, the trusted-proxy headers (X-Forwarded-For and
-X-Forwarded-Proto), the certificate a proxy's header carries, and the gateway's WebSocket relay: none may
-raise on any input, and each keeps its promise (a token never survives masking; the address is the peer's
-or one the header names; the desktop receives exactly what the browser sent).
+X-Forwarded-Proto), the certificate a proxy's header carries, the gateway's WebSocket relay, and its RFB
+framing (gateway/rfb.py: both directions, the browser's handshake, Extended Clipboard payloads and the
+clipboard policy): none may raise on any input other than its own clean refusal, and each keeps its
+promise (a token never survives masking; the address is the peer's or one the header names; the desktop
+receives exactly what the browser sent; a framer forwards only bytes it was given).
 
 `make test` runs a bounded number of examples (VDI_FUZZ_EXAMPLES, default 150); `make fuzz` runs many
 more. A failure hypothesis finds is printed with its smallest input: add it as an @example here.
@@ -11,23 +13,34 @@ more. A failure hypothesis finds is printed with its smallest input: add it as a
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import string
+import zlib
 from urllib.parse import quote
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from broker.db.tokens import TOKEN_SHAPE, TokenRefused, consume_token
+from broker.db.tokens import TOKEN_SHAPE, ConsolePolicy, TokenRefused, consume_token
 from broker.web.base import mask_uri, same_site_path
 from broker.web.client_address import client_address, client_scheme
+from gateway import rfb
+from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardFilter
 from gateway.relay import close_reason, origin_allowed, token_from_query
 from gateway.websockify_plugin import _mask_tokens
 from sso.base import AuthError
 from sso.x509 import parse_certificate
-from tests.fixtures.gateway import RFB_BANNER, FakeVncServer, receive_until, run_async, running_gateway
+from tests.fixtures.gateway import (
+    RFB_BANNER,
+    SERVER_INIT,
+    FakeVncServer,
+    receive_until,
+    run_async,
+    running_gateway,
+)
 
 EXAMPLES = int(os.environ.get("VDI_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(
@@ -177,6 +190,103 @@ def test_the_relay_delivers_exactly_what_the_browser_sent(console_db, gateway_co
     echoed = run_async(scenario())
     assert echoed == sent
     assert bytes(fake_vnc.received) == sent
+
+
+# -- the gateway's RFB framing ----------------------------------------------------------------------------
+
+MESSAGE_LIMIT = 4096
+rfb_streams = st.lists(st.binary(max_size=300), max_size=12)
+# Plausible starts make hypothesis reach deep into the parsers, not only refuse the first byte.
+client_starts = st.sampled_from(
+    [b"", b"\x02\x00\x00\x03", b"\x06\x00\x00\x00\xff\xff\xff\xf0", b"\xff\x00", b"\xfb"]
+)
+server_starts = st.sampled_from(
+    [
+        b"",
+        b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x04\x00\x04\x00\x00\x00\x07",
+        b"\x00\x00\x00\x01",
+        b"\x03\x00\x00\x00",
+    ]
+)
+
+
+def _policy_filter(direction: str) -> ClipboardFilter:
+    return ClipboardFilter(
+        ConsolePolicy(clipboard_max_bytes=64, clipboard_text_only=True), direction, lambda e: None
+    )
+
+
+def _framers() -> rfb.RfbSession:
+    return rfb.RfbSession(
+        SERVER_INIT,
+        max_client_message=MESSAGE_LIMIT,
+        max_server_cut_text=MESSAGE_LIMIT,
+        to_desktop=_policy_filter(TO_DESKTOP),
+        to_client=_policy_filter(TO_CLIENT),
+    )
+
+
+def _feed_until_refused(framer: rfb.Framer, chunks: list[bytes]) -> int:
+    """Feed chunk by chunk; a refusal ends the stream, as it ends the tunnel. Returns bytes forwarded."""
+    forwarded = 0
+    try:
+        for chunk in chunks:
+            forwarded += sum(len(piece) for piece in framer.feed(chunk))
+    except rfb.RfbError as exc:
+        assert exc.kind in ("malformed", "oversized", "unsupported") and exc.reason
+    assert framer.buffered <= MESSAGE_LIMIT + 300 + 64 * 1024
+    return forwarded
+
+
+@FUZZ
+@given(start=client_starts, chunks=rfb_streams)
+@example(start=b"\x06\x00\x00\x00\xff\xff\xff\xf0", chunks=[b"\x10\x00\x00\x01" + b"x" * 12])
+def test_client_framing_forwards_messages_or_refuses_cleanly(start, chunks):
+    framers = _framers()
+    forwarded = _feed_until_refused(framers.client, [start, *chunks])
+    # Filtering SetEncodings and the clipboard policy only ever shorten what passes.
+    assert forwarded <= len(start) + sum(len(chunk) for chunk in chunks)
+
+
+@FUZZ
+@given(start=server_starts, chunks=rfb_streams)
+def test_server_framing_forwards_messages_or_refuses_cleanly(start, chunks):
+    _feed_until_refused(_framers().server, [start, *chunks])
+
+
+@FUZZ
+@given(chunks=rfb_streams)
+@example(chunks=[b"RFB 003.008\n\x01\x01"])
+def test_the_browser_handshake_completes_or_refuses_cleanly(chunks):
+    handshake = rfb.BrowserHandshake(SERVER_INIT)
+    try:
+        for chunk in chunks:
+            handshake.feed(chunk)
+    except rfb.RfbError as exc:
+        assert exc.reason
+    assert not handshake.done or handshake.shared in (True, False)
+
+
+@FUZZ
+@given(
+    flags=st.integers(0, 0xFFFFFFFF),
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.binary(max_size=40), max_size=5).map(
+            lambda parts: zlib.compress(b"".join(len(p).to_bytes(4, "big") + p for p in parts))
+        ),
+    ),
+)
+def test_extended_clipboard_payloads_parse_or_refuse_cleanly(flags, body):
+    payload = flags.to_bytes(4, "big") + body
+    try:
+        data = rfb.parse_provide(payload, 256)
+    except (rfb.RfbError, rfb.ClipboardTooLarge):
+        return
+    assert data.inflated <= 256
+    for direction in (TO_DESKTOP, TO_CLIENT):
+        with contextlib.suppress(rfb.RfbError):
+            _policy_filter(direction)(rfb.CutText(True, payload, len(payload)))
 
 
 @pytest.mark.parametrize("reason", ["", "x" * 500, "한글" * 80])

@@ -15,6 +15,9 @@ CONSOLE_STRINGS = (
     "security_failure",
     "logging_off",
     "session_ended",
+    "clipboard_blocked_to_desktop",
+    "clipboard_blocked_to_client",
+    "clipboard_truncated",
 )
 
 

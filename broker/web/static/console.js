@@ -10,6 +10,7 @@ const sessionId = root.dataset.sessionId;
 const strings = pageStrings("console-strings");
 const status = document.getElementById("console-status");
 const alertRegion = document.getElementById("console-error");
+const noticeRegion = document.getElementById("console-notice");
 const screen = document.getElementById("screen");
 const buttons = {
   reconnect: document.getElementById("reconnect"),
@@ -29,6 +30,39 @@ function setState(state, text) {
 
 function showError(text) {
   alertRegion.textContent = text;
+}
+
+const NOTICE_SHOWN_MS = 8000;
+let noticeTimer = null;
+
+// The gateway announces clipboard transfers its policy stopped as WebSocket text frames; noVNC
+// reads binary frames only, so they reach the page and never the RFB stream.
+function showNotice(text) {
+  let notice;
+  try {
+    notice = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (notice.notice !== "clipboard") return;
+  const key = notice.result === "truncated" ? "clipboard_truncated" : `clipboard_blocked_${notice.direction}`;
+  if (!strings[key]) return;
+  noticeRegion.textContent = strings[key];
+  noticeRegion.hidden = false;
+  clearTimeout(noticeTimer);
+  noticeTimer = setTimeout(() => {
+    noticeRegion.hidden = true;
+  }, NOTICE_SHOWN_MS);
+}
+
+function openChannel(url) {
+  // Our own WebSocket handed to noVNC (it accepts a channel), so the page can hear the notices too.
+  const channel = new WebSocket(url);
+  channel.binaryType = "arraybuffer";
+  channel.addEventListener("message", (event) => {
+    if (typeof event.data === "string") showNotice(event.data);
+  });
+  return channel;
 }
 
 function consoleUrl(grant) {
@@ -63,7 +97,7 @@ async function connect() {
   try {
     // A token lives seconds and opens one tunnel, so fetch it right before connecting.
     const grant = await apiPost(`${sessionUrl}/console-token`);
-    rfb = new RFB(screen, consoleUrl(grant));
+    rfb = new RFB(screen, openChannel(consoleUrl(grant)));
   } catch (error) {
     setState("error", strings.disconnected);
     showError(errorText(error, strings.network));

@@ -5,20 +5,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from pydantic import SecretStr
+from sqlalchemy import update
 from tornado.httpserver import HTTPServer
 
 from broker.db import Database
+from broker.db.models import Desktop
+from broker.db.vnc_passwords import VncPasswordBox
 from gateway.app import make_app as make_gateway_app
 from tests.fixtures.broker import (
     COOKIE_SECRET,
     PASSWORD,
     TEST_IMAGE,
     LoopThread,
+    RfbPeer,
     UnreachableProvider,
     make_broker_config,
     seed_session,
 )
-from tests.fixtures.common import free_port
+from tests.fixtures.common import VNC_PASSWORD_KEY, free_port
 from vdi.config import Config
 
 pytestmark = pytest.mark.e2e
@@ -57,11 +62,14 @@ class GatewayThread:
 
 
 @pytest.fixture
-def console_stack(tmp_path, broker_server, fake_authenticator) -> Iterator[ConsoleStack]:
+def console_stack(request, tmp_path, broker_server, fake_authenticator) -> Iterator[ConsoleStack]:
+    """Broker and gateway; a test may give its pool's settings as the fixture's parameter."""
     gateway_port = free_port()
+    pool = {"name": "mois-office", "display_name": "행정안전부 업무용 데스크톱", "groups": ["mois"]}
     config = make_broker_config(
         tmp_path / "console.db",
         broker={"cookie_secret": COOKIE_SECRET, "gateway_url": f"ws://127.0.0.1:{gateway_port}/ws"},
+        pools=[pool | getattr(request, "param", {})],
     )
     drivers = {host.name: UnreachableProvider(host) for host in config.hosts}
     base_url = broker_server(
@@ -70,6 +78,7 @@ def console_stack(tmp_path, broker_server, fake_authenticator) -> Iterator[Conso
     gateway_config = config.model_copy(deep=True)
     gateway_config.gateway.port = gateway_port
     gateway_config.gateway.allowed_origins = [base_url]
+    gateway_config.gateway.vnc_password_key = SecretStr(VNC_PASSWORD_KEY)
     gateway = GatewayThread(gateway_config)
     database = Database(config.database)
     yield ConsoleStack(base_url, config, database)
@@ -137,3 +146,26 @@ def test_keyboard_user_can_skip_to_the_main_content(console_stack, page):
     assert page.evaluate("document.activeElement.className") == "skip-link"
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "main"
+
+
+@pytest.mark.parametrize("console_stack", [{"clipboard": "to_desktop"}], indirect=True)
+def test_a_desktop_clipboard_the_policy_keeps_is_announced_and_noVNC_carries_on(console_stack, page):
+    """Credential injection in Chromium: noVNC gets security None from the gateway, which logs in to
+    the desktop; the desktop's clipboard stays there (pool clipboard = to_desktop) and the page says so."""
+    peer = RfbPeer(password="pw-12345", cut_text=b"internal memo")
+    try:
+        session_id, desktop_id = seed_session(console_stack.db, "kimmj", "mois-office", vnc_port=peer.port)
+        with console_stack.db.transaction() as s:
+            domain = s.get(Desktop, desktop_id).domain_name
+            sealed = VncPasswordBox(VNC_PASSWORD_KEY).seal(domain, "pw-12345")
+            s.execute(update(Desktop).where(Desktop.id == desktop_id).values(vnc_password_sealed=sealed))
+        sign_in(page, console_stack.base_url, f"/console/{session_id}")
+        page.wait_for_function("() => window.vdiConsoleState === 'connected'", timeout=20_000)
+        notice = page.locator("#console-notice")
+        notice.wait_for(state="visible", timeout=10_000)
+        expected = "정책(또는 크기 제한)에 따라 데스크톱의 클립보드 내용을 이 PC로 보내지 않았습니다."
+        assert notice.text_content() == expected
+        assert page.evaluate("() => window.vdiConsoleState") == "connected"
+        assert peer.handshakes == 1
+    finally:
+        peer.close()

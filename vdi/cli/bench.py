@@ -21,6 +21,12 @@ def cmd_bench_login_timing(config, args) -> int:
     return main(args)
 
 
+def cmd_bench_tunnel(config, args) -> int:
+    from vdi.bench.tunnel import main
+
+    return main(args)
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -34,6 +40,20 @@ def add_commands(sub) -> None:
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    text = "console tunnel speed: raw TCP, the gateway and stock websockify against one fake desktop"
+    tunnel = kinds.add_parser("tunnel", help=text, description=text)
+    tunnel.set_defaults(fn=cmd_bench_tunnel, needs_config="optional")
+    tunnel.add_argument("--mb", type=int, default=256, help="MiB each way per path (default 256)")
+    tunnel.add_argument("--round-trips", type=int, default=2000, help="6-byte round trips (default 2000)")
+    tunnel.add_argument("--tunnels", type=int, default=2000, help="new tunnels per path (default 2000)")
+    tunnel.add_argument("--concurrency", type=int, default=50, help="tunnels opened at once (default 50)")
+    tunnel.add_argument("--idle", type=int, default=1000, help="idle tunnels held open (default 1000)")
+    tunnel.add_argument(
+        "--websockify-idle", type=int, default=100, help="idle tunnels for websockify (a process each)"
+    )
+    tunnel.add_argument(
+        "--only", action="append", choices=["gateway", "websockify"], help="paths besides raw"
+    )
     text = "timing of refused password logins, known user against unknown, on a lab slapd it starts"
     timing = kinds.add_parser("login-timing", help=text, description=text)
     timing.set_defaults(fn=cmd_bench_login_timing, needs_config="optional")

@@ -1,0 +1,23 @@
+"""`vdi bench tunnel` measures raw TCP, the gateway and websockify against its fake desktop and prints JSON.
+
+Not a timed test: the figures are for the report (docs/gateway.md), not asserted.
+"""
+
+import json
+
+from vdi.cli import main
+
+
+def test_small_run_prints_figures_for_every_path(capsys):
+    size = ["--mb", "4", "--round-trips", "20", "--tunnels", "10", "--idle", "10", "--websockify-idle", "3"]
+    code = main(["--config", "/nonexistent.toml", "bench", "tunnel", *size])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert set(report["results"]) == {"raw", "gateway", "websockify"}
+    for name, figures in report["results"].items():
+        assert figures["down_mb_s"] > 0 and figures["up_mb_s"] > 0, name
+        assert figures["round_trip"]["p99_us"] >= figures["round_trip"]["p50_us"] > 0, name
+        assert figures["new_tunnels"]["failures"] == 0, name
+        assert figures["idle_tunnels"]["failures"] == 0, name
+    # Only the gateway's own process is measured for memory (websockify forks per tunnel).
+    assert report["results"]["gateway"]["idle_tunnels"]["kb_per_tunnel"] > 0

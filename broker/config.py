@@ -177,6 +177,11 @@ class PoolSettings(BaseModel):
         le=16 * 1024 * 1024,
         description="largest clipboard transfer; longer text is cut (and audited)",
     )
+    watermark: bool = Field(
+        False,
+        description="overlay the user name, source address and time on the console page, so that a photo or "
+        "screenshot of the desktop says whose it was (a deterrent, not a control)",
+    )
     clipboard_text_only: bool = Field(
         False, description="only plain text crosses the clipboard (no rich text, HTML, images or files)"
     )

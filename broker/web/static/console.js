@@ -145,3 +145,19 @@ if (root.dataset.sessionState === "active") {
   buttons.logoff.disabled = true;
   window.vdiConsoleState = "ended";
 }
+
+// The watermark: the server's "user · address" with the time, repeated over the screen, renewed each minute.
+const watermark = document.getElementById("watermark");
+function paintWatermark() {
+  const stamp = `${watermark.dataset.text} · ${new Date().toLocaleString()}`;
+  const spans = Array.from({ length: 24 }, () => {
+    const span = document.createElement("span");
+    span.textContent = stamp;
+    return span;
+  });
+  watermark.replaceChildren(...spans);
+}
+if (watermark) {
+  paintWatermark();
+  setInterval(paintWatermark, 60_000);
+}

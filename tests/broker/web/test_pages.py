@@ -4,8 +4,9 @@ import re
 
 import pytest
 
+from broker.db import Database
 from broker.web.handlers.login import safe_next
-from tests.fixtures.broker import BrokerClient, seed_session
+from tests.fixtures.broker import BrokerClient, make_broker_config, seed_session
 
 
 def title(html: str) -> str:
@@ -139,3 +140,28 @@ def test_health_and_metrics(broker_url):
 )
 def test_safe_next(value, expected):
     assert safe_next(value) == expected
+
+
+def test_console_page_carries_a_watermark_only_where_the_pool_asks(
+    broker_server, tmp_path, fake_authenticator
+):
+    config = make_broker_config(
+        tmp_path / "broker.db",
+        pools=[
+            {"name": "mois-office", "display_name": "업무", "groups": ["mois"], "watermark": True},
+            {"name": "mois-open", "display_name": "개방", "groups": ["mois"]},
+        ],
+    )
+    url = broker_server(config, authenticator=fake_authenticator, providers={})
+    client = BrokerClient(url)
+    client.login("kimmj")
+    db = Database(config.database)
+    try:
+        marked, _ = seed_session(db, "kimmj", "mois-office")
+        plain, _ = seed_session(db, "kimmj", "mois-open")
+    finally:
+        db.close()
+    html = client.get(f"/console/{marked}").text
+    # Who and from where, over the screen, hidden from screen readers (it repeats across the screen).
+    assert 'id="watermark" class="watermark" aria-hidden="true" data-text="kimmj · 127.0.0.1"' in html
+    assert 'id="watermark"' not in client.get(f"/console/{plain}").text

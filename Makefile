@@ -24,8 +24,16 @@ format:
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The database, placement, session, portal-session, security and gateway tests run a second time on the
+# lab's PostgreSQL (tests/fixtures/database.py), as brokers sharing one database do.
+POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.py \
+	tests/broker/test_sessions_api.py tests/broker/test_pools_idle_input.py tests/broker/test_pools_lifecycle.py \
+	tests/broker/test_revocation.py tests/broker/test_portal_session.py tests/broker/test_leases.py \
+	tests/gateway tests/security
+
 test: setup lint
 	$(VENV)/bin/python -m pytest
+	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(POSTGRES_TESTS)
 
 # The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
 fuzz: setup

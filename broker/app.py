@@ -27,6 +27,7 @@ from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
 from broker.housekeeping import TokenPurge
 from broker.inventory import host_settings, providers_for, seed_from_config, update_host_gauges
+from broker.leases import LeaseKeeper, Leases
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
@@ -98,12 +99,15 @@ class BrokerApp:
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
         self.token_purge = TokenPurge(db)
+        # Of several brokers on one database, one runs each background job (broker/leases.py).
+        self.leases = Leases(db, config.broker.lease_ttl_s)
         # Its first pass reconciles every host that answers (docs/monitoring.md).
         self.monitor = HostMonitor(config.monitor, db, providers) if monitor else None
         self.web = make_app(
             config,
             {
                 "db": db,
+                "leases": self.leases,
                 "portal_auth": self.portal_auth,
                 "desktops": self.desktops,
                 "pool_manager": self.pool_manager,
@@ -194,9 +198,14 @@ class BrokerApp:
             self.rollout_manager,
             self.token_purge,
         ]
-        self._running = [task for task in tasks if task.wanted]
+        jobs = [task for task in tasks if task.wanted]
         if self.monitor is not None:
-            self._running.append(self.monitor)
+            jobs.append(self.monitor)
+        for job in jobs:
+            job.gate = self.leases
+            self.leases.on_acquire[job.name] = job.kick
+        # The keeper first: its first renewal takes the free leases and kicks their jobs.
+        self._running = [LeaseKeeper(self.leases, [job.name for job in jobs]), *jobs]
         for task in self._running:
             task.start()
 

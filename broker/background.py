@@ -10,14 +10,26 @@ import asyncio
 import contextlib
 import logging
 from abc import ABC, abstractmethod
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
 
+class Gate(Protocol):
+    """Says whether this broker may run a job now (broker/leases.py: it holds the job's lease)."""
+
+    def holds(self, name: str) -> bool: ...
+
+
 class PeriodicTask(ABC):
-    """Runs `run_once()` every `interval_s`, or at once after `kick()`, until `stop()`."""
+    """Runs `run_once()` every `interval_s`, or at once after `kick()`, until `stop()`.
+
+    With a `gate`, a pass runs only while the gate holds the task's `name`: of several brokers on one
+    database, only the one holding the job's lease acts.
+    """
 
     name = "periodic-task"
+    gate: Gate | None = None
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
@@ -49,7 +61,8 @@ class PeriodicTask(ABC):
         while True:
             self._wake.clear()
             try:
-                await self.run_once()
+                if self.gate is None or self.gate.holds(self.name):
+                    await self.run_once()
             except Exception:
                 log.exception("%s: pass failed; the next pass looks afresh", self.name)
             with contextlib.suppress(TimeoutError):

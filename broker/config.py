@@ -49,6 +49,13 @@ class BrokerSettings(BaseModel):
         description="PEM CAs whose client certificates the TLS layer asks for (optional: password users "
         "on the same port send none); set for certificate login without a TLS-terminating proxy",
     )
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=1,
+        le=60,
+        description="of several brokers on one database, one runs each background job under a lease this "
+        "long, renewed every third of it; a dead broker's jobs move to another within about 1.3 times this",
+    )
     console_tokens_per_minute: int = Field(
         30,
         ge=1,

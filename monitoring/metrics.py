@@ -196,6 +196,40 @@ class TotpResult(Enum):
     EXPIRED = "expired"
 
 
+class BackgroundJob(Enum):
+    """The broker's background jobs, each run by exactly one broker at a time (broker/leases.py)."""
+
+    POOL_MANAGER = "pool-manager"
+    SESSION_LIFECYCLE = "session-lifecycle"
+    POWER_MANAGER = "power-manager"
+    ROLLOUT_MANAGER = "rollout-manager"
+    TOKEN_PURGE = "console-token-purge"
+    HOST_MONITOR = "host-monitor"
+
+
+class LeaseChange(Enum):
+    ACQUIRED = "acquired"
+    LOST = "lost"
+
+
+LEASES_HELD = Gauge("vdi_background_leases_held", "1 where this broker runs the background job now", ["job"])
+LEASE_CHANGES = Counter(
+    "vdi_background_lease_changes_total",
+    "Background jobs this broker took over or gave up",
+    ["job", "change"],
+)
+
+
+def _zero_lease_series() -> None:
+    for job in BackgroundJob:
+        LEASES_HELD.labels(job=job.value)
+        for change in LeaseChange:
+            LEASE_CHANGES.labels(job=job.value, change=change.value)
+
+
+_zero_lease_series()
+
+
 class SignOutCause(Enum):
     LOGOUT = "logout"
     ADMIN = "admin"

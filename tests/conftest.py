@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.common",
+    "tests.fixtures.database",
     "tests.fixtures.libvirt",
     "tests.fixtures.ldap",
     "tests.fixtures.gateway",

@@ -27,6 +27,8 @@ ENUM_LABELS = {
     "CONNECT_DURATION": (metrics.ConnectResult,),
     "TUNNELS_REFUSED": (metrics.TunnelRefusal,),
     "CONSOLE_TOKENS_REFUSED": (metrics.TokenRefusal,),
+    "LEASES_HELD": (metrics.BackgroundJob,),
+    "LEASE_CHANGES": (metrics.BackgroundJob, metrics.LeaseChange),
     "BYTES_RELAYED": (metrics.Direction,),
     "CLIPBOARD_TRANSFERS_STOPPED": (metrics.Direction, metrics.ClipboardResult),
     "PLACEMENTS": (metrics.PlacementResult, metrics.PlacementReason),

@@ -28,7 +28,9 @@ class HealthHandler(APIHandler):
             log.warning("health check: database unavailable: %s", type(exc).__name__)
             self.write_json({"status": "unavailable", "database": type(exc).__name__}, status=503)
             return
-        self.write_json({"status": "ok"})
+        leases = self.settings.get("leases")
+        # Which background jobs this broker runs now (the others run them elsewhere, or nobody yet).
+        self.write_json({"status": "ok", "leads": sorted(leases.held) if leases else []})
 
 
 class MetricsHandler(APIHandler):

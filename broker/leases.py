@@ -44,12 +44,14 @@ def hold(db: Session, name: str, owner: str, now: dt.datetime, ttl_s: float) -> 
     """Take or renew the lease `name` for `owner` until now + ttl; False while another broker holds it."""
     expires = now + dt.timedelta(seconds=ttl_s)
     insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
+    # RETURNING, not rowcount: psycopg reports -1 rows for INSERT … ON CONFLICT DO NOTHING.
     fresh = db.execute(
         insert(Lease)
         .values(name=name, owner=owner, acquired_at=now, expires_at=expires)
         .on_conflict_do_nothing()
-    ).rowcount
-    if fresh:
+        .returning(Lease.name)
+    ).scalar_one_or_none()
+    if fresh is not None:
         return True
     taken = db.execute(
         update(Lease)

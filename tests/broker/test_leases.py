@@ -44,7 +44,9 @@ def broker_pair(tmp_path, fake_authenticator):
         broker={"cookie_secret": COOKIE_SECRET, "gateway_url": "ws://127.0.0.1:9/ws", "lease_ttl_s": 1.5},
     )
     upgrade(config.database.url)
-    brokers = [BrokerThread(config, authenticator=fake_authenticator, providers={}) for _ in range(2)]
+    brokers = [
+        BrokerThread(config, authenticator=fake_authenticator, providers={}, leases=True) for _ in range(2)
+    ]
     return config, brokers
 
 

@@ -121,7 +121,7 @@ def test_novnc_modules_are_served(broker_url):
 def test_health_and_metrics(broker_url):
     client = BrokerClient(broker_url)
     health = client.get("/healthz").json()
-    assert health["status"] == "ok" and set(health["leads"]) <= {"rollout-manager", "console-token-purge"}
+    assert health == {"status": "ok", "leads": []}  # a lone test broker runs its jobs without leases
     metrics = client.get("/metrics")
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert b'vdi_logins_total{method="password",result="success"}' in metrics.body

@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   chromium fonts-noto-cjk
   busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
+  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad
 )
 
 missing_packages() {

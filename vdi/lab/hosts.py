@@ -226,6 +226,11 @@ class LabHosts:
     `ssh_config` and `ssh_wrapper` (used by the `command=` of `uri(name)`).
     """
 
+    # (where inside the host, name under fs/) of its private directories, and of its private files;
+    # a subclass (vdi/lab/session_hosts.py) adds its own.
+    mounts: tuple[tuple[str, str], ...] = HOST_MOUNTS
+    file_mounts: tuple[tuple[str, str], ...] = ()
+
     def __init__(
         self,
         state_dir: Path,
@@ -345,7 +350,7 @@ class LabHosts:
 
     def _prepare_root(self) -> None:
         ensure_qemu_user()  # libvirtd's QEMU driver refuses to start without it
-        for target, _ in HOST_MOUNTS:
+        for target, _ in self.mounts:
             Path(target).mkdir(parents=True, exist_ok=True)  # mount points; the hosts mount over them
         os.chmod("/run/sshd", 0o755)  # noqa: S103 - sshd's privilege separation directory, as Debian makes it
 
@@ -428,12 +433,16 @@ class LabHosts:
         """A fresh private tree for the host; only its ssh host key survives from earlier runs."""
         fs = self._host_dir(host) / "fs"
         shutil.rmtree(fs, ignore_errors=True)
-        for _, part in HOST_MOUNTS:
+        for _, part in self.mounts:
             (fs / part).mkdir(parents=True)
         (fs / "log" / "libvirt").mkdir()
         (fs / "run-sshd").chmod(0o755)
         self._copy_libvirt_config(fs / "etc-libvirt")
         self._write_sshd_files(host, fs / "etc-ssh")
+        self._populate(host, fs)
+
+    def _populate(self, host: LabHost, fs: Path) -> None:
+        """Hook: fill the host's private tree (and make its `file_mounts`) before it is mounted."""
 
     @staticmethod
     def _copy_libvirt_config(target: Path) -> None:
@@ -494,17 +503,22 @@ class LabHosts:
     def _mount(self, host: LabHost, holder: int) -> None:
         enter = _enter(holder)
         _run([*enter, "hostname", host.name])
-        for target, part in HOST_MOUNTS:
+        # The last mount (/var/lib/smartwork-vdi) hides the lab's state directory, the other mounts' source.
+        for target, part in (*self.file_mounts, *self.mounts):
             _run([*enter, "mount", "--bind", str(self._fs(host, part)), target])
+        self._mount_more(enter)
         starting = self._host_dir(host) / "holder.pid.starting"
         starting.rename(starting.with_suffix(""))
+
+    def _mount_more(self, enter: list[str]) -> None:
+        """Hook: more mounts inside a new host, made before it counts as up."""
 
     def _holder_pid(self, host: LabHost) -> int | None:
         """The holder's pid if it runs in the host's network namespace with the host's mounts, else None."""
         pid = _read_pid(self._host_dir(host) / "holder.pid")
         if pid is None or not _alive(pid) or _comm(pid) != "sleep":
             return None
-        target, part = HOST_MOUNTS[-1]  # mounted last: if it is there, all are
+        target, part = self.mounts[-1]  # mounted last: if it is there, all are
         try:
             same_network = _same_file(f"/run/netns/{host.namespace}", f"/proc/{pid}/ns/net")
             mounted = _same_file(self._fs(host, part), f"/proc/{pid}/root{target}")
@@ -613,8 +627,11 @@ class LabHosts:
     def _answers_over_ssh(self, host: LabHost) -> bool:
         if self._holder_pid(host) is None:
             return False
-        result = _run(["virsh", "-c", self.uri(host.name), "hostname"], check=False, timeout=20)
-        return result.returncode == 0
+        if not self.libvirt:
+            argv = ["ssh", "-F", str(self.ssh_config), host.address, "true"]
+        else:
+            argv = ["virsh", "-c", self.uri(host.name), "hostname"]
+        return _run(argv, check=False, timeout=20).returncode == 0
 
     def _describe(self, host: LabHost) -> str:
         if self._holder_pid(host) is None:
@@ -622,7 +639,7 @@ class LabHosts:
             return f"  {host.name} {host.address}: {present}"
         daemons = ", ".join(
             f"{d} {'running' if self._daemon_pid(host, d) else 'stopped'}"
-            for d in ("virtlogd", "libvirtd", "sshd")
+            for d in (("virtlogd", "libvirtd", "sshd") if self.libvirt else ("sshd",))
         )
         network = "link up" if self._link_up(host) else "link DOWN (network cut)"
         answers = "answers" if self._answers_over_ssh(host) else "does not answer"

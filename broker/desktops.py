@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import re
 import secrets
+import string
 import time
 import uuid
 import weakref
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.auth import PortalUser
-from broker.config import BrokerConfig, PoolSettings
+from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
 from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, Host, utcnow
@@ -69,6 +70,8 @@ from monitoring.metrics import (
 )
 
 log = logging.getLogger(__name__)
+
+VNC_PASSWORD_ALPHABET = string.ascii_letters + string.digits
 
 # A desktop still "provisioning" after this long belongs to a broker that died mid-start.
 STALE_PROVISIONING_S = 600
@@ -272,6 +275,38 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
 
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
     return load_host_candidates(db, host_names)
+
+
+def image_of(image: BootImage | None) -> str:
+    """The "name:version" a desktop records; a session on a session host has no image."""
+    return f"{image.name}:{image.version}" if image is not None else ""
+
+
+def new_vnc_password() -> str:
+    # VncAuth keys DES with the first 8 characters (RFC 6143 section 7.2.2); 62^8 is about 2^47.
+    return "".join(secrets.choice(VNC_PASSWORD_ALPHABET) for _ in range(8))
+
+
+def desktop_spec(
+    pool: PoolSettings, domain_name: str, image: BootImage | None, owner: str | None, label: str
+) -> DesktopSpec:
+    """What the host's provider is asked to start: a VM from the image, or a session of the owner's account."""
+    if pool.kind not in SESSION_KINDS:
+        return DesktopSpec(domain_name, image, memory_mib=pool.memory_mib, vcpus=pool.vcpus, label=label)
+    return DesktopSpec(
+        domain_name,
+        memory_mib=pool.memory_mib,
+        vcpus=pool.vcpus,
+        label=label,
+        # Fresh per session; the gateway authenticates with it, the browser never sees it.
+        vnc_password=new_vnc_password(),
+        user=owner or "",
+        kind=pool.kind,
+        command=tuple(pool.app_command or pool.session_command or ()),
+        window_manager=tuple(pool.window_manager or ()),
+        cpu_limit=pool.cpu_limit,
+        memory_limit_mib=pool.memory_limit_mib,
+    )
 
 
 def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
@@ -755,17 +790,12 @@ class DesktopService:
 
         `image` defaults to the pool's current version; `name` replaces the owner in the domain name.
         """
-        if image is None:
+        if image is None and pool.kind not in SESSION_KINDS:
             image = await self.pool_image(pool)
         desktop = await self._place(owner, pool, image, name)
-        spec = DesktopSpec(
-            domain_name=desktop.domain_name,
-            image=image,
-            memory_mib=pool.memory_mib,
-            vcpus=pool.vcpus,
-            # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
-            label=f"{pool.name} / {owner or name or 'spare'}",
-        )
+        # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
+        label = f"{pool.name} / {owner or name or 'spare'}"
+        spec = desktop_spec(pool, desktop.domain_name, image, owner, label)
         try:
             endpoint = await self._on_host(desktop.host_name, lambda provider: provider.create_desktop(spec))
         except Exception as exc:
@@ -790,14 +820,14 @@ class DesktopService:
         )
 
     async def _place(
-        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+        self, owner: str | None, pool: PoolSettings, image: BootImage | None, name: str | None = None
     ) -> Desktop:
         """Choose a host and claim a slot on it, on the placement thread (broker/placement/worker.py).
 
         A claim lost to another broker or to a host that changed places again, up to
         `[placement] claim_attempts` times.
         """
-        request = placement_request(pool, f"{image.name}:{image.version}")
+        request = placement_request(pool, image_of(image))
         make_desktop = partial(self._new_desktop, owner, pool, image, name)
         try:
             placed = await self.placer.place_async(request, make_desktop)
@@ -809,12 +839,12 @@ class DesktopService:
         return placed.desktop
 
     def _new_desktop(
-        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+        self, owner: str | None, pool: PoolSettings, image: BootImage | None, name: str | None = None
     ) -> Desktop:
         return Desktop(
             pool_name=pool.name,
             domain_name=domain_name_for(pool.name, name or owner or "spare"),
-            image=f"{image.name}:{image.version}",
+            image=image_of(image),
             state="provisioning",
             assigned_user=owner,
             created_at=utcnow(),

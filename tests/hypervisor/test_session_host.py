@@ -64,6 +64,19 @@ def login(hosts, port: int, password: str):
         ssh.close()
 
 
+def session_limits(hosts, session: str) -> dict[str, str]:
+    """The CPU quota (µs per 100 ms) and memory limit (bytes) the host holds for the session."""
+    script = textwrap.dedent("""
+        for cg in $(. /var/lib/smartwork-vdi/sessions/"$1"/session && echo "$cgroups"); do
+          [ -f "$cg/cpu.max" ] && echo "cpu $(cut -d' ' -f1 "$cg/cpu.max")" && echo "memory $(cat "$cg/memory.max")"
+          [ -f "$cg/cpu.cfs_quota_us" ] && echo "cpu $(cat "$cg/cpu.cfs_quota_us")"
+          [ -f "$cg/memory.limit_in_bytes" ] && echo "memory $(cat "$cg/memory.limit_in_bytes")"
+        done; true
+    """)
+    listed = hosts.run(HOST, ["sh", "-c", script, "sh", session]).stdout
+    return dict(line.split() for line in listed.splitlines())
+
+
 def as_user(user: str, *argv: str) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--reset-env", *argv]
 
@@ -82,7 +95,7 @@ def test_the_provider_is_registered_without_images():
 
 
 def test_a_session_runs_as_its_user_on_loopback_behind_its_own_password(lab_session_hosts, provider):
-    spec = session_spec("kimmj", label="mois-desktop / kimmj")
+    spec = session_spec("kimmj", label="mois-desktop / kimmj", cpu_limit=1.0, memory_limit_mib=512)
     endpoint = provider.create_desktop(spec)
 
     assert endpoint.host == "127.0.0.1" and 5910 <= endpoint.port < 6500
@@ -92,6 +105,9 @@ def test_a_session_runs_as_its_user_on_loopback_behind_its_own_password(lab_sess
     owners = lab_session_hosts.run(HOST, ["ps", "-o", "uid=,comm=", "-p", ",".join(map(str, pids))]).stdout
     assert {line.split()[1] for line in owners.splitlines()} >= {"Xvnc", "openbox", "xterm"}
     assert {int(line.split()[0]) for line in owners.splitlines()} == {KIMMJ_UID}
+    # The pool's limits are the session's cgroups' (cgroup v1 cpu and memory on this machine, cpu.max and
+    # memory.max on a cgroup v2 host).
+    assert session_limits(lab_session_hosts, spec.domain_name) == {"cpu": "100000", "memory": str(512 << 20)}
     # The password travels on stdin only: no command line on the host shows it.
     assert spec.vnc_password not in lab_session_hosts.run(HOST, ["ps", "-eo", "args"]).stdout
 

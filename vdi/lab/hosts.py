@@ -654,21 +654,28 @@ class LabHosts:
 
 
 def hosts_command(config: Config, action: str, hosts_action: str | None) -> int:
-    """`vdi lab hosts up|down|status`; status exits 3 when a host does not answer over qemu+ssh."""
+    """`vdi lab hosts up|down|status`: the hypervisor hosts hv1..hv3 and the session hosts sh1, sh2;
+    status exits 3 when a host does not answer over SSH."""
     if action != "hosts" or hosts_action is None:
         print("vdi lab: use `vdi lab hosts up|down|status`", file=sys.stderr)
         return 2
-    hosts = LabHosts.for_lab(config.lab.state_dir)
+    # A subclass of LabHosts, so imported here rather than at the top (it imports this module).
+    from vdi.lab.session_hosts import LabSessionHosts
+
+    labs = [LabHosts.for_lab(config.lab.state_dir), LabSessionHosts.for_lab(config.lab.state_dir)]
     try:
-        if hosts_action == "up":
-            hosts.up()
-        elif hosts_action == "down":
-            hosts.down()
-            print("lab hosts are down")
-            return 0
+        for lab in labs:
+            if hosts_action == "up":
+                lab.up()
+            elif hosts_action == "down":
+                lab.down()
     except LabHostsError as exc:
         print(f"vdi lab hosts {hosts_action}: {exc}", file=sys.stderr)
         return 1
-    print(hosts.status())
-    print(f"client key {hosts.client_key}, known hosts {hosts.known_hosts}")
-    return 0 if hosts.healthy() else 3
+    if hosts_action == "down":
+        print("lab hosts are down")
+        return 0
+    for lab in labs:
+        print(lab.status())
+        print(f"client key {lab.client_key}, known hosts {lab.known_hosts}")
+    return 0 if all(lab.healthy() for lab in labs) else 3

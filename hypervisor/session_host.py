@@ -43,9 +43,9 @@ from hypervisor.base import (
     HypervisorError,
     Readiness,
 )
-from hypervisor.config import DEFAULT_SSH_PORT, HostSettings, SshAddress
+from hypervisor.config import HostSettings, SshAddress
 from hypervisor.provider import DesktopProvider
-from hypervisor.ssh_host import SshHost
+from hypervisor.ssh_host import ChannelRefused, SshHost
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class SessionHostProvider(DesktopProvider):
         address, params = uri_parts(host.uri)
         self.ssh = SshHost(
             host.name,
-            SshAddress(address.user, address.host, address.port or DEFAULT_SSH_PORT),
+            address,
             Path(params.get("keyfile") or DEFAULT_KEY_FILE),
             Path(params.get("known_hosts") or DEFAULT_KNOWN_HOSTS),
         )
@@ -192,7 +192,7 @@ class SessionHostProvider(DesktopProvider):
         try:
             self._start(spec, prepared)
         except BaseException:
-            self._remove(spec.domain_name)
+            self._undo(spec.domain_name)
             raise
         log.info(
             "host %s: session %s of %s started in %.2f s on display :%d",
@@ -289,7 +289,7 @@ class SessionHostProvider(DesktopProvider):
         )
         if status != 0:
             if status != scripts.EXIT_EXISTS:  # an existing session of that name is not ours to remove
-                self._remove(spec.domain_name)
+                self._undo(spec.domain_name)
             reason = PREPARE_ERRORS.get(status)
             if reason is None:
                 raise self._fail(spec.domain_name, "prepare", err)
@@ -367,6 +367,15 @@ class SessionHostProvider(DesktopProvider):
         text = " | ".join(line.strip() for line in out.splitlines() if line.strip())[:300]
         return f" ({text})" if status == 0 and text else ""
 
+    def _undo(self, name: str) -> None:
+        # Clean-up must not hide the error that made it necessary; a leftover is listed for reconcile.
+        try:
+            self._remove(name)
+        except HypervisorError as exc:
+            log.warning(
+                "host %s: could not remove session %s after a failed start: %s", self.host.name, name, exc
+            )
+
     def _remove(self, name: str) -> None:
         status, _, err = self._script(scripts.DESTROY, name)
         if status != 0:
@@ -380,7 +389,10 @@ class SessionHostProvider(DesktopProvider):
         return {session.name: session for session in sessions}
 
     def _rfb_answers(self, port: int) -> bool:
-        channel = self.ssh.open_channel(LOOPBACK, port)
+        try:
+            channel = self.ssh.open_channel(LOOPBACK, port)
+        except ChannelRefused:
+            return False
         try:
             channel.settimeout(2.0)
             return channel.recv(12).startswith(RFB_BANNER)

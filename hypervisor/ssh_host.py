@@ -40,6 +40,10 @@ def known_hosts_name(address: SshAddress) -> str:
     return address.host if address.port == 22 else f"[{address.host}]:{address.port}"
 
 
+class ChannelRefused(HypervisorError):
+    """sshd would not open the channel: nothing listens there, or the account may not forward there."""
+
+
 @dataclass(frozen=True)
 class CommandResult:
     status: int
@@ -87,7 +91,7 @@ class SshHost:
                 "direct-tcpip", dest_addr=(host, port), src_addr=("127.0.0.1", 0), timeout=timeout
             )
         except paramiko.ChannelException as exc:
-            raise HypervisorError(self.host_name, f"nothing answers at {host}:{port}: {exc.text}") from None
+            raise ChannelRefused(self.host_name, f"no channel to {host}:{port}: {exc.text}") from None
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.close()
             raise HostUnreachable(

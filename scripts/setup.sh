@@ -13,7 +13,8 @@ DEBIAN_PACKAGES=(
   chromium fonts-noto-cjk
   busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
-  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad
+  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
+  python3-apt
 )
 
 missing_packages() {

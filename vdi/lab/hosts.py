@@ -226,10 +226,11 @@ class LabHosts:
     `ssh_config` and `ssh_wrapper` (used by the `command=` of `uri(name)`).
     """
 
-    # (where inside the host, name under fs/) of its private directories, and of its private files;
-    # a subclass (vdi/lab/session_hosts.py) adds its own.
+    # (where inside the host, name under fs/) of its private directories; a subclass
+    # (vdi/lab/session_hosts.py) adds its own.
     mounts: tuple[tuple[str, str], ...] = HOST_MOUNTS
-    file_mounts: tuple[tuple[str, str], ...] = ()
+    # What `status()` reports of each host.
+    daemons: tuple[str, ...] = ("virtlogd", "libvirtd", "sshd")
 
     def __init__(
         self,
@@ -442,7 +443,7 @@ class LabHosts:
         self._populate(host, fs)
 
     def _populate(self, host: LabHost, fs: Path) -> None:
-        """Hook: fill the host's private tree (and make its `file_mounts`) before it is mounted."""
+        """Hook: fill the host's private tree before it is mounted."""
 
     @staticmethod
     def _copy_libvirt_config(target: Path) -> None:
@@ -503,12 +504,16 @@ class LabHosts:
     def _mount(self, host: LabHost, holder: int) -> None:
         enter = _enter(holder)
         _run([*enter, "hostname", host.name])
-        # The last mount (/var/lib/smartwork-vdi) hides the lab's state directory, the other mounts' source.
-        for target, part in (*self.file_mounts, *self.mounts):
+        for target, part in self._mount_order():
             _run([*enter, "mount", "--bind", str(self._fs(host, part)), target])
         self._mount_more(enter)
         starting = self._host_dir(host) / "holder.pid.starting"
         starting.rename(starting.with_suffix(""))
+
+    def _mount_order(self) -> list[tuple[str, str]]:
+        """The mounts in the order they are made: one over the lab's state directory (/var/lib/smartwork-vdi,
+        or /tmp for a test's hosts) hides the other mounts' sources, so it comes last."""
+        return sorted(self.mounts, key=lambda mount: self.state_dir.is_relative_to(mount[0]))
 
     def _mount_more(self, enter: list[str]) -> None:
         """Hook: more mounts inside a new host, made before it counts as up."""
@@ -518,7 +523,7 @@ class LabHosts:
         pid = _read_pid(self._host_dir(host) / "holder.pid")
         if pid is None or not _alive(pid) or _comm(pid) != "sleep":
             return None
-        target, part = self.mounts[-1]  # mounted last: if it is there, all are
+        target, part = self._mount_order()[-1]  # mounted last: if it is there, all are
         try:
             same_network = _same_file(f"/run/netns/{host.namespace}", f"/proc/{pid}/ns/net")
             mounted = _same_file(self._fs(host, part), f"/proc/{pid}/root{target}")
@@ -627,19 +632,15 @@ class LabHosts:
     def _answers_over_ssh(self, host: LabHost) -> bool:
         if self._holder_pid(host) is None:
             return False
-        if not self.libvirt:
-            argv = ["ssh", "-F", str(self.ssh_config), host.address, "true"]
-        else:
-            argv = ["virsh", "-c", self.uri(host.name), "hostname"]
-        return _run(argv, check=False, timeout=20).returncode == 0
+        result = _run(["virsh", "-c", self.uri(host.name), "hostname"], check=False, timeout=20)
+        return result.returncode == 0
 
     def _describe(self, host: LabHost) -> str:
         if self._holder_pid(host) is None:
             present = "namespace left over" if host.namespace in _namespaces() else "not running"
             return f"  {host.name} {host.address}: {present}"
         daemons = ", ".join(
-            f"{d} {'running' if self._daemon_pid(host, d) else 'stopped'}"
-            for d in (("virtlogd", "libvirtd", "sshd") if self.libvirt else ("sshd",))
+            f"{d} {'running' if self._daemon_pid(host, d) else 'stopped'}" for d in self.daemons
         )
         network = "link up" if self._link_up(host) else "link DOWN (network cut)"
         answers = "answers" if self._answers_over_ssh(host) else "does not answer"

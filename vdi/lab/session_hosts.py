@@ -4,10 +4,11 @@ Each is a lab host like hv1..hv3 (vdi/lab/hosts.py: its own network, mount and U
 swvdi-br0, its own sshd letting root in with the lab's key only), without libvirt, plus what a session host
 has of its own:
 
-- its own /etc/passwd, /etc/group and /etc/shadow (bind-mounted copies of the machine's), holding the demo
-  directory's users (vdi/lab/slapd.py DEMO_USERS) as local accounts with the directory's uidNumber and
-  gidNumber and a private group each, so the machine's own account files are never touched. In production
-  the accounts come from the same LDAP through nslcd or SSSD (docs/session-hosts.md);
+- its own /etc (a copy of the machine's, made afresh with the host), whose passwd, group and shadow hold the
+  demo directory's users (vdi/lab/slapd.py DEMO_USERS) as local accounts with the directory's uidNumber and
+  gidNumber and a private group each, so the machine's own account files are never touched and tools like
+  useradd (the Ansible role's) work on the host alone. In production the accounts come from the same LDAP
+  through nslcd or SSSD (docs/session-hosts.md);
 - its own /home (homes persist across sessions while the host lives), /tmp (X sockets and locks) and
   /var/lib/smartwork-vdi (the provider's session state).
 
@@ -51,9 +52,10 @@ def shadow_line(user: DemoUser) -> str:
 class LabSessionHosts(LabHosts):
     """sh1 (10.77.0.21) and sh2 (10.77.0.22): sshd-only lab hosts with the demo users as local accounts."""
 
-    # HOST_MOUNTS last: its last one hides the lab's state directory, where the others come from.
-    mounts = (("/tmp", "tmp"), ("/home", "home"), *HOST_MOUNTS)  # noqa: S108 - the host's own /tmp
-    file_mounts = (("/etc/passwd", "etc-passwd"), ("/etc/group", "etc-group"), ("/etc/shadow", "etc-shadow"))
+    # /etc first: HOST_MOUNTS' /etc/ssh and /etc/libvirt go over it.
+    mounts = (("/etc", "etc"), ("/tmp", "tmp"), ("/home", "home"), *HOST_MOUNTS)  # noqa: S108 - its own /tmp
+
+    daemons = ("sshd",)
 
     def __init__(
         self,
@@ -74,6 +76,12 @@ class LabSessionHosts(LabHosts):
         host = self._host(name)
         return f"ssh://root@{host.address}?keyfile={self.client_key}&known_hosts={self.known_hosts}"
 
+    def _answers_over_ssh(self, host: LabHost) -> bool:
+        if self._holder_pid(host) is None:
+            return False
+        argv = ["ssh", "-F", str(self.ssh_config), host.address, "true"]
+        return _run(argv, check=False, timeout=20).returncode == 0
+
     def sessions_dir(self, name: str) -> Path:
         """The host's /var/lib/smartwork-vdi/sessions, as seen from outside."""
         return self._fs(self._host(name), SESSIONS_STATE)
@@ -83,13 +91,11 @@ class LabSessionHosts(LabHosts):
     def _populate(self, host: LabHost, fs: Path) -> None:
         (fs / "tmp").chmod(0o1777)
         (fs / "home").chmod(0o755)
-        for name, source, line in (
-            ("etc-passwd", "/etc/passwd", passwd_line),
-            ("etc-group", "/etc/group", group_line),
-            ("etc-shadow", "/etc/shadow", shadow_line),
-        ):
-            target = fs / name
-            shutil.copy2(source, target)
+        etc = fs / "etc"
+        shutil.copytree("/etc", etc, symlinks=True, dirs_exist_ok=True)
+        etc.chmod(0o755)
+        for name, line in (("passwd", passwd_line), ("group", group_line), ("shadow", shadow_line)):
+            target = etc / name
             known = {entry.split(":", 1)[0] for entry in target.read_text().splitlines()}
             with target.open("a") as stream:
                 stream.writelines(line(user) for user in self.users if user.uid not in known)

@@ -99,6 +99,12 @@ class SessionInfo:
 
 
 @dataclass(frozen=True)
+class SessionUsage:
+    memory_bytes: int
+    cpu_usec: int | None  # None where the host's cgroups do not count CPU time (no cgroup v2)
+
+
+@dataclass(frozen=True)
 class Prepared:
     """A session whose state, display, password and cgroups exist on the host, before anything runs."""
 
@@ -223,6 +229,15 @@ class SessionHostProvider(DesktopProvider):
     def sessions(self) -> list[SessionInfo]:
         """Every session of ours on the host, with its user and what of it still runs."""
         return list(self._sessions().values())
+
+    def usage(self, domain_name: str) -> SessionUsage:
+        """The session's memory and CPU time now, from its cgroups (for density figures and monitoring)."""
+        status, out, err = self._script(scripts.USAGE, domain_name)
+        figures = dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
+        if status != 0 or "memory" not in figures:
+            raise self._fail(domain_name, "read the usage of", err or "no memory figure")
+        cpu = figures.get("cpu_usec")
+        return SessionUsage(int(figures["memory"]), int(cpu) if cpu is not None else None)
 
     def probe(self) -> str:
         status, out, _ = self._script("command -v Xvnc >/dev/null && nproc")

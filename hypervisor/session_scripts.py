@@ -173,3 +173,15 @@ nproc
 head -n 1 /proc/stat
 grep -E '^(MemTotal|MemAvailable):' /proc/meminfo
 """
+
+# $1 name. What the session uses now: "memory <bytes>" (its memory cgroup: v2 memory.current, v1
+# memory.usage_in_bytes) and "cpu_usec <µs>" (CPU time of all its processes, v2 cpu.stat).
+USAGE = f"""
+. {SESSIONS_DIR}/"$1"/session || exit 1
+for cg in $cgroups; do
+  [ -f "$cg/memory.current" ] && echo "memory $(cat "$cg/memory.current")"
+  [ -f "$cg/memory.usage_in_bytes" ] && echo "memory $(cat "$cg/memory.usage_in_bytes")"
+  [ -f "$cg/cpu.stat" ] && grep -q '^usage_usec ' "$cg/cpu.stat" && echo "cpu_usec $(awk '$1 == "usage_usec" {{print $2}}' "$cg/cpu.stat")"
+done
+true
+"""

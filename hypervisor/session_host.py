@@ -45,7 +45,7 @@ from hypervisor.base import (
 )
 from hypervisor.config import HostSettings, SshAddress
 from hypervisor.provider import DesktopProvider
-from hypervisor.ssh_host import ChannelRefused, SshHost
+from hypervisor.ssh_host import COMMAND_TIMEOUT_S, ChannelRefused, SshHost
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +181,10 @@ class SessionHostProvider(DesktopProvider):
 
     # -- running scripts -------------------------------------------------------------------------
 
-    def _script(self, script: str, *args: str, stdin: bytes = b"", suffix: str = "") -> tuple[int, str, str]:
-        result = self.ssh.run(["sh", "-c", script, "sh", *args], stdin=stdin, suffix=suffix)
+    def _script(
+        self, script: str, *args: str, stdin: bytes = b"", timeout: float = COMMAND_TIMEOUT_S
+    ) -> tuple[int, str, str]:
+        result = self.ssh.run(["sh", "-c", script, "sh", *args], stdin=stdin, timeout=timeout)
         return result.status, result.stdout, result.stderr.strip()
 
     def _fail(self, name: str, what: str, detail: str) -> HypervisorError:
@@ -368,7 +370,7 @@ class SessionHostProvider(DesktopProvider):
 
     def _wait(self, name: str, what: str, x: bool = False) -> None:
         args = [name, what, str(START_TIMEOUT_S)] + (["x"] if x else [])
-        status, _, _ = self._script(scripts.WAIT_STARTED, *args)
+        status, _, _ = self._script(scripts.WAIT_STARTED, *args, timeout=START_TIMEOUT_S + COMMAND_TIMEOUT_S)
         if status == 0:
             return
         label = {"xvnc": "Xvnc", "wm": "the window manager", "app": "the session's program"}[what]

@@ -11,11 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from broker.config import PoolSettings
+from broker.db.models import Host
 from hypervisor.session_host import SessionHostProvider
 from sso.base import Identity
 from tests.fixtures.broker import FakeAuthenticator, make_broker_config
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
+from tests.fixtures.monitor import MonitorRunner, row
 from tests.fixtures.session_hosts import session_host_settings
 
 HOSTS = ("sh1", "sh2")
@@ -145,3 +147,45 @@ def test_a_user_without_an_account_on_the_hosts_gets_a_clear_error(sbc_url, prov
 def test_bad_session_settings_are_refused_naming_the_key(settings, key):
     with pytest.raises(ValidationError, match=key):
         PoolSettings(name="p", display_name="p", groups=MOIS, **settings)
+
+
+def test_a_session_of_another_user_gets_no_console_token(sbc_url, providers):
+    kim, lee = signed_in(sbc_url, "kimmj"), signed_in(sbc_url, "leesy")
+    kim_session = connect(kim, "mois-desktop")["session_id"]
+    connect(lee, "mois-desktop")
+    # leesy holds a valid portal session and a desktop session of her own: still no token for kimmj's.
+    refused = lee.post(f"/api/v1/sessions/{kim_session}/console-token")
+    assert refused.status == 404 and refused.json()["error"]["reason"] == "unknown_session", refused.text
+    assert kim.post(f"/api/v1/sessions/{kim_session}/console-token").status == 200
+
+
+def test_a_session_host_that_drops_off_the_network_is_marked_down_in_time(
+    tmp_path, broker_server, lab_session_hosts, providers
+):
+    hosts = [
+        session_host_settings(lab_session_hosts, name, labels={"provider": "session-host"}).model_dump(
+            exclude_none=True
+        )
+        for name in HOSTS
+    ]
+    config = make_broker_config(tmp_path / "broker.db", hosts=hosts, pools=POOLS)
+    url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
+    # The monitor as shipped (poll every 5 s, down after 15 s); 30 s is the production bound.
+    runner = MonitorRunner(config, providers)
+    db = runner.db
+    try:
+        kim = signed_in(url, "kimmj")
+        first = connect(kim, "mois-desktop")
+        [host] = where(providers, first["desktop"]["name"])
+        wait_until(lambda: row(db, Host, host).cpu_load is not None, 30, f"a health sample of {host}")
+        # Packets to the host vanish: nothing refuses, only the SSH timeouts tell.
+        lab_session_hosts.cut_network(host)
+        try:
+            wait_until(lambda: row(db, Host, host).state == "down", 30, f"{host} marked down")
+            session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
+            assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+        finally:
+            lab_session_hosts.restore_network(host)
+        wait_until(lambda: row(db, Host, host).state == "up", 30, f"{host} marked up again")
+    finally:
+        runner.stop()

@@ -6,8 +6,9 @@ the host (hypervisor/session_scripts.py has the scripts and the layout):
 
 1. checks the host has Xvnc and knows the user (`getent passwd`, so local accounts, nslcd and SSSD alike),
    takes a free display :N atomically, and writes the session's state file;
-2. writes the session's VNC password (`vncpasswd -f`, password on stdin) and X cookie into files only that
-   user can read, and makes the session's cgroups with the pool's CPU and memory limits;
+2. checks the user can run the session's programs, writes the session's VNC password (`vncpasswd -f`,
+   password on stdin) and a fresh X cookie into files only that user can read, and makes the session's
+   cgroups with the pool's CPU and memory limits (all of this in one SSH round trip);
 3. starts `Xvnc :N` as the user (`setpriv --reuid --regid --init-groups --reset-env`, no PAM, no systemd
    needed) inside those cgroups, listening on 127.0.0.1:5900+N only, VncAuth with that password, X clients
    authenticated by the cookie (so another user on the host cannot open the display's X socket either);
@@ -27,8 +28,7 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
-import struct
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +63,6 @@ START_TIMEOUT_S = 10
 DEFAULT_GEOMETRY = "1280x800"
 DEFAULT_SESSION = ("openbox-session",)
 RFB_BANNER = b"RFB "
-# X authority entry (Xau format): FamilyWild matches whatever address the client connects by.
-FAMILY_WILD = 0xFFFF
-COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
 PREPARE_ERRORS = {
     scripts.EXIT_NO_XVNC: "has no Xvnc (install tigervnc-standalone-server and tigervnc-tools)",
     scripts.EXIT_UNKNOWN_USER: "has no account {user} (check nslcd/SSSD or the local accounts)",
@@ -116,21 +113,6 @@ class Prepared:
     @property
     def port(self) -> int:
         return 5900 + self.display
-
-
-def xauthority(display: int, cookie: bytes) -> bytes:
-    """One MIT-MAGIC-COOKIE-1 entry in the X authority file format (Xau: length-prefixed fields)."""
-
-    def field(data: bytes) -> bytes:
-        return struct.pack(">H", len(data)) + data
-
-    return (
-        struct.pack(">H", FAMILY_WILD)
-        + field(b"")
-        + field(str(display).encode())
-        + field(COOKIE_NAME)
-        + field(cookie)
-    )
 
 
 def uri_parts(uri: str) -> tuple[SshAddress, dict[str, str]]:
@@ -301,9 +283,14 @@ class SessionHostProvider(DesktopProvider):
         cpu = str(int(spec.cpu_limit * 100_000)) if spec.cpu_limit else "max"
         memory = str(spec.memory_limit_mib * 1024 * 1024) if spec.memory_limit_mib else "max"
         password = (spec.vnc_password or "").encode() + b"\n"
+        programs = [command[0] for command in (spec.window_manager, self._program(spec)) if command]
         status, out, err = self._script(
-            scripts.PREPARE, spec.domain_name, spec.user, cpu, memory, spec.kind, stdin=password
+            scripts.PREPARE, spec.domain_name, spec.user, cpu, memory, spec.kind, *programs, stdin=password
         )
+        if status == scripts.EXIT_NO_COMMAND:
+            raise HypervisorError(
+                self.host.name, f"session {spec.domain_name}: {spec.user} cannot run {err!r} on this host"
+            )
         if status != 0:
             if status != scripts.EXIT_EXISTS:  # an existing session of that name is not ours to remove
                 self._undo(spec.domain_name)
@@ -314,23 +301,16 @@ class SessionHostProvider(DesktopProvider):
         display, gid, *cgroups = out.split()
         return Prepared(spec.domain_name, int(display), gid, tuple(cgroups))
 
+    @staticmethod
+    def _program(spec: DesktopSpec) -> list[str]:
+        return list(spec.command or DEFAULT_SESSION)
+
     def _start(self, spec: DesktopSpec, prepared: Prepared) -> None:
-        name = spec.domain_name
-        cookie = xauthority(prepared.display, secrets.token_bytes(16))
-        status, _, err = self._script(scripts.WRITE_XAUTH, name, stdin=cookie)
-        if status != 0:
-            raise self._fail(name, "write the X cookie of", err)
-        program = list(spec.command or DEFAULT_SESSION)
-        for command in (program, spec.window_manager):
-            if command:
-                self._check_command(prepared, spec.user, command[0])
-        self._launch(prepared, spec.user, "xvnc", self._xvnc(spec, prepared), x_display=False)
-        self._wait(name, "xvnc", x=True)
+        """Xvnc (until its X socket exists), the window manager, then the program: one round trip each."""
+        self._launch(prepared, spec.user, "xvnc", self._xvnc(spec, prepared))
         if spec.window_manager:
-            self._launch(prepared, spec.user, "wm", list(spec.window_manager), x_display=True)
-            self._wait(name, "wm")
-        self._launch(prepared, spec.user, "app", program, x_display=True)
-        self._wait(name, "app")
+            self._launch(prepared, spec.user, "wm", list(spec.window_manager))
+        self._launch(prepared, spec.user, "app", self._program(spec))
 
     @staticmethod
     def _xvnc(spec: DesktopSpec, prepared: Prepared) -> list[str]:
@@ -342,37 +322,30 @@ class SessionHostProvider(DesktopProvider):
             "-nolisten", "tcp", "-geometry", DEFAULT_GEOMETRY, "-depth", "24", "-desktop", spec.label or spec.domain_name,
         ]  # fmt: skip
 
-    def _check_command(self, prepared: Prepared, user: str, program: str) -> None:
-        status, _, err = self._script(scripts.CHECK_COMMAND, program, user, prepared.gid)
-        if status == scripts.EXIT_NO_COMMAND:
-            raise HypervisorError(
-                self.host.name, f"session {prepared.name}: {user} cannot run {program!r} on this host"
-            )
-        if status != 0:
-            raise self._fail(prepared.name, "check the command of", err)
-
-    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str], x_display: bool) -> None:
-        """Start argv as the user inside the session's cgroups, detached (setsid --fork), in the user's home."""
+    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> None:
+        """Start argv as the user in the session's cgroups, detached (setsid --fork), in the user's home, and
+        wait until it runs (Xvnc: until its X socket exists)."""
         directory = f"{scripts.SESSIONS_DIR}/{prepared.name}"
         env = ["env", "LANG=C.UTF-8"]
-        if x_display:
+        if what != "xvnc":
             env += [f"DISPLAY=:{prepared.display}", f"XAUTHORITY={directory}/xauth"]
         as_user = ["setpriv", f"--reuid={user}", f"--regid={prepared.gid}", "--init-groups", "--reset-env"]
         # setpriv --reset-env sets HOME (and PATH, USER, SHELL) from the account.
         command = [*as_user, "sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *env, *argv]
         launcher = ["setsid", "--fork", "sh", "-c", scripts.JOIN_AND_RUN, "sh", directory, what]
-        # The detached process must not hold the SSH channel open: its output goes to its log file.
+        wait = ["sh", "-c", scripts.WAIT_STARTED, "sh", prepared.name, what, str(START_TIMEOUT_S)]
+        wait += ["x"] if what == "xvnc" else []
+        # The detached process must not hold the SSH channel open (its output goes to its log file); the
+        # wait runs in the same round trip, and its exit status is the command's.
         result = self.ssh.run(
-            [*launcher, *prepared.cgroups, "--", *command], suffix=" </dev/null >/dev/null 2>&1"
+            [*launcher, *prepared.cgroups, "--", *command],
+            suffix=" </dev/null >/dev/null 2>&1 && " + shlex.join(wait),
+            timeout=START_TIMEOUT_S + COMMAND_TIMEOUT_S,
         )
         if result.status != 0:
-            raise self._fail(prepared.name, f"start {what} of", result.stderr.strip())
+            self._start_failed(prepared.name, what, result.status)
 
-    def _wait(self, name: str, what: str, x: bool = False) -> None:
-        args = [name, what, str(START_TIMEOUT_S)] + (["x"] if x else [])
-        status, _, _ = self._script(scripts.WAIT_STARTED, *args, timeout=START_TIMEOUT_S + COMMAND_TIMEOUT_S)
-        if status == 0:
-            return
+    def _start_failed(self, name: str, what: str, status: int) -> None:
         label = {"xvnc": "Xvnc", "wm": "the window manager", "app": "the session's program"}[what]
         detail = (
             "exited at once" if status == scripts.EXIT_DIED else f"did not start within {START_TIMEOUT_S} s"

@@ -1,8 +1,8 @@
 """The shell scripts the session-host provider runs on a host, as root, over SSH.
 
 Each is fixed text run as `sh -c SCRIPT sh ARG…`: what comes from users (account names, commands) arrives
-only as positional parameters, quoted by shlex.join, never spliced into the script. Secrets (the VNC
-password, the X cookie) arrive on standard input. Exit statuses below 10 are the scripts' own verdicts,
+only as positional parameters, quoted by shlex.join, never spliced into the script. The VNC password
+arrives on standard input; the X cookie is made on the host and never leaves it. Exit statuses below 10 are the scripts' own verdicts,
 turned into errors by hypervisor/session_host.py.
 
 Layout on a host:
@@ -31,14 +31,21 @@ EXIT_DIED = 8
 EXIT_NO_CGROUPS = 9
 
 # $1 name, $2 user, $3 cpu quota in µs per 100 ms period or "max", $4 memory limit in bytes or "max",
-# $5 kind; stdin: the VNC password on one line. Prints the display number, the gid and the cgroups.
+# $5 kind, $6.. the programs the session will run (first words); stdin: the VNC password on one line.
+# Prints the display number, the gid and the cgroups.
 PREPARE = f"""
 set -eu
 name=$1 user=$2 cpu=$3 mem=$4 kind=$5
+shift 5
 base={SESSIONS_DIR}
 command -v Xvnc >/dev/null 2>&1 && command -v vncpasswd >/dev/null 2>&1 || exit {EXIT_NO_XVNC}
 entry=$(getent passwd "$user") || exit {EXIT_UNKNOWN_USER}
 uid=$(echo "$entry" | cut -d: -f3) gid=$(echo "$entry" | cut -d: -f4) home=$(echo "$entry" | cut -d: -f6)
+# Each program must be one the user can run: found in the user's PATH as the user sees it.
+for program in "$@"; do
+  setpriv --reuid="$uid" --regid="$gid" --init-groups --reset-env sh -c 'command -v "$1" >/dev/null' sh "$program" \\
+    || {{ echo "$program" >&2; exit {EXIT_NO_COMMAND}; }}
+done
 mkdir -p -m 0711 "$base" "$base/.displays"
 dir=$base/$name
 mkdir -m 0711 "$dir" 2>/dev/null || exit {EXIT_EXISTS}
@@ -64,8 +71,15 @@ mv "$dir/session.new" "$dir/session"
 # Homes persist across sessions; made on first use like pam_mkhomedir.
 [ -d "$home" ] || install -d -o "$uid" -g "$gid" -m 0700 "$home"
 install -d -m 1777 /tmp/.X11-unix
-(umask 077; head -n 1 | vncpasswd -f > "$dir/passwd")
-chown "$uid:$gid" "$dir/passwd"
+# read and printf are builtins: the password is on no command line. vncpasswd -f reads it from stdin.
+IFS= read -r password
+(umask 077; printf '%s\\n' "$password" | vncpasswd -f > "$dir/passwd")
+# The X cookie, made here and never sent anywhere: one MIT-MAGIC-COOKIE-1 entry of the X authority format
+# (family FamilyWild, no address, the display number, the name, 16 random bytes; lengths big-endian u16).
+len=$(printf '%03o' "${{#n}}")
+(umask 077; {{ printf "\\377\\377\\000\\000\\000\\\\$len%s\\000\\022MIT-MAGIC-COOKIE-1\\000\\020" "$n"
+  head -c 16 /dev/urandom; }} > "$dir/xauth")
+chown "$uid:$gid" "$dir/passwd" "$dir/xauth"
 if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
   top=/sys/fs/cgroup/{CGROUP_NAME}
   mkdir -p "$top"
@@ -83,15 +97,6 @@ else
   if [ -d "$m" ] && [ "$mem" != max ]; then echo "$mem" > "$m/memory.limit_in_bytes"; fi
 fi
 echo "$n $gid $cgroups"
-"""
-
-# $1 name; stdin: the X authority file. Owned by the session's user, 0600.
-WRITE_XAUTH = f"""
-set -eu
-dir={SESSIONS_DIR}/$1
-. "$dir/session"
-(umask 077; cat > "$dir/xauth")
-chown "$uid:$gid" "$dir/xauth"
 """
 
 # Runs (detached by setsid --fork) as root: join the session's cgroups, record the pid, become the user.
@@ -122,12 +127,6 @@ while :; do
   [ "$(date +%s)" -le "$end" ] || exit 1
   sleep 0.02
 done
-"""
-
-# $1 the command's first word, run as $2 (uid), $3 (gid): exit EXIT_NO_COMMAND if the user cannot run it.
-CHECK_COMMAND = f"""
-setpriv --reuid="$2" --regid="$3" --init-groups --reset-env sh -c 'command -v "$1" >/dev/null' sh "$1" \\
-  || exit {EXIT_NO_COMMAND}
 """
 
 # $1 name. Kills every process of the session (its cgroups), removes its cgroups, files and display.

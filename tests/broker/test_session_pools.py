@@ -17,8 +17,8 @@ from sso.base import Identity
 from tests.fixtures.broker import FakeAuthenticator, make_broker_config
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
-from tests.fixtures.monitor import MonitorRunner, row
-from tests.fixtures.session_hosts import session_host_settings
+from tests.fixtures.monitor import MonitorRunner, audit_actions, row
+from tests.fixtures.session_hosts import session_host_settings, session_spec
 
 HOSTS = ("sh1", "sh2")
 MOIS = ["mois"]
@@ -59,16 +59,20 @@ def providers(lab_session_hosts):
         provider.close()
 
 
-@pytest.fixture
-def sbc_url(tmp_path, broker_server, lab_session_hosts, providers):
+def sbc_config(tmp_path, lab_session_hosts):
+    """sh1 and sh2 with one session each at most, the two pools, a database in tmp_path."""
     hosts = [
         session_host_settings(
             lab_session_hosts, name, max_desktops=1, labels={"provider": "session-host"}
         ).model_dump(exclude_none=True)
         for name in HOSTS
     ]
-    config = make_broker_config(tmp_path / "broker.db", hosts=hosts, pools=POOLS)
-    return broker_server(config, authenticator=FakeAuthenticator(USERS))
+    return make_broker_config(tmp_path / "broker.db", hosts=hosts, pools=POOLS)
+
+
+@pytest.fixture
+def sbc_url(tmp_path, broker_server, lab_session_hosts, providers):
+    return broker_server(sbc_config(tmp_path, lab_session_hosts), authenticator=FakeAuthenticator(USERS))
 
 
 def where(providers, desktop: str) -> list[str]:
@@ -189,3 +193,37 @@ def test_a_session_host_that_drops_off_the_network_is_marked_down_in_time(
         wait_until(lambda: row(db, Host, host).state == "up", 30, f"{host} marked up again")
     finally:
         runner.stop()
+
+
+def test_another_broker_on_the_same_database_returns_the_user_to_the_live_session(
+    sbc_url, tmp_path, broker_server, lab_session_hosts, providers
+):
+    kim = signed_in(sbc_url, "kimmj")
+    first = connect(kim, "mois-desktop")
+    # A second broker of the same deployment (same configuration and database, its own providers).
+    other = broker_server(sbc_config(tmp_path, lab_session_hosts), authenticator=FakeAuthenticator(USERS))
+    again = connect(signed_in(other, "kimmj"), "mois-desktop")
+    assert (again["session_id"], again["desktop"]["name"]) == (first["session_id"], first["desktop"]["name"])
+
+
+def test_reconcile_reports_a_session_the_database_does_not_know(
+    tmp_path, broker_server, lab_session_hosts, providers
+):
+    config = sbc_config(tmp_path, lab_session_hosts)
+    broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)  # seeds the inventory
+    stray = session_spec("leesy")
+    providers["sh1"].create_desktop(stray)  # started behind the broker's back
+    runner = MonitorRunner(config, providers)
+    try:
+        wait_until(
+            lambda: any(
+                e.detail.get("domain") == stray.domain_name for e in audit_actions(runner.db, "orphan_domain")
+            ),
+            30,
+            "the orphan report",
+        )
+    finally:
+        runner.stop()
+    assert (
+        stray.domain_name in providers["sh1"].list_desktops()
+    )  # reported, not destroyed (orphans = "report")

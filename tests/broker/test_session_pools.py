@@ -14,13 +14,14 @@ from broker.config import PoolSettings
 from broker.db.models import Host
 from hypervisor.session_host import SessionHostProvider
 from sso.base import Identity
-from tests.fixtures.broker import FakeAuthenticator, make_broker_config
+from tests.fixtures.broker import COOKIE_SECRET, FakeAuthenticator, make_broker_config
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
 from tests.fixtures.monitor import MonitorRunner, audit_actions, row
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 
 HOSTS = ("sh1", "sh2")
+BROKER = {"cookie_secret": COOKIE_SECRET, "gateway_url": "ws://127.0.0.1:9/ws"}
 MOIS = ["mois"]
 USERS = {
     name: Identity(name, name, f"uid={name},ou=people,dc=test", MOIS)
@@ -59,7 +60,7 @@ def providers(lab_session_hosts):
         provider.close()
 
 
-def sbc_config(tmp_path, lab_session_hosts):
+def sbc_config(tmp_path, lab_session_hosts, **sections):
     """sh1 and sh2 with one session each at most, the two pools, a database in tmp_path."""
     hosts = [
         session_host_settings(
@@ -67,7 +68,7 @@ def sbc_config(tmp_path, lab_session_hosts):
         ).model_dump(exclude_none=True)
         for name in HOSTS
     ]
-    return make_broker_config(tmp_path / "broker.db", hosts=hosts, pools=POOLS)
+    return make_broker_config(tmp_path / "broker.db", hosts=hosts, pools=POOLS, **sections)
 
 
 @pytest.fixture
@@ -227,3 +228,14 @@ def test_reconcile_reports_a_session_the_database_does_not_know(
     assert (
         stray.domain_name in providers["sh1"].list_desktops()
     )  # reported, not destroyed (orphans = "report")
+
+
+def test_a_session_pool_has_no_image_to_roll_out(tmp_path, broker_server, lab_session_hosts):
+    config = sbc_config(tmp_path, lab_session_hosts, broker={**BROKER, "admin_groups": MOIS})
+    admin = signed_in(broker_server(config, authenticator=FakeAuthenticator(USERS)), "kimmj")
+    refused = admin.post("/api/v1/admin/pools/mois-desktop/rollouts", json={"version": "v2", "canary": "1"})
+    assert refused.status == 400, refused.text
+    assert (
+        refused.json()["error"]["field"] == "pool"
+        and "start from no image" in refused.json()["error"]["message"]
+    )

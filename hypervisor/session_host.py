@@ -69,6 +69,7 @@ PREPARE_ERRORS = {
     scripts.EXIT_FULL: "has no free X display left",
     scripts.EXIT_EXISTS: "already has a session named {name}",
     scripts.EXIT_NO_CGROUPS: "has no cgroup hierarchy under /sys/fs/cgroup to hold sessions",
+    scripts.EXIT_BAD_ACCOUNT: "has an account {user} whose home or ids are not plain paths and numbers",
 }
 
 

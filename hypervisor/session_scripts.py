@@ -29,6 +29,7 @@ EXIT_NO_COMMAND = 6
 EXIT_EXISTS = 7
 EXIT_DIED = 8
 EXIT_NO_CGROUPS = 9
+EXIT_BAD_ACCOUNT = 10
 
 # $1 name, $2 user, $3 cpu quota in µs per 100 ms period or "max", $4 memory limit in bytes or "max",
 # $5 kind, $6.. the programs the session will run (first words); stdin: the VNC password on one line.
@@ -41,6 +42,9 @@ base={SESSIONS_DIR}
 command -v Xvnc >/dev/null 2>&1 && command -v vncpasswd >/dev/null 2>&1 || exit {EXIT_NO_XVNC}
 entry=$(getent passwd "$user") || exit {EXIT_UNKNOWN_USER}
 uid=$(echo "$entry" | cut -d: -f3) gid=$(echo "$entry" | cut -d: -f4) home=$(echo "$entry" | cut -d: -f6)
+# The state file below is sourced by root later: only plain absolute paths and numbers go into it.
+case $home in /*[!A-Za-z0-9._/-]*|[!/]*|'') exit {EXIT_BAD_ACCOUNT};; esac
+case $uid$gid in *[!0-9]*|'') exit {EXIT_BAD_ACCOUNT};; esac
 # Each program must be one the user can run: found in the user's PATH as the user sees it.
 for program in "$@"; do
   setpriv --reuid="$uid" --regid="$gid" --init-groups --reset-env sh -c 'command -v "$1" >/dev/null' sh "$program" \\

@@ -177,6 +177,19 @@ def test_an_unknown_user_is_refused_and_nothing_is_left(lab_session_hosts, provi
     assert not (lab_session_hosts.sessions_dir(HOST) / spec.domain_name).exists()
 
 
+def test_an_account_whose_home_is_not_a_plain_path_is_refused(lab_session_hosts, provider):
+    # The session's state file is sourced by root later: an odd home must never get into it.
+    user, run = "oddhome", lab_session_hosts.run
+    assert run(HOST, ["useradd", "--no-create-home", "--home-dir", "/home/o'x;id", user]).returncode == 0
+    try:
+        spec = session_spec(user)
+        with pytest.raises(HypervisorError, match=f"host sh1: has an account {user} whose home"):
+            provider.create_desktop(spec)
+        assert not (lab_session_hosts.sessions_dir(HOST) / spec.domain_name).exists()
+    finally:
+        run(HOST, ["userdel", user])
+
+
 def test_an_application_that_cannot_start_leaves_nothing(lab_session_hosts, provider):
     before = provider.list_desktops()
     spec = session_spec("kimmj", kind="app", command=("no-such-editor", "--full-screen"), window_manager=())

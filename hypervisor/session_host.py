@@ -271,6 +271,8 @@ class SessionHostProvider(DesktopProvider):
         if not spec.vnc_password:
             # A display without a password would be open to every account on the host.
             raise HypervisorError(self.host.name, f"session {spec.domain_name}: no VNC password in the spec")
+        if spec.kind not in ("session", "app"):
+            raise HypervisorError(self.host.name, f"session {spec.domain_name}: unknown kind {spec.kind!r}")
         if spec.kind == "app" and not spec.command:
             raise HypervisorError(
                 self.host.name, f"session {spec.domain_name}: an app session needs a command"

@@ -119,6 +119,10 @@ class BrokerSettings(BaseModel):
         return self
 
 
+# Pools whose desktops are sessions on session hosts (SBC), not VMs: no image, no spares.
+SESSION_KINDS = ("session", "app")
+
+
 class PoolSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -144,9 +148,36 @@ class PoolSettings(BaseModel):
     max_per_host: int | None = Field(
         None, ge=1, description="anti-affinity: at most this many of the pool's desktops on one host"
     )
-    kind: Literal["dedicated", "floating"] = Field(
+    kind: Literal["dedicated", "floating", "session", "app"] = Field(
         "floating",
-        description="dedicated: a user keeps one desktop across logoffs; floating: logoff destroys it",
+        description="dedicated: a user keeps one desktop across logoffs; floating: logoff destroys it; "
+        "session: a desktop session on a session host (SBC), logoff ends it; app: one published application "
+        "on a session host, the session ends with it",
+    )
+    session_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="kind session: the desktop session started in the user's display, as an argument list "
+        '(unset: openbox-session), e.g. ["startxfce4"]',
+    )
+    app_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description='kind app (required): the published application as an argument list, e.g. ["mousepad"]',
+    )
+    window_manager: list[str] | None = Field(
+        None,
+        min_length=1,
+        description='kind session or app: a window manager started before the command, e.g. ["openbox"]',
+    )
+    cpu_limit: float | None = Field(
+        None, gt=0, le=256, description="kind session or app: CPUs each session may use (its cgroup's quota)"
+    )
+    memory_limit_mib: int | None = Field(
+        None,
+        ge=64,
+        le=1024 * 1024,
+        description="kind session or app: memory each session may use (its cgroup)",
     )
     min_size: int = Field(0, ge=0, description="the pool manager keeps at least this many desktops")
     max_size: int | None = Field(None, ge=1, description="the pool never holds more desktops than this")
@@ -197,6 +228,33 @@ class PoolSettings(BaseModel):
     def _sizes_fit(self) -> PoolSettings:
         if self.max_size is not None and max(self.min_size, self.spares) > self.max_size:
             raise ValueError("max_size: must be at least min_size and spares")
+        return self
+
+    @model_validator(mode="after")
+    def _session_settings(self) -> PoolSettings:
+        """Session-host settings only on session and app pools, and what those pools cannot have."""
+        sessions = self.kind in SESSION_KINDS
+        if self.kind == "app" and self.app_command is None:
+            raise ValueError("app_command: required for a pool of kind app")
+        only = {
+            "app_command": self.kind == "app",
+            "session_command": self.kind == "session",
+            "window_manager": sessions,
+            "cpu_limit": sessions,
+            "memory_limit_mib": sessions,
+        }
+        for key, allowed in only.items():
+            if getattr(self, key) is not None and not allowed:
+                raise ValueError(f"{key}: not a setting of a pool of kind {self.kind}")
+        for key in ("spares", "min_size"):
+            if sessions and getattr(self, key):
+                raise ValueError(
+                    f"{key}: a session belongs to its user from the start; {self.kind} pools have none"
+                )
+        for key in ("session_command", "app_command", "window_manager"):
+            command = getattr(self, key)
+            if command is not None and not all(arg.strip() for arg in command):
+                raise ValueError(f"{key}: an argument is empty")
         return self
 
     @model_validator(mode="after")

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.auth import PortalUser
-from broker.config import BrokerConfig, PoolSettings
+from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
 from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, Host, utcnow
@@ -70,6 +70,7 @@ from monitoring.metrics import (
 )
 
 log = logging.getLogger(__name__)
+
 
 # A desktop still "provisioning" after this long belongs to a broker that died mid-start.
 STALE_PROVISIONING_S = 600
@@ -273,6 +274,49 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
 
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
     return load_host_candidates(db, host_names)
+
+
+def image_of(image: BootImage | None) -> str:
+    """The "name:version" a desktop records; a session on a session host has no image."""
+    return f"{image.name}:{image.version}" if image is not None else ""
+
+
+def desktop_spec(
+    pool: PoolSettings,
+    domain_name: str,
+    image: BootImage | None,
+    owner: str | None,
+    label: str,
+    vnc_password: str | None = None,
+) -> DesktopSpec:
+    """What the host's provider is asked to start: a VM from the image, or a session of the owner's account.
+
+    `vnc_password` is the desktop's sealed one, opened (broker.vnc_password_key): the gateway logs in with
+    it, the browser never sees it. A session's Xvnc always asks for one, so without a key it gets a password
+    nobody keeps, and its console cannot be opened.
+    """
+    if pool.kind not in SESSION_KINDS:
+        return DesktopSpec(
+            domain_name,
+            image,
+            memory_mib=pool.memory_mib,
+            vcpus=pool.vcpus,
+            label=label,
+            vnc_password=vnc_password,
+        )
+    return DesktopSpec(
+        domain_name,
+        memory_mib=pool.memory_mib,
+        vcpus=pool.vcpus,
+        label=label,
+        vnc_password=vnc_password or new_vnc_password(),
+        user=owner or "",
+        kind=pool.kind,
+        command=tuple(pool.app_command or pool.session_command or ()),
+        window_manager=tuple(pool.window_manager or ()),
+        cpu_limit=pool.cpu_limit,
+        memory_limit_mib=pool.memory_limit_mib,
+    )
 
 
 def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
@@ -773,18 +817,12 @@ class DesktopService:
 
         `image` defaults to the pool's current version; `name` replaces the owner in the domain name.
         """
-        if image is None:
+        if image is None and pool.kind not in SESSION_KINDS:
             image = await self.pool_image(pool)
         desktop = await self._place(owner, pool, image, name)
-        spec = DesktopSpec(
-            domain_name=desktop.domain_name,
-            image=image,
-            memory_mib=pool.memory_mib,
-            vcpus=pool.vcpus,
-            # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
-            label=f"{pool.name} / {owner or name or 'spare'}",
-            vnc_password=self._vnc_password(desktop),
-        )
+        # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
+        label = f"{pool.name} / {owner or name or 'spare'}"
+        spec = desktop_spec(pool, desktop.domain_name, image, owner, label, self._vnc_password(desktop))
         try:
             endpoint = await self._on_host(desktop.host_name, lambda provider: provider.create_desktop(spec))
         except Exception as exc:
@@ -809,14 +847,14 @@ class DesktopService:
         )
 
     async def _place(
-        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+        self, owner: str | None, pool: PoolSettings, image: BootImage | None, name: str | None = None
     ) -> Desktop:
         """Choose a host and claim a slot on it, on the placement thread (broker/placement/worker.py).
 
         A claim lost to another broker or to a host that changed places again, up to
         `[placement] claim_attempts` times.
         """
-        request = placement_request(pool, f"{image.name}:{image.version}")
+        request = placement_request(pool, image_of(image))
         make_desktop = partial(self._new_desktop, owner, pool, image, name)
         try:
             placed = await self.placer.place_async(request, make_desktop)
@@ -828,13 +866,13 @@ class DesktopService:
         return placed.desktop
 
     def _new_desktop(
-        self, owner: str | None, pool: PoolSettings, image: BootImage, name: str | None = None
+        self, owner: str | None, pool: PoolSettings, image: BootImage | None, name: str | None = None
     ) -> Desktop:
         domain_name = domain_name_for(pool.name, name or owner or "spare")
         return Desktop(
             pool_name=pool.name,
             domain_name=domain_name,
-            image=f"{image.name}:{image.version}",
+            image=image_of(image),
             state="provisioning",
             assigned_user=owner,
             created_at=utcnow(),

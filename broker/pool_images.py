@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.config import PoolSettings
+from broker.config import SESSION_KINDS, PoolSettings
 from broker.db import Database
 from broker.db.models import Host, ImageVersion, Rollout
 from broker.image_catalog import Catalog, CatalogError
@@ -126,6 +126,8 @@ class PoolSettingsError(errors.InvalidField):
 def check_pool_image(db: Session, pool: PoolSettings, index: int) -> None:
     """PoolSettingsError naming `pools[N].image_version` (or `.image`) when the catalog lacks it."""
     prefix = f"pools[{index}]"
+    if pool.kind in SESSION_KINDS:  # sessions on session hosts start from no image
+        return
     if pool.image_version is None and pool.image in BUILT_IN_IMAGES:
         return
     try:

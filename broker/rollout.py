@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.background import PeriodicTask
-from broker.config import BrokerConfig, PoolSettings
+from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.db import Database, move_state
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, Rollout, utcnow
 from broker.desktops import DesktopService, DesktopView, canary_owner, domain_prefix
@@ -198,6 +198,10 @@ def begin_rollout(
     db: Session, pool: PoolSettings, request: RolloutRequest, current: str, actor: str, client_ip: str
 ) -> RolloutView:
     """Record a pending rollout after checking it; every refusal names the field and records nothing."""
+    if pool.kind in SESSION_KINDS:
+        raise errors.InvalidField(
+            f"pool: {pool.name} is a pool of kind {pool.kind}: its sessions start from no image", field="pool"
+        )
     active = db.scalars(
         select(Rollout).where(Rollout.pool_name == pool.name, Rollout.state.in_(ACTIVE_STATES))
     ).first()

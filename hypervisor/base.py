@@ -72,12 +72,24 @@ class BootImage:
 @dataclass(frozen=True)
 class DesktopSpec:
     domain_name: str
-    image: BootImage
+    image: BootImage | None = None  # None for providers without images (session hosts)
     memory_mib: int = 256
     vcpus: int = 1
     label: str = ""  # shown on the desktop's own screen, e.g. pool and user
     # The display's VNC password (RFC 6143 section 7.2.2); None: a display without authentication.
     vnc_password: str | None = field(default=None, repr=False)
+    # Session hosts (SBC): whose account the session runs as, "session" (a desktop) or "app" (one published
+    # application; the session ends with it), the program, the window manager, and the session's limits.
+    user: str = ""
+    kind: str = "session"
+    command: tuple[str, ...] = ()
+    window_manager: tuple[str, ...] = ()
+    cpu_limit: float | None = None  # CPUs
+    memory_limit_mib: int | None = None
+
+    def __repr__(self) -> str:
+        # The VNC password must not reach a log line or traceback that prints the spec.
+        return f"DesktopSpec(domain_name={self.domain_name!r}, user={self.user!r}, kind={self.kind!r}, ...)"
 
 
 @dataclass(frozen=True)

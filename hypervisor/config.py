@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hypervisor.registry import DEFAULT_PROVIDER, check_provider_name, provider_class
 
-# libvirt's SSH transports (https://libvirt.org/uri.html#transport-configuration).
-SSH_URI_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2")
+# libvirt's SSH transports (https://libvirt.org/uri.html#transport-configuration), and session hosts' ssh://.
+SSH_URI_SCHEMES = ("qemu+ssh", "qemu+libssh", "qemu+libssh2", "ssh")
 DEFAULT_SSH_USER = "root"
 DEFAULT_SSH_PORT = 22
 _SSH_ADDRESS = re.compile(
@@ -119,11 +119,13 @@ class HostSettings(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="short unique name of the host")
     provider: str = Field(
         DEFAULT_PROVIDER,
-        description="desktop provider that drives the host (hypervisor/registry.py): libvirt",
+        description="desktop provider that drives the host (hypervisor/registry.py): libvirt (VMs) or "
+        "session-host (SBC: one Xvnc per user session over SSH, docs/session-hosts.md)",
     )
     uri: str = Field(
         "qemu:///system",
-        description="where the provider reaches the host; libvirt: qemu:///system, qemu+ssh://..., qemu+tls://...",
+        description="where the provider reaches the host; libvirt: qemu:///system, qemu+ssh://..., qemu+tls://...; "
+        "session-host: ssh://[user@]host[:port]",
     )
     storage_pool: str = Field(
         "smartwork", description="libvirt storage pool holding base images and overlays"

@@ -593,6 +593,8 @@ class LibvirtProvider(DesktopProvider):
 
     def _check_spec(self, spec: DesktopSpec) -> None:
         self._check_name("domain_name", spec.domain_name)
+        if spec.image is None:
+            raise HypervisorError(self.host.name, f"desktop {spec.domain_name}: a VM needs an image")
         self._check_name("image.name", spec.image.name)
         self._check_name("image.version", spec.image.version)
         if spec.memory_mib < 16:

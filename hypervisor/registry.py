@@ -16,6 +16,7 @@ DEFAULT_PROVIDER = "libvirt"
 
 PROVIDERS: dict[str, str | type] = {
     "libvirt": "hypervisor.libvirt_provider:LibvirtProvider",
+    "session-host": "hypervisor.session_host:SessionHostProvider",
 }
 
 

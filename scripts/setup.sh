@@ -14,6 +14,8 @@ DEBIAN_PACKAGES=(
   busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
   postgresql
+  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
+  python3-apt
 )
 
 missing_packages() {

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.sshd",
     "tests.fixtures.lab_hosts",
     "tests.fixtures.toy_provider",
+    "tests.fixtures.session_hosts",
 ]
 
 

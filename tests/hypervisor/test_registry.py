@@ -23,7 +23,7 @@ def test_libvirt_is_the_default_provider_for_libvirt_uris(uri):
 def test_the_registry_maps_names_to_classes(toy_provider):
     assert provider_class("libvirt") is LibvirtProvider
     assert provider_class("toy") is toy_provider
-    assert provider_names() == ["libvirt", "toy"]
+    assert provider_names() == ["libvirt", "session-host", "toy"]
     provider = provider_for(HostSettings(name="host-1", provider="toy", uri="toy:///host-1"))
     assert isinstance(provider, toy_provider)
 
@@ -33,7 +33,7 @@ def test_an_unknown_provider_name_is_refused_naming_the_field():
         HostSettings(name="host-1", provider="vmware", uri="vmware://vcenter/dc")
     (error,) = raised.value.errors()
     assert error["loc"] == ("provider",)
-    assert "unknown desktop provider 'vmware' (known: libvirt)" in error["msg"]
+    assert "unknown desktop provider 'vmware' (known: libvirt, session-host)" in error["msg"]
     with pytest.raises(ValueError, match="vmware"):
         provider_class("vmware")
 

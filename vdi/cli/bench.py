@@ -27,6 +27,12 @@ def cmd_bench_tunnel(config, args) -> int:
     return main(args)
 
 
+def cmd_bench_session_density(config, args) -> int:
+    from vdi.bench.session_density import main
+
+    return main(config, args)
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -83,4 +89,24 @@ def add_commands(sub) -> None:
         "--no-desktop-screen",
         action="store_true",
         help="stop at the first frame (for images other than the demo's, whose screen this cannot recognise)",
+    )
+    text = (
+        "sessions on one lab session host until a memory budget: start time, idle memory and CPU per session"
+    )
+    density = kinds.add_parser("session-density", help=text, description=text)
+    density.set_defaults(fn=cmd_bench_session_density, needs_config="optional")
+    density.add_argument("--host", default="sh1", help="lab session host (default sh1)")
+    density.add_argument("--max-sessions", type=int, default=20, help="most sessions to start (default 20)")
+    density.add_argument(
+        "--memory-budget-mib",
+        type=int,
+        default=4096,
+        help="stop once the sessions use this much (default 4096)",
+    )
+    density.add_argument("--idle-s", type=float, default=10.0, help="idle window measured (default 10)")
+    density.add_argument(
+        "--window-manager", nargs="*", default=["openbox"], help="window manager argv (default openbox)"
+    )
+    density.add_argument(
+        "--command", nargs="+", default=["xterm"], help="session program argv (default xterm)"
     )

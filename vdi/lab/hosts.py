@@ -226,6 +226,12 @@ class LabHosts:
     `ssh_config` and `ssh_wrapper` (used by the `command=` of `uri(name)`).
     """
 
+    # (where inside the host, name under fs/) of its private directories; a subclass
+    # (vdi/lab/session_hosts.py) adds its own.
+    mounts: tuple[tuple[str, str], ...] = HOST_MOUNTS
+    # What `status()` reports of each host.
+    daemons: tuple[str, ...] = ("virtlogd", "libvirtd", "sshd")
+
     def __init__(
         self,
         state_dir: Path,
@@ -345,7 +351,7 @@ class LabHosts:
 
     def _prepare_root(self) -> None:
         ensure_qemu_user()  # libvirtd's QEMU driver refuses to start without it
-        for target, _ in HOST_MOUNTS:
+        for target, _ in self.mounts:
             Path(target).mkdir(parents=True, exist_ok=True)  # mount points; the hosts mount over them
         os.chmod("/run/sshd", 0o755)  # noqa: S103 - sshd's privilege separation directory, as Debian makes it
 
@@ -428,12 +434,16 @@ class LabHosts:
         """A fresh private tree for the host; only its ssh host key survives from earlier runs."""
         fs = self._host_dir(host) / "fs"
         shutil.rmtree(fs, ignore_errors=True)
-        for _, part in HOST_MOUNTS:
+        for _, part in self.mounts:
             (fs / part).mkdir(parents=True)
         (fs / "log" / "libvirt").mkdir()
         (fs / "run-sshd").chmod(0o755)
         self._copy_libvirt_config(fs / "etc-libvirt")
         self._write_sshd_files(host, fs / "etc-ssh")
+        self._populate(host, fs)
+
+    def _populate(self, host: LabHost, fs: Path) -> None:
+        """Hook: fill the host's private tree before it is mounted."""
 
     @staticmethod
     def _copy_libvirt_config(target: Path) -> None:
@@ -494,17 +504,26 @@ class LabHosts:
     def _mount(self, host: LabHost, holder: int) -> None:
         enter = _enter(holder)
         _run([*enter, "hostname", host.name])
-        for target, part in HOST_MOUNTS:
+        for target, part in self._mount_order():
             _run([*enter, "mount", "--bind", str(self._fs(host, part)), target])
+        self._mount_more(enter)
         starting = self._host_dir(host) / "holder.pid.starting"
         starting.rename(starting.with_suffix(""))
+
+    def _mount_order(self) -> list[tuple[str, str]]:
+        """The mounts in the order they are made: one over the lab's state directory (/var/lib/smartwork-vdi,
+        or /tmp for a test's hosts) hides the other mounts' sources, so it comes last."""
+        return sorted(self.mounts, key=lambda mount: self.state_dir.is_relative_to(mount[0]))
+
+    def _mount_more(self, enter: list[str]) -> None:
+        """Hook: more mounts inside a new host, made before it counts as up."""
 
     def _holder_pid(self, host: LabHost) -> int | None:
         """The holder's pid if it runs in the host's network namespace with the host's mounts, else None."""
         pid = _read_pid(self._host_dir(host) / "holder.pid")
         if pid is None or not _alive(pid) or _comm(pid) != "sleep":
             return None
-        target, part = HOST_MOUNTS[-1]  # mounted last: if it is there, all are
+        target, part = self._mount_order()[-1]  # mounted last: if it is there, all are
         try:
             same_network = _same_file(f"/run/netns/{host.namespace}", f"/proc/{pid}/ns/net")
             mounted = _same_file(self._fs(host, part), f"/proc/{pid}/root{target}")
@@ -621,8 +640,7 @@ class LabHosts:
             present = "namespace left over" if host.namespace in _namespaces() else "not running"
             return f"  {host.name} {host.address}: {present}"
         daemons = ", ".join(
-            f"{d} {'running' if self._daemon_pid(host, d) else 'stopped'}"
-            for d in ("virtlogd", "libvirtd", "sshd")
+            f"{d} {'running' if self._daemon_pid(host, d) else 'stopped'}" for d in self.daemons
         )
         network = "link up" if self._link_up(host) else "link DOWN (network cut)"
         answers = "answers" if self._answers_over_ssh(host) else "does not answer"
@@ -637,21 +655,28 @@ class LabHosts:
 
 
 def hosts_command(config: Config, action: str, hosts_action: str | None) -> int:
-    """`vdi lab hosts up|down|status`; status exits 3 when a host does not answer over qemu+ssh."""
+    """`vdi lab hosts up|down|status`: the hypervisor hosts hv1..hv3 and the session hosts sh1, sh2;
+    status exits 3 when a host does not answer over SSH."""
     if action != "hosts" or hosts_action is None:
         print("vdi lab: use `vdi lab hosts up|down|status`", file=sys.stderr)
         return 2
-    hosts = LabHosts.for_lab(config.lab.state_dir)
+    # A subclass of LabHosts, so imported here rather than at the top (it imports this module).
+    from vdi.lab.session_hosts import LabSessionHosts
+
+    labs = [LabHosts.for_lab(config.lab.state_dir), LabSessionHosts.for_lab(config.lab.state_dir)]
     try:
-        if hosts_action == "up":
-            hosts.up()
-        elif hosts_action == "down":
-            hosts.down()
-            print("lab hosts are down")
-            return 0
+        for lab in labs:
+            if hosts_action == "up":
+                lab.up()
+            elif hosts_action == "down":
+                lab.down()
     except LabHostsError as exc:
         print(f"vdi lab hosts {hosts_action}: {exc}", file=sys.stderr)
         return 1
-    print(hosts.status())
-    print(f"client key {hosts.client_key}, known hosts {hosts.known_hosts}")
-    return 0 if hosts.healthy() else 3
+    if hosts_action == "down":
+        print("lab hosts are down")
+        return 0
+    for lab in labs:
+        print(lab.status())
+        print(f"client key {lab.client_key}, known hosts {lab.known_hosts}")
+    return 0 if all(lab.healthy() for lab in labs) else 3

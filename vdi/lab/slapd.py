@@ -54,22 +54,29 @@ class DemoUser:
     display_name: str
     groups: tuple[str, ...]
     password: str = DEMO_PASSWORD
+    # posixAccount uidNumber; gidNumber is the same (a private group per user, as Debian's useradd makes).
+    # The lab's session hosts create local accounts with these numbers (vdi/lab/session_hosts.py).
+    uid_number: int | None = None
+
+    @property
+    def gid_number(self) -> int | None:
+        return self.uid_number
 
 
 # Mirrors demo.ldif (tests/sso logs every one of them in against a real slapd, so the two cannot drift).
 DEMO_USERS: tuple[DemoUser, ...] = (
-    DemoUser("kimmj", "김민준", ("mois",)),
-    DemoUser("leesy", "이서연", ("mois",)),
-    DemoUser("parkjh", "박지훈", ("mois", "msit")),
-    DemoUser("limja", "임지아", ("mois",)),
-    DemoUser("choijw", "최지우", ("moef",)),
-    DemoUser("jungdh", "정도현", ("moef",)),
-    DemoUser("kangye", "강예은", ("moef",)),
-    DemoUser("hanjy", "한지유", ("moef",)),
-    DemoUser("chohy", "조하윤", ("msit",)),
-    DemoUser("yoonsh", "윤서현", ("msit",)),
-    DemoUser("jangwj", "장우진", ("msit",)),
-    DemoUser("guest01", "방문자 01", ()),
+    DemoUser("kimmj", "김민준", ("mois",), uid_number=20001),
+    DemoUser("leesy", "이서연", ("mois",), uid_number=20002),
+    DemoUser("parkjh", "박지훈", ("mois", "msit"), uid_number=20003),
+    DemoUser("limja", "임지아", ("mois",), uid_number=20004),
+    DemoUser("choijw", "최지우", ("moef",), uid_number=20005),
+    DemoUser("jungdh", "정도현", ("moef",), uid_number=20006),
+    DemoUser("kangye", "강예은", ("moef",), uid_number=20007),
+    DemoUser("hanjy", "한지유", ("moef",), uid_number=20008),
+    DemoUser("chohy", "조하윤", ("msit",), uid_number=20009),
+    DemoUser("yoonsh", "윤서현", ("msit",), uid_number=20010),
+    DemoUser("jangwj", "장우진", ("msit",), uid_number=20011),
+    DemoUser("guest01", "방문자 01", (), uid_number=20012),
 )
 
 _START_TIMEOUT_S = 10.0

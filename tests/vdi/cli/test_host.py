@@ -67,7 +67,9 @@ def test_provider_from_the_command_line(vdi, toy_provider):
     assert code == 0 and json.loads(out)["provider"] == "toy"
     assert json.loads(vdi("show", "seeded")[1])["provider"] == "libvirt"
     code, _, err = vdi("add", "hv5", "--provider", "vmware", "--uri", "vmware://vcenter/dc")
-    assert code == 2 and err.startswith("vdi host add: provider") and "known: libvirt, toy" in err
+    assert (
+        code == 2 and err.startswith("vdi host add: provider") and "known: libvirt, session-host, toy" in err
+    )
     code, _, err = vdi("add", "hv5", "--provider", "toy", "--uri", "test:///default")
     assert code == 2 and err.startswith("vdi host add: uri")
     assert vdi("show", "hv5")[0] == 2

@@ -120,7 +120,7 @@ def test_desktop_on_hv2_has_its_display_on_hv2s_loopback_only(lab_hosts, lab_poo
         driver.close()
 
 
-def test_cli_status_names_each_host_with_its_address_and_uri(lab_hosts, tmp_path):
+def test_cli_status_names_each_host_with_its_address_and_uri(lab_hosts, lab_session_hosts, tmp_path):
     demo = (ROOT / "etc" / "demo.toml").read_text()
     config = tmp_path / "vdi.toml"
     config.write_text(re.sub(r'(?m)^state_dir = ".*"$', f'state_dir = "{lab_hosts.state_dir.parent}"', demo))
@@ -138,6 +138,9 @@ def test_cli_status_names_each_host_with_its_address_and_uri(lab_hosts, tmp_path
             in result.stdout
         )
         assert f"answers at {lab_hosts.uri(name)}" in result.stdout
+    for name in lab_session_hosts.names:  # the session hosts, sshd only
+        assert f"{name} {lab_session_hosts.address(name)}: sshd running" in result.stdout
+        assert f"answers at {lab_session_hosts.uri(name)}" in result.stdout
     assert f"known hosts {lab_hosts.known_hosts}" in result.stdout
 
 

@@ -137,3 +137,22 @@ def test_demo_users_cover_what_the_demo_needs():
     assert any(not user.groups for user in DEMO_USERS)
     assert any(len(user.groups) == 2 for user in DEMO_USERS)
     assert {group for user in DEMO_USERS for group in user.groups} == set(DEMO_GROUPS)
+
+
+def test_demo_users_are_posix_accounts_with_the_numbers_session_hosts_use(slapd: Slapd):
+    # The lab's session hosts make local accounts from DEMO_USERS; production hosts read these entries
+    # through nslcd or SSSD, so both must give every user the same uid and gid.
+    anonymous = connect(slapd)
+    anonymous.search(
+        f"ou=people,{slapd.suffix}",
+        "(objectClass=posixAccount)",
+        SUBTREE,
+        attributes=["uid", "uidNumber", "gidNumber", "homeDirectory"],
+    )
+    found = {
+        entry.uid.value: (entry.uidNumber.value, entry.gidNumber.value, entry.homeDirectory.value)
+        for entry in anonymous.entries
+    }
+    expected = {user.uid: (user.uid_number, user.gid_number, f"/home/{user.uid}") for user in DEMO_USERS}
+    assert found == expected
+    assert len({user.uid_number for user in DEMO_USERS}) == len(DEMO_USERS)

@@ -1,0 +1,132 @@
+"""The smartwork_session_host role, applied for real over SSH to a fresh lab session host, twice.
+
+sh4 (10.77.0.24) is a session host of its own (`LabSessionHosts(..., names=["sh4"])`): sshd only, with a
+private /etc, /home, /tmp and /var/lib/smartwork-vdi. Ansible logs in as root with the lab's client key and
+checks sh4's host key; the role finds the packages installed (the host shares the machine's /usr and dpkg
+database), makes the session state directory and the gateway's forward-only account (in sh4's own /etc, so
+the machine's accounts are untouched). The second run changes nothing. Then the session-host provider starts
+a session on sh4 and the gateway's account reaches its display through sshd, and nothing else.
+
+The locale is left alone here (`smartwork_session_host_locale: ""`): locale-gen writes the machine-wide
+/usr/lib/locale archive, which a test must not change. The broker's key is not given either: root's
+authorized keys live in the machine's /root.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hypervisor.config import SshAddress
+from hypervisor.session_host import SessionHostProvider
+from hypervisor.ssh_host import ChannelRefused, SshHost
+from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.session_hosts import session_host_settings, session_spec
+from tests.fixtures.sshd import generate_key
+from vdi.lab.hosts import ROOT_ADDRESS, LabHostsError
+from vdi.lab.session_hosts import LabSessionHosts
+
+PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "session_host.yml")
+HOST = "sh4"
+HOST_OCTET = 24
+KEY_OPTIONS = 'restrict,port-forwarding,permitopen="127.0.0.1:*",command="/bin/false"'
+
+
+@dataclass
+class RoleOnLabHost:
+    hosts: LabSessionHosts
+    user: str
+    gateway_key: Path
+    first: dict[str, int]
+    second: dict[str, int]
+
+    def on_host(self, *argv: str) -> subprocess.CompletedProcess:
+        return self.hosts.run(HOST, argv)
+
+
+def inventory(hosts: LabSessionHosts, path: Path) -> Path:
+    host = {
+        "ansible_connection": "ssh",
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(hosts.client_key),
+        # The lab's client configuration: its known_hosts, strict host key checking, batch mode.
+        "ansible_ssh_common_args": f"-F {hosts.ssh_config}",
+        "ansible_ssh_args": "-o ControlMaster=no",
+        "ansible_become": False,
+    }
+    tree = {"all": {"children": {"session_hosts": {"hosts": {hosts.address(HOST): host}}}}}
+    path.write_text(json.dumps(tree, indent=2))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def role_on_sh4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabHost]:
+    work = tmp_path_factory.mktemp("role-on-sh4")
+    user = f"swgw{secrets.token_hex(3)}"
+    hosts = LabSessionHosts(work / "lab", names=[HOST], first_octet=HOST_OCTET)
+    try:
+        try:
+            hosts.up()
+        except LabHostsError as exc:
+            pytest.fail(f"cannot bring lab session host {HOST} up: {exc}")
+        gateway_key = generate_key(work / "gateway_key", "smartwork-gw@test")
+        variables = {
+            "smartwork_session_host_locale": "",
+            "smartwork_session_host_gateway_user": user,
+            "smartwork_session_host_gateway_home": f"/home/{user}",
+            "smartwork_session_host_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
+        }
+        inventory_file = inventory(hosts, work / "inventory.yml")
+        runs = [
+            recap(ansible_playbook("-i", str(inventory_file), PLAYBOOK, "-e", json.dumps(variables)))
+            for _ in range(2)
+        ]
+        yield RoleOnLabHost(hosts, user, gateway_key, *runs)
+    finally:
+        hosts.down()  # every process and login of sh4 ends; its /etc, /home and accounts go with it
+
+
+def test_role_makes_the_state_directory_and_the_gateway_account_and_is_idempotent(role_on_sh4):
+    run = role_on_sh4
+    assert run.first["failed"] == 0 and run.first["changed"] > 0
+    assert run.second["failed"] == 0 and run.second["changed"] == 0
+    assert run.on_host("stat", "-c", "%U %a", "/var/lib/smartwork-vdi/sessions").stdout.split() == [
+        "root",
+        "711",
+    ]
+    account = run.on_host("getent", "passwd", run.user).stdout.strip().split(":")
+    assert (account[0], account[5], account[6]) == (run.user, f"/home/{run.user}", "/bin/sh")
+    keys = run.on_host("cat", f"/home/{run.user}/.ssh/authorized_keys").stdout
+    assert keys == f"{KEY_OPTIONS} {(run.gateway_key.parent / 'gateway_key.pub').read_text().strip()}\n"
+    # The account exists on sh4 only.
+    assert subprocess.run(["getent", "passwd", run.user], capture_output=True, check=False).returncode != 0
+
+
+def test_a_session_on_the_role_made_host_is_reached_by_the_gateway_account_only_there(role_on_sh4):
+    run = role_on_sh4
+    provider = SessionHostProvider(session_host_settings(run.hosts, HOST))
+    spec = session_spec("kimmj")
+    gateway = SshHost(
+        HOST, SshAddress(run.user, run.hosts.address(HOST), 22), run.gateway_key, run.hosts.known_hosts
+    )
+    try:
+        endpoint = provider.create_desktop(spec)
+        channel = gateway.open_channel(endpoint.host, endpoint.port)
+        try:
+            assert channel.recv(12) == b"RFB 003.008\n"
+        finally:
+            channel.close()
+        # permitopen: the account forwards to sh4's loopback only, and runs no command.
+        with pytest.raises(ChannelRefused, match="prohibited"):
+            gateway.open_channel(ROOT_ADDRESS, 22).close()
+        assert gateway.run(["id"]).stdout == ""
+    finally:
+        gateway.close()
+        provider.destroy_desktop(spec.domain_name)
+        provider.close()

@@ -15,11 +15,12 @@ from broker.db.config import DatabaseSettings
 from broker.placement.config import PlacementSettings
 from hypervisor.config import HostSettings, check_direct_display
 from images.config import DEFAULT_IMAGE, ImageSettings
+from monitoring.access import MetricsAccessSettings
 from sso import methods
 from sso.config import CertificateSettings, LdapSettings, LockoutSettings, TotpSettings
 
 
-class BrokerSettings(BaseModel):
+class BrokerSettings(MetricsAccessSettings):
     model_config = ConfigDict(extra="forbid")
 
     listen_address: str = Field("127.0.0.1", description="address the portal and API listen on")
@@ -76,16 +77,6 @@ class BrokerSettings(BaseModel):
         description="a connection that sends no complete request headers for this long is closed",
     )
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="time allowed to receive a request body")
-    metrics_token: SecretStr | None = Field(
-        None,
-        min_length=16,
-        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
-    )
-    metrics_networks: list[IPvAnyNetwork] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
-        validate_default=True,
-        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
-    )
     trusted_proxies: list[IPvAnyNetwork] = Field(
         default_factory=list,
         description="addresses/CIDRs of reverse proxies whose X-Forwarded-For header names the client "

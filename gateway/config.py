@@ -7,13 +7,14 @@ broker's business and are not looked at here).
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from broker.db.config import DatabaseSettings
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
+from monitoring.access import MetricsAccessSettings
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(MetricsAccessSettings):
     model_config = ConfigDict(extra="forbid")
 
     listen_address: str = Field("127.0.0.1", description="address the WebSocket endpoint listens on")
@@ -43,16 +44,6 @@ class GatewaySettings(BaseModel):
         None,
         description="OpenSSH known_hosts file with the hosts' keys; an unknown or mismatching host key "
         "is refused (unset: ssh routes are refused)",
-    )
-    metrics_token: SecretStr | None = Field(
-        None,
-        min_length=16,
-        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
-    )
-    metrics_networks: list[IPvAnyNetwork] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
-        validate_default=True,
-        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
     )
     max_tunnels_per_session: int = Field(
         2,

@@ -18,9 +18,7 @@ to a full socketpair stops reading the channel, and paramiko's channel window th
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
 import socket
 import threading
@@ -35,6 +33,7 @@ from tornado.iostream import IOStream
 
 from gateway.config import GatewaySettings
 from hypervisor.config import SshAddress
+from hypervisor.ssh_host import fingerprint, known_hosts_name, prefer_known_key_types
 from monitoring.metrics import (
     SSH_CHANNEL_OPENS,
     SSH_HOST_KEY_REFUSALS,
@@ -51,8 +50,6 @@ T = TypeVar("T")
 BRIDGE_CHUNK = 65536
 MAX_SSH_THREADS = 8
 KEEPALIVE_S = 30
-# OpenSSH stores RSA keys as ssh-rsa; the SHA-2 signature names (RFC 8332) select the same key.
-_KEY_TYPE_ALIASES = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
 
 
 class SshRouteError(Exception):
@@ -65,17 +62,6 @@ class SshRouteError(Exception):
 
 class _TransportDead(Exception):
     """The reused SSH connection died under us; a new one may still work."""
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """The key's SHA256 fingerprint as OpenSSH prints it (`ssh-keygen -l`)."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
-
-
-def known_hosts_name(address: SshAddress) -> str:
-    """The name a host has in known_hosts: `host` on port 22, `[host]:port` on any other."""
-    return address.host if address.port == 22 else f"[{address.host}]:{address.port}"
 
 
 @dataclass
@@ -213,7 +199,7 @@ class SshChannels:
         transport = paramiko.Transport(sock)
         try:
             transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = timeout
-            self._prefer_known_key_types(transport, known)
+            prefer_known_key_types(transport, known)
             try:
                 transport.start_client(timeout=timeout)
             except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -241,15 +227,6 @@ class SshChannels:
             ) from None
         entry = host_keys.lookup(known_hosts_name(address))
         return dict(entry) if entry else {}
-
-    @staticmethod
-    def _prefer_known_key_types(transport: paramiko.Transport, known: dict[str, paramiko.PKey]) -> None:
-        # Without this the host may present a key type known_hosts has no entry for, and a host
-        # with a perfectly good ed25519 entry would be refused for its ECDSA key.
-        options = transport.get_security_options()
-        wanted = [alias for name in known for alias in _KEY_TYPE_ALIASES.get(name, [name])]
-        first = [name for name in wanted if name in options.key_types]
-        options.key_types = first + [name for name in options.key_types if name not in first]
 
     def _check_host_key(
         self, address: SshAddress, presented: paramiko.PKey, known: dict[str, paramiko.PKey]

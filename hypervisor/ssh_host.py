@@ -48,7 +48,20 @@ def fingerprint(key: paramiko.PKey) -> str:
 
 
 def known_hosts_name(address: SshAddress) -> str:
+    """The name a host has in known_hosts: `host` on port 22, `[host]:port` on any other."""
     return address.host if address.port == 22 else f"[{address.host}]:{address.port}"
+
+
+def prefer_known_key_types(transport: paramiko.Transport, known: dict[str, paramiko.PKey]) -> None:
+    """Ask the host first for the key types known_hosts holds for it.
+
+    Otherwise the host may present a key type known_hosts has no entry for, and a host with a perfectly
+    good ed25519 entry would be refused for its ECDSA key.
+    """
+    options = transport.get_security_options()
+    wanted = [alias for name in known for alias in _KEY_TYPE_ALIASES.get(name, [name])]
+    first = [name for name in wanted if name in options.key_types]
+    options.key_types = first + [name for name in options.key_types if name not in first]
 
 
 class ChannelRefused(HypervisorError):
@@ -152,7 +165,7 @@ class SshHost:
             transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = (
                 CONNECT_TIMEOUT_S
             )
-            self._prefer_known_key_types(transport, known)
+            prefer_known_key_types(transport, known)
             try:
                 transport.start_client(timeout=CONNECT_TIMEOUT_S)
             except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -176,14 +189,6 @@ class SshHost:
             ) from None
         entry = host_keys.lookup(known_hosts_name(self.address))
         return dict(entry) if entry else {}
-
-    @staticmethod
-    def _prefer_known_key_types(transport: paramiko.Transport, known: dict[str, paramiko.PKey]) -> None:
-        # Otherwise the host may present a key type known_hosts has no entry for and be refused.
-        options = transport.get_security_options()
-        wanted = [alias for name in known for alias in _KEY_TYPE_ALIASES.get(name, [name])]
-        first = [name for name in wanted if name in options.key_types]
-        options.key_types = first + [name for name in options.key_types if name not in first]
 
     def _check_host_key(self, presented: paramiko.PKey, known: dict[str, paramiko.PKey]) -> None:
         name, shown = known_hosts_name(self.address), f"{presented.get_name()} {fingerprint(presented)}"

@@ -11,9 +11,26 @@ import hmac
 import ipaddress
 from collections.abc import Sequence
 
+from pydantic import BaseModel, Field, IPvAnyNetwork, SecretStr
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Without a token, only this machine may scrape.
 LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+class MetricsAccessSettings(BaseModel):
+    """Who may read /metrics: the same two keys in `[broker]` and `[gateway]`."""
+
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="bearer token Prometheus must send to read /metrics (unset: only metrics_networks may)",
+    )
+    metrics_networks: list[IPvAnyNetwork] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        validate_default=True,
+        description="client networks that may read /metrics when no metrics_token is set (default: this machine)",
+    )
 
 
 def scrape_allowed(client_ip: str, authorization: str | None, token: str | None, networks: Sequence) -> bool:

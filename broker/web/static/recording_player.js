@@ -95,14 +95,16 @@ function onDisconnect(event) {
 
 function play(startMs) {
   stop();
+  player.paused = false;
   alertRegion.textContent = "";
   setState(startMs > 0 ? "seeking" : "connecting");
   showPosition(startMs);
   channel = new WebSocket(replayUrl(startMs));
   channel.binaryType = "arraybuffer";
-  const paused = player.paused;
-  channel.addEventListener("open", () => {
-    if (paused) channel.send(JSON.stringify({ paused: true }));
+  const opened = channel;
+  opened.addEventListener("open", () => {
+    // A pause pressed while the stream was opening holds from the start.
+    if (player.paused) opened.send(JSON.stringify({ paused: true }));
   });
   channel.addEventListener("message", (event) => {
     if (typeof event.data === "string") onText(event.data);
@@ -116,7 +118,6 @@ function play(startMs) {
 
 playPause.addEventListener("click", () => {
   if (player.state === "ended" || player.state === "failed") {
-    player.paused = false;
     play(player.state === "ended" ? 0 : player.positionMs);
     return;
   }

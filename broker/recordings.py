@@ -213,18 +213,34 @@ def _segment_records(path: Path) -> Iterator[tuple[int, int, bytes]]:
     magic_seen = False
     with path.open("rb") as stream:
         while piece := stream.read(READ_PIECE):
-            try:
-                buffer += decompressor.decompress(piece)
-            except zlib.error:
-                break  # a segment cut short by a crash: keep what decoded
-            if not magic_seen:
-                if len(buffer) < len(MAGIC):
-                    continue
+            inflated, intact = _inflate(decompressor, piece)
+            buffer += inflated
+            if not magic_seen and len(buffer) >= len(MAGIC):
                 if bytes(buffer[: len(MAGIC)]) != MAGIC:
                     return
                 del buffer[: len(MAGIC)]
                 magic_seen = True
-            yield from _take_records(buffer)
+            if magic_seen:
+                yield from _take_records(buffer)
+            if not intact:
+                return  # a segment cut short by a crash: what decoded up to the break
+
+
+def _inflate(decompressor, piece: bytes) -> tuple[bytes, bool]:
+    """What `piece` inflates to, and False once the stream breaks (the tail of a crashed write): then
+    what came before the break, found byte by byte from the state before the piece."""
+    saved = decompressor.copy()
+    try:
+        return decompressor.decompress(piece), True
+    except zlib.error:
+        pass
+    out = bytearray()
+    for at in range(len(piece)):
+        try:
+            out += saved.decompress(piece[at : at + 1])
+        except zlib.error:
+            break
+    return bytes(out), False
 
 
 def _take_records(buffer: bytearray) -> Iterator[tuple[int, int, bytes]]:

@@ -13,7 +13,16 @@ from broker.db.models import AuditEvent
 from broker.db.tokens import ConsolePolicy
 from broker.recordings import SERVER_DATA, SERVER_INIT, list_recordings, read_records, recording_path
 from tests.fixtures.gateway import RfbBrowser, metric, read_close, run_async, running_gateway
-from tests.fixtures.recordings import XVNC_PASSWORD, gateway_config_with_recording, record_two_colours
+from tests.fixtures.recordings import (
+    BLUE,
+    RED,
+    XVNC_PASSWORD,
+    gateway_config_with_recording,
+    record_two_colours,
+    show_colour,
+    watch_until_quiet,
+)
+from vdi.bench.recording import NOVNC_PIXEL_FORMAT
 
 
 def audit_lines(console_db, action: str) -> list[tuple[str, str, dict]]:
@@ -144,3 +153,50 @@ def test_an_unfinished_recording_is_purged_by_the_age_of_its_files(tmp_path, con
             return await gateway.app.recordings.purge()
 
     assert run_async(scenario()) == [index.id]
+
+
+def fail_midway(tmp_path, console_db, xvnc, recording: str):
+    """A recorded console whose disk 'fills up' after it started (the free-space check at a new segment
+    fails); (close code and reason or None, RFB bytes the browser got after the failure, the index)."""
+    root = tmp_path / "recordings"
+    config = gateway_config_with_recording(tmp_path, console_db.url, root)
+    config.gateway.recording_segment_mb = 0  # every record closes its segment: a free-space check each
+    session = console_db.add_session(vnc_port=xvnc.port, vnc_password=XVNC_PASSWORD)
+
+    async def scenario():
+        await show_colour(xvnc, RED)
+        async with running_gateway(config, console_db.db) as gateway:
+            conn = await gateway.connect(console_db.issue(session, policy=ConsolePolicy(recording=recording)))
+            browser = RfbBrowser(conn)
+            await browser.handshake()
+            browser.send(NOVNC_PIXEL_FORMAT)
+            await watch_until_quiet(browser)
+            config.gateway.recording_min_free_mb = 1 << 40
+            before = len(browser.rfb)
+            await show_colour(xvnc, BLUE)
+            if recording == "required":
+                return await read_close(conn), 0
+            await watch_until_quiet(browser)
+            conn.close()
+            return None, len(browser.rfb) - before
+
+    closed, after = run_async(scenario())
+    [index] = list_recordings(root)
+    return closed, after, index
+
+
+def test_a_recording_failing_midway_ends_a_required_console(tmp_path, console_db, xvnc):
+    closed, _, index = fail_midway(tmp_path, console_db, xvnc, "required")
+    assert closed == (1011, "console recording failed")
+    assert (index.state, index.failure) == ("failed", "disk_full")
+    results = [
+        (result, detail.get("reason")) for _, result, detail in audit_lines(console_db, "console.recording")
+    ]
+    assert results == [("started", None), ("failed", "disk_full")]
+
+
+def test_a_recording_failing_midway_keeps_an_optional_console(tmp_path, console_db, xvnc):
+    closed, after, index = fail_midway(tmp_path, console_db, xvnc, "on")
+    assert closed is None and after > 0
+    assert (index.state, index.failure) == ("failed", "disk_full")
+    assert index.segments and index.raw_bytes > 0

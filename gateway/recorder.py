@@ -203,7 +203,11 @@ class RecordingService:
                 except queue.Empty:
                     break
             stop = _STOP in batch
-            self._write_batch([item for item in batch if item is not _STOP])
+            try:
+                self._write_batch([item for item in batch if item is not _STOP])
+            except Exception:
+                # A bug must not kill the thread: its recordings would then stop as "backlog".
+                log.exception("recording writer failed on a batch")
             if stop:
                 return
 

@@ -443,7 +443,9 @@ class ConsoleRelay(WebSocketHandler):
             return True
         server_init = self._server_init.encode() if self._server_init is not None else None
         try:
-            recorder = await self.recordings.start(target, server_init, self._recording_failed)
+            recorder = await self.recordings.start(
+                target, server_init, partial(self._recording_failed, target)
+            )
         except RecordingFailed as exc:
             return self._recording_refused(target, exc)
         if self._client_gone or self._ended:
@@ -466,12 +468,11 @@ class ConsoleRelay(WebSocketHandler):
         self.close(CLOSE_INTERNAL_ERROR, "console recording unavailable")
         return False
 
-    def _recording_failed(self, reason: RecordingFailure) -> None:
+    def _recording_failed(self, target: ConsoleTarget, reason: RecordingFailure) -> None:
         """The recording stopped mid-way (counted and logged by the recorder)."""
-        assert self.target is not None
         recording_id = self._recorder.id if self._recorder is not None else None
-        self._spawn(self._audit_recording(self.target, "failed", recording_id, reason.value))
-        if self.target.policy.recording == "required" and not self._ended:
+        self._spawn(self._audit_recording(target, "failed", recording_id, reason.value))
+        if target.policy.recording == "required" and not self._ended:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.RECORDING.value).inc()
             self.end(CLOSE_INTERNAL_ERROR, "console recording failed")
 

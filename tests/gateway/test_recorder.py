@@ -12,7 +12,7 @@ from sqlalchemy import select
 from broker.db.models import AuditEvent
 from broker.db.tokens import ConsolePolicy
 from broker.recordings import SERVER_DATA, SERVER_INIT, list_recordings, read_records, recording_path
-from tests.fixtures.gateway import RfbBrowser, metric, read_close, run_async, running_gateway
+from tests.fixtures.gateway import RfbBrowser, eventually, metric, read_close, run_async, running_gateway
 from tests.fixtures.recordings import (
     BLUE,
     RED,
@@ -70,10 +70,13 @@ def refused_or_not(tmp_path, console_db, xvnc, recording: str):
         async with running_gateway(config, console_db.db) as gateway:
             conn = await gateway.connect(console_db.issue(session, policy=ConsolePolicy(recording=recording)))
             if recording == "required":
-                return await read_close(conn), None
-            server_init = await RfbBrowser(conn).handshake()
-            conn.close()
-            return None, server_init
+                closed, server_init = await read_close(conn), None
+            else:
+                closed, server_init = None, await RfbBrowser(conn).handshake()
+                conn.close()
+            # The audit line is written beside the console, not before it opens or closes.
+            await eventually(lambda: audit_lines(console_db, "console.recording"), what="the audit line")
+            return closed, server_init
 
     return run_async(scenario()), root
 
@@ -109,7 +112,9 @@ def test_a_desktop_without_a_vnc_password_is_not_recorded(tmp_path, console_db, 
             conn = await gateway.connect(
                 console_db.issue(session, policy=ConsolePolicy(recording="required"))
             )
-            return await read_close(conn)
+            closed = await read_close(conn)
+            await eventually(lambda: audit_lines(console_db, "console.recording"), what="the audit line")
+            return closed
 
     assert run_async(scenario()) == (1011, "console recording unavailable")
     assert metric("vdi_gateway_recording_failures_total", reason="unframed") == failures + 1
@@ -175,10 +180,15 @@ def fail_midway(tmp_path, console_db, xvnc, recording: str):
             before = len(browser.rfb)
             await show_colour(xvnc, BLUE)
             if recording == "required":
-                return await read_close(conn), 0
-            await watch_until_quiet(browser)
-            conn.close()
-            return None, len(browser.rfb) - before
+                closed, after = await read_close(conn), 0
+            else:
+                await watch_until_quiet(browser)
+                conn.close()
+                closed, after = None, len(browser.rfb) - before
+            await eventually(
+                lambda: len(audit_lines(console_db, "console.recording")) == 2, what="audit lines"
+            )
+            return closed, after
 
     closed, after = run_async(scenario())
     [index] = list_recordings(root)

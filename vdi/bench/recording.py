@@ -303,7 +303,7 @@ def relay_cost(scratch: Path, args) -> dict:
         ports = ports_queue.get(timeout=30)
         gateway = tunnel._start(argv, scratch / "relay-gateway.log", port)
         sessions = tunnel._seed(db, ports, sealed=True)
-        results = {}
+        results, cpu = {}, {}
         for mode in ("off", "on", "off", "on"):  # twice each, interleaved: the machine is shared
             route = tunnel.Route(
                 f"recording {mode}",
@@ -312,8 +312,11 @@ def relay_cost(scratch: Path, args) -> dict:
                 tokens=tunnel.TokenSource(db, sessions, ConsolePolicy(recording=mode)),
             )
             token = route.tokens.issue("down", 1)[0]
+            cpu_before = _cpu_s(gateway.pid)
             speed = asyncio.run(tunnel.download(route, ports, token, args.mb))
+            cpu_per_gb = (_cpu_s(gateway.pid) - cpu_before) / (args.mb / 1024)
             results[mode] = max(results.get(mode, 0.0), speed)
+            cpu[mode] = min(cpu.get(mode, float("inf")), cpu_per_gb)
     finally:
         if gateway is not None:
             tunnel._stop(gateway)
@@ -325,7 +328,16 @@ def relay_cost(scratch: Path, args) -> dict:
         "down_mb_s_recording_off": round(results["off"], 1),
         "down_mb_s_recording_on": round(results["on"], 1),
         "on_vs_off": round(results["on"] / results["off"], 3),
+        # The gateway process's CPU time (all its threads) per GiB relayed: what recording adds per byte.
+        "gateway_cpu_s_per_gb_recording_off": round(cpu["off"], 2),
+        "gateway_cpu_s_per_gb_recording_on": round(cpu["on"], 2),
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process, all threads (proc(5), fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(args) -> dict:

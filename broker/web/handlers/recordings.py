@@ -151,6 +151,13 @@ def duration_text(ms: int) -> str:
 # -- the replay stream -------------------------------------------------------------------------------
 
 
+def _number(text: str, kind: type, default):
+    try:
+        return kind(float(text))
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
 def take_records(records: Iterator[tuple[int, int, bytes]], budget: int) -> list[tuple[int, int, bytes]]:
     """The next records up to about `budget` bytes (at least one unless the recording is over)."""
     batch, size = [], 0
@@ -200,8 +207,8 @@ class RecordingReplayHandler(AdminPageMixin, WebSocketHandler, BaseHandler):
 
     async def open(self, session_id: str, name: str) -> None:
         self.index = await self.load_index(session_id, name)
-        self.start_ms = max(0, int(self.get_query_argument("start_ms", "0") or 0))
-        speed = float(self.get_query_argument("speed", "1") or 1)
+        self.start_ms = max(0, _number(self.get_query_argument("start_ms", "0"), int, 0))
+        speed = _number(self.get_query_argument("speed", "1"), float, 1.0)
         self.clock = PlayClock(self.start_ms, speed if speed in SPEEDS else 1.0)
         self.changed = asyncio.Event()
         self.handshake = bytearray()

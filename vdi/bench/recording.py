@@ -39,7 +39,7 @@ from broker.db.migrate import upgrade
 from broker.db.models import Desktop, DesktopSession, Host, Pool, User
 from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox
-from broker.recordings import list_recordings
+from broker.recordings import list_recordings, parse_utc
 from vdi.bench import tunnel
 
 MIB = 1 << 20
@@ -264,16 +264,20 @@ def storage_per_hour(scratch: Path, args) -> dict:
             desktop_id = seed_desktop(db, xvnc.port, PASSWORD, KEY, f"bench-xvnc-{uuid.uuid4().hex[:6]}")
             session_id, token = issue_recorded_token(db, desktop_id, xvnc.port)
             url = f"ws://127.0.0.1:{port}/ws"
+            cpu_before = _cpu_s(gateway.pid)
             received = asyncio.run(watch_like_novnc(url, token, args.seconds, width, height))
             index = wait_complete(recordings, session_id)
+            gateway_cpu_s = _cpu_s(gateway.pid) - cpu_before
     finally:
         tunnel._stop(gateway)
         db.close()
-    hours = max(index.duration_ms, 1) / 3_600_000
+    # The tunnel's time, start to end: an idle screen has records at its start only.
+    hours = (parse_utc(index.ended_at) - parse_utc(index.started_at)).total_seconds() / 3600
     return {
         "scenario": args.scenario,
         "geometry": f"{width}x{height}",
         "seconds": args.seconds,
+        "recorded_s": round(hours * 3600, 1),
         "rfb_bytes_to_browser": received,
         "recorded_rfb_bytes": index.raw_bytes,
         "bytes_on_disk": index.bytes,
@@ -281,6 +285,8 @@ def storage_per_hour(scratch: Path, args) -> dict:
         "compression_ratio": round(index.raw_bytes / max(index.bytes, 1), 2),
         "mb_per_hour": round(index.bytes / hours / MIB, 1),
         "rfb_mb_per_hour": round(index.raw_bytes / hours / MIB, 1),
+        # The gateway's CPU (relay, framing and recording, all threads) while it served this one console.
+        "gateway_cpu_percent": round(gateway_cpu_s / args.seconds * 100, 2),
     }
 
 

@@ -10,8 +10,11 @@ import os
 from sqlalchemy import select
 
 from broker.db.models import AuditEvent
-from broker.db.tokens import ConsolePolicy
+from broker.db.tokens import ConsolePolicy, ConsoleTarget
 from broker.recordings import SERVER_DATA, SERVER_INIT, list_recordings, read_records, recording_path
+from gateway.config import GatewaySettings
+from gateway.recorder import RecordingService
+from monitoring.metrics import RecordingFailure
 from tests.fixtures.gateway import RfbBrowser, eventually, metric, read_close, run_async, running_gateway
 from tests.fixtures.recordings import (
     BLUE,
@@ -210,3 +213,31 @@ def test_a_recording_failing_midway_keeps_an_optional_console(tmp_path, console_
     assert closed is None and after > 0
     assert (index.state, index.failure) == ("failed", "disk_full")
     assert index.segments and index.raw_bytes > 0
+
+
+def test_a_writer_too_far_behind_stops_the_recording_and_says_why(tmp_path):
+    """More queued than gateway.recording_backlog_mb: the recorder stops at once instead of buffering."""
+    root = tmp_path / "recordings"
+    settings = GatewaySettings(recording_dir=root, recording_min_free_mb=0, recording_backlog_mb=1)
+    target = ConsoleTarget("5f0c2b9e-3333-4d3c-8e55-1a2b3c4d5e6f", 7, "127.0.0.1", 5900, username="kimmj")
+    failures_before = metric("vdi_gateway_recording_failures_total", reason="backlog")
+
+    async def scenario():
+        service = RecordingService(settings)
+        reasons = []
+        recorder = await service.start(target, b"server-init", reasons.append)
+        recorder.server(b"x" * 1000)
+        recorder.server(b"y" * (2 << 20))  # one chunk over the backlog: refused before it is queued
+        recorder.server(b"z" * 1000)  # and nothing after
+        recorder.close()
+        await service.stop()
+        return reasons, recorder.id
+
+    reasons, recording_id = run_async(scenario())
+    assert reasons == [RecordingFailure.BACKLOG]
+    [index] = list_recordings(root)
+    assert (index.id, index.state, index.failure) == (recording_id, "failed", "backlog")
+    records = list(read_records(recording_path(root, recording_id)))
+    assert [(kind, data[:1]) for kind, _, data in records] == [(SERVER_INIT, b"s"), (SERVER_DATA, b"x")]
+    assert metric("vdi_gateway_recording_failures_total", reason="backlog") == failures_before + 1
+    assert metric("vdi_gateway_recordings_active") == 0

@@ -253,7 +253,7 @@ def storage_per_hour(scratch: Path, args) -> dict:
         scratch / "gateway.toml",
         database,
         port,
-        f'recording_dir = "{recordings}"\nrecording_min_free_mb = 0\n',
+        f'recording_dir = "{recordings}"\nrecording_min_free_mb = 0\nrecording_compression_level = {args.level}\n',
     )
     argv = [sys.executable, "-m", "vdi.cli", "--config", str(config), "gateway"]
     gateway = tunnel._start(argv, scratch / "gateway.log", port)
@@ -275,6 +275,7 @@ def storage_per_hour(scratch: Path, args) -> dict:
     hours = (parse_utc(index.ended_at) - parse_utc(index.started_at)).total_seconds() / 3600
     return {
         "scenario": args.scenario,
+        "compression_level": args.level,
         "geometry": f"{width}x{height}",
         "seconds": args.seconds,
         "recorded_s": round(hours * 3600, 1),
@@ -302,6 +303,7 @@ def relay_cost(scratch: Path, args) -> dict:
     db = Database(DatabaseSettings(url=f"sqlite:///{database}", pool_size=20))
     port = _free_port()
     extra = f'recording_dir = "{scratch / "relay-recordings"}"\nrecording_min_free_mb = 0\n'
+    extra += f"recording_compression_level = {args.level}\n"
     config = tunnel._gateway_config(scratch / "relay.toml", database, port, extra)
     argv = [sys.executable, "-m", "vdi.cli", "--config", str(config), "gateway"]
     gateway = None

@@ -87,6 +87,9 @@ def add_commands(sub) -> None:
         "--geometry", type=geometry, default=(1280, 800), help="screen size WxH (default 1280x800)"
     )
     recording.add_argument(
+        "--level", type=int, choices=range(1, 10), default=3, help="zlib level of the recording (default 3)"
+    )
+    recording.add_argument(
         "--mb", type=int, default=256, help="MiB streamed with recording off and on (default 256; 0 skips)"
     )
     text = "timing of refused password logins, known user against unknown, on a lab slapd it starts"

@@ -41,6 +41,11 @@ class BrokerSettings(MetricsAccessSettings):
     admin_groups: list[str] = Field(
         default_factory=list, description="directory groups whose members may use the admin API"
     )
+    recording_dir: Path | None = Field(
+        None,
+        description="where the gateways write console recordings (their gateway.recording_dir, shared or "
+        "the same machine), for the administrators' player; unset: the player lists none",
+    )
     tls_cert: Path | None = Field(
         None, description="PEM certificate (and chain) to serve the portal over HTTPS"
     )
@@ -213,6 +218,11 @@ class PoolSettings(BaseModel):
     )
     clipboard_text_only: bool = Field(
         False, description="only plain text crosses the clipboard (no rich text, HTML, images or files)"
+    )
+    recording: Literal["off", "on", "required"] = Field(
+        "off",
+        description="record what the console shows (gateway.recording_dir, docs/recording.md): on records "
+        "when it can and keeps the console if recording fails; required refuses or ends the console instead",
     )
 
     @model_validator(mode="after")

@@ -463,10 +463,10 @@ def tokens_minted_recently(db: Session, username: str, now: dt.datetime) -> int:
 
 
 def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
-    """The console policy a token carries to the gateway: the pool's clipboard settings."""
+    """The console policy a token carries to the gateway: the pool's clipboard and recording settings."""
     if pool is None:
         return ConsolePolicy()
-    return ConsolePolicy(pool.clipboard, pool.clipboard_max_bytes, pool.clipboard_text_only)
+    return ConsolePolicy(pool.clipboard, pool.clipboard_max_bytes, pool.clipboard_text_only, pool.recording)
 
 
 def issue_for_owner(

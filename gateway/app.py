@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from broker.db import Database
 from gateway.config import GatewayConfig, GatewaySettings
+from gateway.recorder import RecordingService
 from gateway.relay import ConsoleRelay, TunnelRegistry, vnc_password_box
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
@@ -99,12 +100,14 @@ class GatewayApplication(tornado.web.Application):
         self.session_watch = SessionWatch(self.tunnels, db)
         self.tunnels.on_add = self.session_watch.ensure_started
         self.ssh_channels = SshChannels(config.gateway)
+        self.recordings = RecordingService(config.gateway)
         relay_args = {
             "settings": config.gateway,
             "db": db,
             "tunnels": self.tunnels,
             "ssh_channels": self.ssh_channels,
             "vnc_passwords": vnc_password_box(config.gateway),
+            "recordings": self.recordings,
         }
         console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]
@@ -151,6 +154,7 @@ async def serve(config: GatewayConfig) -> None:
     server = http_server(app, config.gateway)
     sockets = bind_sockets(config.gateway.port, config.gateway.listen_address)
     server.add_sockets(sockets)
+    app.recordings.start_purge()
     stop = _stop_on_signals()
     log.info(
         "gateway listening on %s://%s:%d%s",
@@ -190,5 +194,6 @@ async def shutdown(app: GatewayApplication, server: HTTPServer, db: Database) ->
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=SHUTDOWN_GRACE_S)
     await app.ssh_channels.close()
+    await app.recordings.stop()
     db.close()
     log.info("gateway stopped")

@@ -80,6 +80,38 @@ class GatewaySettings(MetricsAccessSettings):
     ssh_idle_close_s: float = Field(
         300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"
     )
+    recording_dir: Path | None = Field(
+        None,
+        description="directory of console recordings, for pools with recording on (unset: their consoles are "
+        "not recorded, and refused where recording is required); docs/recording.md",
+    )
+    recording_retention_days: int = Field(
+        90, ge=1, le=3650, description="recordings older than this many days are deleted"
+    )
+    recording_purge_interval_s: float = Field(
+        3600.0, ge=10, le=86400, description="how often the gateway deletes recordings past their retention"
+    )
+    recording_segment_mb: int = Field(
+        16, ge=1, le=1024, description="a recording's segment file is closed and a new one begun at this size"
+    )
+    recording_segment_s: int = Field(
+        600, ge=10, le=86400, description="... or when it has covered this many seconds"
+    )
+    recording_min_free_mb: int = Field(
+        1024,
+        ge=0,
+        description="a recording does not start, or stops, when the directory's file system has less free "
+        "space than this",
+    )
+    recording_backlog_mb: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="a recording stops when its writer falls this far behind the console (disk too slow)",
+    )
+    recording_compression_level: int = Field(
+        3, ge=1, le=9, description="zlib level of recordings (1 fastest, 9 smallest)"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "GatewaySettings":

@@ -42,6 +42,7 @@ from broker.db.vnc_passwords import SealError, VncPasswordBox
 from gateway import rfb, vnc_login
 from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFilter
 from gateway.config import GatewaySettings
+from gateway.recorder import Recorder, RecordingFailed, RecordingService
 from gateway.ssh_channel import SshChannels, SshRouteError
 from monitoring.metrics import (
     BYTES_RELAYED,
@@ -49,6 +50,7 @@ from monitoring.metrics import (
     TUNNELS_OPEN,
     TUNNELS_REFUSED,
     Direction,
+    RecordingFailure,
     TunnelRefusal,
 )
 
@@ -212,6 +214,24 @@ def record_clipboard(db: Session, target: ConsoleTarget, event: ClipboardEvent) 
     )
 
 
+def record_recording(
+    db: Session, target: ConsoleTarget, result: str, recording_id: str | None, reason: str | None
+) -> None:
+    """Audit a console recording starting, or failing to start or to go on (docs/recording.md)."""
+    detail = {"session": target.session_id, "recording": recording_id, "mode": target.policy.recording}
+    if reason:
+        detail["reason"] = reason
+    db.add(
+        AuditEvent(
+            actor=target.username,
+            action="console.recording",
+            result=result,
+            target=target.domain_name,
+            detail=detail,
+        )
+    )
+
+
 def vnc_password_box(settings: GatewaySettings) -> VncPasswordBox | None:
     key = settings.vnc_password_key
     return VncPasswordBox(key.get_secret_value()) if key else None
@@ -227,8 +247,11 @@ class ConsoleRelay(WebSocketHandler):
         tunnels: TunnelRegistry,
         ssh_channels: SshChannels,
         vnc_passwords: VncPasswordBox | None = None,
+        recordings: RecordingService | None = None,
     ) -> None:
         self.gateway = settings
+        self.recordings = recordings
+        self._recorder: Recorder | None = None
         self.vnc_passwords = vnc_passwords
         self.db = db
         self.tunnels = tunnels
@@ -288,6 +311,9 @@ class ConsoleRelay(WebSocketHandler):
             if upstream is None:
                 return
             if not await self._log_in(target, upstream) or self._client_gone:
+                upstream.close()
+                return
+            if not await self._start_recording(target):
                 upstream.close()
                 return
             self._start_tunnel(target, upstream)
@@ -407,6 +433,60 @@ class ConsoleRelay(WebSocketHandler):
         )
         # The browser learns only that the display failed; which way is for the log.
         self.close(CLOSE_INTERNAL_ERROR, "desktop display unreachable")
+
+    # -- recording (gateway/recorder.py) ---------------------------------------------------------
+
+    async def _start_recording(self, target: ConsoleTarget) -> bool:
+        """Start the pool's recording; False when the console must not open without one (and closed)."""
+        mode = target.policy.recording
+        if mode not in ("on", "required") or self.recordings is None:
+            return True
+        server_init = self._server_init.encode() if self._server_init is not None else None
+        try:
+            recorder = await self.recordings.start(
+                target, server_init, partial(self._recording_failed, target)
+            )
+        except RecordingFailed as exc:
+            return self._recording_refused(target, exc)
+        if self._client_gone or self._ended:
+            recorder.close()
+            return False
+        self._recorder = recorder
+        log.info("recording session %s as %s", target.session_id, recorder.id)
+        self._spawn(self._audit_recording(target, "started", recorder.id, None))
+        return True
+
+    def _recording_refused(self, target: ConsoleTarget, exc: RecordingFailed) -> bool:
+        self._spawn(self._audit_recording(target, "failed", None, exc.reason.value))
+        if target.policy.recording != "required":
+            log.warning("session %s is not recorded: %s: %s", target.session_id, exc.reason.value, exc)
+            return True
+        TUNNELS_REFUSED.labels(reason=TunnelRefusal.RECORDING.value).inc()
+        log.warning(
+            "console refused: session %s must be recorded: %s: %s", target.session_id, exc.reason.value, exc
+        )
+        self.close(CLOSE_INTERNAL_ERROR, "console recording unavailable")
+        return False
+
+    def _recording_failed(self, target: ConsoleTarget, reason: RecordingFailure) -> None:
+        """The recording stopped mid-way (counted and logged by the recorder)."""
+        recording_id = self._recorder.id if self._recorder is not None else None
+        self._spawn(self._audit_recording(target, "failed", recording_id, reason.value))
+        if target.policy.recording == "required" and not self._ended:
+            TUNNELS_REFUSED.labels(reason=TunnelRefusal.RECORDING.value).inc()
+            self.end(CLOSE_INTERNAL_ERROR, "console recording failed")
+
+    async def _audit_recording(
+        self, target: ConsoleTarget, result: str, recording_id: str | None, reason: str | None
+    ) -> None:
+        try:
+            await self.db.run(
+                partial(
+                    record_recording, target=target, result=result, recording_id=recording_id, reason=reason
+                )
+            )
+        except SQLAlchemyError:
+            log.warning("could not audit the recording of session %s", target.session_id)
 
     def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
@@ -528,6 +608,8 @@ class ConsoleRelay(WebSocketHandler):
                     chunk = b"".join(self._rfb.server.feed(chunk))
                     if not chunk:
                         continue
+                if self._recorder is not None:
+                    self._recorder.server(chunk)  # a stamp and a queue put: the writer thread does the rest
                 # Awaiting the write is the backpressure: no further read until the browser took it.
                 await self.write_message(chunk, binary=True)
                 self._bytes_to_client += len(chunk)
@@ -621,6 +703,8 @@ class ConsoleRelay(WebSocketHandler):
             return
         self._ended = True
         self._cancel_handshake_deadline()
+        if self._recorder is not None:
+            self._recorder.close()
         if self.upstream is None:
             return
         self.upstream.close()

@@ -45,6 +45,7 @@ class TunnelRefusal(Enum):
     RFB_TIMEOUT = "rfb_timeout"  # the desktop or the browser did not finish its RFB handshake in time
     DESKTOP_AUTH = "desktop_auth"  # the desktop refused the VNC password, or asks for no known security
     NO_KEY = "no_key"  # the desktop has a sealed password the gateway cannot open (vnc_password_key)
+    RECORDING = "recording"  # the pool requires recording and it could not start or stopped
 
 
 class ClipboardResult(Enum):
@@ -93,6 +94,32 @@ CLIPBOARD_TRANSFERS_STOPPED = Counter(
 )
 
 
+class RecordingFailure(Enum):
+    """Why a console recording did not start or stopped early (gateway/recorder.py)."""
+
+    DISK_FULL = "disk_full"  # less than gateway.recording_min_free_mb free, or the disk filled up
+    WRITE_ERROR = "write_error"  # the recordings directory could not be written
+    BACKLOG = "backlog"  # the writer fell gateway.recording_backlog_mb behind the relay
+    UNFRAMED = "unframed"  # a desktop without a VNC password: the byte relay has no ServerInit to record
+
+
+RECORDINGS_ACTIVE = Gauge("vdi_gateway_recordings_active", "Console recordings being written")
+RECORDING_BYTES_WRITTEN = Counter(
+    "vdi_gateway_recording_bytes_written_total", "Compressed bytes of console recordings written to disk"
+)
+RECORDING_SEGMENTS = Counter(
+    "vdi_gateway_recording_segments_total", "Console recording segment files completed"
+)
+RECORDING_FAILURES = Counter(
+    "vdi_gateway_recording_failures_total",
+    "Console recordings that failed to start or stopped early",
+    ["reason"],
+)
+RECORDINGS_PURGED = Counter(
+    "vdi_gateway_recordings_purged_total", "Console recordings removed after gateway.recording_retention_days"
+)
+
+
 def declare_login_method(method: str) -> None:
     """Series of a login method at zero, so that its rate is 0 rather than absent before its first login."""
     for result in LoginResult:
@@ -112,6 +139,8 @@ def _zero_series() -> None:
         BYTES_RELAYED.labels(direction=direction.value)
         for clipboard in ClipboardResult:
             CLIPBOARD_TRANSFERS_STOPPED.labels(direction=direction.value, result=clipboard.value)
+    for failure in RecordingFailure:
+        RECORDING_FAILURES.labels(reason=failure.value)
 
 
 class PlacementResult(Enum):

@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   openssh-server openssl iproute2 procps
   postgresql
   tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
+  x11-utils fonts-dejavu-core
   python3-apt
 )
 

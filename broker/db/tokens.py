@@ -40,17 +40,21 @@ class ConsolePolicy:
     clipboard: "both", "to_desktop" (browser to desktop only), "to_client" (desktop to browser only)
     or "none"; `clipboard_max_bytes` caps one transfer (longer text is cut); `clipboard_text_only`
     drops other formats of the Extended Clipboard (rich text, HTML, images, files).
+    recording: "off", "on" (record when possible; a failed recording never ends the console) or
+    "required" (no recording, no console: docs/recording.md).
     """
 
     clipboard: str = "both"
     clipboard_max_bytes: int = 1024 * 1024
     clipboard_text_only: bool = False
+    recording: str = "off"
 
     def as_json(self) -> dict:
         return {
             "clipboard": self.clipboard,
             "clipboard_max_bytes": self.clipboard_max_bytes,
             "clipboard_text_only": self.clipboard_text_only,
+            "recording": self.recording,
         }
 
     @classmethod
@@ -80,6 +84,7 @@ class ConsoleTarget:
     # The desktop's sealed VNC password (broker/db/vnc_passwords.py); None: an unauthenticated display.
     vnc_password_sealed: str | None = field(default=None, repr=False)
     policy: ConsolePolicy = field(default_factory=ConsolePolicy)
+    pool_name: str = ""
 
 
 def hash_token(token: str) -> str:
@@ -156,6 +161,7 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
             DesktopSession.username,
             Desktop.domain_name,
             Desktop.vnc_password_sealed,
+            Desktop.pool_name,
         )
         .join(Desktop, Desktop.id == DesktopSession.desktop_id)
         .where(DesktopSession.id == row.session_id)
@@ -164,7 +170,7 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         raise TokenRefused("session has ended")
     if state[1] != "running":
         raise TokenRefused("desktop is not running")
-    host_name, username, domain_name, sealed = state[2:]
+    host_name, username, domain_name, sealed, pool_name = state[2:]
     target = ConsoleTarget(
         row.session_id,
         row.desktop_id,
@@ -175,6 +181,7 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         domain_name=domain_name,
         vnc_password_sealed=sealed,
         policy=ConsolePolicy.of(row.policy),
+        pool_name=pool_name,
     )
     return _routed(target, row)
 

@@ -25,13 +25,14 @@ from broker.web.apihandlers import images as images_api
 from broker.web.apihandlers import sessions as sessions_api
 from broker.web.apihandlers.base import APINotFoundHandler
 from broker.web.base import PageNotFoundHandler, log_request
-from broker.web.handlers import cert_login, login, pages, static
+from broker.web.handlers import cert_login, login, pages, recordings, static
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 ROUTE_MODULES = (
     pages,
+    recordings,
     login,
     static,
     health_api,

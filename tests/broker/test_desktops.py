@@ -43,9 +43,12 @@ def test_without_a_key_desktops_get_no_password(
     assert [spec.vnc_password for spec in unreachable_providers["local"].specs] == [None]
 
 
-def test_console_tokens_carry_the_pools_clipboard_policy(tmp_path, broker_server, fake_authenticator):
+def test_console_tokens_carry_the_pools_clipboard_and_recording_policy(
+    tmp_path, broker_server, fake_authenticator
+):
     pool = {"name": "mois-office", "display_name": "업무용", "groups": ["mois"]}
     pool |= {"clipboard": "to_desktop", "clipboard_max_bytes": 2048, "clipboard_text_only": True}
+    pool |= {"recording": "required"}
     config = make_broker_config(tmp_path / "policy.db", pools=[pool])
     client = BrokerClient(broker_server(config, authenticator=fake_authenticator, providers={}))
     client.login("kimmj")
@@ -57,4 +60,9 @@ def test_console_tokens_carry_the_pools_clipboard_policy(tmp_path, broker_server
             policy = s.scalars(select(ConsoleToken.policy)).one()
     finally:
         db.close()
-    assert policy == {"clipboard": "to_desktop", "clipboard_max_bytes": 2048, "clipboard_text_only": True}
+    assert policy == {
+        "clipboard": "to_desktop",
+        "clipboard_max_bytes": 2048,
+        "clipboard_text_only": True,
+        "recording": "required",
+    }

@@ -31,6 +31,7 @@ ENUM_LABELS = {
     "LEASE_CHANGES": (metrics.BackgroundJob, metrics.LeaseChange),
     "BYTES_RELAYED": (metrics.Direction,),
     "CLIPBOARD_TRANSFERS_STOPPED": (metrics.Direction, metrics.ClipboardResult),
+    "RECORDING_FAILURES": (metrics.RecordingFailure,),
     "PLACEMENTS": (metrics.PlacementResult, metrics.PlacementReason),
     "PLACEMENT_CLAIM_CONFLICTS": (metrics.ClaimConflict,),
     "HOSTS": (metrics.HostHealth, metrics.HostAdminState),

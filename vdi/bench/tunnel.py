@@ -247,8 +247,10 @@ class Route:
 class TokenSource:
     """Console tokens from the bench's database, one per tunnel, issued ahead of the clock."""
 
-    def __init__(self, db: Database, sessions: dict[str, tuple[str, int, int]]) -> None:
-        self.db, self.sessions = db, sessions
+    def __init__(
+        self, db: Database, sessions: dict[str, tuple[str, int, int]], policy: ConsolePolicy | None = None
+    ) -> None:
+        self.db, self.sessions, self.policy = db, sessions, policy or ConsolePolicy()
 
     def issue(self, mode: str, count: int) -> list[str]:
         """`count` tokens to the mode's desktop, each for a session of its own (the gateway caps tunnels
@@ -269,7 +271,7 @@ class TokenSource:
                         port=port,
                         ttl_s=300,
                         route="direct",
-                        policy=ConsolePolicy(),
+                        policy=self.policy,
                     )
                 )
         return tokens
@@ -434,10 +436,10 @@ def _seed(db: Database, ports: dict[str, int], sealed: bool) -> dict[str, tuple[
     return sessions
 
 
-def _gateway_config(path: Path, database: Path, port: int) -> Path:
+def _gateway_config(path: Path, database: Path, port: int, extra: str = "") -> Path:
     path.write_text(
         f'[database]\nurl = "sqlite:///{database}"\npool_size = 20\n\n'
-        f'[gateway]\nport = {port}\nallowed_origins = ["{ORIGIN}"]\nvnc_password_key = "{KEY}"\n'
+        f'[gateway]\nport = {port}\nallowed_origins = ["{ORIGIN}"]\nvnc_password_key = "{KEY}"\n{extra}'
     )
     return path
 

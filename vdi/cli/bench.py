@@ -27,6 +27,17 @@ def cmd_bench_tunnel(config, args) -> int:
     return main(args)
 
 
+def cmd_bench_recording(config, args) -> int:
+    from vdi.bench.recording import main
+
+    return main(args)
+
+
+def geometry(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    return int(width), int(height)
+
+
 def cmd_bench_session_density(config, args) -> int:
     from vdi.bench.session_density import main
 
@@ -59,6 +70,27 @@ def add_commands(sub) -> None:
     )
     tunnel.add_argument(
         "--only", action="append", choices=["gateway", "websockify"], help="paths besides raw"
+    )
+    text = "console recording: storage per hour of a real Xvnc desktop, and what recording costs the relay"
+    recording = kinds.add_parser("recording", help=text, description=text)
+    recording.set_defaults(fn=cmd_bench_recording, needs_config="optional")
+    recording.add_argument(
+        "--seconds", type=float, default=60.0, help="time watched and recorded (default 60)"
+    )
+    recording.add_argument(
+        "--scenario",
+        choices=["idle", "terminal", "scroll"],
+        default="terminal",
+        help="what the desktop shows: nothing moving, top redrawing each second, or text scrolling",
+    )
+    recording.add_argument(
+        "--geometry", type=geometry, default=(1280, 800), help="screen size WxH (default 1280x800)"
+    )
+    recording.add_argument(
+        "--level", type=int, choices=range(1, 10), default=3, help="zlib level of the recording (default 3)"
+    )
+    recording.add_argument(
+        "--mb", type=int, default=256, help="MiB streamed with recording off and on (default 256; 0 skips)"
     )
     text = "timing of refused password logins, known user against unknown, on a lab slapd it starts"
     timing = kinds.add_parser("login-timing", help=text, description=text)

@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
   postgresql
   tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
   python3-apt
+  prometheus
 )
 
 missing_packages() {
@@ -42,7 +43,22 @@ install_debian_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  without_prometheus_service apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+# The prometheus package is here for promtool (the alert rule tests); its server must not start or stay enabled.
+without_prometheus_service() {
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n[ "$1" = prometheus ] && exit 101\nexit 0\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  "$@" || { [ -z "$made_policy" ] || rm -f "$policy"; return 1; }
+  [ -z "$made_policy" ] || rm -f "$policy"
+  if [ -d /run/systemd/system ] && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 }
 
 prepare_libvirt_host() {

@@ -102,13 +102,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(settings: LoggingSettings | None = None) -> None:
-    """Set up the root logger once per process (`vdi` command), replacing handlers set up before."""
+    """Set up the root logger of a `vdi` process. Like logging.basicConfig, it leaves alone a root logger
+    that already has handlers (a test runner or a program that embeds the command line owns its logging)."""
     settings = settings or LoggingSettings()
+    root = logging.getLogger()
+    if root.handlers:
+        return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.level)
     # Alembic announces each of its plugins at INFO; the migrations it runs are what matters.

@@ -13,6 +13,7 @@ import pytest
 
 from monitoring.logs import JsonFormatter
 from tests.fixtures.broker import BrokerClient, make_broker_config
+from tests.fixtures.common import wait_until
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
 
@@ -78,6 +79,12 @@ def test_error_responses_and_their_log_lines_carry_the_request_id(broker_url, ac
     assert response.status == 404
     assert response.json()["error"]["reason"] == "not_found"
     request_id = response.headers["X-Request-Id"]
-    (line,) = [line for line in access_lines if "/api/v1/no-such-endpoint" in line["message"]]
+
+    def logged() -> list[dict]:
+        return [line for line in access_lines if "/api/v1/no-such-endpoint" in line["message"]]
+
+    # The access line is written after the response went out, on the broker's thread.
+    wait_until(logged, 10, "the access log line")
+    (line,) = logged()
     assert line["request_id"] == request_id
     assert line["level"] == "WARNING" and line["logger"] == "tornado.access"

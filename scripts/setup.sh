@@ -15,7 +15,7 @@ DEBIAN_PACKAGES=(
   openssh-server openssl iproute2 procps
   postgresql
   tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
-  python3-apt
+  python3-apt python3-venv
   prometheus
 )
 
@@ -72,16 +72,18 @@ prepare_libvirt_host() {
 
 python_venv() {
   local key stamp
-  key=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  # Exactly the locked set: requirements.lock pins every package with its hashes (docs/development.md).
+  key=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
   stamp=".venv/.installed-$key"
   if [ -f "$stamp" ]; then
     log "Python environment up to date"
     return
   fi
-  log "creating .venv with the Python dependencies"
+  log "installing the locked Python dependencies into .venv (requirements.lock, hashes checked)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+  # The checkout itself, editable; its dependencies are the lock's, and it builds with the locked setuptools.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 }

@@ -10,6 +10,7 @@ from tests.fixtures.monitoring import (
     EXTERNAL_METRICS,
     RULES,
     RULES_TEST,
+    label_problems,
     metric_names_in,
     rule_expressions,
     series_names,
@@ -50,3 +51,7 @@ def test_rules_use_only_declared_metrics():
     assert {"vdi_hosts", "vdi_pool_desktops", "vdi_placements_total"} <= used
     assert {"vdi_certificate_revocation_checks_total", "vdi_gateway_tunnels_refused_total"} <= used
     assert "node_filesystem_avail_bytes" in used
+
+
+def test_rules_match_only_declared_labels_and_values():
+    assert [problem for _alert, expr in rule_expressions() for problem in label_problems(expr)] == []

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.fixtures.monitoring import DASHBOARD, metric_names_in, series_names
+from tests.fixtures.monitoring import DASHBOARD, label_problems, metric_names_in, series_names
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -71,3 +71,9 @@ def test_dashboard_uses_only_declared_metrics(dashboard):
         "vdi_background_leases_held",
     }
     assert expected <= used
+
+
+def test_dashboard_matches_only_declared_labels_and_values(dashboard):
+    exprs = [target["expr"] for panel in graph_panels(dashboard) for target in panel["targets"]]
+
+    assert [problem for expr in exprs for problem in label_problems(expr)] == []

@@ -4,7 +4,7 @@ VENV := .venv
 VDI := $(VENV)/bin/vdi
 DEMO_CONFIG := etc/demo.toml
 
-.PHONY: setup demo stop test lint format fuzz clean
+.PHONY: setup demo stop test lint format fuzz lock lock-check clean
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,22 @@ test: setup lint
 # The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
 fuzz: setup
 	VDI_FUZZ_EXAMPLES=$${VDI_FUZZ_EXAMPLES:-5000} $(VENV)/bin/python -m pytest -p no:cacheprovider tests/security/test_fuzz.py
+
+# requirements.lock: every Python package of .venv pinned with its hashes, installed by scripts/setup.sh with
+# --require-hashes. `make lock` after changing pyproject.toml's dependencies keeps the other pins; `make lock
+# UPGRADE=1` moves every pin to the newest release the ranges allow. `make lock-check` fails when the lock is
+# not what pip-compile makes of pyproject.toml (docs/development.md).
+PIP_COMPILE = $(VENV)/bin/pip-compile -q --generate-hashes --allow-unsafe --all-build-deps --extra test \
+	--strip-extras --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade,)
+
+lock: setup
+	$(PIP_COMPILE) --output-file requirements.lock pyproject.toml
+
+lock-check: setup
+	@tmp=$$(mktemp -d) && cp requirements.lock "$$tmp/requirements.lock" && \
+	$(PIP_COMPILE) --output-file "$$tmp/requirements.lock" pyproject.toml && \
+	diff -u <(grep -v '^#' requirements.lock) <(grep -v '^#' "$$tmp/requirements.lock") && \
+	echo "requirements.lock is in step with pyproject.toml"; status=$$?; rm -rf "$$tmp"; exit $$status
 
 clean: stop
 	rm -rf var test-artifacts .pytest_cache .ruff_cache

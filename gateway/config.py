@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from broker.db.config import DatabaseSettings
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
 from monitoring.access import MetricsAccessSettings
+from monitoring.logs import LoggingSettings
 
 
 class GatewaySettings(MetricsAccessSettings):
@@ -127,15 +128,16 @@ class GatewayConfig(BaseModel):
 
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
-    """The `[gateway]` and `[database]` sections of a configuration file; ConfigError names the key."""
+    """The `[gateway]`, `[database]` and `[logging]` sections of a configuration file; ConfigError names the key."""
     path = Path(path)
     data = read_toml(path)
     try:
         config = GatewayConfig.model_validate(
-            {key: data[key] for key in ("gateway", "database") if key in data}
+            {key: data[key] for key in ("gateway", "database", "logging") if key in data}
         )
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None

@@ -44,6 +44,7 @@ from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFi
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder, RecordingFailed, RecordingService
 from gateway.ssh_channel import SshChannels, SshRouteError
+from monitoring import logs
 from monitoring.metrics import (
     BYTES_RELAYED,
     CLIPBOARD_TRANSFERS_STOPPED,
@@ -117,6 +118,12 @@ def token_from_query(uri: str) -> str | None:
         if inner.get("token"):
             return inner["token"][0]
     return None
+
+
+def request_id_from_query(uri: str) -> str | None:
+    """The request id the broker put in the gateway URL (`rid`), when it is one."""
+    values = parse_qs(urlsplit(uri).query).get("rid", [])
+    return values[0] if values and logs.valid_request_id(values[0]) else None
 
 
 def close_reason(text: str) -> str:
@@ -278,6 +285,12 @@ class ConsoleRelay(WebSocketHandler):
 
     # -- handshake -------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        # The broker request that issued the token named itself in the URL (`rid`, docs/logging.md); this
+        # tunnel's lines carry it. Bound here, before the upgrade, so the tunnel's task and its pumps inherit it.
+        request_id = request_id_from_query(self.request.uri or "")
+        logs.bind(request_id=request_id or logs.new_request_id(), user=None, session=None)
+
     def check_origin(self, origin: str) -> bool:
         # The token alone does not stop cross-site WebSocket hijacking: any page the user visits
         # could open a socket with a token it phished, so browsers must come from the portal.
@@ -303,6 +316,7 @@ class ConsoleRelay(WebSocketHandler):
         target = await self._consume_token(token_from_query(self.request.uri or ""))
         if target is None or self._client_gone:
             return
+        logs.bind(user=target.username or None, session=target.session_id)
         if not self.tunnels.reserve(target.session_id, self.gateway.max_tunnels_per_session):
             self._refuse_over_limit(target)
             return

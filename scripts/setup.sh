@@ -16,7 +16,8 @@ DEBIAN_PACKAGES=(
   postgresql
   tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
   x11-utils fonts-dejavu-core
-  python3-apt
+  python3-apt python3-venv
+  prometheus
 )
 
 missing_packages() {
@@ -43,7 +44,22 @@ install_debian_packages() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  without_prometheus_service apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+# The prometheus package is here for promtool (the alert rule tests); its server must not start or stay enabled.
+without_prometheus_service() {
+  local policy=/usr/sbin/policy-rc.d made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n[ "$1" = prometheus ] && exit 101\nexit 0\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+  fi
+  "$@" || { [ -z "$made_policy" ] || rm -f "$policy"; return 1; }
+  [ -z "$made_policy" ] || rm -f "$policy"
+  if [ -d /run/systemd/system ] && systemctl is-enabled --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 }
 
 prepare_libvirt_host() {
@@ -57,16 +73,18 @@ prepare_libvirt_host() {
 
 python_venv() {
   local key stamp
-  key=$(cat pyproject.toml | sha256sum | cut -c1-16)
+  # Exactly the locked set: requirements.lock pins every package with its hashes (docs/development.md).
+  key=$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
   stamp=".venv/.installed-$key"
   if [ -f "$stamp" ]; then
     log "Python environment up to date"
     return
   fi
-  log "creating .venv with the Python dependencies"
+  log "installing the locked Python dependencies into .venv (requirements.lock, hashes checked)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+  # The checkout itself, editable; its dependencies are the lock's, and it builds with the locked setuptools.
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 }

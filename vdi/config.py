@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from broker.config import BrokerConfig
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
 from gateway.config import GatewayConfig, GatewaySettings
+from monitoring.logs import LoggingSettings
 
 __all__ = ["Config", "ConfigError", "LabSettings", "load_config", "parse_config"]
 
@@ -24,12 +25,6 @@ class LabSettings(BaseModel):
     state_dir: Path = Field(Path("/var/lib/smartwork-vdi/lab"), description="lab daemons' data and pid files")
     ldap_port: int = Field(3389, ge=1, le=65535, description="loopback port of the lab's slapd")
     ldap_suffix: str = Field("dc=smartwork,dc=go,dc=kr", description="suffix of the lab's demo directory")
-
-
-class LoggingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
 
 
 class Config(BrokerConfig):
@@ -48,14 +43,16 @@ class Config(BrokerConfig):
         return self
 
     def broker_config(self) -> BrokerConfig:
-        """The broker's part: no gateway, lab or logging settings."""
+        """The broker's part: no gateway, lab or logging settings (logging is set up by the command line)."""
         return BrokerConfig.model_construct(
             **{name: getattr(self, name) for name in BrokerConfig.model_fields}
         )
 
     def gateway_config(self) -> GatewayConfig:
         """The gateway's part: its own section and the database's."""
-        return GatewayConfig.model_construct(gateway=self.gateway, database=self.database)
+        return GatewayConfig.model_construct(
+            gateway=self.gateway, database=self.database, logging=self.logging
+        )
 
 
 def parse_config(data: dict, base_dir: Path | None = None) -> Config:

@@ -13,7 +13,7 @@ from tornado.log import access_log
 from broker import errors
 from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
 from broker.web.client_address import HEADER as FORWARDED_FOR
-from broker.web.client_address import PROTO_HEADER, client_address, client_scheme
+from broker.web.client_address import PROTO_HEADER, client_address, client_scheme, peer_is_trusted
 from broker.web.i18n import (
     LANGUAGE_NAMES,
     LANGUAGES,
@@ -22,6 +22,7 @@ from broker.web.i18n import (
     other_language,
     translator,
 )
+from monitoring import logs
 from sso.base import AuthError
 from sso.password import Password, PasswordLogin
 
@@ -161,10 +162,28 @@ class BaseHandler(tornado.web.RequestHandler):
             )
         return self._client_ip
 
+    @property
+    def request_id(self) -> str:
+        """This request's id, in its log lines and its X-Request-Id response header (docs/logging.md).
+
+        A trusted proxy's X-Request-Id is kept, so one id follows the request through the proxy's logs too;
+        from anyone else the header would let a client plant ids in our logs, so a new one is made.
+        """
+        if not hasattr(self, "_request_id"):
+            incoming = self.request.headers.get(logs.REQUEST_ID_HEADER)
+            trusted = peer_is_trusted(self.peer_ip, self.config.broker.trusted_proxies)
+            self._request_id = (
+                incoming if trusted and logs.valid_request_id(incoming) else logs.new_request_id()
+            )
+            # Bound before the handler runs: the request's task (and any task it starts) inherits it.
+            logs.bind(request_id=self._request_id, user=None, session=None)
+        return self._request_id
+
     # -- user and cookies --------------------------------------------------------------------
 
     async def prepare(self) -> None:
         self.current_user = await self.portal_auth.user_for(self.portal_session_id())
+        logs.bind(user=self.current_user.username if self.current_user else None)
 
     def get_current_user(self) -> PortalUser | None:
         # prepare() sets the user; this only runs when an error cut the request short before it.
@@ -209,6 +228,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)
         self.current_user = user
+        logs.bind(user=user.username)
         return user
 
     async def end_portal_session(self) -> None:
@@ -267,6 +287,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- headers, errors and logs --------------------------------------------------------------
 
     def set_default_headers(self) -> None:
+        self.set_header(logs.REQUEST_ID_HEADER, self.request_id)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
         self.set_header("X-Frame-Options", "DENY")

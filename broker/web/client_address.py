@@ -37,6 +37,11 @@ def is_trusted(address: Address | None, trusted: Sequence[IPvAnyNetwork]) -> boo
     return address is not None and any(address in network for network in trusted)
 
 
+def peer_is_trusted(peer: str, trusted: Sequence[IPvAnyNetwork]) -> bool:
+    """Whether the TCP peer is one of `broker.trusted_proxies`."""
+    return is_trusted(_parse(peer), trusted)
+
+
 def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[IPvAnyNetwork]) -> str:
     """The client's address for a request from `peer` carrying `forwarded_for` (None: no header)."""
     if forwarded_for is None:

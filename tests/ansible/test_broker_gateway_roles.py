@@ -10,12 +10,16 @@ must change nothing.
 
 from __future__ import annotations
 
+import configparser
 import json
-import os
 import secrets
+import shlex
+import shutil
+import signal
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +54,9 @@ class Deployment:
             "    gateways:\n      hosts:\n        localhost:\n"
         )
         ldap = slapd.settings()
+        self.state_dir = root / "state"
+        self.unit_dir = root / "systemd"
+        self.unit_dir.mkdir()
         key = root / "gateway_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         self.key_path = root / "etc" / "gateway_ssh_key"
@@ -60,7 +67,11 @@ class Deployment:
             "smartwork_broker_package": str(wheel),
             "smartwork_broker_venv": str(self.venv),
             "smartwork_broker_config_path": str(self.config),
-            "smartwork_broker_database_url": f"sqlite:///{root / 'vdi.db'}",
+            "smartwork_broker_state_dir": str(self.state_dir),
+            "smartwork_broker_database_url": f"sqlite:///{self.state_dir / 'vdi.db'}",
+            # The units are installed (as under systemd) into a directory of the test's own.
+            "smartwork_broker_systemd_unit": True,
+            "smartwork_broker_systemd_unit_dir": str(self.unit_dir),
             "smartwork_broker_port": self.broker_port,
             "smartwork_broker_cookie_secret": secrets.token_hex(32),
             "smartwork_broker_gateway_url": f"ws://127.0.0.1:{self.gateway_port}/ws",
@@ -72,7 +83,10 @@ class Deployment:
             "smartwork_gateway_package": str(wheel),
             "smartwork_gateway_venv": str(self.venv),
             "smartwork_gateway_config_path": str(self.gateway_config),
-            "smartwork_gateway_database_url": f"sqlite:///{root / 'vdi.db'}",
+            "smartwork_gateway_state_dir": str(self.state_dir),
+            "smartwork_gateway_database_url": f"sqlite:///{self.state_dir / 'vdi.db'}",
+            "smartwork_gateway_systemd_unit": True,
+            "smartwork_gateway_systemd_unit_dir": str(self.unit_dir),
             "smartwork_gateway_port": self.gateway_port,
             "smartwork_gateway_allowed_origins": [portal],
             "smartwork_gateway_user": self.user,
@@ -88,6 +102,7 @@ class Deployment:
 
     def remove(self) -> None:
         subprocess.run(["userdel", self.user], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +114,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iterat
         capture_output=True,
     )
     (wheel,) = wheels.glob("smartwork_vdi-*.whl")
-    deployment = Deployment(tmp_path_factory.mktemp("roles"), slapd, wheel)
+    # The service account walks to its files: not under pytest's private temporary tree.
+    root = Path(tempfile.mkdtemp(prefix="swvdi-roles-"))
+    root.chmod(0o755)
+    deployment = Deployment(root, slapd, wheel)
     try:
         first_runs = [deployment.apply(BROKER_PLAYBOOK), deployment.apply(GATEWAY_PLAYBOOK)]
         yield deployment, first_runs
@@ -142,29 +160,80 @@ def test_second_runs_change_nothing(deployment):
     assert deployed.apply(GATEWAY_PLAYBOOK)["changed"] == 0
 
 
-def test_installed_broker_and_gateway_serve_with_the_roles_configuration(deployment, tmp_path):
+def unit_commands(unit: Path) -> tuple[str, list[list[str]], list[str]]:
+    """The unit's User, its ExecStartPre commands and its ExecStart command."""
+    service = configparser.ConfigParser(strict=False, interpolation=None)
+    service.read_string(unit.read_text())
+    lines = [line for line in unit.read_text().splitlines() if line.startswith("ExecStartPre=")]
+    pre = [shlex.split(line.partition("=")[2]) for line in lines]
+    return service["Service"]["User"], pre, shlex.split(service["Service"]["ExecStart"])
+
+
+def as_unit_runs(user: str, argv: list[str]) -> list[str]:
+    """argv as systemd runs it for this unit: as User= with its groups, with NoNewPrivileges=."""
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--no-new-privs", "--", *argv]
+
+
+def unit_environment(user: str) -> dict[str, str]:
+    # systemd gives a service a clean environment: PATH, and USER/LOGNAME/HOME for User=.
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "USER": user,
+        "LOGNAME": user,
+        "HOME": "/",
+        "LANG": "C.UTF-8",
+    }
+
+
+def test_installed_units_verify(deployment):
     deployed, _ = deployment
-    vdi = str(deployed.venv / "bin" / "vdi")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("VIRTUAL_ENV")}
+    units = [deployed.unit_dir / "smartwork-broker.service", deployed.unit_dir / "smartwork-gateway.service"]
+
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert all(unit_commands(unit)[0] == deployed.user for unit in units)
+    assert unit_commands(units[0])[1] == [
+        [str(deployed.venv / "bin" / "vdi"), "--config", str(deployed.config), "db", "upgrade"]
+    ]
+
+
+def test_the_units_commands_serve_as_the_service_account(deployment, tmp_path):
+    """What systemd would run: ExecStartPre, then ExecStart, as User= without new privileges; stop is SIGTERM."""
+    deployed, _ = deployment
+    broker_user, broker_pre, broker_start = unit_commands(deployed.unit_dir / "smartwork-broker.service")
+    gateway_user, _, gateway_start = unit_commands(deployed.unit_dir / "smartwork-gateway.service")
+    for argv in broker_pre:
+        migrate = subprocess.run(
+            as_unit_runs(broker_user, argv), env=unit_environment(broker_user), capture_output=True
+        )
+        assert migrate.returncode == 0, migrate.stderr.decode(errors="replace")[-2000:]
     logs = [(tmp_path / "broker.log").open("wb"), (tmp_path / "gateway.log").open("wb")]
-    commands = (("broker", deployed.config), ("gateway", deployed.gateway_config))
+    units = ((broker_user, broker_start), (gateway_user, gateway_start))
     processes = [
         subprocess.Popen(
-            [vdi, "--config", str(config), command], stdout=log, stderr=subprocess.STDOUT, env=env
+            as_unit_runs(user, argv), stdout=log, stderr=subprocess.STDOUT, env=unit_environment(user)
         )
-        for (command, config), log in zip(commands, logs, strict=True)
+        for (user, argv), log in zip(units, logs, strict=True)
     ]
     try:
-        wait_until(lambda: http_ok(f"{deployed.portal}/healthz"), START_DEADLINE_S, "the installed broker")
-        wait_until(lambda: port_open(deployed.gateway_port), START_DEADLINE_S, "the installed gateway")
+        wait_until(
+            lambda: http_ok(f"{deployed.portal}/healthz"), START_DEADLINE_S, "the broker unit's command"
+        )
+        wait_until(lambda: port_open(deployed.gateway_port), START_DEADLINE_S, "the gateway unit's command")
+        for process in processes:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            uid = int(subprocess.check_output(["id", "-u", deployed.user]).strip())
+            assert f"Uid:\t{uid}\t" in status and "NoNewPrivs:\t1" in status
         client = BrokerClient(deployed.portal)
         response = client.login("kimmj", DEMO_PASSWORD)
         assert response.status == 200, response.body[:500]
         assert response.json()["user"]["username"] == "kimmj"
         assert DEMO_PASSWORD not in (tmp_path / "broker.log").read_text(errors="replace")
+        assert (deployed.state_dir / "vdi.db").stat().st_uid == uid
     finally:
         for process in processes:
-            process.terminate()
+            process.send_signal(signal.SIGTERM)  # systemctl stop
         for process in processes:
             process.wait(timeout=30)
         for log in logs:

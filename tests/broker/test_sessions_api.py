@@ -49,7 +49,9 @@ def test_console_token_is_in_the_body_only_and_opens_the_desktop_once(client, ru
     assert response.status == 200
     grant = response.json()
     assert set(grant) == {"token", "gateway_url", "expires_in"}
-    assert (grant["gateway_url"], grant["expires_in"]) == ("ws://127.0.0.1:9/ws", 30)
+    # The URL names the request that issued the token, so the gateway's lines carry its id (docs/logging.md).
+    request_id = response.headers["X-Request-Id"]
+    assert (grant["gateway_url"], grant["expires_in"]) == (f"ws://127.0.0.1:9/ws?rid={request_id}", 30)
     assert response.headers["Cache-Control"] == "no-store"
     assert REGISTRY.get_sample_value("vdi_console_tokens_issued_total") == before + 1
     token = grant["token"]

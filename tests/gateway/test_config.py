@@ -28,7 +28,7 @@ def test_a_gateway_file_without_broker_sections_is_enough(tmp_path):
     assert config.gateway.port == 18081
     assert config.database.url == f"sqlite:///{tmp_path / 'gateway.db'}"
     # Nothing of the broker's reaches a gateway: no cookie secret, directory or hosts.
-    assert set(GatewayConfig.model_fields) == {"gateway", "database"}
+    assert set(GatewayConfig.model_fields) == {"gateway", "database", "logging"}
 
 
 def test_the_full_file_hands_each_process_only_its_part():

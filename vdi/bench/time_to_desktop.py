@@ -208,7 +208,9 @@ async def _console_times(
     portal: Portal, session_id: str, started: float, screen_timeout_s: float | None
 ) -> RunTimes:
     grant = portal.post(f"/api/v1/sessions/{session_id}/console-token")
-    url = f"{grant['gateway_url']}?token={grant['token']}"
+    # The broker's URL may carry a query of its own (the request id, docs/logging.md), as console.js allows for.
+    separator = "&" if "?" in grant["gateway_url"] else "?"
+    url = f"{grant['gateway_url']}{separator}token={grant['token']}"
     request = HTTPRequest(
         url, headers={"Origin": portal.base_url}, connect_timeout=30, ssl_options=portal.tls
     )

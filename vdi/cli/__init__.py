@@ -8,22 +8,20 @@ One module per command group (vdi/cli/*.py), each with `add_commands(sub)`; a co
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
-from vdi.cli import bench, db, host, image, lab, pool, serve, totp
-from vdi.config import Config, ConfigError, load_config
+from monitoring import logs
+from vdi.cli import bench, db, doctor, host, image, lab, pool, serve, totp
+from vdi.config import ConfigError, load_config
 
 DEFAULT_CONFIG = os.environ.get("VDI_CONFIG", "/etc/smartwork-vdi/vdi.toml")
-GROUPS = (serve, lab, db, image, host, pool, totp, bench)
+GROUPS = (serve, lab, db, image, host, pool, totp, bench, doctor)
 
 
 def _setup_logging(config) -> None:
-    level = config.logging.level if isinstance(config, Config) else "INFO"
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Alembic announces each of its plugins at INFO; the migrations it runs are what matters.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # Both the whole file (Config) and a gateway's part (GatewayConfig) carry [logging].
+    logs.configure(getattr(config, "logging", None))
 
 
 def build_parser() -> argparse.ArgumentParser:

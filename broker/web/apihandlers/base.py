@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 from broker import errors
 from broker.auth import PortalUser
 from broker.web.base import BaseHandler, as_broker_error
+from monitoring import logs
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +27,11 @@ class APIHandler(BaseHandler):
         if not self.current_user:
             raise errors.NotAuthenticated()
         return self.current_user
+
+    def bind_session(self, session_id: str) -> None:
+        """The desktop session this request is about, in its log lines from here on (known to exist:
+        the service found it for this user, so it is no free text from the URL)."""
+        logs.bind(session=session_id)
 
     def json_body(self) -> object:
         body = self.request.body or b"{}"

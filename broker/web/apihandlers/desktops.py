@@ -16,6 +16,7 @@ class ConnectAPIHandler(APIHandler):
     async def post(self, pool: str) -> None:
         user = self.require_user()
         session = await self.desktops.connect(user, pool, self.client_ip)
+        self.bind_session(session.id)
         self.write_json(
             {
                 "session_id": session.id,

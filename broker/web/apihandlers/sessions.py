@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from broker.web.apihandlers.base import APIHandler
+
+
+def with_request_id(gateway_url: str, request_id: str) -> str:
+    """The gateway URL carrying this request's id, so the gateway's lines for the tunnel carry it too.
+
+    The id is not a secret (it is in the response headers and the logs); the token stays out of this URL
+    and is added by the console page.
+    """
+    separator = "&" if "?" in gateway_url else "?"
+    return f"{gateway_url}{separator}{urlencode({'rid': request_id})}"
 
 
 class SessionAPIHandler(APIHandler):
     async def get(self, session_id: str) -> None:
         user = self.require_user()
         session = await self.desktops.session(user, session_id)
+        self.bind_session(session_id)
         self.write_json(session.as_json())
 
 
@@ -16,14 +29,18 @@ class ConsoleTokenAPIHandler(APIHandler):
     async def post(self, session_id: str) -> None:
         user = self.require_user()
         grant = await self.desktops.console_token(user, session_id)
+        self.bind_session(session_id)
+        body = grant.as_json()
+        body["gateway_url"] = with_request_id(grant.gateway_url, self.request_id)
         # The token travels only in this body (never in a URL the broker logs), and is not cached.
-        self.write_json(grant.as_json())
+        self.write_json(body)
 
 
 class LogoffAPIHandler(APIHandler):
     async def post(self, session_id: str) -> None:
         user = self.require_user()
         session = await self.desktops.logoff(user, session_id, self.client_ip)
+        self.bind_session(session_id)
         self.write_json(session.as_json())
 
 

@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
     "tests.fixtures.broker_api",
+    "tests.fixtures.admin_console",
     "tests.fixtures.e2e",
     "tests.fixtures.pki",
     "tests.fixtures.login_security",

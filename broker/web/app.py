@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from broker.config import BrokerConfig
+from broker.web.apihandlers import admin_audit as admin_audit_api
 from broker.web.apihandlers import admin_desktops as admin_desktops_api
+from broker.web.apihandlers import admin_overview as admin_overview_api
 from broker.web.apihandlers import admin_pools as admin_pools_api
 from broker.web.apihandlers import admin_sessions as admin_sessions_api
 from broker.web.apihandlers import auth as auth_api
@@ -25,13 +27,14 @@ from broker.web.apihandlers import images as images_api
 from broker.web.apihandlers import sessions as sessions_api
 from broker.web.apihandlers.base import APINotFoundHandler
 from broker.web.base import PageNotFoundHandler, log_request
-from broker.web.handlers import cert_login, login, pages, static
+from broker.web.handlers import admin, cert_login, login, pages, static
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 ROUTE_MODULES = (
     pages,
+    admin,
     login,
     static,
     health_api,
@@ -41,6 +44,8 @@ ROUTE_MODULES = (
     admin_sessions_api,
     admin_desktops_api,
     admin_pools_api,
+    admin_overview_api,
+    admin_audit_api,
     hosts_api,
     images_api,
 )

@@ -1,10 +1,22 @@
-"""/api/v1/admin/sessions/{id}/logoff: an administrator logs a user's desktop session off."""
+"""/api/v1/admin/sessions: search desktop sessions; …/{id}/logoff: an administrator logs one off."""
 
 from __future__ import annotations
 
+from functools import partial
+
+from broker.operations import SessionQuery, search_sessions
 from broker.web.apihandlers.base import AdminAPIHandler
 
 SESSION_ID = r"[0-9a-f-]{1,36}"
+
+
+class SessionsAPIHandler(AdminAPIHandler):
+    """GET /api/v1/admin/sessions?user=&state=: desktop sessions, newest first."""
+
+    async def get(self) -> None:
+        self.require_admin()
+        query = self.parse_query(SessionQuery)
+        self.write_json({"sessions": await self.db.run(partial(search_sessions, query=query))})
 
 
 class ForceLogoffAPIHandler(AdminAPIHandler):
@@ -16,5 +28,6 @@ class ForceLogoffAPIHandler(AdminAPIHandler):
 
 
 default_handlers = [
+    (r"/api/v1/admin/sessions", SessionsAPIHandler),
     (rf"/api/v1/admin/sessions/({SESSION_ID})/logoff", ForceLogoffAPIHandler),
 ]

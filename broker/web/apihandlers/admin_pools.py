@@ -1,4 +1,4 @@
-"""/api/v1/admin/pools/{pool}/rollouts and /rollout, /api/v1/admin/desktops/{id}/move: image rollouts.
+"""/api/v1/admin/pools: the pools at a glance; /api/v1/admin/pools/{pool}/rollouts and /rollout, /api/v1/admin/desktops/{id}/move: image rollouts.
 
 Administrators only (`broker.admin_groups`). Starting a rollout records it and answers 202; the rollout
 manager (broker/rollout.py) starts the canaries and promotes or rolls back on its own; GET .../rollout
@@ -7,6 +7,9 @@ shows where it stands.
 
 from __future__ import annotations
 
+from functools import partial
+
+from broker.operations import pool_overview
 from broker.rollout import RolloutManager, RolloutRequest
 from broker.web.apihandlers.base import AdminAPIHandler
 
@@ -17,6 +20,18 @@ class RolloutAdminHandler(AdminAPIHandler):
     @property
     def rollouts(self) -> RolloutManager:
         return self.settings["rollout_manager"]
+
+
+class PoolsAPIHandler(AdminAPIHandler):
+    """GET /api/v1/admin/pools: every pool's sizes, desktops, image version and latest rollout."""
+
+    async def get(self) -> None:
+        self.require_admin()
+        pools = [
+            await self.db.run(partial(pool_overview, pool=pool, config=self.config))
+            for pool in self.config.pools
+        ]
+        self.write_json({"pools": pools})
 
 
 class RolloutsAPIHandler(RolloutAdminHandler):
@@ -42,6 +57,7 @@ class MoveDesktopAPIHandler(RolloutAdminHandler):
 
 
 default_handlers = [
+    (r"/api/v1/admin/pools", PoolsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollouts", RolloutsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollout", RolloutStatusAPIHandler),
     (r"/api/v1/admin/desktops/([0-9]{1,18})/move", MoveDesktopAPIHandler),

@@ -13,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 
 from broker import errors
 from broker.db.models import Host
-from broker.desktops import load_candidates, placement_request
 from broker.inventory import (
     HostChange,
     HostExists,
@@ -112,18 +111,7 @@ class PlacementExplainAPIHandler(HostsAdminHandler):
         name = self.get_query_argument("pool", "")
         if not name:
             raise errors.InvalidField("pool: the pool to explain placement for is required", field="pool")
-        pool = self.desktops.pool(name)
-        request = placement_request(pool, await self._image_ref(pool))
-        hosts = await self.db.run(partial(load_candidates, host_names=sorted(self.desktops.providers)))
-        decision = self.desktops.placement.explain(hosts, request)
-        self.write_json({"pool": pool.name, "hosts": len(hosts), **decision.as_json()})
-
-    async def _image_ref(self, pool) -> str:
-        try:
-            image = await self.blocking(self.desktops.image_resolver, pool)
-        except errors.BrokerError:
-            return ""  # no image built yet: explain placement without the image weigher's preference
-        return f"{image.name}:{image.version}"
+        self.write_json(await self.desktops.explain_placement(name))
 
 
 default_handlers = [

@@ -7,7 +7,7 @@ an administrator can pick a version for a pool. Database reads run in the execut
 from __future__ import annotations
 
 from broker import errors
-from broker.image_catalog import Catalog, CatalogError, describe
+from broker.image_catalog import Catalog, CatalogError, catalog, describe
 from broker.web.apihandlers.base import AdminAPIHandler
 
 IMAGE_NAME = r"[^/]{1,64}"
@@ -21,15 +21,7 @@ class ImageNotFound(errors.BrokerError):
 class ImagesAPIHandler(AdminAPIHandler):
     async def get(self) -> None:
         self.require_admin()
-        images = await self.db.run(Catalog.images)
-        self.write_json(
-            {
-                "images": [
-                    {"name": image.name, "os": image.os, "versions": [describe(v) for v in versions]}
-                    for image, versions in images
-                ]
-            }
-        )
+        self.write_json({"images": await self.db.run(catalog)})
 
 
 class ImageAPIHandler(AdminAPIHandler):

@@ -1,0 +1,36 @@
+"""/api/v1/admin/audit: search the audit log; /api/v1/admin/audit/export: the same rows as CSV (itself audited)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from broker.operations import AuditQuery, audit_csv, record_export, search_audit
+from broker.web.apihandlers.base import AdminAPIHandler
+
+
+class AuditAPIHandler(AdminAPIHandler):
+    async def get(self) -> None:
+        self.require_admin()
+        query = self.parse_query(AuditQuery)
+        self.write_json({"events": await self.db.run(partial(search_audit, query=query))})
+
+
+class AuditExportAPIHandler(AdminAPIHandler):
+    async def get(self) -> None:
+        admin = self.require_admin()
+        query = self.parse_query(AuditQuery)
+        rows = await self.db.run(partial(search_audit, query=query))
+        await self.db.run(
+            partial(
+                record_export, actor=admin.username, client_ip=self.client_ip, query=query, rows=len(rows)
+            )
+        )
+        self.set_header("Content-Type", "text/csv; charset=UTF-8")
+        self.set_header("Content-Disposition", 'attachment; filename="audit.csv"')
+        self.finish(audit_csv(rows).encode("utf-8"))
+
+
+default_handlers = [
+    (r"/api/v1/admin/audit", AuditAPIHandler),
+    (r"/api/v1/admin/audit/export", AuditExportAPIHandler),
+]

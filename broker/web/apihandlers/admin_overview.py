@@ -1,0 +1,19 @@
+"""/api/v1/admin/overview: the dashboard's figures (sessions, hosts, pools, logons), for administrators."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from broker.operations import overview
+from broker.web.apihandlers.base import AdminAPIHandler
+
+
+class OverviewAPIHandler(AdminAPIHandler):
+    async def get(self) -> None:
+        self.require_admin()
+        self.write_json(await self.db.run(partial(overview, config=self.config)))
+
+
+default_handlers = [
+    (r"/api/v1/admin/overview", OverviewAPIHandler),
+]

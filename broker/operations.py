@@ -165,7 +165,7 @@ def _session_row(session: DesktopSession, desktop: Desktop) -> dict[str, Any]:
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: str | None = Field(None, max_length=128, description="who acted (exact), or whom it was done to")
+    user: str | None = Field(None, max_length=128, description="who acted, or whom it was done to (exact)")
     action: str | None = Field(None, max_length=64, description="the action, e.g. login or host_change")
     since: dt.datetime | None = Field(None, description="events at or after this time (ISO 8601)")
     until: dt.datetime | None = Field(None, description="events before this time (ISO 8601)")
@@ -181,7 +181,12 @@ def search_audit(db: Session, query: AuditQuery) -> list[dict[str, Any]]:
     """Audit events, newest first, matching every filter given."""
     statement = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc()).limit(query.limit)
     if query.user:
-        statement = statement.where((AuditEvent.actor == query.user) | (AuditEvent.target == query.user))
+        statement = statement.where(
+            (AuditEvent.actor == query.user)
+            | (AuditEvent.target == query.user)
+            # A logoff on someone's behalf names the pool as target and its user in the detail.
+            | (AuditEvent.detail["user"].as_string() == query.user)
+        )
     if query.action:
         statement = statement.where(AuditEvent.action == query.action)
     if query.since:

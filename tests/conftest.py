@@ -8,7 +8,6 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
     "tests.fixtures.broker_api",
-    "tests.fixtures.admin_console",
     "tests.fixtures.e2e",
     "tests.fixtures.pki",
     "tests.fixtures.login_security",
@@ -17,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.lab_hosts",
     "tests.fixtures.toy_provider",
     "tests.fixtures.session_hosts",
+    "tests.fixtures.admin_console",
 ]
 
 

@@ -6,9 +6,21 @@ from functools import partial
 
 from broker.operations import AuditQuery, audit_csv, record_export, search_audit
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import AUDIT_EVENT, STR, Operation, array, obj
 
 
 class AuditAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "searchAudit",
+            "Audit events, newest first, by user, action and time",
+            obj("events", events=array(AUDIT_EVENT)),
+            auth="admin",
+            query=AuditQuery,
+            tags=("admin",),
+        )
+    }
+
     async def get(self) -> None:
         self.require_admin()
         query = self.parse_query(AuditQuery)
@@ -16,6 +28,18 @@ class AuditAPIHandler(AdminAPIHandler):
 
 
 class AuditExportAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "exportAudit",
+            "The same events as CSV (UTF-8 with a byte order mark); the export is audited",
+            STR,
+            auth="admin",
+            query=AuditQuery,
+            media_type="text/csv",
+            tags=("admin",),
+        )
+    }
+
     async def get(self) -> None:
         admin = self.require_admin()
         query = self.parse_query(AuditQuery)

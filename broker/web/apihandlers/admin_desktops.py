@@ -6,12 +6,28 @@ from functools import partial
 
 from broker.operations import SessionQuery, search_sessions
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import SESSION, SESSION_ROW, Operation, array, obj
 
 SESSION_ID = r"[0-9a-f-]{1,36}"
 
 
 class SessionsAPIHandler(AdminAPIHandler):
     """GET /api/v1/admin/sessions?user=&state=: desktop sessions, newest first."""
+
+    openapi = {
+        "get": Operation(
+            "searchSessions",
+            "Desktop sessions, newest first, by user name prefix and state",
+            obj("sessions", sessions=array(SESSION_ROW)),
+            auth="admin",
+            query=SessionQuery,
+            tags=("admin",),
+            links={
+                "forceLogoff": {"session_id": "$response.body#/sessions/0/id"},
+                "revokeUserSessions": {"username": "$response.body#/sessions/0/username"},
+            },
+        )
+    }
 
     async def get(self) -> None:
         self.require_admin()
@@ -20,6 +36,17 @@ class SessionsAPIHandler(AdminAPIHandler):
 
 
 class ForceLogoffAPIHandler(AdminAPIHandler):
+    openapi = {
+        "post": Operation(
+            "forceLogoff",
+            "Log a user's desktop session off",
+            SESSION,
+            auth="admin",
+            path_params=("session_id",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, session_id: str) -> None:
         admin = self.require_admin()
         # The pool's kind still decides the desktop's fate: dedicated kept, floating destroyed.

@@ -12,6 +12,7 @@ from functools import partial
 from broker.operations import pool_overview
 from broker.rollout import RolloutManager, RolloutRequest
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import DESKTOP, POOL_OVERVIEW, ROLLOUT, STR, Operation, array, nullable, obj
 
 POOL_NAME = r"[^/]{1,64}"
 
@@ -25,6 +26,20 @@ class RolloutAdminHandler(AdminAPIHandler):
 class PoolsAPIHandler(AdminAPIHandler):
     """GET /api/v1/admin/pools: every pool's sizes, desktops, image version and latest rollout."""
 
+    openapi = {
+        "get": Operation(
+            "listPools",
+            "Every pool's sizes, desktops, spares, image version and latest rollout",
+            obj("pools", pools=array(POOL_OVERVIEW)),
+            auth="admin",
+            tags=("admin",),
+            links={
+                **{op: {"pool": "$response.body#/pools/0/name"} for op in ("getRollout", "startRollout")},
+                "explainPlacement": {"pool": "$response.body#/pools/0/name"},
+            },
+        )
+    }
+
     async def get(self) -> None:
         self.require_admin()
         pools = [
@@ -35,6 +50,19 @@ class PoolsAPIHandler(AdminAPIHandler):
 
 
 class RolloutsAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "post": Operation(
+            "startRollout",
+            "Start rolling the pool out to another image version (canaries first)",
+            ROLLOUT,
+            status=202,
+            auth="admin",
+            body=RolloutRequest,
+            path_params=("pool",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, pool_name: str) -> None:
         admin = self.require_admin()
         pool = self.desktops.pool(pool_name)
@@ -44,12 +72,34 @@ class RolloutsAPIHandler(RolloutAdminHandler):
 
 
 class RolloutStatusAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "get": Operation(
+            "getRollout",
+            "The pool's image version and its latest rollout",
+            obj("pool", "image", "rollout", pool=STR, image=STR, rollout=nullable(ROLLOUT)),
+            auth="admin",
+            path_params=("pool",),
+            tags=("admin",),
+        )
+    }
+
     async def get(self, pool_name: str) -> None:
         self.require_admin()
         self.write_json(await self.rollouts.status(self.desktops.pool(pool_name)))
 
 
 class MoveDesktopAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "post": Operation(
+            "moveDesktop",
+            "Move one desktop to its pool's promoted version now",
+            obj("desktop", desktop=nullable(DESKTOP)),
+            auth="admin",
+            path_params=("desktop_id",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, desktop_id: str) -> None:
         admin = self.require_admin()
         moved = await self.rollouts.move_desktop(int(desktop_id), admin.username, self.client_ip)

@@ -130,3 +130,20 @@ def test_a_user_outside_the_admin_groups_is_refused(page, admin_url):
     assert response.status == 403
     assert page.get_by_role("alert").inner_text().startswith("This needs a member of an administrator group")
     assert page.get_by_role("link", name="Admin console").count() == 0
+
+
+def test_add_a_host_and_a_refusal_names_the_field(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/hosts?lang=en")
+    form = admin_page.locator("form[data-path='/api/v1/hosts']")
+    form.get_by_label("Name", exact=True).fill("kvm-test")
+    form.get_by_label("URI").fill("nonsense://nowhere")
+    form.get_by_role("button", name="Add").click()
+    alert = admin_page.locator("#admin-alert")
+    alert.wait_for()
+    assert "uri" in alert.inner_text()
+    assert admin_page.evaluate("document.activeElement.name") == "uri"
+    # libvirt's test driver: a real connection that needs no hypervisor.
+    form.get_by_label("URI").fill("test:///default")
+    form.get_by_role("button", name="Add").click()
+    admin_page.locator("#admin-status", has_text="The host was added.").wait_for()
+    assert admin_page.locator("tr[data-host=kvm-test] .admin-state").inner_text() == "Enabled"

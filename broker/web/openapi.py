@@ -319,7 +319,11 @@ def api_operations(routes: list[tuple]) -> list[tuple[str, str, Operation]]:
     for pattern, handler, *_ in routes:
         if not pattern.startswith(API_PREFIX):
             continue
-        for method, op in getattr(handler, "openapi", {}).items():
+        if not getattr(handler, "openapi", None):
+            raise ValueError(
+                f"{pattern}: {handler.__name__} declares no OpenAPI operation (`openapi = {{...}}`)"
+            )
+        for method, op in handler.openapi.items():
             found.append((pattern, method, op))
     return found
 

@@ -319,11 +319,8 @@ def api_operations(routes: list[tuple]) -> list[tuple[str, str, Operation]]:
     for pattern, handler, *_ in routes:
         if not pattern.startswith(API_PREFIX):
             continue
-        if not getattr(handler, "openapi", None):
-            raise ValueError(
-                f"{pattern}: {handler.__name__} declares no OpenAPI operation (`openapi = {{...}}`)"
-            )
-        for method, op in handler.openapi.items():
+        # A handler that declares nothing is left out here, and fails tests/broker/web/test_openapi.py.
+        for method, op in getattr(handler, "openapi", {}).items():
             found.append((pattern, method, op))
     return found
 

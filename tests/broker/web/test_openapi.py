@@ -101,8 +101,9 @@ def schemathesis(url: str, tmp_path: Path, phases: str, *args: str) -> subproces
         *("--report-dir", str(tmp_path / "report")),
         *args,
     ]
+    # Run in the test's directory: schemathesis keeps a cache in its working directory.
     run = subprocess.run(
-        argv, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"}
+        argv, capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"}
     )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-4000:]
     return run

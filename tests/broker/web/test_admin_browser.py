@@ -5,6 +5,7 @@ a user outside the admin groups is refused."""
 import pytest
 
 from broker.db import Database
+from broker.db.models import Image, ImageVersion
 from tests.fixtures.admin_console import ADMIN, NON_ADMIN, axe_violations
 from tests.fixtures.broker import PASSWORD, seed_session
 
@@ -22,12 +23,29 @@ PAGES = [
 ]
 
 
+SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
 @pytest.fixture
 def seeded(admin_config):
-    """A running desktop session of guest01 in mois-office; returns its id."""
+    """A running desktop session of guest01 in mois-office (its id is returned) and an image in the catalog."""
     db = Database(admin_config.database)
     try:
         session_id, _ = seed_session(db, "guest01", "mois-office")
+        with db.transaction() as session:
+            session.add(Image(name="office-2026", os="debian-12"))
+            session.flush()
+            session.add(
+                ImageVersion(
+                    image_name="office-2026",
+                    version="2026.12.1",
+                    path="/var/lib/vdi/images/office-2026/2026.12.1.qcow2",
+                    sha256=SHA256,
+                    size_bytes=1_234_567_890,
+                    virtual_size_bytes=8 << 30,
+                    built_by="kimmj",
+                )
+            )
     finally:
         db.close()
     return session_id
@@ -56,6 +74,13 @@ def test_no_page_has_accessibility_violations(admin_page, admin_url, seeded, lan
         assert admin_page.locator("html").get_attribute("lang") == lang
         found[path] = axe_violations(admin_page)
     assert found == {path: [] for path in PAGES}
+
+
+def test_images_show_versions_with_their_checksums(admin_page, admin_url, seeded):
+    admin_page.goto(f"{admin_url}/admin/images?lang=en")
+    table = admin_page.get_by_role("table", name="office-2026 (debian-12)")
+    assert table.locator(".checksum").inner_text() == SHA256
+    assert "1,234,567,890" in table.inner_text()
 
 
 def submit_by_keyboard(page, button):

@@ -77,7 +77,14 @@ class HostChange(BaseModel):
     # Default None means "not given"; an explicit null is refused (400 naming the field), as the
     # columns cannot hold it.
     admin_state: str = Field(None, pattern=r"^(enabled|disabled|draining)$")
-    labels: dict[str, str] = None
+    # The label rule (validate_labels, which names the offending label) as JSON Schema, for API clients.
+    labels: dict[str, str] = Field(
+        None,
+        json_schema_extra={
+            "propertyNames": {"pattern": LABEL_KEY.pattern},
+            "additionalProperties": {"type": "string", "pattern": LABEL_VALUE.pattern},
+        },
+    )
     vcpus: int | None = Field(None, ge=1, le=1_000_000)
     memory_mib: int | None = Field(None, ge=1, le=1 << 40)
     cpu_ratio: float = Field(None, gt=0, le=64)

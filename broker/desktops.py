@@ -585,6 +585,22 @@ class DesktopService:
             )
         return views
 
+    async def explain_placement(self, pool_name: str) -> dict:
+        """Where placement would put a new desktop of the pool now, and why (each filter's kept and dropped
+        hosts, the best weighed), over the hosts this broker has a provider for."""
+        pool = self.pool(pool_name)
+        request = placement_request(pool, await self._explained_image(pool))
+        hosts = await self.db.run(partial(load_candidates, host_names=sorted(self.providers)))
+        decision = self.placement.explain(hosts, request)
+        return {"pool": pool.name, "hosts": len(hosts), **decision.as_json()}
+
+    async def _explained_image(self, pool: PoolSettings) -> str:
+        try:
+            image = await self._blocking(self.image_resolver, pool)
+        except errors.BrokerError:
+            return ""  # no image built yet: explain placement without the image weigher's preference
+        return f"{image.name}:{image.version}"
+
     async def session(self, user: PortalUser, session_id: str) -> SessionView:
         return await self.db.run(partial(session_view, session_id=session_id, username=user.username))
 

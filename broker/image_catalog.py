@@ -151,6 +151,14 @@ class Catalog:
         return versions[-1]
 
 
+def catalog(session: Session) -> list[dict]:
+    """Every image with its versions (oldest first) as plain data, for the API and the admin console."""
+    return [
+        {"name": image.name, "os": image.os, "versions": [describe(v) for v in versions]}
+        for image, versions in Catalog.images(session)
+    ]
+
+
 def describe(row: ImageVersion) -> dict:
     """A version as plain data for the command line and the API."""
     return {

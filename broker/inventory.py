@@ -69,22 +69,32 @@ ROUTE_FIELDS = ("console_access", "ssh_address", "vnc_listen")
 
 
 class HostChange(BaseModel):
-    """Fields an administrator may change; unset fields stay as they are."""
+    """Fields an administrator may change; unset fields stay as they are. Only the figures that may be
+    unknown (vcpus, memory_mib: read from the host again) and ssh_address (from the URI) take null."""
 
     model_config = ConfigDict(extra="forbid")
 
-    admin_state: str | None = Field(None, pattern=r"^(enabled|disabled|draining)$")
-    labels: dict[str, str] | None = None
+    # Default None means "not given"; an explicit null is refused (400 naming the field), as the
+    # columns cannot hold it.
+    admin_state: str = Field(None, pattern=r"^(enabled|disabled|draining)$")
+    # The label rule (validate_labels, which names the offending label) as JSON Schema, for API clients.
+    labels: dict[str, str] = Field(
+        None,
+        json_schema_extra={
+            "propertyNames": {"pattern": LABEL_KEY.pattern},
+            "additionalProperties": {"type": "string", "pattern": LABEL_VALUE.pattern},
+        },
+    )
     vcpus: int | None = Field(None, ge=1, le=1_000_000)
     memory_mib: int | None = Field(None, ge=1, le=1 << 40)
-    cpu_ratio: float | None = Field(None, gt=0, le=64)
-    ram_ratio: float | None = Field(None, gt=0, le=64)
-    max_desktops: int | None = Field(None, ge=0, le=100_000)
+    cpu_ratio: float = Field(None, gt=0, le=64)
+    ram_ratio: float = Field(None, gt=0, le=64)
+    max_desktops: int = Field(None, ge=0, le=100_000)
     # How the gateway reaches the host's displays; see hypervisor.config.resolve_console_route.
-    console_access: str | None = Field(None, pattern=r"^(direct|ssh)$")
+    console_access: str = Field(None, pattern=r"^(direct|ssh)$")
     ssh_address: str | None = Field(None, max_length=255)
     # Where the host's desktops' VNC servers listen; a direct route needs one the gateway can reach.
-    vnc_listen: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
+    vnc_listen: str = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]-]+$")
 
     @field_validator("ssh_address")
     @classmethod

@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.fixtures.toy_provider",
     "tests.fixtures.session_hosts",
     "tests.fixtures.recordings",
+    "tests.fixtures.admin_console",
 ]
 
 

@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 import tornado.web
 
 from broker.config import BrokerConfig
+from broker.web.apihandlers import admin_audit as admin_audit_api
 from broker.web.apihandlers import admin_desktops as admin_desktops_api
+from broker.web.apihandlers import admin_overview as admin_overview_api
 from broker.web.apihandlers import admin_pools as admin_pools_api
 from broker.web.apihandlers import admin_sessions as admin_sessions_api
 from broker.web.apihandlers import auth as auth_api
@@ -22,10 +24,12 @@ from broker.web.apihandlers import desktops as desktops_api
 from broker.web.apihandlers import health as health_api
 from broker.web.apihandlers import hosts as hosts_api
 from broker.web.apihandlers import images as images_api
+from broker.web.apihandlers import openapi as openapi_api
 from broker.web.apihandlers import sessions as sessions_api
 from broker.web.apihandlers.base import APINotFoundHandler
 from broker.web.base import PageNotFoundHandler, log_request
-from broker.web.handlers import cert_login, login, pages, recordings, static
+from broker.web.handlers import admin, cert_login, login, pages, recordings, static
+from broker.web.openapi import document
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -33,6 +37,7 @@ STATIC = HERE / "static"
 ROUTE_MODULES = (
     pages,
     recordings,
+    admin,
     login,
     static,
     health_api,
@@ -42,8 +47,11 @@ ROUTE_MODULES = (
     admin_sessions_api,
     admin_desktops_api,
     admin_pools_api,
+    admin_overview_api,
+    admin_audit_api,
     hosts_api,
     images_api,
+    openapi_api,
 )
 # The pages and API a login method brings beyond the shared ones (sign-in page, TOTP, logout), by its
 # registered name (sso/methods.py); routed only while the method is enabled, so a disabled one answers 404.
@@ -83,6 +91,7 @@ def make_app(
     """The web application over already-built services (db, portal_auth, desktops, the managers, …)
     with the routes of the enabled `login_methods`."""
     login_methods = list(login_methods)
+    handlers = routes(login_methods)
     settings = {
         "config": config,
         **services,
@@ -96,5 +105,7 @@ def make_app(
         "log_function": log_request,
         "default_handler_class": PageNotFoundHandler,
         "content_security_policy": content_security_policy(config.broker.gateway_url),
+        # The description of exactly the API routes served, those of the enabled login methods included.
+        "openapi": document(handlers),
     }
-    return tornado.web.Application(routes(login_methods), **settings)
+    return tornado.web.Application(handlers, **settings)

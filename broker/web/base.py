@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import http
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote_plus, urlencode
 
 import tornado.web
+from pydantic import BaseModel, ValidationError
 from tornado.log import access_log
 
 from broker import errors
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from broker.desktops import DesktopService
 
 log = logging.getLogger("broker.web")
+M = TypeVar("M", bound=BaseModel)
 
 LANG_COOKIE = "lang"
 MASK = "***"
@@ -214,6 +216,23 @@ class BaseHandler(tornado.web.RequestHandler):
     def clear_portal_cookie(self) -> None:
         self.clear_cookie(SESSION_COOKIE, **self._cookie_flags())
 
+    def is_admin(self) -> bool:
+        """Whether the signed-in user is in one of `broker.admin_groups` (names compare case-insensitively)."""
+        if not self.current_user:
+            return False
+        admin_groups = {group.lower() for group in self.config.broker.admin_groups}
+        return bool({group.lower() for group in self.current_user.groups} & admin_groups)
+
+    def require_admin(self) -> PortalUser:
+        if not self.current_user:
+            raise errors.NotAuthenticated()
+        if not self.is_admin():
+            raise errors.Forbidden(
+                "This needs a member of an administrator group (broker.admin_groups).",
+                setting="broker.admin_groups",
+            )
+        return self.current_user
+
     async def start_portal_session(self, username: str, password: str) -> PortalUser:
         """Log in by password (see `log_in`)."""
         return await self.log_in(PasswordLogin.name, Password(username, password))
@@ -241,6 +260,18 @@ class BaseHandler(tornado.web.RequestHandler):
             super().check_xsrf_cookie()
         except tornado.web.HTTPError:
             raise errors.CsrfFailed() from None
+
+    def parse_query(self, model: type[M]) -> M:
+        """The query string's arguments (the last of each, `lang` aside) as `model`; a 400 naming the field."""
+        arguments = {
+            name: values[-1].decode("utf-8", "replace")
+            for name, values in self.request.query_arguments.items()
+            if name != "lang" and values and values[-1]
+        }
+        try:
+            return model.model_validate(arguments)
+        except ValidationError as exc:
+            raise errors.invalid_field(exc) from None
 
     # -- language ------------------------------------------------------------------------------
 
@@ -280,6 +311,7 @@ class BaseHandler(tornado.web.RequestHandler):
             lang=self.lang,
             other_lang=other,
             other_lang_name=LANGUAGE_NAMES[other],
+            is_admin=self.is_admin(),
             lang_switch_url=self.language_switch_url(),
         )
         return namespace

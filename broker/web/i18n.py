@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from broker.web.i18n_admin import ADMIN_MESSAGES
+
 LANGUAGES = ("ko", "en")
 LANGUAGE_NAMES = {"ko": "한국어", "en": "English"}
 
@@ -275,6 +277,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "error.network": "The broker cannot be reached.",
     },
 }
+
+
+for _lang, _messages in ADMIN_MESSAGES.items():
+    MESSAGES[_lang].update(_messages)
 
 
 def translate(lang: str, key: str, **params: object) -> str:

@@ -1,4 +1,4 @@
-"""/api/v1/admin/pools/{pool}/rollouts and /rollout, /api/v1/admin/desktops/{id}/move: image rollouts.
+"""/api/v1/admin/pools: the pools at a glance; /api/v1/admin/pools/{pool}/rollouts and /rollout, /api/v1/admin/desktops/{id}/move: image rollouts.
 
 Administrators only (`broker.admin_groups`). Starting a rollout records it and answers 202; the rollout
 manager (broker/rollout.py) starts the canaries and promotes or rolls back on its own; GET .../rollout
@@ -7,8 +7,12 @@ shows where it stands.
 
 from __future__ import annotations
 
+from functools import partial
+
+from broker.operations import pool_overview
 from broker.rollout import RolloutManager, RolloutRequest
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import DESKTOP, POOL_OVERVIEW, ROLLOUT, STR, Operation, array, nullable, obj
 
 POOL_NAME = r"[^/]{1,64}"
 
@@ -19,7 +23,46 @@ class RolloutAdminHandler(AdminAPIHandler):
         return self.settings["rollout_manager"]
 
 
+class PoolsAPIHandler(AdminAPIHandler):
+    """GET /api/v1/admin/pools: every pool's sizes, desktops, image version and latest rollout."""
+
+    openapi = {
+        "get": Operation(
+            "listPools",
+            "Every pool's sizes, desktops, spares, image version and latest rollout",
+            obj("pools", pools=array(POOL_OVERVIEW)),
+            auth="admin",
+            tags=("admin",),
+            links={
+                **{op: {"pool": "$response.body#/pools/0/name"} for op in ("getRollout", "startRollout")},
+                "explainPlacement": {"pool": "$response.body#/pools/0/name"},
+            },
+        )
+    }
+
+    async def get(self) -> None:
+        self.require_admin()
+        pools = [
+            await self.db.run(partial(pool_overview, pool=pool, config=self.config))
+            for pool in self.config.pools
+        ]
+        self.write_json({"pools": pools})
+
+
 class RolloutsAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "post": Operation(
+            "startRollout",
+            "Start rolling the pool out to another image version (canaries first)",
+            ROLLOUT,
+            status=202,
+            auth="admin",
+            body=RolloutRequest,
+            path_params=("pool",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, pool_name: str) -> None:
         admin = self.require_admin()
         pool = self.desktops.pool(pool_name)
@@ -29,12 +72,34 @@ class RolloutsAPIHandler(RolloutAdminHandler):
 
 
 class RolloutStatusAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "get": Operation(
+            "getRollout",
+            "The pool's image version and its latest rollout",
+            obj("pool", "image", "rollout", pool=STR, image=STR, rollout=nullable(ROLLOUT)),
+            auth="admin",
+            path_params=("pool",),
+            tags=("admin",),
+        )
+    }
+
     async def get(self, pool_name: str) -> None:
         self.require_admin()
         self.write_json(await self.rollouts.status(self.desktops.pool(pool_name)))
 
 
 class MoveDesktopAPIHandler(RolloutAdminHandler):
+    openapi = {
+        "post": Operation(
+            "moveDesktop",
+            "Move one desktop to its pool's promoted version now",
+            obj("desktop", desktop=nullable(DESKTOP)),
+            auth="admin",
+            path_params=("desktop_id",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, desktop_id: str) -> None:
         admin = self.require_admin()
         moved = await self.rollouts.move_desktop(int(desktop_id), admin.username, self.client_ip)
@@ -42,6 +107,7 @@ class MoveDesktopAPIHandler(RolloutAdminHandler):
 
 
 default_handlers = [
+    (r"/api/v1/admin/pools", PoolsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollouts", RolloutsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollout", RolloutStatusAPIHandler),
     (r"/api/v1/admin/desktops/([0-9]{1,18})/move", MoveDesktopAPIHandler),

@@ -5,12 +5,29 @@ from __future__ import annotations
 from broker import errors
 from broker.signout import user_exists
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import BOOL, INT, STR, Operation, obj
 from monitoring.metrics import SignOutCause
 
 USERNAME = r"[^/]{1,128}"
 
 
 class RevokeSessionsAPIHandler(AdminAPIHandler):
+    openapi = {
+        "post": Operation(
+            "revokeUserSessions",
+            "Sign a user out everywhere: portal sessions, pending logins, open consoles",
+            obj(
+                "username",
+                "revoked",
+                username=STR,
+                revoked=obj("portal_sessions", "desktop_sessions", portal_sessions=INT, desktop_sessions=INT),
+            ),
+            auth="admin",
+            path_params=("username",),
+            tags=("admin",),
+        )
+    }
+
     async def post(self, username: str) -> None:
         admin = self.require_admin()
         if not await self.db.run(lambda db: user_exists(db, username)):
@@ -23,6 +40,17 @@ class RevokeSessionsAPIHandler(AdminAPIHandler):
 
 class TotpResetAPIHandler(AdminAPIHandler):
     """DELETE /api/v1/admin/users/{username}/totp: forget the user's authenticator app (lost phone)."""
+
+    openapi = {
+        "delete": Operation(
+            "resetTotp",
+            "Forget a user's authenticator app",
+            obj("username", "totp_enrolled", username=STR, totp_enrolled=BOOL),
+            auth="admin",
+            path_params=("username",),
+            tags=("admin",),
+        )
+    }
 
     async def delete(self, username: str) -> None:
         admin = self.require_admin()

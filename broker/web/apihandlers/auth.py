@@ -8,6 +8,7 @@ from broker import errors
 from broker.auth import PortalUser
 from broker.login_security import SourceLocked
 from broker.web.apihandlers.base import APIHandler
+from broker.web.openapi import BOOL, STR, USER, Operation, obj
 from sso.password import PasswordLogin
 
 
@@ -43,6 +44,17 @@ class LoginSecurityHandler(APIHandler):
 
 
 class LoginAPIHandler(LoginSecurityHandler):
+    openapi = {
+        "post": Operation(
+            "login",
+            "Sign in with a password",
+            obj("user", user=USER),
+            auth="none",
+            body=LoginRequest,
+            tags=("auth",),
+        )
+    }
+
     async def post(self) -> None:
         self.portal_auth.method(PasswordLogin.name)  # 404 before reading the body when it is disabled
         body = self.parse_body(LoginRequest)
@@ -51,6 +63,17 @@ class LoginAPIHandler(LoginSecurityHandler):
 
 
 class LoginTotpAPIHandler(LoginSecurityHandler):
+    openapi = {
+        "post": Operation(
+            "loginTotp",
+            "Finish a sign-in with the authenticator app's code",
+            obj("user", user=USER),
+            auth="none",
+            body=TotpLoginRequest,
+            tags=("auth",),
+        )
+    }
+
     async def post(self) -> None:
         body = self.parse_body(TotpLoginRequest)
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
@@ -61,6 +84,12 @@ class LoginTotpAPIHandler(LoginSecurityHandler):
 
 
 class LogoutAPIHandler(APIHandler):
+    openapi = {
+        "post": Operation(
+            "logout", "Sign out", obj("logged_out", logged_out=BOOL), auth="none", tags=("auth",)
+        )
+    }
+
     async def post(self) -> None:
         await self.portal_auth.sign_out(self.portal_session_id(), self.client_ip)
         await self.end_portal_session()
@@ -68,6 +97,8 @@ class LogoutAPIHandler(APIHandler):
 
 
 class MeAPIHandler(APIHandler):
+    openapi = {"get": Operation("me", "The signed-in user", obj("user", user=USER), tags=("auth",))}
+
     async def get(self) -> None:
         user = self.require_user()
         # Reading the token sets the _xsrf cookie, so a script can make its first POST after this.
@@ -84,6 +115,16 @@ class TotpEnrolmentAPIHandler(APIHandler):
             raise errors.Forbidden("A second factor can only be enrolled from a smart work center network.")
         return user
 
+    openapi = {
+        "post": Operation(
+            "startTotpEnrolment",
+            "Start enrolling an authenticator app (from a smart work center network)",
+            obj("otpauth_uri", otpauth_uri=STR),
+            status=201,
+            tags=("auth",),
+        )
+    }
+
     async def post(self) -> None:
         user = self.require_enrolment_place()
         uri = await self.portal_auth.start_enrolment(user, self.client_ip)
@@ -91,6 +132,16 @@ class TotpEnrolmentAPIHandler(APIHandler):
 
 
 class TotpEnrolmentConfirmAPIHandler(TotpEnrolmentAPIHandler):
+    openapi = {
+        "post": Operation(
+            "confirmTotpEnrolment",
+            "Confirm the enrolment with a first code",
+            obj("enrolled", enrolled=BOOL),
+            body=TotpCodeRequest,
+            tags=("auth",),
+        )
+    }
+
     async def post(self) -> None:
         user = self.require_enrolment_place()
         code = self.parse_body(TotpCodeRequest).code

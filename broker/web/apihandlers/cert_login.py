@@ -15,6 +15,7 @@ from broker import errors
 from broker.auth import PortalUser
 from broker.web.apihandlers.base import APIHandler
 from broker.web.base import BaseHandler
+from broker.web.openapi import USER, Operation, obj
 from monitoring.metrics import CertificateLoginOutcome
 from sso.base import AuthError
 from sso.cert_auth import CertificateLogin, ClientCertificate
@@ -101,6 +102,16 @@ async def certificate_login(handler: BaseHandler) -> PortalUser:
 
 
 class CertificateLoginAPIHandler(APIHandler):
+    openapi = {
+        "post": Operation(
+            "loginCertificate",
+            "Sign in with the TLS client certificate (when the certificate method is enabled)",
+            obj("user", user=USER),
+            auth="none",
+            tags=("auth",),
+        )
+    }
+
     async def post(self) -> None:
         user = await certificate_login(self)
         self.write_json({"user": user.as_json()})

@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 from broker.web.apihandlers.base import APIHandler
+from broker.web.openapi import DESKTOP, STR, Operation, array, obj
+
+POOL_VIEW = obj(
+    "name",
+    "display_name",
+    "state",
+    name=STR,
+    display_name=STR,
+    state=STR,
+    desktop={"anyOf": [DESKTOP, {"type": "null"}]},
+    session_id={"anyOf": [STR, {"type": "null"}]},
+)
 
 
 class DesktopsAPIHandler(APIHandler):
+    openapi = {
+        "get": Operation(
+            "listMyPools",
+            "The pools I am entitled to, with my desktops",
+            obj("pools", pools=array(POOL_VIEW)),
+            tags=("desktops",),
+            links={"connect": {"pool": "$response.body#/pools/0/name"}},
+        )
+    }
+
     async def get(self) -> None:
         user = self.require_user()
         pools = await self.desktops.pools_for(user)
@@ -13,6 +35,20 @@ class DesktopsAPIHandler(APIHandler):
 
 
 class ConnectAPIHandler(APIHandler):
+    openapi = {
+        "post": Operation(
+            "connect",
+            "Get onto a desktop of the pool: my own, a spare or a new one",
+            obj("session_id", "desktop", "console_url", session_id=STR, desktop=DESKTOP, console_url=STR),
+            path_params=("pool",),
+            tags=("desktops",),
+            links={
+                op: {"session_id": "$response.body#/session_id"}
+                for op in ("getSession", "issueConsoleToken", "logoff")
+            },
+        )
+    }
+
     async def post(self, pool: str) -> None:
         user = self.require_user()
         session = await self.desktops.connect(user, pool, self.client_ip)

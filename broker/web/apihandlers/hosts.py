@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 from functools import partial
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
-from broker import errors
 from broker.db.models import Host
-from broker.desktops import load_candidates, placement_request
 from broker.inventory import (
     HostChange,
     HostExists,
@@ -28,6 +27,7 @@ from broker.inventory import (
     validate_labels,
 )
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import BOOL, HOST, INT, PLACEMENT_EXPLANATION, STR, Operation, array, obj
 from hypervisor.provider import DesktopProvider
 
 HOST_NAME = r"[^/]{1,64}"
@@ -43,7 +43,41 @@ class HostsAdminHandler(AdminAPIHandler):
         return self.desktops.providers
 
 
+class RemovalQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(False, description="remove the host with its desktops (they are detached)")
+
+
+class ExplainQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(min_length=1, max_length=64, description="the pool to explain placement for")
+
+
 class HostsAPIHandler(HostsAdminHandler):
+    openapi = {
+        "get": Operation(
+            "listHosts",
+            "The host inventory",
+            obj("hosts", hosts=array(HOST)),
+            auth="admin",
+            tags=("hosts",),
+            links={
+                op: {"name": "$response.body#/hosts/0/name"} for op in ("getHost", "changeHost", "removeHost")
+            },
+        ),
+        "post": Operation(
+            "addHost",
+            "Add a host (the broker connects to it first)",
+            HOST,
+            status=201,
+            auth="admin",
+            body=NewHost,
+            tags=("hosts",),
+        ),
+    }
+
     async def get(self) -> None:
         self.require_admin()
         hosts = await self.db.run(list_hosts)
@@ -75,6 +109,28 @@ class HostsAPIHandler(HostsAdminHandler):
 
 
 class HostAPIHandler(HostsAdminHandler):
+    openapi = {
+        "get": Operation("getHost", "One host", HOST, auth="admin", path_params=("name",), tags=("hosts",)),
+        "patch": Operation(
+            "changeHost",
+            "Change a host: drain, enable, disable, labels, capacity, console route",
+            HOST,
+            auth="admin",
+            body=HostChange,
+            path_params=("name",),
+            tags=("hosts",),
+        ),
+        "delete": Operation(
+            "removeHost",
+            "Remove a host (refused while it has desktops, unless forced)",
+            obj("name", "removed", "desktops_detached", name=STR, removed=BOOL, desktops_detached=INT),
+            auth="admin",
+            query=RemovalQuery,
+            path_params=("name",),
+            tags=("hosts",),
+        ),
+    }
+
     async def get(self, name: str) -> None:
         self.require_admin()
         view = await self.db.run(partial(show_host, name=name))
@@ -94,7 +150,7 @@ class HostAPIHandler(HostsAdminHandler):
 
     async def delete(self, name: str) -> None:
         admin = self.require_admin()
-        force = self.get_query_argument("force", "false").lower() in ("1", "true", "yes")
+        force = self.parse_query(RemovalQuery).force
         detached = await self.db.run(
             partial(delete_host, name=name, force=force, actor=admin.username, client_ip=self.client_ip)
         )
@@ -107,23 +163,20 @@ class HostAPIHandler(HostsAdminHandler):
 
 
 class PlacementExplainAPIHandler(HostsAdminHandler):
+    openapi = {
+        "get": Operation(
+            "explainPlacement",
+            "Where placement would put a new desktop of the pool now, and why",
+            PLACEMENT_EXPLANATION,
+            auth="admin",
+            query=ExplainQuery,
+            tags=("hosts",),
+        )
+    }
+
     async def get(self) -> None:
         self.require_admin()
-        name = self.get_query_argument("pool", "")
-        if not name:
-            raise errors.InvalidField("pool: the pool to explain placement for is required", field="pool")
-        pool = self.desktops.pool(name)
-        request = placement_request(pool, await self._image_ref(pool))
-        hosts = await self.db.run(partial(load_candidates, host_names=sorted(self.desktops.providers)))
-        decision = self.desktops.placement.explain(hosts, request)
-        self.write_json({"pool": pool.name, "hosts": len(hosts), **decision.as_json()})
-
-    async def _image_ref(self, pool) -> str:
-        try:
-            image = await self.blocking(self.desktops.image_resolver, pool)
-        except errors.BrokerError:
-            return ""  # no image built yet: explain placement without the image weigher's preference
-        return f"{image.name}:{image.version}"
+        self.write_json(await self.desktops.explain_placement(self.parse_query(ExplainQuery).pool))
 
 
 default_handlers = [

@@ -6,9 +6,12 @@ an administrator can pick a version for a pool. Database reads run in the execut
 
 from __future__ import annotations
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from broker import errors
-from broker.image_catalog import Catalog, CatalogError, describe
+from broker.image_catalog import Catalog, CatalogError, catalog, describe
 from broker.web.apihandlers.base import AdminAPIHandler
+from broker.web.openapi import IMAGE_VERSION, STR, Operation, array, nullable, obj
 
 IMAGE_NAME = r"[^/]{1,64}"
 
@@ -18,24 +21,52 @@ class ImageNotFound(errors.BrokerError):
     reason = "image_not_found"
 
 
+class ImageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(
+        None, min_length=1, max_length=64, description="a version (unset: the newest)"
+    )
+
+
 class ImagesAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "listImages",
+            "The golden image catalog with every version's checksum",
+            obj(
+                "images",
+                images=array(
+                    obj("name", "versions", name=STR, os=nullable(STR), versions=array(IMAGE_VERSION))
+                ),
+            ),
+            auth="admin",
+            tags=("images",),
+            links={"getImage": {"name": "$response.body#/images/0/name"}},
+        )
+    }
+
     async def get(self) -> None:
         self.require_admin()
-        images = await self.db.run(Catalog.images)
-        self.write_json(
-            {
-                "images": [
-                    {"name": image.name, "os": image.os, "versions": [describe(v) for v in versions]}
-                    for image, versions in images
-                ]
-            }
-        )
+        self.write_json({"images": await self.db.run(catalog)})
 
 
 class ImageAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "getImage",
+            "One version of an image (the newest without ?version=)",
+            IMAGE_VERSION,
+            auth="admin",
+            query=ImageQuery,
+            path_params=("name",),
+            tags=("images",),
+        )
+    }
+
     async def get(self, name: str) -> None:
         self.require_admin()
-        version = self.get_query_argument("version", None)
+        version = self.parse_query(ImageQuery).version
 
         try:
             self.write_json(await self.db.run(lambda session: describe(Catalog.show(session, name, version))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from broker.web.apihandlers.base import APIHandler
+from broker.web.openapi import INT, SESSION, STR, Operation, obj
 
 
 def with_request_id(gateway_url: str, request_id: str) -> str:
@@ -18,6 +19,12 @@ def with_request_id(gateway_url: str, request_id: str) -> str:
 
 
 class SessionAPIHandler(APIHandler):
+    openapi = {
+        "get": Operation(
+            "getSession", "My desktop session", SESSION, path_params=("session_id",), tags=("sessions",)
+        )
+    }
+
     async def get(self, session_id: str) -> None:
         user = self.require_user()
         session = await self.desktops.session(user, session_id)
@@ -26,6 +33,16 @@ class SessionAPIHandler(APIHandler):
 
 
 class ConsoleTokenAPIHandler(APIHandler):
+    openapi = {
+        "post": Operation(
+            "issueConsoleToken",
+            "A single-use console token for the gateway (30 s at most)",
+            obj("token", "gateway_url", "expires_in", token=STR, gateway_url=STR, expires_in=INT),
+            path_params=("session_id",),
+            tags=("sessions",),
+        )
+    }
+
     async def post(self, session_id: str) -> None:
         user = self.require_user()
         grant = await self.desktops.console_token(user, session_id)
@@ -37,6 +54,12 @@ class ConsoleTokenAPIHandler(APIHandler):
 
 
 class LogoffAPIHandler(APIHandler):
+    openapi = {
+        "post": Operation(
+            "logoff", "Log my desktop session off", SESSION, path_params=("session_id",), tags=("sessions",)
+        )
+    }
+
     async def post(self, session_id: str) -> None:
         user = self.require_user()
         session = await self.desktops.logoff(user, session_id, self.client_ip)

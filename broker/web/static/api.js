@@ -34,6 +34,7 @@ async function request(method, path, body) {
 }
 
 export const apiGet = (path) => request("GET", path);
+export const apiRequest = (method, path, body) => request(method, path, body);
 export const apiPost = (path, body) => request("POST", path, body);
 
 // The message to show for a failed call: the broker's own (already in the page's language),

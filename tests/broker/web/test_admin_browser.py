@@ -1,0 +1,174 @@
+"""The admin console in headless Chromium: axe-core finds nothing on any page in either language, and an
+administrator drains a host, forces a logoff, revokes a user and searches the audit log with the keyboard;
+a user outside the admin groups is refused."""
+
+import pytest
+
+from broker.db import Database
+from broker.db.models import Image, ImageVersion
+from tests.fixtures.admin_console import ADMIN, NON_ADMIN, axe_violations
+from tests.fixtures.broker import PASSWORD, seed_session
+
+pytestmark = pytest.mark.e2e
+
+PAGES = [
+    "/admin",
+    "/admin/hosts",
+    "/admin/hosts?pool=mois-office",
+    "/admin/pools",
+    "/admin/sessions",
+    "/admin/sessions?user=guest01",
+    "/admin/images",
+    "/admin/audit",
+]
+
+
+SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.fixture
+def seeded(admin_config):
+    """A running desktop session of guest01 in mois-office (its id is returned) and an image in the catalog."""
+    db = Database(admin_config.database)
+    try:
+        session_id, _ = seed_session(db, "guest01", "mois-office")
+        with db.transaction() as session:
+            session.add(Image(name="office-2026", os="debian-12"))
+            session.flush()
+            session.add(
+                ImageVersion(
+                    image_name="office-2026",
+                    version="2026.12.1",
+                    path="/var/lib/vdi/images/office-2026/2026.12.1.qcow2",
+                    sha256=SHA256,
+                    size_bytes=1_234_567_890,
+                    virtual_size_bytes=8 << 30,
+                    built_by="kimmj",
+                )
+            )
+    finally:
+        db.close()
+    return session_id
+
+
+def sign_in(page, base_url, username):
+    page.goto(f"{base_url}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/desktops")
+
+
+@pytest.fixture
+def admin_page(page, admin_url):
+    sign_in(page, admin_url, ADMIN)
+    return page
+
+
+@pytest.mark.parametrize("lang", ["ko", "en"])
+def test_no_page_has_accessibility_violations(admin_page, admin_url, seeded, lang):
+    found = {}
+    for path in PAGES:
+        separator = "&" if "?" in path else "?"
+        admin_page.goto(f"{admin_url}{path}{separator}lang={lang}")
+        assert admin_page.locator("html").get_attribute("lang") == lang
+        found[path] = axe_violations(admin_page)
+    assert found == {path: [] for path in PAGES}
+
+
+def test_images_show_versions_with_their_checksums(admin_page, admin_url, seeded):
+    admin_page.goto(f"{admin_url}/admin/images?lang=en")
+    table = admin_page.get_by_role("table", name="office-2026 (debian-12)")
+    assert table.locator(".checksum").inner_text() == SHA256
+    assert "1,234,567,890" in table.inner_text()
+
+
+def submit_by_keyboard(page, button):
+    button.focus()
+    page.keyboard.press("Enter")
+
+
+def test_drain_a_host_then_enable_it(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/hosts?lang=en")
+    submit_by_keyboard(admin_page, admin_page.get_by_role("button", name="Drain host local"))
+    admin_page.locator("#admin-status", has_text="Host local is draining").wait_for()
+    row = admin_page.locator("tr[data-host=local] .admin-state")
+    assert row.get_attribute("data-admin-state") == "draining"
+    assert admin_page.locator("tr[data-host=local] button[data-action=drain]").count() == 0
+    assert axe_violations(admin_page) == []
+    admin_page.get_by_role("button", name="Enable host local").click()
+    admin_page.locator("#admin-status", has_text="Host local is enabled").wait_for()
+    admin_page.goto(f"{admin_url}/admin/audit?action=host.change&lang=en")
+    details = admin_page.locator("#audit-events td.detail").all_inner_texts()
+    assert details == ['{"admin_state": "enabled"}', '{"admin_state": "draining"}']
+
+
+def test_placement_explanation_for_a_pool(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/hosts?lang=en")
+    admin_page.get_by_label("Pool").select_option("mois-office")
+    admin_page.get_by_role("button", name="Explain").click()
+    admin_page.wait_for_url("**/admin/hosts?pool=mois-office")
+    assert admin_page.locator("#explain-host").inner_text() == "local"
+
+
+def test_force_logoff_and_revoke_a_user_everywhere(admin_page, admin_url, seeded):
+    admin_page.goto(f"{admin_url}/admin/sessions?user=guest01&lang=en")
+    button = admin_page.get_by_role("button", name="Force logoff of guest01's session in mois-office")
+    submit_by_keyboard(admin_page, button)
+    admin_page.locator("#admin-status", has_text="guest01's session was logged off").wait_for()
+    assert admin_page.locator(f"tr[data-session='{seeded}'] .session-state").inner_text() == "Ended"
+    admin_page.get_by_role("button", name="Sign guest01 out everywhere").click()
+    admin_page.locator("#admin-status", has_text="guest01 was signed out everywhere").wait_for()
+    admin_page.goto(f"{admin_url}/admin/audit?user=guest01&lang=en")
+    actions = admin_page.locator("#audit-events td.code:not(.detail)").all_inner_texts()
+    assert actions[:2] == ["revoke_sessions", "force_logoff"]
+
+
+def test_a_refused_action_shows_the_brokers_reason(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/pools?lang=en")
+    form = admin_page.locator("article[data-pool=mois-office] form")
+    form.get_by_label("New version").fill("no-such-version")
+    form.get_by_role("button", name="Start rollout").click()
+    alert = admin_page.locator("#admin-alert")
+    alert.wait_for()
+    assert alert.inner_text() != ""
+
+
+def test_audit_search_by_action(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/audit?lang=ko")
+    admin_page.get_by_label("작업").fill("login")
+    admin_page.get_by_label("사용자").fill(ADMIN)
+    admin_page.keyboard.press("Enter")
+    admin_page.wait_for_url("**/admin/audit?*action=login*")
+    rows = admin_page.locator("#audit-events tbody tr")
+    assert rows.count() >= 1
+    assert set(
+        admin_page.locator("#audit-events tbody tr").evaluate_all("rs => rs.map(r => r.dataset.action)")
+    ) == {"login"}
+    href = admin_page.get_by_role("link", name="CSV로 내보내기").get_attribute("href")
+    assert href == f"/api/v1/admin/audit/export?user={ADMIN}&action=login&limit=200"
+
+
+def test_a_user_outside_the_admin_groups_is_refused(page, admin_url):
+    sign_in(page, admin_url, NON_ADMIN)
+    response = page.goto(f"{admin_url}/admin/hosts?lang=en")
+    assert response.status == 403
+    assert page.get_by_role("alert").inner_text().startswith("This needs a member of an administrator group")
+    assert page.get_by_role("link", name="Admin console").count() == 0
+
+
+def test_add_a_host_and_a_refusal_names_the_field(admin_page, admin_url):
+    admin_page.goto(f"{admin_url}/admin/hosts?lang=en")
+    form = admin_page.locator("form[data-path='/api/v1/hosts']")
+    form.get_by_label("Name", exact=True).fill("kvm-test")
+    form.get_by_label("URI").fill("nonsense://nowhere")
+    form.get_by_role("button", name="Add").click()
+    alert = admin_page.locator("#admin-alert")
+    alert.wait_for()
+    assert "uri" in alert.inner_text()
+    assert admin_page.evaluate("document.activeElement.name") == "uri"
+    # libvirt's test driver: a real connection that needs no hypervisor.
+    form.get_by_label("URI").fill("test:///default")
+    form.get_by_role("button", name="Add").click()
+    admin_page.locator("#admin-status", has_text="The host was added.").wait_for()
+    assert admin_page.locator("tr[data-host=kvm-test] .admin-state").inner_text() == "Enabled"

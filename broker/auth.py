@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -174,8 +174,11 @@ class PortalAuth:
         lockout: LockoutSettings | None = None,
         totp: TotpSettings | None = None,
         totp_key: str = "",
+        seat_gate: Callable[[str, str], Awaitable[object]] | None = None,
     ) -> None:
         self.db = db
+        # At a center terminal a login needs a seat (broker/reservations.py): it refuses, audited, without.
+        self.seat_gate = seat_gate
         self.methods = dict(methods)
         self.session_lifetime_s = session_lifetime_s
         self.lockout = lockout or LockoutSettings()
@@ -392,6 +395,12 @@ class PortalAuth:
         audit_detail: dict | None = None,
         second_factor: bool = False,
     ) -> tuple[PortalUser, str]:
+        if self.seat_gate is not None:
+            try:
+                await self.seat_gate(identity.username, client_ip)
+            except errors.LoginRefused:
+                LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+                raise
         session_id = new_session_id()
         # The session and its audit say how the user got in; the login counter counts by method only.
         session_method = f"{method}+totp" if second_factor else method

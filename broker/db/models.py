@@ -313,3 +313,60 @@ class Lease(Base):
     owner: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Center(Base):
+    """A smart work center (site): where its terminals are, when it is open, how many seats per zone
+    (migration 0014, broker/centers.py)."""
+
+    __tablename__ = "centers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name_ko: Mapped[str] = mapped_column(String(128))
+    name_en: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str] = mapped_column(String(512), default="")
+    time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Seoul")
+    # {"mon": "09:00-18:00", …}; a weekday not named is a closed day.
+    opening_hours: Mapped[dict] = mapped_column(JSON, default=dict)
+    # [{"cidr": "10.1.0.0/24", "zone": "business"}, …]: the networks of the center's terminals.
+    networks: Mapped[list] = mapped_column(JSON, default=list)
+    seats: Mapped[dict] = mapped_column(JSON, default=dict)  # {"business": 20, "internet": 4}
+    booking_policy: Mapped[str] = mapped_column(String(16), default="walk_in")  # walk_in | require_booking
+    walk_in_minutes: Mapped[int] = mapped_column(Integer, default=120)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SeatReservation(Base):
+    """A user's seat at a center for a time range; booked ahead on the portal, or at a walk-in login."""
+
+    __tablename__ = "seat_reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    zone: Mapped[str] = mapped_column(String(16))
+    seat: Mapped[int] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="booked")  # booked | cancelled
+    kind: Mapped[str] = mapped_column(String(16), default="booking")  # booking | walk_in
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class SeatSlot(Base):
+    """One seat for one slot of time, held by one reservation.
+
+    The primary key is the guarantee against double booking: two bookings of the same seat and slot
+    cannot both commit, on SQLite and PostgreSQL alike, however many brokers race (broker/reservations.py).
+    """
+
+    __tablename__ = "seat_slots"
+
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seat: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    reservation_id: Mapped[int] = mapped_column(
+        ForeignKey("seat_reservations.id", ondelete="CASCADE"), index=True
+    )

@@ -47,6 +47,8 @@ ENUM_LABELS = {
     "SSH_HOST_KEY_REFUSALS": (metrics.HostKeyRefusal,),
     "POWER_ACTION_DURATION": (metrics.PowerAction, metrics.PowerResult),
     "ROLLOUTS_FINISHED": (metrics.RolloutResult,),
+    "SEAT_BOOKINGS": (metrics.SeatBookingResult,),
+    "CENTER_LOGINS_REFUSED": (metrics.CenterLoginRefusal,),
 }
 # Labelled metrics whose series appear later: per configured pool (made by the managers when they start),
 # or with values that are not known in advance (virtualisation type, libvirt event, spare outcome).

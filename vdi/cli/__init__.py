@@ -12,11 +12,11 @@ import logging
 import os
 import sys
 
-from vdi.cli import bench, db, host, image, lab, pool, serve, totp
+from vdi.cli import bench, center, db, host, image, lab, pool, serve, totp
 from vdi.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = os.environ.get("VDI_CONFIG", "/etc/smartwork-vdi/vdi.toml")
-GROUPS = (serve, lab, db, image, host, pool, totp, bench)
+GROUPS = (serve, lab, db, image, host, pool, center, totp, bench)
 
 
 def _setup_logging(config) -> None:

@@ -1,0 +1,76 @@
+"""centers: smart work centers (sites), seat reservations and the seat slots that forbid double booking
+
+Revision ID: 0014
+Revises: 0011
+Create Date: 2026-12-06 04:00:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0014"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+
+def _at(name: str, nullable: bool = False) -> sa.Column:
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "centers",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("name_ko", sa.String(128), nullable=False),
+        sa.Column("name_en", sa.String(128), nullable=False),
+        sa.Column("address", sa.String(512), nullable=False),
+        sa.Column("time_zone", sa.String(64), nullable=False),
+        sa.Column("opening_hours", sa.JSON(), nullable=False),
+        sa.Column("networks", sa.JSON(), nullable=False),
+        sa.Column("seats", sa.JSON(), nullable=False),
+        sa.Column("booking_policy", sa.String(16), nullable=False),
+        sa.Column("walk_in_minutes", sa.Integer(), nullable=False),
+        _at("created_at"),
+        sa.PrimaryKeyConstraint("name"),
+    )
+    op.create_table(
+        "seat_reservations",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("center", sa.String(64), nullable=False),
+        sa.Column("zone", sa.String(16), nullable=False),
+        sa.Column("seat", sa.Integer(), nullable=False),
+        sa.Column("username", sa.String(128), nullable=False),
+        _at("starts_at"),
+        _at("ends_at"),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        _at("created_at"),
+        _at("cancelled_at", nullable=True),
+        sa.ForeignKeyConstraint(["center"], ["centers.name"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_seat_reservations_center", "seat_reservations", ["center"])
+    op.create_index("ix_seat_reservations_username", "seat_reservations", ["username"])
+    op.create_index("ix_seat_reservations_starts_at", "seat_reservations", ["starts_at"])
+    op.create_table(
+        "seat_slots",
+        sa.Column("center", sa.String(64), nullable=False),
+        sa.Column("zone", sa.String(16), nullable=False),
+        sa.Column("seat", sa.Integer(), nullable=False),
+        _at("slot_start"),
+        sa.Column("reservation_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["center"], ["centers.name"]),
+        sa.ForeignKeyConstraint(["reservation_id"], ["seat_reservations.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("center", "zone", "seat", "slot_start"),
+    )
+    op.create_index("ix_seat_slots_reservation_id", "seat_slots", ["reservation_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_seat_slots_reservation_id", table_name="seat_slots")
+    op.drop_table("seat_slots")
+    for column in ("starts_at", "username", "center"):
+        op.drop_index(f"ix_seat_reservations_{column}", table_name="seat_reservations")
+    op.drop_table("seat_reservations")
+    op.drop_table("centers")

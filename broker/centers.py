@@ -31,6 +31,8 @@ Zone = Literal["business", "internet"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOURS = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])$")
 POLICIES = ("walk_in", "require_booking")
+# Paths under /admin/centers/ that are pages of their own, not centers.
+RESERVED_NAMES = ("attendance", "transfers", "terminals")
 
 
 class UnknownCenter(errors.NotFound):
@@ -126,6 +128,13 @@ class NewCenter(CenterChange):
     name_ko: str = Field(min_length=1, max_length=128)
     name_en: str = Field(min_length=1, max_length=128)
     time_zone: str = "Asia/Seoul"
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved (a page of /admin/centers)")
+        return value
 
     @model_validator(mode="after")
     def _defaults(self) -> NewCenter:

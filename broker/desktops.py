@@ -27,6 +27,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
+from broker.attendance import record_arrival
 from broker.auth import PortalUser
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
@@ -431,6 +432,8 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
             id=str(uuid.uuid4()), username=username, desktop_id=desktop_id, started_at=utcnow()
         )
         db.add(session)
+        # At a center terminal the session records its center; the day's first is the check-in.
+        record_arrival(db, session, client_ip)
     session.client_ip = client_ip
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.

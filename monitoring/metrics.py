@@ -578,6 +578,9 @@ SEAT_BOOKINGS = Counter("vdi_seat_bookings_total", "Seat reservations at centers
 CENTER_LOGINS_REFUSED = Counter(
     "vdi_center_logins_refused_total", "Logins at center terminals refused for want of a seat", ["reason"]
 )
+CENTER_CHECK_INS = Counter(
+    "vdi_center_check_ins_total", "First sessions of a user's day at a center (attendance check-ins)"
+)
 
 
 def _zero_center_series() -> None:

@@ -155,6 +155,8 @@ class DesktopSession(Base):
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_input_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The smart work center the session was opened at (migration 0014; broker/attendance.py): None away.
+    center: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class ConsoleToken(Base):
@@ -370,3 +372,21 @@ class SeatSlot(Base):
     reservation_id: Mapped[int] = mapped_column(
         ForeignKey("seat_reservations.id", ondelete="CASCADE"), index=True
     )
+
+
+class AttendanceCorrection(Base):
+    """An administrator's correction of one user's day at one center (broker/attendance.py): it replaces
+    the check-in and check-out derived from sessions. Audited with its reason."""
+
+    __tablename__ = "attendance_corrections"
+    __table_args__ = (UniqueConstraint("username", "center", "day", name="uq_attendance_corrections_day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128))
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD in the center's time zone
+    checked_in_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    checked_out_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(String(512))
+    actor: Mapped[str] = mapped_column(String(128))
+    corrected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -16,6 +16,7 @@ from broker.config import BrokerConfig
 from broker.web.apihandlers import admin_desktops as admin_desktops_api
 from broker.web.apihandlers import admin_pools as admin_pools_api
 from broker.web.apihandlers import admin_sessions as admin_sessions_api
+from broker.web.apihandlers import attendance as attendance_api
 from broker.web.apihandlers import auth as auth_api
 from broker.web.apihandlers import centers as centers_api
 from broker.web.apihandlers import cert_login as cert_login_api
@@ -47,6 +48,7 @@ ROUTE_MODULES = (
     images_api,
     centers_api,
     reservations_api,
+    attendance_api,
     centers,
     admin_centers,
 )

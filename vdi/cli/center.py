@@ -1,4 +1,4 @@
-"""`vdi center add|change|remove|list|show|occupancy`: smart work centers from the command line.
+"""`vdi center add|change|remove|list|show|occupancy|attendance|correct`: smart work centers from the command line.
 
 The same database work as /api/v1/admin/centers (broker/centers.py), audited with the operating-system
 user as actor (`cli:<user>`); blocking, for the command line only.
@@ -10,8 +10,10 @@ import datetime as dt
 import getpass
 import json
 import sys
+from zoneinfo import ZoneInfo
 
 from broker import errors
+from broker.attendance import CorrectionRequest, as_csv, correct, daily_records
 from broker.centers import (
     CenterChange,
     NewCenter,
@@ -26,6 +28,8 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import utcnow
 from broker.reservations import occupancy
+
+SEOUL = ZoneInfo("Asia/Seoul")
 
 
 def _cli_actor() -> str:
@@ -80,13 +84,48 @@ def _run(db: Database, args):
         if verb == "remove":
             delete_center(session, args.name, actor, "", utcnow())
             return f"center {args.name} removed"
+        if verb == "attendance":
+            return _attendance(session, args)
+        if verb == "correct":
+            return correct(session, _correction(session, args), actor, "")
         center = show_center(session, args.name)
         day = dt.date.fromisoformat(args.day) if args.day else utcnow().astimezone(center.tz).date()
         return occupancy(session, args.name, day)
 
 
+def _attendance(session, args):
+    first = dt.date.fromisoformat(args.day_from) if args.day_from else utcnow().astimezone(SEOUL).date()
+    last = dt.date.fromisoformat(args.day_to) if args.day_to else first
+    records = daily_records(session, first, last, args.center, args.user)
+    if args.csv:
+        return as_csv(records, args.lang)
+    return {"records": [r.as_json() for r in records]}
+
+
+def _correction(session, args) -> CorrectionRequest:
+    tz = show_center(session, args.center).tz
+    day = dt.date.fromisoformat(args.day)
+
+    def at(clock: str | None) -> str | None:
+        if clock is None:
+            return None
+        hour, minute = (int(part) for part in clock.split(":"))
+        return dt.datetime.combine(day, dt.time(hour, minute), tz).isoformat()
+
+    fields = {"username": args.user, "center": args.center, "day": args.day, "reason": args.reason}
+    return validated(
+        CorrectionRequest,
+        {**fields, "checked_in_at": at(args.checked_in), "checked_out_at": at(args.checked_out)},
+    )
+
+
 def _print(result, as_json: bool) -> None:
-    if isinstance(result, str):
+    if isinstance(result, bytes):
+        sys.stdout.buffer.write(result)
+        sys.stdout.flush()
+    elif isinstance(result, dict):
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    elif isinstance(result, str):
         print(result)
     elif isinstance(result, list) and not as_json:
         print(f"{'NAME':<20} {'BUSINESS':>8} {'INTERNET':>8}  {'POLICY':<16} NAME (KO)")
@@ -171,3 +210,21 @@ def add_commands(sub) -> None:
     )
     seats.add_argument("name")
     seats.add_argument("--day", help="YYYY-MM-DD in the center's time zone (default today)")
+    records = verbs.add_parser(
+        "attendance", help="daily attendance records", description="daily attendance records as JSON or CSV"
+    )
+    records.add_argument("--from", dest="day_from", help="first day, YYYY-MM-DD (default today)")
+    records.add_argument("--to", dest="day_to", help="last day, YYYY-MM-DD (default: --from)")
+    records.add_argument("--center", help="one center only")
+    records.add_argument("--user", help="one user only")
+    records.add_argument("--csv", action="store_true", help="CSV in UTF-8 with a byte order mark (Excel)")
+    records.add_argument("--lang", choices=("ko", "en"), default="ko", help="CSV header language")
+    fix = verbs.add_parser(
+        "correct", help="correct a user's day (audited)", description="correct a user's day at a center"
+    )
+    fix.add_argument("center")
+    fix.add_argument("user")
+    fix.add_argument("day", help="YYYY-MM-DD in the center's time zone")
+    fix.add_argument("--in", dest="checked_in", required=True, metavar="HH:MM", help="check-in time")
+    fix.add_argument("--out", dest="checked_out", metavar="HH:MM", help="check-out time")
+    fix.add_argument("--reason", required=True, help="why (kept in the audit log)")

@@ -27,13 +27,13 @@ from broker.web.apihandlers.base import AdminAPIHandler, APIHandler
 CENTER_NAME = r"[^/]{1,64}"
 
 
-def parse_day(text: str | None, default: dt.date) -> dt.date:
+def parse_day(text: str | None, default: dt.date, field: str = "day") -> dt.date:
     if not text:
         return default
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise errors.InvalidField("day: not a date (YYYY-MM-DD)", field="day") from None
+        raise errors.InvalidField(f"{field}: not a date (YYYY-MM-DD)", field=field) from None
 
 
 class CentersAdminAPIHandler(AdminAPIHandler):

@@ -5,7 +5,17 @@ in Korean and English."""
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.broker import PASSWORD
 from tests.fixtures.broker_api import signed_in
-from tests.fixtures.centers import AWAY_ADDRESS, CENTER_ADDRESS, add_center, at, booking, tomorrow_at
+from tests.fixtures.centers import (
+    AWAY_ADDRESS,
+    CENTER_ADDRESS,
+    add_center,
+    at,
+    booking,
+    connect_at,
+    login_at,
+    logoff_at,
+    tomorrow_at,
+)
 
 
 def sign_in(page, url, username, address=AWAY_ADDRESS):
@@ -88,3 +98,42 @@ def test_the_admin_pages_are_for_administrators_only(center_admin, centers_url):
     other = signed_in(centers_url, "choijw")
     assert other.get("/admin/centers").status == 403
     assert center_admin.get("/admin/centers/busan").status == 404
+
+
+def test_attendance_page_shows_the_day_exports_csv_and_takes_corrections(axe_page, toy_centers_url):
+    page = axe_page
+    admin = signed_in(toy_centers_url, "kimmj")
+    add_center(admin)
+    terminal, response = login_at(toy_centers_url, "choijw", CENTER_ADDRESS)
+    assert response.status == 200
+    session = connect_at(terminal, "moef-office", CENTER_ADDRESS)  # check-in
+    logoff_at(terminal, session["session_id"], CENTER_ADDRESS)  # check-out
+    sign_in(page, toy_centers_url, "kimmj")
+    page.goto(f"{toy_centers_url}/admin/centers")
+    page.click("#attendance-link")
+    row = page.locator("#attendance tr[data-user=choijw]")
+    assert "최지우 (choijw)" in row.inner_text() and "서울역 스마트워크센터" in row.inner_text()
+    assert axe_violations(page) == []
+    with page.expect_download() as download:
+        page.click("#attendance-csv")
+    text = download.value.path().read_text(encoding="utf-8")
+    assert (
+        text.startswith("\ufeff날짜,사용자 ID,이름,센터")
+        and "choijw,최지우,서울역 스마트워크센터,B01" in text
+    )
+    # A correction without a reason (blanks only) is refused with the field marked; with one it is recorded.
+    page.fill("#username", "choijw")
+    page.fill("#reason", "  ")
+    page.select_option("#checked_in", "09:00")
+    page.select_option("#checked_out", "18:00")
+    page.click("#correction-form button[type=submit]")
+    assert page.get_attribute("#reason", "aria-invalid") == "true"
+    assert "reason" in page.inner_text("#attendance-error")
+    assert axe_violations(page) == []
+    page.fill("#reason", "단말 장애로 로그오프 누락")
+    page.focus("#correction-form button[type=submit]")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/admin/centers/attendance?*corrected=1")
+    assert page.inner_text("#attendance-status") == "근태 기록을 정정했습니다."
+    row = page.locator("#attendance tr[data-user=choijw]")
+    assert "09:00" in row.inner_text() and "단말 장애로 로그오프 누락" in row.inner_text()

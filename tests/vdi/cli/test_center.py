@@ -84,3 +84,48 @@ def test_cli_errors_name_the_field(vdi):
     code, _, err = vdi(*args, "--network", "10.0.0.0/24=guest")
     assert code == 2 and "networks.0.zone" in err
     assert vdi("list", "--json")[1].strip() == "[]"
+
+
+def test_attendance_corrections_from_the_command_line(vdi):
+    vdi("add", "sejong", "--name-ko", "세종 스마트워크센터", "--name-en", "Sejong Smart Work Center")
+    code, out, err = vdi(
+        "correct",
+        "sejong",
+        "choijw",
+        "2026-12-01",
+        "--in",
+        "09:00",
+        "--out",
+        "18:00",
+        "--reason",
+        "단말 장애",
+    )
+    assert code == 0, err
+    record = json.loads(out)
+    assert (record["total_minutes"], record["correction_reason"]) == (540, "단말 장애")
+    code, out, _ = vdi("attendance", "--from", "2026-12-01", "--center", "sejong")
+    assert [r["username"] for r in json.loads(out)["records"]] == ["choijw"]
+    code, _, err = vdi("correct", "sejong", "choijw", "2026-12-01", "--in", "09:00", "--reason", "")
+    assert code == 2 and "reason" in err
+
+
+def test_attendance_csv_keeps_korean(config_path, capfdbinary):
+    main(
+        [
+            "--config",
+            str(config_path),
+            "center",
+            "add",
+            "busan",
+            "--name-ko",
+            "부산 센터",
+            "--name-en",
+            "Busan",
+        ]
+    )
+    main(["--config", str(config_path), "center", "correct", "busan", "choijw", "2026-12-01", "--in", "09:00",
+          "--reason", "수기 기록"])  # fmt: skip
+    capfdbinary.readouterr()
+    assert main(["--config", str(config_path), "center", "attendance", "--from", "2026-12-01", "--csv"]) == 0
+    data = capfdbinary.readouterr().out
+    assert data.startswith(b"\xef\xbb\xbf") and "부산 센터".encode() in data and "수기 기록".encode() in data

@@ -1,4 +1,5 @@
-"""centers: smart work centers (sites), seat reservations and the seat slots that forbid double booking
+"""centers: smart work centers (sites), seat reservations and the seat slots that forbid double booking,
+the center of each session and attendance corrections
 
 Revision ID: 0014
 Revises: 0011
@@ -65,9 +66,33 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("center", "zone", "seat", "slot_start"),
     )
     op.create_index("ix_seat_slots_reservation_id", "seat_slots", ["reservation_id"])
+    with op.batch_alter_table("sessions") as batch:
+        batch.add_column(sa.Column("center", sa.String(64), nullable=True))
+        batch.create_index("ix_sessions_center", ["center"])
+    op.create_table(
+        "attendance_corrections",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("username", sa.String(128), nullable=False),
+        sa.Column("center", sa.String(64), nullable=False),
+        sa.Column("day", sa.String(10), nullable=False),
+        _at("checked_in_at"),
+        _at("checked_out_at", nullable=True),
+        sa.Column("reason", sa.String(512), nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        _at("corrected_at"),
+        sa.ForeignKeyConstraint(["center"], ["centers.name"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("username", "center", "day", name="uq_attendance_corrections_day"),
+    )
+    op.create_index("ix_attendance_corrections_center", "attendance_corrections", ["center"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_attendance_corrections_center", table_name="attendance_corrections")
+    op.drop_table("attendance_corrections")
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_index("ix_sessions_center")
+        batch.drop_column("center")
     op.drop_index("ix_seat_slots_reservation_id", table_name="seat_slots")
     op.drop_table("seat_slots")
     for column in ("starts_at", "username", "center"):

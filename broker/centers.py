@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.db.models import AuditEvent, Center, SeatReservation, SeatSlot
+from broker.db.models import AttendanceCorrection, AuditEvent, Center, SeatReservation, SeatSlot, Terminal
 
 CENTER_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ZONES = ("business", "internet")
@@ -95,6 +95,8 @@ class CenterChange(BaseModel):
     seats: dict[Zone, int] | None = None
     booking_policy: Literal["walk_in", "require_booking"] | None = None
     walk_in_minutes: int | None = Field(None, ge=30, le=24 * 60)
+    unregistered_terminals: Literal["allow", "limit", "refuse"] | None = None
+    kiosk_idle_s: int | None = Field(None, ge=5, le=24 * 3600)
 
     @field_validator("time_zone")
     @classmethod
@@ -144,6 +146,8 @@ class NewCenter(CenterChange):
         self.seats = self.seats or {}
         self.booking_policy = self.booking_policy or "walk_in"
         self.walk_in_minutes = self.walk_in_minutes or 120
+        self.unregistered_terminals = self.unregistered_terminals or "allow"
+        self.kiosk_idle_s = self.kiosk_idle_s or 600
         return self
 
 
@@ -171,6 +175,8 @@ class CenterView:
     seats: dict[str, int]
     booking_policy: str
     walk_in_minutes: int
+    unregistered_terminals: str = "allow"
+    kiosk_idle_s: int = 600
 
     @classmethod
     def of(cls, row: Center) -> CenterView:
@@ -185,6 +191,8 @@ class CenterView:
             {zone: int(row.seats.get(zone, 0)) for zone in ZONES},
             row.booking_policy,
             row.walk_in_minutes,
+            row.unregistered_terminals,
+            row.kiosk_idle_s,
         )
 
     def display_name(self, lang: str) -> str:
@@ -219,6 +227,8 @@ class CenterView:
             "seats": self.seats,
             "booking_policy": self.booking_policy,
             "walk_in_minutes": self.walk_in_minutes,
+            "unregistered_terminals": self.unregistered_terminals,
+            "kiosk_idle_s": self.kiosk_idle_s,
         }
 
 
@@ -340,6 +350,8 @@ def delete_center(db: Session, name: str, actor: str, client_ip: str, now: dt.da
         )
     reservations = select(SeatReservation.id).where(SeatReservation.center == name)
     db.execute(SeatSlot.__table__.delete().where(SeatSlot.reservation_id.in_(reservations)))
+    for model in (Terminal, AttendanceCorrection):
+        db.execute(model.__table__.delete().where(model.center == name))
     db.execute(SeatReservation.__table__.delete().where(SeatReservation.center == name))
     db.delete(row)
     _audit(db, actor, "center.remove", name, client_ip)

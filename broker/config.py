@@ -131,7 +131,17 @@ class PoolSettings(BaseModel):
     groups: list[str] = Field(min_length=1, description="directory groups entitled to the pool")
     memory_mib: int = Field(256, ge=64, le=1024 * 1024, description="memory of each desktop")
     vcpus: int = Field(1, ge=1, le=256, description="virtual CPUs of each desktop")
-    zone: str | None = Field(None, description="place desktops only on hosts labelled with this zone")
+    zone: Literal["business", "internet"] | None = Field(
+        None,
+        description="network zone of the pool: business (행정망) or internet (인터넷망); set, desktops go only "
+        "on hosts labelled with it; unset, the pool is business and its desktops go on hosts labelled "
+        "business or carrying no zone label; never on a host of the other zone (docs/centers.md)",
+    )
+    cross_zone_clipboard: bool = Field(
+        False,
+        description="allow the clipboard of a console opened from a center terminal on the other network "
+        "zone (blocked by default: nothing is copied between zones; use a transfer request instead)",
+    )
     site: str | None = Field(None, description="place desktops only on hosts labelled with this site")
     required_labels: dict[str, str] = Field(
         default_factory=dict, description="host labels a host must carry to take the pool's desktops"
@@ -247,6 +257,11 @@ class PoolSettings(BaseModel):
             if command is not None and not all(arg.strip() for arg in command):
                 raise ValueError(f"{key}: an argument is empty")
         return self
+
+    @property
+    def network_zone(self) -> str:
+        """The pool's network zone: `zone`, business when unset."""
+        return self.zone or "business"
 
     @model_validator(mode="after")
     def _power_policy_kept_desktops(self) -> PoolSettings:

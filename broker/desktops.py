@@ -10,6 +10,7 @@ is marked "error" so it holds no capacity and no session points at it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker.attendance import record_arrival
 from broker.auth import PortalUser
+from broker.centers import arrival_at
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
@@ -331,6 +333,7 @@ def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
         site=pool.site,
         required_labels=tuple(sorted(pool.required_labels.items())),
         max_per_host=pool.max_per_host,
+        network_zone=pool.network_zone,
     )
 
 
@@ -469,7 +472,13 @@ def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
     """The console policy a token carries to the gateway: the pool's clipboard settings."""
     if pool is None:
         return ConsolePolicy()
-    return ConsolePolicy(pool.clipboard, pool.clipboard_max_bytes, pool.clipboard_text_only)
+    return ConsolePolicy(
+        pool.clipboard,
+        pool.clipboard_max_bytes,
+        pool.clipboard_text_only,
+        zone=pool.network_zone,
+        cross_zone_clipboard=pool.cross_zone_clipboard,
+    )
 
 
 def issue_for_owner(
@@ -488,6 +497,11 @@ def issue_for_owner(
     if desktop.state != "running" or desktop.vnc_port is None:
         raise errors.DesktopNotRunning()
     route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
+    policy = policy_of(desktop.pool_name) if policy_of else None
+    arrival = arrival_at(db, session.client_ip) if policy is not None else None
+    if arrival is not None:
+        # At a center terminal the console knows the terminal's network zone (gateway/clipboard.py).
+        policy = dataclasses.replace(policy, client_zone=arrival.zone)
     return issue_token(
         db,
         session_id=session.id,
@@ -497,7 +511,7 @@ def issue_for_owner(
         ttl_s=ttl_s,
         route=route,
         ssh_address=ssh_address,
-        policy=policy_of(desktop.pool_name) if policy_of else None,
+        policy=policy,
     )
 
 

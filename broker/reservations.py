@@ -28,6 +28,7 @@ from broker import errors
 from broker.centers import Arrival, CenterView, arrival_at, load_center
 from broker.db import Database
 from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
+from broker.terminals import TerminalView, identify
 from monitoring.metrics import CENTER_LOGINS_REFUSED, SEAT_BOOKINGS, CenterLoginRefusal, SeatBookingResult
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class CenterClosed(CenterLoginRefused):
 
 class CenterFull(CenterLoginRefused):
     reason = "no_free_seat"
+
+
+class UnregisteredTerminal(CenterLoginRefused):
+    reason = "unregistered_terminal"
 
 
 class SeatRaceLost(Exception):
@@ -470,26 +475,53 @@ class Reservations:
     async def mine(self, username: str) -> list[ReservationView]:
         return await self.db.run(partial(reservations_of, username=username, now=utcnow()))
 
+    async def seat_now(self, center: str, username: str) -> ReservationView | None:
+        return await self.db.run(partial(current_reservation, center=center, username=username, now=utcnow()))
+
     async def arrival(self, client_ip: str) -> Arrival | None:
         return await self.db.run(partial(arrival_at, address=client_ip))
 
     # -- a login at a center terminal ----------------------------------------------------------
 
-    async def admit(self, username: str, client_ip: str) -> ReservationView | None:
-        """The seat of a login from `client_ip`: None away from centers; refused (audited) without one."""
+    async def admit(
+        self, username: str, client_ip: str, device: bytes | None = None
+    ) -> ReservationView | None:
+        """The seat of a login from `client_ip` (with the TLS client certificate `device`): None away from
+        centers; refused (audited) without a seat, or from a device the center's policy does not admit."""
         arrival = await self.arrival(client_ip)
         if arrival is None:
             return None
         now = utcnow()
         center = arrival.center
-        mine = await self.db.run(partial(current_reservation, center=center.name, username=username, now=now))
-        if mine is not None:
-            return mine
         try:
+            terminal = await self.db.run(
+                partial(identify, center=center.name, client_ip=client_ip, device=device)
+            )
+            self._check_unregistered(center, terminal)
+            mine = await self.db.run(
+                partial(current_reservation, center=center.name, username=username, now=now)
+            )
+            if mine is not None:
+                return mine
+            if terminal is None and center.unregistered_terminals == "limit":
+                raise UnregisteredTerminal(
+                    f"This device is not a registered terminal of {center.name_en}: only a booked seat admits it.",
+                    "",
+                    center,
+                )
             return await self._walk_in(arrival, username, client_ip, now)
         except CenterLoginRefused as exc:
             await self._refused(username, client_ip, center, exc)
             raise
+
+    @staticmethod
+    def _check_unregistered(center: CenterView, terminal: TerminalView | None) -> None:
+        if terminal is None and center.unregistered_terminals == "refuse":
+            raise UnregisteredTerminal(
+                f"This device is not a registered terminal of {center.name_en}; use a center terminal.",
+                "",
+                center,
+            )
 
     async def _walk_in(
         self, arrival: Arrival, username: str, client_ip: str, now: dt.datetime

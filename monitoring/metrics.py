@@ -572,6 +572,7 @@ class CenterLoginRefusal(Enum):
     NO_FREE_SEAT = "no_free_seat"  # walk-in policy, but every seat of the zone is taken now
     BOOKING_REQUIRED = "booking_required"  # the center's policy asks for a booking
     CLOSED = "closed"  # outside the center's opening hours
+    UNREGISTERED_TERMINAL = "unregistered_terminal"  # a device the center's policy does not admit
 
 
 SEAT_BOOKINGS = Counter("vdi_seat_bookings_total", "Seat reservations at centers, by result", ["result"])

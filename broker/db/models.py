@@ -335,6 +335,9 @@ class Center(Base):
     seats: Mapped[dict] = mapped_column(JSON, default=dict)  # {"business": 20, "internet": 4}
     booking_policy: Mapped[str] = mapped_column(String(16), default="walk_in")  # walk_in | require_booking
     walk_in_minutes: Mapped[int] = mapped_column(Integer, default=120)
+    # A login from an unregistered device on a terminal network: allow | limit (no walk-in seat) | refuse.
+    unregistered_terminals: Mapped[str] = mapped_column(String(16), default="allow", server_default="allow")
+    kiosk_idle_s: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -390,3 +393,18 @@ class AttendanceCorrection(Base):
     reason: Mapped[str] = mapped_column(String(512))
     actor: Mapped[str] = mapped_column(String(128))
     corrected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Terminal(Base):
+    """A registered shared terminal of a center: known by its device certificate or by its address."""
+
+    __tablename__ = "terminals"
+    __table_args__ = (UniqueConstraint("center", "name", name="uq_terminals_center_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64), unique=True)
+    cert_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of the certificate's DER
+    cert_subject: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -57,4 +57,12 @@ def test_console_tokens_carry_the_pools_clipboard_policy(tmp_path, broker_server
             policy = s.scalars(select(ConsoleToken.policy)).one()
     finally:
         db.close()
-    assert policy == {"clipboard": "to_desktop", "clipboard_max_bytes": 2048, "clipboard_text_only": True}
+    assert policy == {
+        "clipboard": "to_desktop",
+        "clipboard_max_bytes": 2048,
+        "clipboard_text_only": True,
+        # The network zones (docs/centers.md): the pool's, and none for a client away from the centers.
+        "zone": "business",
+        "client_zone": None,
+        "cross_zone_clipboard": False,
+    }

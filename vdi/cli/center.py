@@ -1,4 +1,5 @@
-"""`vdi center add|change|remove|list|show|occupancy|attendance|correct`: smart work centers from the command line.
+"""`vdi center add|change|remove|list|show|occupancy|terminal-add|terminal-remove|terminals|attendance|correct`:
+smart work centers from the command line.
 
 The same database work as /api/v1/admin/centers (broker/centers.py), audited with the operating-system
 user as actor (`cli:<user>`); blocking, for the command line only.
@@ -10,6 +11,7 @@ import datetime as dt
 import getpass
 import json
 import sys
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from broker import errors
@@ -28,6 +30,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import utcnow
 from broker.reservations import occupancy
+from broker.terminals import NewTerminal, add_terminal, list_terminals, remove_terminal
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -53,7 +56,8 @@ def _networks(items: list[str]) -> list[dict]:
 
 def _fields(args) -> dict:
     fields: dict = {}
-    for key in ("name_ko", "name_en", "address", "time_zone", "booking_policy", "walk_in_minutes"):
+    keys = ("name_ko", "name_en", "address", "time_zone", "booking_policy", "walk_in_minutes")
+    for key in (*keys, "unregistered_terminals", "kiosk_idle_s"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     if args.hours:
@@ -84,6 +88,16 @@ def _run(db: Database, args):
         if verb == "remove":
             delete_center(session, args.name, actor, "", utcnow())
             return f"center {args.name} removed"
+        if verb == "terminal-add":
+            fields = {"name": args.terminal, "address": args.address}
+            if args.certificate:
+                fields["certificate"] = Path(args.certificate).read_text()
+            return add_terminal(session, args.name, validated(NewTerminal, fields), actor, "")
+        if verb == "terminal-remove":
+            remove_terminal(session, args.name, args.terminal, actor, "")
+            return f"terminal {args.terminal} of {args.name} removed"
+        if verb == "terminals":
+            return list_terminals(session, args.name)
         if verb == "attendance":
             return _attendance(session, args)
         if verb == "correct":
@@ -127,6 +141,8 @@ def _print(result, as_json: bool) -> None:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     elif isinstance(result, str):
         print(result)
+    elif isinstance(result, list) and result and not hasattr(result[0], "seats"):
+        print(json.dumps([t.as_json() for t in result], indent=2, ensure_ascii=False))
     elif isinstance(result, list) and not as_json:
         print(f"{'NAME':<20} {'BUSINESS':>8} {'INTERNET':>8}  {'POLICY':<16} NAME (KO)")
         for c in result:
@@ -185,6 +201,15 @@ def _center_fields(parser, adding: bool) -> None:
         help="login without a booking",
     )
     parser.add_argument(
+        "--unregistered",
+        dest="unregistered_terminals",
+        choices=("allow", "limit", "refuse"),
+        help="a login from an unregistered device on a terminal network (limit: booked seats only)",
+    )
+    parser.add_argument(
+        "--kiosk-idle-s", dest="kiosk_idle_s", type=int, help="kiosk sign-out after this idle"
+    )
+    parser.add_argument(
         "--walk-in-minutes",
         dest="walk_in_minutes",
         type=int,
@@ -210,6 +235,24 @@ def add_commands(sub) -> None:
     )
     seats.add_argument("name")
     seats.add_argument("--day", help="YYYY-MM-DD in the center's time zone (default today)")
+    add_terminal_verb = verbs.add_parser(
+        "terminal-add",
+        help="register a center terminal",
+        description="register a terminal by address or certificate",
+    )
+    add_terminal_verb.add_argument("name", help="the center")
+    add_terminal_verb.add_argument("terminal", help="the terminal's name, e.g. seoul-b01")
+    way = add_terminal_verb.add_mutually_exclusive_group(required=True)
+    way.add_argument("--address", help="the terminal's IP address on a terminal network of the center")
+    way.add_argument("--certificate", metavar="PEM_FILE", help="the terminal's device certificate")
+    drop = verbs.add_parser(
+        "terminal-remove", help="remove a terminal", description="remove a registered terminal"
+    )
+    drop.add_argument("name", help="the center")
+    drop.add_argument("terminal")
+    verbs.add_parser(
+        "terminals", help="a center's terminals", description="a center's terminals as JSON"
+    ).add_argument("name")
     records = verbs.add_parser(
         "attendance", help="daily attendance records", description="daily attendance records as JSON or CSV"
     )

@@ -22,6 +22,7 @@ from broker.centers import (
 )
 from broker.db.models import utcnow
 from broker.reservations import Reservations, occupancy
+from broker.terminals import NewTerminal, add_terminal, list_terminals, remove_terminal
 from broker.web.apihandlers.base import AdminAPIHandler, APIHandler
 
 CENTER_NAME = r"[^/]{1,64}"
@@ -117,10 +118,39 @@ class HereAPIHandler(APIHandler):
         )
 
 
+class TerminalsAdminAPIHandler(AdminAPIHandler):
+    async def get(self, name: str) -> None:
+        self.require_admin()
+        terminals = await self.db.run(partial(list_terminals, center=name))
+        self.write_json({"terminals": [t.as_json() for t in terminals]})
+
+    async def post(self, name: str) -> None:
+        admin = self.require_admin()
+        new = self.parse_body(NewTerminal)
+        view = await self.db.run(
+            partial(add_terminal, center=name, new=new, actor=admin.username, client_ip=self.client_ip)
+        )
+        self.write_json(view.as_json(), status=201)
+
+
+class TerminalAdminAPIHandler(AdminAPIHandler):
+    async def delete(self, name: str, terminal: str) -> None:
+        admin = self.require_admin()
+        await self.db.run(
+            partial(
+                remove_terminal, center=name, name=terminal, actor=admin.username, client_ip=self.client_ip
+            )
+        )
+        self.set_status(204)
+        self.finish()
+
+
 default_handlers = [
     (r"/api/v1/admin/centers", CentersAdminAPIHandler),
     (rf"/api/v1/admin/centers/({CENTER_NAME})", CenterAdminAPIHandler),
     (rf"/api/v1/admin/centers/({CENTER_NAME})/occupancy", OccupancyAdminAPIHandler),
+    (rf"/api/v1/admin/centers/({CENTER_NAME})/terminals", TerminalsAdminAPIHandler),
+    (rf"/api/v1/admin/centers/({CENTER_NAME})/terminals/([^/]{{1,64}})", TerminalAdminAPIHandler),
     (r"/api/v1/centers", CentersAPIHandler),
     (r"/api/v1/centers/here", HereAPIHandler),
 ]

@@ -13,6 +13,7 @@ from broker.attendance import CorrectionRequest, correct, daily_records
 from broker.centers import list_centers, show_center
 from broker.db.models import utcnow
 from broker.reservations import occupancy, seat_label
+from broker.terminals import list_terminals
 from broker.web.apihandlers.attendance import DEFAULT_ZONE
 from broker.web.apihandlers.centers import parse_day
 from broker.web.base import BaseHandler
@@ -42,7 +43,15 @@ class OccupancyAdminPageHandler(AdminPageHandler):
         center = await self.db.run(partial(show_center, name=name))
         day = parse_day(self.get_query_argument("day", None), utcnow().astimezone(center.tz).date())
         taken = await self.db.run(partial(occupancy, name=name, day=day))
-        self.render("admin_center.html", center=center, day=day, occupancy=taken, seat_label=seat_label)
+        terminals = await self.db.run(partial(list_terminals, center=name))
+        self.render(
+            "admin_center.html",
+            center=center,
+            day=day,
+            occupancy=taken,
+            seat_label=seat_label,
+            terminals=terminals,
+        )
 
 
 class AttendanceAdminPageHandler(AdminPageHandler):

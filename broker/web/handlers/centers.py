@@ -17,6 +17,7 @@ from broker.db.models import utcnow
 from broker.reservations import SLOT_MINUTES, BookingRequest, Reservations
 from broker.web.base import BaseHandler
 
+DEFAULT_KIOSK_IDLE_S = 600
 TIMES = [f"{minutes // 60:02d}:{minutes % 60:02d}" for minutes in range(0, 24 * 60 + 1, SLOT_MINUTES)]
 
 
@@ -112,7 +113,23 @@ class CancelReservationHandler(CenterPageHandler):
         self.redirect(f"/reservations?cancelled={reservation_id}", status=303)
 
 
+class KioskHandler(CenterPageHandler):
+    """The full-screen page of a center terminal: who sits where until when; it signs the user out after
+    the center's `kiosk_idle_s` without input, or when the seat's booking ends, and returns to sign-in."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        self.remember_language()
+        arrival = await self.reservations.arrival(self.client_ip)
+        seat = None
+        if arrival is not None:
+            seat = await self.reservations.seat_now(arrival.center.name, self.current_user.username)
+        idle_s = arrival.center.kiosk_idle_s if arrival else DEFAULT_KIOSK_IDLE_S
+        self.render("kiosk.html", arrival=arrival, seat=seat, idle_s=idle_s)
+
+
 default_handlers = [
+    (r"/kiosk", KioskHandler),
     (r"/reservations", ReservationsPageHandler),
     (r"/reservations/([0-9]{1,18})/cancel", CancelReservationHandler),
 ]

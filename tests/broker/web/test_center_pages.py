@@ -137,3 +137,17 @@ def test_attendance_page_shows_the_day_exports_csv_and_takes_corrections(axe_pag
     assert page.inner_text("#attendance-status") == "근태 기록을 정정했습니다."
     row = page.locator("#attendance tr[data-user=choijw]")
     assert "09:00" in row.inner_text() and "단말 장애로 로그오프 누락" in row.inner_text()
+
+
+def test_the_kiosk_page_signs_out_after_inactivity(axe_page, center_admin, centers_url):
+    page = axe_page
+    add_center(center_admin, kiosk_idle_s=5)
+    sign_in(page, centers_url, "choijw", CENTER_ADDRESS)  # a walk-in seat at a center terminal
+    page.goto(f"{centers_url}/kiosk")
+    assert page.inner_text("h1") == "스마트워크센터 단말기"
+    assert "좌석 B01" in page.inner_text("#kiosk-seat")
+    assert axe_violations(page) == []
+    # Nobody touches the terminal: the page signs out and the next user sees the sign-in page.
+    page.wait_for_url(f"{centers_url}/login", timeout=30_000)
+    page.goto(f"{centers_url}/desktops")
+    page.wait_for_url(f"{centers_url}/login?next=%2Fdesktops")

@@ -1,5 +1,5 @@
 """centers: smart work centers (sites), seat reservations and the seat slots that forbid double booking,
-the center of each session and attendance corrections
+the center of each session, attendance corrections and registered terminals
 
 Revision ID: 0014
 Revises: 0011
@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("seats", sa.JSON(), nullable=False),
         sa.Column("booking_policy", sa.String(16), nullable=False),
         sa.Column("walk_in_minutes", sa.Integer(), nullable=False),
+        sa.Column("unregistered_terminals", sa.String(16), server_default="allow", nullable=False),
+        sa.Column("kiosk_idle_s", sa.Integer(), server_default="600", nullable=False),
         _at("created_at"),
         sa.PrimaryKeyConstraint("name"),
     )
@@ -85,9 +87,27 @@ def upgrade() -> None:
         sa.UniqueConstraint("username", "center", "day", name="uq_attendance_corrections_day"),
     )
     op.create_index("ix_attendance_corrections_center", "attendance_corrections", ["center"])
+    op.create_table(
+        "terminals",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("center", sa.String(64), nullable=False),
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("address", sa.String(64), nullable=True),
+        sa.Column("cert_sha256", sa.String(64), nullable=True),
+        sa.Column("cert_subject", sa.String(512), nullable=False),
+        _at("created_at"),
+        sa.ForeignKeyConstraint(["center"], ["centers.name"]),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("center", "name", name="uq_terminals_center_name"),
+        sa.UniqueConstraint("address"),
+        sa.UniqueConstraint("cert_sha256"),
+    )
+    op.create_index("ix_terminals_center", "terminals", ["center"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_terminals_center", table_name="terminals")
+    op.drop_table("terminals")
     op.drop_index("ix_attendance_corrections_center", table_name="attendance_corrections")
     op.drop_table("attendance_corrections")
     with op.batch_alter_table("sessions") as batch:

@@ -37,6 +37,7 @@ from broker.power_manager import PowerManager
 from broker.reservations import Reservations
 from broker.rollout import RolloutManager
 from broker.settings_file import ConfigError
+from broker.transfers import Transfers
 from broker.web.app import make_app
 from broker.web.tls import BrokerHTTPServer, tls_context
 from hypervisor.provider import DesktopProvider
@@ -89,6 +90,7 @@ class BrokerApp:
         )
         # Smart work centers: seats booked ahead, or given at a login at a center terminal (docs/centers.md).
         self.reservations = Reservations(db)
+        self.transfers = Transfers(db, config.transfers)  # between network zones (망연계)
         self.portal_auth = PortalAuth(
             db,
             self.login_methods,
@@ -117,6 +119,7 @@ class BrokerApp:
                 "portal_auth": self.portal_auth,
                 "desktops": self.desktops,
                 "reservations": self.reservations,
+                "transfers": self.transfers,
                 "pool_manager": self.pool_manager,
                 "session_lifecycle": self.session_lifecycle,
                 "power_manager": self.power_manager,

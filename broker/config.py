@@ -290,6 +290,37 @@ class MonitorSettings(BaseModel):
         return self
 
 
+class TransferSettings(BaseModel):
+    """[transfers]: moving a file or text between the network zones' desktops on request (망연계)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approver_groups: list[str] = Field(
+        default_factory=list,
+        description="directory groups whose members approve transfer requests of users who share another "
+        "directory group with them (never their own); empty: nobody can approve, so nothing moves",
+    )
+    max_bytes: int = Field(
+        32768,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="largest file or text a request may carry (a request body must also fit "
+        "broker.max_body_bytes: base64 in JSON, or a form upload)",
+    )
+    allowed_extensions: list[str] = Field(
+        default_factory=lambda: ["txt", "csv", "pdf", "hwp", "hwpx", "docx", "xlsx", "pptx", "png", "jpg"],
+        description="file name extensions a file request may have (lower case, no dot); text is always allowed",
+    )
+    scan_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="scanning hook run on each request's content before approvers see it, as an argument "
+        'list with {path} for the file, e.g. ["clamdscan", "--no-summary", "{path}"]: exit 0 clean, 1 '
+        "infected (the request is blocked), anything else an error (blocked too); unset: not scanned",
+    )
+    scan_timeout_s: float = Field(60.0, gt=0, le=600, description="a scan running longer is an error")
+
+
 class BrokerConfig(BaseModel):
     """Every section a broker reads; built by `vdi/config.py` from the configuration file."""
 
@@ -306,6 +337,7 @@ class BrokerConfig(BaseModel):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    transfers: TransferSettings = Field(default_factory=TransferSettings)
 
     @model_validator(mode="after")
     def _login_methods_agree(self) -> BrokerConfig:

@@ -575,6 +575,14 @@ class CenterLoginRefusal(Enum):
     UNREGISTERED_TERMINAL = "unregistered_terminal"  # a device the center's policy does not admit
 
 
+class TransferOutcome(Enum):
+    REQUESTED = "requested"  # waiting for an approver
+    BLOCKED = "blocked"  # the scanning hook found it infected, or failed
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DELIVERED = "delivered"
+
+
 SEAT_BOOKINGS = Counter("vdi_seat_bookings_total", "Seat reservations at centers, by result", ["result"])
 CENTER_LOGINS_REFUSED = Counter(
     "vdi_center_logins_refused_total", "Logins at center terminals refused for want of a seat", ["reason"]
@@ -583,8 +591,14 @@ CENTER_CHECK_INS = Counter(
     "vdi_center_check_ins_total", "First sessions of a user's day at a center (attendance check-ins)"
 )
 
+TRANSFERS = Counter(
+    "vdi_zone_transfers_total", "Transfer requests between network zones (망연계), by outcome", ["outcome"]
+)
+
 
 def _zero_center_series() -> None:
+    for outcome in TransferOutcome:
+        TRANSFERS.labels(outcome=outcome.value)
     for result in SeatBookingResult:
         SEAT_BOOKINGS.labels(result=result.value)
     for reason in CenterLoginRefusal:

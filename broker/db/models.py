@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -408,3 +409,30 @@ class Terminal(Base):
     cert_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of the certificate's DER
     cert_subject: Mapped[str] = mapped_column(String(512), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TransferRequest(Base):
+    """A file or text a user asks to move from one network zone's desktop to the other's (망연계):
+    pending → approved → delivered, or rejected or blocked by the scan (broker/transfers.py)."""
+
+    __tablename__ = "transfer_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    from_zone: Mapped[str] = mapped_column(String(16))
+    to_zone: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))  # text | file
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Held until delivered, rejected or blocked; then emptied, so nothing lingers between zones.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(String(512))
+    groups: Mapped[list] = mapped_column(JSON, default=list)  # the requester's groups when asked
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    scan_result: Mapped[str] = mapped_column(String(32), default="")
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    decision_note: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

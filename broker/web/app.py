@@ -26,9 +26,10 @@ from broker.web.apihandlers import hosts as hosts_api
 from broker.web.apihandlers import images as images_api
 from broker.web.apihandlers import reservations as reservations_api
 from broker.web.apihandlers import sessions as sessions_api
+from broker.web.apihandlers import transfers as transfers_api
 from broker.web.apihandlers.base import APINotFoundHandler
 from broker.web.base import PageNotFoundHandler, log_request
-from broker.web.handlers import admin_centers, centers, cert_login, login, pages, static
+from broker.web.handlers import admin_centers, centers, cert_login, login, pages, static, transfers
 
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
@@ -49,6 +50,8 @@ ROUTE_MODULES = (
     centers_api,
     reservations_api,
     attendance_api,
+    transfers_api,
+    transfers,
     centers,
     admin_centers,
 )

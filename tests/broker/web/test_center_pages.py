@@ -1,6 +1,6 @@
 """The centers' pages in Chromium: booking and cancelling a seat with the keyboard, a refused booking shown
-with the field marked, the administrators' center list and occupancy, all with zero axe-core violations
-in Korean and English."""
+with the field marked, the administrators' center list, occupancy and attendance (CSV), the kiosk page,
+and transfer requests between zones, all with zero axe-core violations in Korean and English."""
 
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.broker import PASSWORD
@@ -151,3 +151,35 @@ def test_the_kiosk_page_signs_out_after_inactivity(axe_page, center_admin, cente
     page.wait_for_url(f"{centers_url}/login", timeout=30_000)
     page.goto(f"{centers_url}/desktops")
     page.wait_for_url(f"{centers_url}/login?next=%2Fdesktops")
+
+
+def test_a_transfer_request_is_asked_approved_and_fetched_in_the_browser(axe_page, browser, transfers_url):
+    page = axe_page
+    sign_in(page, transfers_url, "kimmj")
+    page.goto(f"{transfers_url}/transfers")
+    assert axe_violations(page) == []
+    page.fill("#reason", "보고서 외부 송부")
+    page.set_input_files(
+        "#file", files=[{"name": "보고서.txt", "mimeType": "text/plain", "buffer": "요약".encode()}]
+    )
+    page.click("#transfer-form button[type=submit]")
+    page.wait_for_url("**/transfers?requested=*")
+    assert "승인 대기" in page.inner_text("#transfers")
+    assert axe_violations(page) == []
+    approver_context = browser.new_context(locale="en-US", bypass_csp=True)
+    approver = approver_context.new_page()
+    try:
+        sign_in(approver, transfers_url, "parksec")
+        approver.goto(f"{transfers_url}/transfers/approvals")
+        assert "kimmj: 보고서.txt" in approver.inner_text("main")
+        assert axe_violations(approver) == []
+        approver.fill("input[name=note]", "OK")
+        approver.get_by_role("button", name="Approve").click()
+        approver.wait_for_url("**/transfers/approvals?decided=*")
+        assert approver.inner_text("#no-approvals")
+    finally:
+        approver_context.close()
+    page.reload()
+    with page.expect_download() as download:
+        page.get_by_role("link", name="보고서.txt 받기").click()
+    assert download.value.path().read_text(encoding="utf-8") == "요약"

@@ -1,5 +1,5 @@
 """centers: smart work centers (sites), seat reservations and the seat slots that forbid double booking,
-the center of each session, attendance corrections and registered terminals
+the center of each session, attendance corrections, registered terminals and transfer requests between zones
 
 Revision ID: 0014
 Revises: 0011
@@ -103,9 +103,36 @@ def upgrade() -> None:
         sa.UniqueConstraint("cert_sha256"),
     )
     op.create_index("ix_terminals_center", "terminals", ["center"])
+    op.create_table(
+        "transfer_requests",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("username", sa.String(128), nullable=False),
+        sa.Column("from_zone", sa.String(16), nullable=False),
+        sa.Column("to_zone", sa.String(16), nullable=False),
+        sa.Column("kind", sa.String(8), nullable=False),
+        sa.Column("filename", sa.String(255), nullable=False),
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("content", sa.LargeBinary(), nullable=True),
+        sa.Column("reason", sa.String(512), nullable=False),
+        sa.Column("groups", sa.JSON(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("scan_result", sa.String(32), nullable=False),
+        sa.Column("decided_by", sa.String(128), nullable=True),
+        _at("decided_at", nullable=True),
+        sa.Column("decision_note", sa.String(512), nullable=False),
+        _at("created_at"),
+        _at("delivered_at", nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_transfer_requests_username", "transfer_requests", ["username"])
+    op.create_index("ix_transfer_requests_state", "transfer_requests", ["state"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_transfer_requests_state", table_name="transfer_requests")
+    op.drop_index("ix_transfer_requests_username", table_name="transfer_requests")
+    op.drop_table("transfer_requests")
     op.drop_index("ix_terminals_center", table_name="terminals")
     op.drop_table("terminals")
     op.drop_index("ix_attendance_corrections_center", table_name="attendance_corrections")

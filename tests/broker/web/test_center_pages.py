@@ -8,6 +8,7 @@ from tests.fixtures.broker_api import signed_in
 from tests.fixtures.centers import (
     AWAY_ADDRESS,
     CENTER_ADDRESS,
+    TerminalClient,
     add_center,
     at,
     booking,
@@ -183,3 +184,52 @@ def test_a_transfer_request_is_asked_approved_and_fetched_in_the_browser(axe_pag
     with page.expect_download() as download:
         page.get_by_role("link", name="보고서.txt 받기").click()
     assert download.value.path().read_text(encoding="utf-8") == "요약"
+
+
+def terminal_page(browser, url, pki, device):
+    user = pki.users[device]
+    context = browser.new_context(
+        locale="ko-KR",
+        bypass_csp=True,
+        ignore_https_errors=True,
+        client_certificates=[{"origin": url, "certPath": str(user.cert_path), "keyPath": str(user.key_path)}],
+    )
+    return context, context.new_page()
+
+
+def test_a_terminal_signs_in_with_its_device_certificate_and_an_unregistered_one_is_refused(
+    browser, tls_centers_url, lab_pki
+):
+    url, pki = tls_centers_url, lab_pki.pki
+    admin = TerminalClient(url, pki)
+    assert admin.login("kimmj").status == 200
+    add_center(admin, unregistered_terminals="refuse")
+    pem = pki.users["choijw"].cert_path.read_text()
+    assert (
+        admin.post(
+            "/api/v1/admin/centers/seoul-station/terminals", json={"name": "b01", "certificate": pem}
+        ).status
+        == 201
+    )
+    context, page = terminal_page(browser, url, pki, "choijw")  # the registered terminal
+    try:
+        sign_in(page, url, "guest01", CENTER_ADDRESS)
+        assert "서울역 스마트워크센터 (업무망)" in page.inner_text("#center-here")
+        page.goto(f"{url}/kiosk")
+        assert "좌석 B01" in page.inner_text("#kiosk-seat")
+        assert axe_violations(page) == []
+    finally:
+        context.close()
+    context, page = terminal_page(browser, url, pki, "kimmj")  # a valid certificate, but no terminal's
+    try:
+        page.set_extra_http_headers(at(CENTER_ADDRESS))
+        page.goto(f"{url}/login")
+        page.fill("#username", "choijw")
+        page.fill("#password", PASSWORD)
+        page.keyboard.press("Enter")
+        page.wait_for_load_state()
+        alert = page.inner_text("#login-error")
+        assert alert.startswith("서울역 스마트워크센터에 등록된 단말기가 아닙니다")
+        assert axe_violations(page) == []
+    finally:
+        context.close()

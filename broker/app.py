@@ -89,7 +89,11 @@ class BrokerApp:
             image_resolver,
         )
         # Smart work centers: seats booked ahead, or given at a login at a center terminal (docs/centers.md).
-        self.reservations = Reservations(db)
+        certificate = self.login_methods.get(CertificateLogin.name)
+        # With certificate login on, its checker also checks terminals' device certificates for revocation.
+        self.reservations = Reservations(
+            db, certificate.checker if isinstance(certificate, CertificateLogin) else None
+        )
         self.transfers = Transfers(db, config.transfers)  # between network zones (망연계)
         self.portal_auth = PortalAuth(
             db,

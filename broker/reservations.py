@@ -29,7 +29,16 @@ from broker.centers import Arrival, CenterView, arrival_at, load_center
 from broker.db import Database
 from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
 from broker.terminals import TerminalView, identify
-from monitoring.metrics import CENTER_LOGINS_REFUSED, SEAT_BOOKINGS, CenterLoginRefusal, SeatBookingResult
+from monitoring.metrics import (
+    CENTER_LOGINS_REFUSED,
+    SEAT_BOOKINGS,
+    CenterLoginRefusal,
+    RevocationResult,
+    SeatBookingResult,
+)
+from sso.base import AuthError
+from sso.cert_auth import CertificateAuthenticator
+from sso.x509 import parse_certificate
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,16 @@ class CenterFull(CenterLoginRefused):
 
 class UnregisteredTerminal(CenterLoginRefused):
     reason = "unregistered_terminal"
+
+
+class TerminalCertificateRefused(UnregisteredTerminal):
+    """A registered terminal whose device certificate is revoked (or fails its checks): as unregistered."""
+
+    reason = "terminal_certificate_refused"
+
+    def __init__(self, center: CenterView, why: str) -> None:
+        super().__init__(f"The device certificate of this terminal is refused: {why}.", "", center)
+        self.why = why
 
 
 class SeatRaceLost(Exception):
@@ -416,10 +435,15 @@ def occupancy(db: Session, name: str, day: dt.date) -> Occupancy:
 
 
 class Reservations:
-    """Books and cancels seats, and admits logins at center terminals (PortalAuth's seat gate)."""
+    """Books and cancels seats, and admits logins at center terminals (PortalAuth's seat gate).
 
-    def __init__(self, db: Database) -> None:
+    `device_check`: with certificate login enabled, its checker; a terminal known by its device
+    certificate is then also checked for revocation (OCSP, CRL) at each login, like a user certificate.
+    """
+
+    def __init__(self, db: Database, device_check: CertificateAuthenticator | None = None) -> None:
         self.db = db
+        self.device_check = device_check
 
     async def book(self, request: BookingRequest, username: str, client_ip: str) -> ReservationView:
         now = utcnow()
@@ -498,6 +522,8 @@ class Reservations:
                 partial(identify, center=center.name, client_ip=client_ip, device=device)
             )
             self._check_unregistered(center, terminal)
+            if terminal is not None and terminal.cert_sha256 and device is not None:
+                await self._check_device(center, device)
             mine = await self.db.run(
                 partial(current_reservation, center=center.name, username=username, now=now)
             )
@@ -513,6 +539,20 @@ class Reservations:
         except CenterLoginRefused as exc:
             await self._refused(username, client_ip, center, exc)
             raise
+
+    async def _check_device(self, center: CenterView, device: bytes) -> None:
+        """Revocation of a registered terminal's certificate (chain and dates the TLS layer checked)."""
+        if self.device_check is None:
+            return
+        try:
+            validated = self.device_check.validator.validate(parse_certificate(device))
+            answer = await self.device_check.revocation.check(validated.leaf, validated.issuer)
+        except AuthError as exc:
+            raise TerminalCertificateRefused(center, exc.reason) from None
+        if not answer.allows and not (
+            answer.result is RevocationResult.ERROR and self.device_check.settings.fail_mode == "open"
+        ):
+            raise TerminalCertificateRefused(center, f"{answer.result.value} ({answer.source.value})")
 
     @staticmethod
     def _check_unregistered(center: CenterView, terminal: TerminalView | None) -> None:
@@ -558,6 +598,7 @@ class Reservations:
         reason = CenterLoginRefusal(exc.reason if exc.reason != "center_closed" else "closed")
         CENTER_LOGINS_REFUSED.labels(reason=reason.value).inc()
         log.warning("login refused at center: user=%s center=%s reason=%s", username, center.name, exc.reason)
+        why = getattr(exc, "why", None)
         await self.db.run(
             lambda db: _audit(
                 db,
@@ -569,5 +610,6 @@ class Reservations:
                 method="seat",
                 reason=exc.reason,
                 next_free=exc.params.get("next_free", ""),
+                **({"device_certificate": why} if why else {}),
             )
         )

@@ -573,6 +573,7 @@ class CenterLoginRefusal(Enum):
     BOOKING_REQUIRED = "booking_required"  # the center's policy asks for a booking
     CLOSED = "closed"  # outside the center's opening hours
     UNREGISTERED_TERMINAL = "unregistered_terminal"  # a device the center's policy does not admit
+    TERMINAL_CERTIFICATE_REFUSED = "terminal_certificate_refused"  # a terminal's certificate is revoked
 
 
 class TransferOutcome(Enum):

@@ -145,3 +145,32 @@ def test_an_expired_or_foreign_device_certificate_is_refused_in_the_handshake_an
     )
     (event,) = audits(tls_centers_config, AuditEvent.action == "login")
     assert event.detail["stage"] == "tls_handshake"
+
+
+def test_a_registered_terminal_whose_certificate_is_revoked_is_refused_and_audited(
+    revocation_centers_url, revocation_centers_config, lab_pki
+):
+    pki = lab_pki.pki
+    admin = TerminalClient(revocation_centers_url, pki)
+    assert admin.login("kimmj").status == 200
+    add_center(admin, unregistered_terminals="refuse")
+    for name, device in (("b01", "choijw"), ("b02", "revoked")):
+        pem = pki.users[device].cert_path.read_text()
+        body = {"name": name, "certificate": pem}
+        assert admin.post("/api/v1/admin/centers/seoul-station/terminals", json=body).status == 201
+    assert (
+        TerminalClient(revocation_centers_url, pki, device="choijw")
+        .login_at("guest01", CENTER_ADDRESS)
+        .status
+        == 200
+    )
+    refused = TerminalClient(revocation_centers_url, pki, device="revoked").login_at(
+        "guest01", CENTER_ADDRESS
+    )
+    assert refused.status == 403 and refused.json()["error"]["reason"] == "terminal_certificate_refused"
+    assert (
+        "certificate of this Seoul Station Smart Work Center terminal is revoked"
+        in refused.json()["error"]["message"]
+    )
+    (event,) = audits(revocation_centers_config, AuditEvent.action == "login", AuditEvent.result == "failure")
+    assert event.detail["device_certificate"].startswith("revoked")

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker.centers import CenterView, arrival_at, list_centers, load_center
 from broker.db.models import AttendanceCorrection, AuditEvent, DesktopSession, SeatReservation, User, utcnow
-from broker.reservations import seat_label
+from broker.reservations import plausible_time, seat_label
 from monitoring.metrics import CENTER_CHECK_INS
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,15 @@ class CorrectionRequest(BaseModel):
     checked_in_at: AwareDatetime
     checked_out_at: AwareDatetime | None = None
     reason: str = Field(min_length=3, max_length=512)
+
+    @field_validator("day")
+    @classmethod
+    def _plausible_day(cls, value: dt.date) -> dt.date:
+        if not 2000 <= value.year <= 2999:
+            raise ValueError("must be in the years 2000 to 2999")
+        return value
+
+    _plausible = field_validator("checked_in_at", "checked_out_at")(plausible_time)
 
     @field_validator("checked_out_at")
     @classmethod

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -112,6 +112,13 @@ class SeatRaceLost(Exception):
 # -- request bodies ------------------------------------------------------------------------------
 
 
+def plausible_time(value: dt.datetime | None) -> dt.datetime | None:
+    """Years 2000-2999 only: arithmetic on a date near year 1 or 9999 would overflow (a 400, not a 500)."""
+    if value is not None and not 2000 <= value.year <= 2999:
+        raise ValueError("must be in the years 2000 to 2999")
+    return value
+
+
 class BookingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -119,6 +126,8 @@ class BookingRequest(BaseModel):
     zone: Literal["business", "internet"] = "business"
     starts_at: AwareDatetime
     ends_at: AwareDatetime
+
+    _plausible = field_validator("starts_at", "ends_at")(plausible_time)
 
 
 # -- time ------------------------------------------------------------------------------------------

@@ -131,4 +131,7 @@ def test_bad_corrections_name_the_field(toy_centers_url):
         assert response.json()["error"]["field"] == field
     assert admin.get("/api/v1/admin/attendance?from=2026-12-01").json()["records"] == []
     assert admin.get("/api/v1/admin/attendance?from=2026-12-02&to=2026-12-01").status == 400
+    assert admin.get("/api/v1/admin/attendance?from=9999-12-31").status == 400
+    overflow = admin.post("/api/v1/admin/attendance/corrections", json={**good, "day": "9999-12-31"})
+    assert (overflow.status, overflow.json()["error"]["field"]) == (400, "day")
     assert BrokerClient(toy_centers_url).get("/api/v1/admin/attendance").status == 401

@@ -179,6 +179,7 @@ def test_occupancy_shows_a_days_booked_seats(center_admin, centers_url):
         ("B02", "choijw"),
     ]
     assert center_admin.get("/api/v1/admin/centers/seoul-station/occupancy?day=tomorrow").status == 400
+    assert center_admin.get("/api/v1/admin/centers/seoul-station/occupancy?day=9999-12-31").status == 400
 
 
 # -- a login at a center terminal -------------------------------------------------------------------

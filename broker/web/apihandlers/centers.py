@@ -32,9 +32,12 @@ def parse_day(text: str | None, default: dt.date, field: str = "day") -> dt.date
     if not text:
         return default
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise errors.InvalidField(f"{field}: not a date (YYYY-MM-DD)", field=field) from None
+    if not 2000 <= day.year <= 2999:  # day arithmetic near year 1 or 9999 would overflow
+        raise errors.InvalidField(f"{field}: must be in the years 2000 to 2999", field=field)
+    return day
 
 
 class CentersAdminAPIHandler(AdminAPIHandler):

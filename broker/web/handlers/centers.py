@@ -15,6 +15,7 @@ from broker import errors
 from broker.centers import CenterView, list_centers
 from broker.db.models import utcnow
 from broker.reservations import SLOT_MINUTES, BookingRequest, Reservations
+from broker.web.apihandlers.centers import parse_day
 from broker.web.base import BaseHandler
 
 DEFAULT_KIOSK_IDLE_S = 600
@@ -23,10 +24,9 @@ TIMES = [f"{minutes // 60:02d}:{minutes % 60:02d}" for minutes in range(0, 24 * 
 
 def local_time(center: CenterView, day: str, clock: str, field: str) -> dt.datetime:
     """`day` (YYYY-MM-DD) at `clock` (HH:MM, 24:00 for midnight after) in the center's time zone."""
-    try:
-        date = dt.date.fromisoformat(day)
-    except ValueError:
-        raise errors.InvalidField("day: not a date (YYYY-MM-DD)", field="day") from None
+    date = parse_day(day, None)
+    if date is None:
+        raise errors.InvalidField("day: not a date (YYYY-MM-DD)", field="day")
     if clock not in TIMES:
         raise errors.InvalidField(f"{field}: not a time of the list", field=field)
     hour, minute = (int(part) for part in clock.split(":"))

@@ -29,7 +29,10 @@ format:
 POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.py \
 	tests/broker/test_sessions_api.py tests/broker/test_pools_idle_input.py tests/broker/test_pools_lifecycle.py \
 	tests/broker/test_revocation.py tests/broker/test_portal_session.py tests/broker/test_leases.py \
-	tests/broker/test_operations.py tests/broker/web/test_admin_pages.py tests/gateway tests/security
+	tests/broker/test_operations.py tests/broker/web/test_admin_pages.py \
+	tests/broker/test_centers.py tests/broker/test_reservations.py tests/broker/test_attendance.py \
+	tests/broker/test_terminals.py tests/broker/test_network_zones.py tests/broker/test_transfers.py \
+	tests/gateway tests/security
 
 test: setup lint
 	$(VENV)/bin/python -m pytest

@@ -34,8 +34,10 @@ from broker.placement import PlacementEngine
 from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
 from broker.power_manager import PowerManager
+from broker.reservations import Reservations
 from broker.rollout import RolloutManager
 from broker.settings_file import ConfigError
+from broker.transfers import Transfers
 from broker.web.app import make_app
 from broker.web.tls import BrokerHTTPServer, tls_context
 from hypervisor.provider import DesktopProvider
@@ -86,6 +88,13 @@ class BrokerApp:
             placement or PlacementEngine.from_settings(config.placement),
             image_resolver,
         )
+        # Smart work centers: seats booked ahead, or given at a login at a center terminal (docs/centers.md).
+        certificate = self.login_methods.get(CertificateLogin.name)
+        # With certificate login on, its checker also checks terminals' device certificates for revocation.
+        self.reservations = Reservations(
+            db, certificate.checker if isinstance(certificate, CertificateLogin) else None
+        )
+        self.transfers = Transfers(db, config.transfers)  # between network zones (망연계)
         self.portal_auth = PortalAuth(
             db,
             self.login_methods,
@@ -93,6 +102,7 @@ class BrokerApp:
             lockout=config.lockout,
             totp=config.totp,
             totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
+            seat_gate=self.reservations.admit,
         )
         self.pool_manager = PoolManager(config, db, self.desktops)  # docs/pools.md
         self.session_lifecycle = SessionLifecycle(config, db, self.desktops)
@@ -112,6 +122,8 @@ class BrokerApp:
                 "leases": self.leases,
                 "portal_auth": self.portal_auth,
                 "desktops": self.desktops,
+                "reservations": self.reservations,
+                "transfers": self.transfers,
                 "pool_manager": self.pool_manager,
                 "session_lifecycle": self.session_lifecycle,
                 "power_manager": self.power_manager,

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -174,8 +174,11 @@ class PortalAuth:
         lockout: LockoutSettings | None = None,
         totp: TotpSettings | None = None,
         totp_key: str = "",
+        seat_gate: Callable[[str, str, bytes | None], Awaitable[object]] | None = None,
     ) -> None:
         self.db = db
+        # At a center terminal a login needs a seat (broker/reservations.py): it refuses, audited, without.
+        self.seat_gate = seat_gate
         self.methods = dict(methods)
         self.session_lifetime_s = session_lifetime_s
         self.lockout = lockout or LockoutSettings()
@@ -192,11 +195,14 @@ class PortalAuth:
 
     # -- the first step: any login method --------------------------------------------------------
 
-    async def login(self, method_name: str, credentials: object, client_ip: str) -> tuple[PortalUser, str]:
+    async def login(
+        self, method_name: str, credentials: object, client_ip: str, device: bytes | None = None
+    ) -> tuple[PortalUser, str]:
         """Log in by the method and open a portal session; return the user and the new session id.
 
         Raises the method's AuthError (audited; the handler turns it into its answer), a lock error,
         or TotpRequired (with a pending-login id) when the second-factor policy asks for a code.
+        `device`: the DER of the TLS client certificate of the browser's machine (a center terminal's).
         """
         method = self.method(method_name)
         username = method.username_of(credentials)
@@ -218,7 +224,7 @@ class PortalAuth:
             await self._release_attempt(user_key, client_ip)  # the right secret is no guess
         if self.second_factor.required(method.name, client_ip):
             await self._ask_for_totp(login, client_ip)
-        return await self._open_session(login.identity, method.name, client_ip, login.audit)
+        return await self._open_session(login.identity, method.name, client_ip, login.audit, device=device)
 
     def enrolment_allowed(self, client_ip: str) -> bool:
         return self.second_factor.enrolment_allowed(client_ip)
@@ -391,7 +397,14 @@ class PortalAuth:
         client_ip: str,
         audit_detail: dict | None = None,
         second_factor: bool = False,
+        device: bytes | None = None,
     ) -> tuple[PortalUser, str]:
+        if self.seat_gate is not None:
+            try:
+                await self.seat_gate(identity.username, client_ip, device)
+            except errors.LoginRefused:
+                LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+                raise
         session_id = new_session_id()
         # The session and its audit say how the user got in; the login counter counts by method only.
         session_method = f"{method}+totp" if second_factor else method

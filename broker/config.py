@@ -136,7 +136,17 @@ class PoolSettings(BaseModel):
     groups: list[str] = Field(min_length=1, description="directory groups entitled to the pool")
     memory_mib: int = Field(256, ge=64, le=1024 * 1024, description="memory of each desktop")
     vcpus: int = Field(1, ge=1, le=256, description="virtual CPUs of each desktop")
-    zone: str | None = Field(None, description="place desktops only on hosts labelled with this zone")
+    zone: Literal["business", "internet"] | None = Field(
+        None,
+        description="network zone of the pool: business (행정망) or internet (인터넷망); set, desktops go only "
+        "on hosts labelled with it; unset, the pool is business and its desktops go on hosts labelled "
+        "business or carrying no zone label; never on a host of the other zone (docs/centers.md)",
+    )
+    cross_zone_clipboard: bool = Field(
+        False,
+        description="allow the clipboard of a console opened from a center terminal on the other network "
+        "zone (blocked by default: nothing is copied between zones; use a transfer request instead)",
+    )
     site: str | None = Field(None, description="place desktops only on hosts labelled with this site")
     required_labels: dict[str, str] = Field(
         default_factory=dict, description="host labels a host must carry to take the pool's desktops"
@@ -258,6 +268,11 @@ class PoolSettings(BaseModel):
                 raise ValueError(f"{key}: an argument is empty")
         return self
 
+    @property
+    def network_zone(self) -> str:
+        """The pool's network zone: `zone`, business when unset."""
+        return self.zone or "business"
+
     @model_validator(mode="after")
     def _power_policy_kept_desktops(self) -> PoolSettings:
         if self.power_policy != "keep_running" and self.kind != "dedicated":
@@ -285,6 +300,37 @@ class MonitorSettings(BaseModel):
         return self
 
 
+class TransferSettings(BaseModel):
+    """[transfers]: moving a file or text between the network zones' desktops on request (망연계)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approver_groups: list[str] = Field(
+        default_factory=list,
+        description="directory groups whose members approve transfer requests of users who share another "
+        "directory group with them (never their own); empty: nobody can approve, so nothing moves",
+    )
+    max_bytes: int = Field(
+        32768,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="largest file or text a request may carry (a request body must also fit "
+        "broker.max_body_bytes: base64 in JSON, or a form upload)",
+    )
+    allowed_extensions: list[str] = Field(
+        default_factory=lambda: ["txt", "csv", "pdf", "hwp", "hwpx", "docx", "xlsx", "pptx", "png", "jpg"],
+        description="file name extensions a file request may have (lower case, no dot); text is always allowed",
+    )
+    scan_command: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="scanning hook run on each request's content before approvers see it, as an argument "
+        'list with {path} for the file, e.g. ["clamdscan", "--no-summary", "{path}"]: exit 0 clean, 1 '
+        "infected (the request is blocked), anything else an error (blocked too); unset: not scanned",
+    )
+    scan_timeout_s: float = Field(60.0, gt=0, le=600, description="a scan running longer is an error")
+
+
 class BrokerConfig(BaseModel):
     """Every section a broker reads; built by `vdi/config.py` from the configuration file."""
 
@@ -301,6 +347,7 @@ class BrokerConfig(BaseModel):
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
+    transfers: TransferSettings = Field(default_factory=TransferSettings)
 
     @model_validator(mode="after")
     def _login_methods_agree(self) -> BrokerConfig:

@@ -10,6 +10,7 @@ is marked "error" so it holds no capacity and no session points at it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -27,7 +28,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
+from broker.attendance import record_arrival
 from broker.auth import PortalUser
+from broker.centers import arrival_at
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
@@ -330,6 +333,7 @@ def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
         site=pool.site,
         required_labels=tuple(sorted(pool.required_labels.items())),
         max_per_host=pool.max_per_host,
+        network_zone=pool.network_zone,
     )
 
 
@@ -431,6 +435,8 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
             id=str(uuid.uuid4()), username=username, desktop_id=desktop_id, started_at=utcnow()
         )
         db.add(session)
+        # At a center terminal the session records its center; the day's first is the check-in.
+        record_arrival(db, session, client_ip)
     session.client_ip = client_ip
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
@@ -466,7 +472,14 @@ def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
     """The console policy a token carries to the gateway: the pool's clipboard and recording settings."""
     if pool is None:
         return ConsolePolicy()
-    return ConsolePolicy(pool.clipboard, pool.clipboard_max_bytes, pool.clipboard_text_only, pool.recording)
+    return ConsolePolicy(
+        pool.clipboard,
+        pool.clipboard_max_bytes,
+        pool.clipboard_text_only,
+        recording=pool.recording,
+        zone=pool.network_zone,
+        cross_zone_clipboard=pool.cross_zone_clipboard,
+    )
 
 
 def issue_for_owner(
@@ -485,6 +498,11 @@ def issue_for_owner(
     if desktop.state != "running" or desktop.vnc_port is None:
         raise errors.DesktopNotRunning()
     route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
+    policy = policy_of(desktop.pool_name) if policy_of else None
+    arrival = arrival_at(db, session.client_ip) if policy is not None else None
+    if arrival is not None:
+        # At a center terminal the console knows the terminal's network zone (gateway/clipboard.py).
+        policy = dataclasses.replace(policy, client_zone=arrival.zone)
     return issue_token(
         db,
         session_id=session.id,
@@ -494,7 +512,7 @@ def issue_for_owner(
         ttl_s=ttl_s,
         route=route,
         ssh_address=ssh_address,
-        policy=policy_of(desktop.pool_name) if policy_of else None,
+        policy=policy,
     )
 
 

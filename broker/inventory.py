@@ -10,7 +10,7 @@ so a claim decided on the old figures loses and is placed again, and every chang
 Label rule: keys are lower-case words, ^[a-z][a-z0-9_-]{0,31}$; a key must be one of
 `[placement] label_keys` (default site, zone, gpu) unless `free_form_labels` is on (the
 default), in which case any key of that form is allowed. Values are short plain words,
-^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ (e.g. gpu=true, zone=business).
+^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ (e.g. gpu=true); `zone` is a network zone, business or internet.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HOST_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
 LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NETWORK_ZONES = ("business", "internet")
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -168,6 +169,11 @@ def validate_labels(labels: dict[str, str], settings: PlacementSettings) -> None
             raise errors.InvalidField(
                 f"labels.{key}: label values are short words (^[A-Za-z0-9][A-Za-z0-9._-]{{0,62}}$)",
                 field=f"labels.{key}",
+            )
+        if key == "zone" and value not in NETWORK_ZONES:
+            # Placement keeps pools to hosts of their network zone (broker/placement/filters/network_zone.py).
+            raise errors.InvalidField(
+                f"labels.zone: a network zone, {' or '.join(NETWORK_ZONES)}", field="labels.zone"
             )
 
 

@@ -26,7 +26,7 @@ class ClipboardEvent:
 
     direction: str
     result: str  # "blocked" or "truncated"
-    reason: str  # "policy", "too_large", "not_text"
+    reason: str  # "policy", "cross_zone", "too_large", "not_text"
     size: int
     sha256: str
 
@@ -48,7 +48,9 @@ class ClipboardFilter:
         self, policy: ConsolePolicy, direction: str, report: Callable[[ClipboardEvent], None]
     ) -> None:
         self.policy, self.direction, self.report = policy, direction, report
-        self.allowed = policy.clipboard in ("both", direction)
+        # Nothing is copied between network zones (망분리): a terminal of the other zone gets no clipboard.
+        self.blocked_reason = "cross_zone" if policy.crosses_zones else "policy"
+        self.allowed = policy.clipboard in ("both", direction) and not policy.crosses_zones
         self.message_type = rfb.CLIENT_CUT_TEXT if direction == TO_DESKTOP else rfb.SERVER_CUT_TEXT
 
     def __call__(self, cut: rfb.CutText) -> bytes | None:
@@ -66,7 +68,7 @@ class ClipboardFilter:
     def _classic(self, cut: rfb.CutText) -> bytes | None:
         # Section 7.5.6: classic cut text is Latin-1 text, so text_only has nothing to remove.
         if not self.allowed:
-            self._event("blocked", "policy", len(cut.payload), _digest(cut.payload))
+            self._event("blocked", self.blocked_reason, len(cut.payload), _digest(cut.payload))
             return None
         limit = self.policy.clipboard_max_bytes
         if len(cut.payload) > limit:
@@ -87,7 +89,7 @@ class ClipboardFilter:
             return None
         content = b"".join(data.formats.values())
         if not self.allowed:
-            self._event("blocked", "policy", len(content), _digest(content))
+            self._event("blocked", self.blocked_reason, len(content), _digest(content))
             return None
         formats = self._filtered(data.formats, content)
         if formats is data.formats:

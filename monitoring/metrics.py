@@ -584,3 +584,55 @@ def _zero_rollout_series() -> None:
 
 
 _zero_rollout_series()
+
+
+# -- smart work centers (broker/centers.py, broker/reservations.py) ----------------------------------
+
+
+class SeatBookingResult(Enum):
+    BOOKED = "booked"  # booked ahead on the portal or through the API
+    WALK_IN = "walk_in"  # a free seat given at a login without a booking
+    CANCELLED = "cancelled"
+    FULL = "full"  # refused: no seat of the zone free for the whole range
+    RACE_LOST = "race_lost"  # the chosen seat was taken by a concurrent booking; tried again
+
+
+class CenterLoginRefusal(Enum):
+    NO_FREE_SEAT = "no_free_seat"  # walk-in policy, but every seat of the zone is taken now
+    BOOKING_REQUIRED = "booking_required"  # the center's policy asks for a booking
+    CLOSED = "closed"  # outside the center's opening hours
+    UNREGISTERED_TERMINAL = "unregistered_terminal"  # a device the center's policy does not admit
+    TERMINAL_CERTIFICATE_REFUSED = "terminal_certificate_refused"  # a terminal's certificate is revoked
+
+
+class TransferOutcome(Enum):
+    REQUESTED = "requested"  # waiting for an approver
+    BLOCKED = "blocked"  # the scanning hook found it infected, or failed
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DELIVERED = "delivered"
+
+
+SEAT_BOOKINGS = Counter("vdi_seat_bookings_total", "Seat reservations at centers, by result", ["result"])
+CENTER_LOGINS_REFUSED = Counter(
+    "vdi_center_logins_refused_total", "Logins at center terminals refused for want of a seat", ["reason"]
+)
+CENTER_CHECK_INS = Counter(
+    "vdi_center_check_ins_total", "First sessions of a user's day at a center (attendance check-ins)"
+)
+
+TRANSFERS = Counter(
+    "vdi_zone_transfers_total", "Transfer requests between network zones (망연계), by outcome", ["outcome"]
+)
+
+
+def _zero_center_series() -> None:
+    for outcome in TransferOutcome:
+        TRANSFERS.labels(outcome=outcome.value)
+    for result in SeatBookingResult:
+        SEAT_BOOKINGS.labels(result=result.value)
+    for reason in CenterLoginRefusal:
+        CENTER_LOGINS_REFUSED.labels(reason=reason.value)
+
+
+_zero_center_series()

@@ -8,6 +8,8 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.broker",
     "tests.fixtures.broker_api",
+    "tests.fixtures.centers",
+    "tests.fixtures.accessibility",
     "tests.fixtures.e2e",
     "tests.fixtures.pki",
     "tests.fixtures.login_security",

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -155,6 +156,8 @@ class DesktopSession(Base):
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_input_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    # The smart work center the session was opened at (migration 0014; broker/attendance.py): None away.
+    center: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class ConsoleToken(Base):
@@ -313,3 +316,123 @@ class Lease(Base):
     owner: Mapped[str] = mapped_column(String(128))
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Center(Base):
+    """A smart work center (site): where its terminals are, when it is open, how many seats per zone
+    (migration 0014, broker/centers.py)."""
+
+    __tablename__ = "centers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name_ko: Mapped[str] = mapped_column(String(128))
+    name_en: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str] = mapped_column(String(512), default="")
+    time_zone: Mapped[str] = mapped_column(String(64), default="Asia/Seoul")
+    # {"mon": "09:00-18:00", …}; a weekday not named is a closed day.
+    opening_hours: Mapped[dict] = mapped_column(JSON, default=dict)
+    # [{"cidr": "10.1.0.0/24", "zone": "business"}, …]: the networks of the center's terminals.
+    networks: Mapped[list] = mapped_column(JSON, default=list)
+    seats: Mapped[dict] = mapped_column(JSON, default=dict)  # {"business": 20, "internet": 4}
+    booking_policy: Mapped[str] = mapped_column(String(16), default="walk_in")  # walk_in | require_booking
+    walk_in_minutes: Mapped[int] = mapped_column(Integer, default=120)
+    # A login from an unregistered device on a terminal network: allow | limit (no walk-in seat) | refuse.
+    unregistered_terminals: Mapped[str] = mapped_column(String(16), default="allow", server_default="allow")
+    kiosk_idle_s: Mapped[int] = mapped_column(Integer, default=600, server_default="600")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SeatReservation(Base):
+    """A user's seat at a center for a time range; booked ahead on the portal, or at a walk-in login."""
+
+    __tablename__ = "seat_reservations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    zone: Mapped[str] = mapped_column(String(16))
+    seat: Mapped[int] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    starts_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    ends_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="booked")  # booked | cancelled
+    kind: Mapped[str] = mapped_column(String(16), default="booking")  # booking | walk_in
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class SeatSlot(Base):
+    """One seat for one slot of time, held by one reservation.
+
+    The primary key is the guarantee against double booking: two bookings of the same seat and slot
+    cannot both commit, on SQLite and PostgreSQL alike, however many brokers race (broker/reservations.py).
+    """
+
+    __tablename__ = "seat_slots"
+
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), primary_key=True)
+    zone: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seat: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slot_start: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    reservation_id: Mapped[int] = mapped_column(
+        ForeignKey("seat_reservations.id", ondelete="CASCADE"), index=True
+    )
+
+
+class AttendanceCorrection(Base):
+    """An administrator's correction of one user's day at one center (broker/attendance.py): it replaces
+    the check-in and check-out derived from sessions. Audited with its reason."""
+
+    __tablename__ = "attendance_corrections"
+    __table_args__ = (UniqueConstraint("username", "center", "day", name="uq_attendance_corrections_day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128))
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD in the center's time zone
+    checked_in_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    checked_out_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(String(512))
+    actor: Mapped[str] = mapped_column(String(128))
+    corrected_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Terminal(Base):
+    """A registered shared terminal of a center: known by its device certificate or by its address."""
+
+    __tablename__ = "terminals"
+    __table_args__ = (UniqueConstraint("center", "name", name="uq_terminals_center_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    center: Mapped[str] = mapped_column(ForeignKey("centers.name"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(64), unique=True)
+    cert_sha256: Mapped[str | None] = mapped_column(String(64), unique=True)  # of the certificate's DER
+    cert_subject: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TransferRequest(Base):
+    """A file or text a user asks to move from one network zone's desktop to the other's (망연계):
+    pending → approved → delivered, or rejected or blocked by the scan (broker/transfers.py)."""
+
+    __tablename__ = "transfer_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    from_zone: Mapped[str] = mapped_column(String(16))
+    to_zone: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(8))  # text | file
+    filename: Mapped[str] = mapped_column(String(255), default="")
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # Held until delivered, rejected or blocked; then emptied, so nothing lingers between zones.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(String(512))
+    groups: Mapped[list] = mapped_column(JSON, default=list)  # the requester's groups when asked
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    scan_result: Mapped[str] = mapped_column(String(32), default="")
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    decision_note: Mapped[str] = mapped_column(String(512), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())

@@ -39,7 +39,8 @@ class ConsolePolicy:
 
     clipboard: "both", "to_desktop" (browser to desktop only), "to_client" (desktop to browser only)
     or "none"; `clipboard_max_bytes` caps one transfer (longer text is cut); `clipboard_text_only`
-    drops other formats of the Extended Clipboard (rich text, HTML, images, files).
+    drops other formats of the Extended Clipboard (rich text, HTML, images, files); a console whose
+    terminal is on another network zone than its pool carries no clipboard (`crosses_zones`).
     recording: "off", "on" (record when possible; a failed recording never ends the console) or
     "required" (no recording, no console: docs/recording.md).
     """
@@ -48,6 +49,16 @@ class ConsolePolicy:
     clipboard_max_bytes: int = 1024 * 1024
     clipboard_text_only: bool = False
     recording: str = "off"
+    # Network zones (docs/centers.md): the pool's, and the center terminal's the console was opened from
+    # (None away from centers). Different zones: no clipboard either way unless cross_zone_clipboard.
+    zone: str | None = None
+    client_zone: str | None = None
+    cross_zone_clipboard: bool = False
+
+    @property
+    def crosses_zones(self) -> bool:
+        known = self.zone is not None and self.client_zone is not None
+        return known and self.zone != self.client_zone and not self.cross_zone_clipboard
 
     def as_json(self) -> dict:
         return {
@@ -55,6 +66,9 @@ class ConsolePolicy:
             "clipboard_max_bytes": self.clipboard_max_bytes,
             "clipboard_text_only": self.clipboard_text_only,
             "recording": self.recording,
+            "zone": self.zone,
+            "client_zone": self.client_zone,
+            "cross_zone_clipboard": self.cross_zone_clipboard,
         }
 
     @classmethod

@@ -70,6 +70,8 @@ class PlacementRequest:
     site: str | None = None
     required_labels: tuple[tuple[str, str], ...] = ()
     max_per_host: int | None = None
+    # The pool's network zone (business unless it says internet): placement never mixes zones.
+    network_zone: str = "business"
 
     def scope(self) -> str:
         """Where the request may go, in words, for "no capacity" reasons: " in zone business"."""

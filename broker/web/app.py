@@ -18,17 +18,31 @@ from broker.web.apihandlers import admin_desktops as admin_desktops_api
 from broker.web.apihandlers import admin_overview as admin_overview_api
 from broker.web.apihandlers import admin_pools as admin_pools_api
 from broker.web.apihandlers import admin_sessions as admin_sessions_api
+from broker.web.apihandlers import attendance as attendance_api
 from broker.web.apihandlers import auth as auth_api
+from broker.web.apihandlers import centers as centers_api
 from broker.web.apihandlers import cert_login as cert_login_api
 from broker.web.apihandlers import desktops as desktops_api
 from broker.web.apihandlers import health as health_api
 from broker.web.apihandlers import hosts as hosts_api
 from broker.web.apihandlers import images as images_api
 from broker.web.apihandlers import openapi as openapi_api
+from broker.web.apihandlers import reservations as reservations_api
 from broker.web.apihandlers import sessions as sessions_api
+from broker.web.apihandlers import transfers as transfers_api
 from broker.web.apihandlers.base import APINotFoundHandler
 from broker.web.base import PageNotFoundHandler, log_request
-from broker.web.handlers import admin, cert_login, login, pages, recordings, static
+from broker.web.handlers import (
+    admin,
+    admin_centers,
+    centers,
+    cert_login,
+    login,
+    pages,
+    recordings,
+    static,
+    transfers,
+)
 from broker.web.openapi import document
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +66,13 @@ ROUTE_MODULES = (
     hosts_api,
     images_api,
     openapi_api,
+    centers_api,
+    reservations_api,
+    attendance_api,
+    transfers_api,
+    transfers,
+    centers,
+    admin_centers,
 )
 # The pages and API a login method brings beyond the shared ones (sign-in page, TOTP, logout), by its
 # registered name (sso/methods.py); routed only while the method is enabled, so a disabled one answers 404.

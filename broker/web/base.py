@@ -242,13 +242,25 @@ class BaseHandler(tornado.web.RequestHandler):
         brand-new one. A refusal becomes the generic broker error (broker.auth.login_refusal)."""
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)
         try:
-            user, session_id = await self.portal_auth.login(method, credentials, self.client_ip)
+            user, session_id = await self.portal_auth.login(
+                method, credentials, self.client_ip, device=self.device_certificate()
+            )
         except AuthError as exc:
             raise login_refusal(exc) from None
         self.set_portal_cookie(session_id)
         self.current_user = user
         logs.bind(user=user.username)
         return user
+
+    def device_certificate(self) -> bytes | None:
+        """The TLS client certificate of this connection (DER; a center terminal's device certificate),
+        already checked by the TLS layer against `broker.tls_client_ca`; None over HTTP or without one."""
+        if self.request.protocol != "https":
+            return None
+        try:
+            return self.request.get_ssl_certificate(binary_form=True)
+        except ValueError:
+            return None
 
     async def end_portal_session(self) -> None:
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)

@@ -65,4 +65,8 @@ def test_console_tokens_carry_the_pools_clipboard_and_recording_policy(
         "clipboard_max_bytes": 2048,
         "clipboard_text_only": True,
         "recording": "required",
+        # The network zones (docs/centers.md): the pool's, and none for a client away from the centers.
+        "zone": "business",
+        "client_zone": None,
+        "cross_zone_clipboard": False,
     }

@@ -101,6 +101,7 @@ def test_duplicate_name_is_409(admin):
     [
         ({"labels": {"Zone": "x"}}, "labels.Zone"),
         ({"labels": {"zone": "two words"}}, "labels.zone"),
+        ({"labels": {"zone": "dmz"}}, "labels.zone"),  # a network zone: business or internet
         ({"vcpus": -2}, "vcpus"),
         ({"memory_mib": 0}, "memory_mib"),
         ({"cpu_ratio": -1}, "cpu_ratio"),
@@ -163,7 +164,12 @@ def test_explain_shows_the_filters_and_no_capacity_names_the_zone(admin):
         assert add(admin, name, labels={"zone": "business"}, max_desktops=0).status == 201
     explained = admin.get("/api/v1/placement/explain?pool=mois-office").json()
     assert explained["host"] is None
-    assert [step["filter"] for step in explained["filters"]] == ["host_state", "labels", "capacity"]
+    assert [step["filter"] for step in explained["filters"]] == [
+        "host_state",
+        "labels",
+        "network_zone",
+        "capacity",
+    ]
     assert explained["filters"][1]["dropped"] == ["local"]
     assert explained["reason"].startswith("all 2 hosts in zone business are full")
     connect = admin.post("/api/v1/pools/mois-office/connect")

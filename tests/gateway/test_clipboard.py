@@ -111,3 +111,21 @@ def test_a_cut_text_too_large_to_hold_is_reported_with_its_streamed_hash():
         99,
         digest.hex(),
     )
+
+
+def test_a_terminal_of_the_other_network_zone_gets_no_clipboard_either_way():
+    crossing = ConsolePolicy(clipboard="both", zone="business", client_zone="internet")
+    for direction in (TO_DESKTOP, TO_CLIENT):
+        message, events = run(crossing, direction, classic(b"secret memo"))
+        assert message is None
+        assert [(e.result, e.reason) for e in events] == [("blocked", "cross_zone")]
+    same = ConsolePolicy(clipboard="both", zone="business", client_zone="business")
+    assert run(same, TO_DESKTOP, classic(b"memo"))[0] is not None
+    allowed = ConsolePolicy(
+        clipboard="both", zone="business", client_zone="internet", cross_zone_clipboard=True
+    )
+    assert run(allowed, TO_CLIENT, classic(b"memo"))[0] is not None
+    away = ConsolePolicy(clipboard="both", zone="business")  # not at a center: the pool's policy alone
+    assert run(away, TO_CLIENT, classic(b"memo"))[0] is not None
+    stored = ConsolePolicy.of(crossing.as_json())
+    assert stored.crosses_zones and stored == crossing

@@ -48,6 +48,9 @@ ENUM_LABELS = {
     "SSH_HOST_KEY_REFUSALS": (metrics.HostKeyRefusal,),
     "POWER_ACTION_DURATION": (metrics.PowerAction, metrics.PowerResult),
     "ROLLOUTS_FINISHED": (metrics.RolloutResult,),
+    "SEAT_BOOKINGS": (metrics.SeatBookingResult,),
+    "CENTER_LOGINS_REFUSED": (metrics.CenterLoginRefusal,),
+    "TRANSFERS": (metrics.TransferOutcome,),
 }
 # Labelled metrics whose series appear later: per configured pool (made by the managers when they start),
 # or with values that are not known in advance (virtualisation type, libvirt event, spare outcome).

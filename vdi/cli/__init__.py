@@ -12,11 +12,11 @@ import os
 import sys
 
 from monitoring import logs
-from vdi.cli import bench, db, doctor, host, image, lab, pool, serve, totp
+from vdi.cli import bench, center, db, doctor, host, image, lab, pool, serve, totp
 from vdi.config import ConfigError, load_config
 
 DEFAULT_CONFIG = os.environ.get("VDI_CONFIG", "/etc/smartwork-vdi/vdi.toml")
-GROUPS = (serve, lab, db, image, host, pool, totp, bench, doctor)
+GROUPS = (serve, lab, db, image, host, pool, center, totp, bench, doctor)
 
 
 def _setup_logging(config) -> None:

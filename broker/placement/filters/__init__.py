@@ -4,8 +4,15 @@ from broker.placement.filters.anti_affinity import PoolAntiAffinityFilter
 from broker.placement.filters.capacity import DesktopCapacityFilter
 from broker.placement.filters.host_state import HostStateFilter
 from broker.placement.filters.labels import LabelAffinityFilter
+from broker.placement.filters.network_zone import NetworkZoneFilter
 
 FILTERS = {
     cls.name: cls
-    for cls in (HostStateFilter, LabelAffinityFilter, PoolAntiAffinityFilter, DesktopCapacityFilter)
+    for cls in (
+        HostStateFilter,
+        LabelAffinityFilter,
+        NetworkZoneFilter,
+        PoolAntiAffinityFilter,
+        DesktopCapacityFilter,
+    )
 }

@@ -31,7 +31,9 @@ class DesktopsHandler(BaseHandler):
     async def get(self) -> None:
         self.remember_language()
         pools = await self.desktops.pools_for(self.current_user)
-        self.render("desktops.html", pools=pools)
+        # The smart work center the client address is at, if any (docs/centers.md).
+        arrival = await self.settings["reservations"].arrival(self.client_ip)
+        self.render("desktops.html", pools=pools, arrival=arrival)
 
 
 class ConsoleHandler(BaseHandler):

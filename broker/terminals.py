@@ -1,0 +1,188 @@
+"""Registered terminals of smart work centers: the shared PCs of a center, known by a device certificate
+(mutual TLS, issued by the centers' CA) or, where configured, by their address.
+
+The portal's TLS layer asks for a client certificate (`broker.tls_client_ca`) and checks it in the
+handshake: chain, validity dates and purpose; an expired certificate or one from another CA ends the
+handshake and is audited like a user certificate (broker/web/tls.py). A certificate that passes is
+matched here by the SHA-256 of its DER encoding. A login on a center's terminal network from a device
+that matches no registered terminal is allowed, limited (a booking is needed: no walk-in seat) or refused,
+as the center's `unregistered_terminals` policy says (broker/reservations.py applies it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from broker import errors
+from broker.centers import CenterView, load_center, network_holding
+from broker.db.models import AuditEvent, Terminal
+
+TERMINAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class UnknownTerminal(errors.NotFound):
+    reason = "unknown_terminal"
+    message = "There is no such terminal."
+
+
+class TerminalExists(errors.Conflict):
+    reason = "terminal_exists"
+    message = "A terminal with this name, address or certificate is already registered."
+
+
+def fingerprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+class NewTerminal(BaseModel):
+    """A terminal by its address, or by its device certificate (PEM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=TERMINAL_NAME)
+    address: str | None = Field(None, max_length=64)
+    certificate: str | None = Field(None, max_length=16384, description="the device certificate, PEM")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+
+    @field_validator("certificate")
+    @classmethod
+    def _certificate(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            x509.load_pem_x509_certificate(value.encode("ascii", "replace"))
+        except ValueError:
+            raise ValueError("not a PEM certificate") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_way(self) -> NewTerminal:
+        if (self.address is None) == (self.certificate is None):
+            raise ValueError("give either address or certificate")
+        return self
+
+    def cert(self) -> x509.Certificate | None:
+        return None if self.certificate is None else x509.load_pem_x509_certificate(self.certificate.encode())
+
+
+@dataclass(frozen=True)
+class TerminalView:
+    id: int
+    center: str
+    name: str
+    address: str | None
+    cert_sha256: str | None
+    cert_subject: str
+
+    @classmethod
+    def of(cls, row: Terminal) -> TerminalView:
+        return cls(row.id, row.center, row.name, row.address, row.cert_sha256, row.cert_subject)
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "center": self.center,
+            "name": self.name,
+            "address": self.address,
+            "certificate_sha256": self.cert_sha256,
+            "certificate_subject": self.cert_subject,
+        }
+
+
+def _audit(db: Session, actor: str, action: str, target: str, client_ip: str, **detail: Any) -> None:
+    db.add(
+        AuditEvent(
+            actor=actor[:128],
+            action=action,
+            result="success",
+            target=target,
+            source_ip=client_ip,
+            detail=detail,
+        )
+    )
+
+
+def list_terminals(db: Session, center: str) -> list[TerminalView]:
+    load_center(db, center)
+    rows = db.scalars(select(Terminal).where(Terminal.center == center).order_by(Terminal.name))
+    return [TerminalView.of(row) for row in rows]
+
+
+def add_terminal(db: Session, center: str, new: NewTerminal, actor: str, client_ip: str) -> TerminalView:
+    view = CenterView.of(load_center(db, center))
+    if new.address is not None and network_holding(new.address, view.networks) is None:
+        raise errors.InvalidField(
+            f"address: {new.address} is on none of center {center}'s terminal networks", field="address"
+        )
+    cert = new.cert()
+    digest = fingerprint(cert.public_bytes(Encoding.DER)) if cert is not None else None
+    clash = db.scalars(
+        select(Terminal).where(
+            or_(
+                (Terminal.center == center) & (Terminal.name == new.name),
+                Terminal.address == new.address if new.address else False,
+                Terminal.cert_sha256 == digest if digest else False,
+            )
+        )
+    ).first()
+    if clash is not None:
+        raise TerminalExists(
+            f"Terminal {clash.name} of {clash.center} has this name, address or certificate."
+        )
+    row = Terminal(
+        center=center,
+        name=new.name,
+        address=new.address,
+        cert_sha256=digest,
+        cert_subject=cert.subject.rfc4514_string()[:512] if cert is not None else "",
+    )
+    db.add(row)
+    db.flush()
+    _audit(
+        db,
+        actor,
+        "terminal.add",
+        f"{center}/{new.name}",
+        client_ip,
+        address=new.address,
+        certificate_sha256=digest,
+    )
+    return TerminalView.of(row)
+
+
+def remove_terminal(db: Session, center: str, name: str, actor: str, client_ip: str) -> None:
+    row = db.scalars(select(Terminal).where(Terminal.center == center, Terminal.name == name)).first()
+    if row is None:
+        raise UnknownTerminal(f"Center {center} has no terminal named {name}.", field="name")
+    db.delete(row)
+    _audit(db, actor, "terminal.remove", f"{center}/{name}", client_ip)
+
+
+def identify(db: Session, center: str, client_ip: str, device: bytes | None) -> TerminalView | None:
+    """The registered terminal a login comes from: by its device certificate first, else by its address."""
+    if device is not None:
+        row = db.scalars(
+            select(Terminal).where(Terminal.center == center, Terminal.cert_sha256 == fingerprint(device))
+        ).first()
+        if row is not None:
+            return TerminalView.of(row)
+    row = db.scalars(select(Terminal).where(Terminal.center == center, Terminal.address == client_ip)).first()
+    return None if row is None else TerminalView.of(row)

@@ -1,0 +1,247 @@
+"""Seat reservations: booking and cancelling through /api/v1/reservations, bad input, no double booking
+(also under concurrency, on SQLite and PostgreSQL), occupancy, and a seat at a login at a center terminal."""
+
+import datetime as dt
+import threading
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from broker.db import Database
+from broker.db.models import AuditEvent, SeatReservation, SeatSlot
+from tests.fixtures.broker import BrokerClient
+from tests.fixtures.broker_api import signed_in
+from tests.fixtures.centers import (
+    ALWAYS_OPEN,
+    AWAY_ADDRESS,
+    CENTER_ADDRESS,
+    INTERNET_ADDRESS,
+    SEOUL,
+    add_center,
+    booking,
+    login_at,
+    tomorrow_at,
+)
+
+
+def stored(config, model, *where):
+    database = Database(config.database)
+    try:
+        with database.transaction() as session:
+            return session.scalars(select(model).where(*where)).all()
+    finally:
+        database.close()
+
+
+def metric(name, **labels):
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_book_list_and_cancel_a_seat(center_admin, centers_config):
+    add_center(center_admin)
+    response = center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(12)))
+    assert response.status == 201, response.text
+    booked = response.json()
+    assert (booked["seat"], booked["zone"], booked["state"]) == ("B01", "business", "booked")
+    assert len(stored(centers_config, SeatSlot)) == 6  # three hours of 30-minute slots
+    mine = center_admin.get("/api/v1/reservations").json()["reservations"]
+    assert [r["id"] for r in mine] == [booked["id"]]
+    cancelled = center_admin.request("DELETE", f"/api/v1/reservations/{booked['id']}")
+    assert cancelled.status == 200 and cancelled.json()["state"] == "cancelled"
+    assert stored(centers_config, SeatSlot) == []
+    assert center_admin.get("/api/v1/reservations").json()["reservations"] == []
+    actions = [e.action for e in stored(centers_config, AuditEvent, AuditEvent.action.like("seat.%"))]
+    assert actions == ["seat.book", "seat.cancel"]
+
+
+def test_a_second_booking_of_the_last_seat_is_refused_with_the_next_free_time(center_admin, centers_url):
+    add_center(center_admin, seats={"business": 1, "internet": 0})
+    assert (
+        center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(12))).status == 201
+    )
+    other = signed_in(centers_url, "choijw")
+    before = metric("vdi_seat_bookings_total", result="full")
+    response = other.post("/api/v1/reservations", json=booking(tomorrow_at(11), tomorrow_at(13)))
+    assert response.status == 409 and response.json()["error"]["reason"] == "no_free_seat"
+    assert response.json()["error"]["field"] == "starts_at"
+    assert f"{tomorrow_at(12):%Y-%m-%d} 12:00" in response.json()["error"]["message"]
+    assert metric("vdi_seat_bookings_total", result="full") == before + 1
+    # Right after the first booking ends, the seat is free.
+    assert other.post("/api/v1/reservations", json=booking(tomorrow_at(12), tomorrow_at(13))).status == 201
+
+
+def test_the_same_user_cannot_hold_two_seats_at_once(center_admin):
+    add_center(center_admin)
+    assert (
+        center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(12))).status == 201
+    )
+    response = center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(10), tomorrow_at(11)))
+    assert response.status == 409 and response.json()["error"]["reason"] == "already_booked"
+
+
+def past(hours: int) -> dt.datetime:
+    now = dt.datetime.now(SEOUL).replace(minute=0, second=0, microsecond=0)
+    return now - dt.timedelta(hours=hours)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (lambda: booking(past(3), past(2)), 400, "starts_at"),  # in the past
+        (lambda: booking(tomorrow_at(9, 10), tomorrow_at(10)), 400, "starts_at"),  # not on a slot
+        (lambda: booking(tomorrow_at(10), tomorrow_at(9)), 400, "ends_at"),
+        (lambda: booking(tomorrow_at(7), tomorrow_at(9)), 400, "starts_at"),  # before opening
+        (lambda: booking(tomorrow_at(17), tomorrow_at(19)), 400, "ends_at"),  # after closing
+        (lambda: booking(tomorrow_at(9), tomorrow_at(10), zone="internet"), 400, "zone"),  # no seats there
+        (lambda: booking(tomorrow_at(9), tomorrow_at(10), zone="guest"), 400, "zone"),
+        (lambda: booking(tomorrow_at(9), tomorrow_at(10), center="busan"), 404, "center"),
+        (
+            lambda: {"center": "seoul-station", "starts_at": "2026-12-07T09:00:00"},
+            400,
+            "starts_at",
+        ),  # no zone
+    ],
+)
+def test_bad_bookings_name_the_field_and_store_nothing(center_admin, centers_config, body, status, field):
+    weekdays = {day: "08:00-18:00" for day in ALWAYS_OPEN}
+    add_center(center_admin, opening_hours=weekdays, seats={"business": 2, "internet": 0})
+    response = center_admin.post("/api/v1/reservations", json=body())
+    assert response.status == status, response.text
+    assert response.json()["error"]["field"] == field
+    assert stored(centers_config, SeatReservation) == []
+
+
+def test_concurrent_bookings_of_the_last_seat_give_it_to_exactly_one(
+    center_admin, centers_url, centers_config
+):
+    add_center(center_admin, seats={"business": 1, "internet": 0})
+    users = ["kimmj", "choijw", "guest01"]
+    clients = [center_admin] + [signed_in(centers_url, name) for name in users[1:]]
+    body = booking(tomorrow_at(14), tomorrow_at(16))
+    start = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def book(client: BrokerClient) -> None:
+        client.xsrf()
+        start.wait()
+        statuses.append(client.post("/api/v1/reservations", json=body).status)
+
+    threads = [threading.Thread(target=book, args=(client,)) for client in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(statuses) == [201, 409, 409]
+    assert len(stored(centers_config, SeatReservation, SeatReservation.state == "booked")) == 1
+    assert len(stored(centers_config, SeatSlot)) == 4
+
+
+def test_the_database_refuses_a_second_holder_of_a_seat_slot(center_admin, centers_config):
+    add_center(center_admin)
+    booked = center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(10))).json()
+    database = Database(centers_config.database)
+    try:
+        with pytest.raises(IntegrityError), database.transaction() as session:
+            other = SeatReservation(
+                center="seoul-station",
+                zone="business",
+                seat=1,
+                username="choijw",
+                starts_at=tomorrow_at(9),
+                ends_at=tomorrow_at(10),
+            )
+            session.add(other)
+            session.flush()
+            slot = tomorrow_at(9).astimezone(dt.UTC)
+            session.add(
+                SeatSlot(
+                    center="seoul-station", zone="business", seat=1, slot_start=slot, reservation_id=other.id
+                )
+            )
+            session.flush()
+    finally:
+        database.close()
+    assert [r.id for r in stored(centers_config, SeatReservation)] == [booked["id"]]
+
+
+def test_occupancy_shows_a_days_booked_seats(center_admin, centers_url):
+    add_center(center_admin)
+    center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(12)))
+    signed_in(centers_url, "choijw").post(
+        "/api/v1/reservations", json=booking(tomorrow_at(10), tomorrow_at(11))
+    )
+    day = tomorrow_at(9).date().isoformat()
+    seats = center_admin.get(f"/api/v1/admin/centers/seoul-station/occupancy?day={day}").json()
+    assert [(r["seat"], r["username"]) for r in seats["reservations"]] == [
+        ("B01", "kimmj"),
+        ("B02", "choijw"),
+    ]
+    assert center_admin.get("/api/v1/admin/centers/seoul-station/occupancy?day=tomorrow").status == 400
+    assert center_admin.get("/api/v1/admin/centers/seoul-station/occupancy?day=9999-12-31").status == 400
+
+
+# -- a login at a center terminal -------------------------------------------------------------------
+
+
+def test_a_walk_in_login_gets_a_free_seat_of_its_network_zone(center_admin, centers_url, centers_config):
+    add_center(center_admin)
+    _client, response = login_at(centers_url, "choijw", INTERNET_ADDRESS)
+    assert response.status == 200, response.text
+    (seat,) = stored(centers_config, SeatReservation, SeatReservation.username == "choijw")
+    assert (seat.kind, seat.zone, seat.seat) == ("walk_in", "internet", 1)
+    assert seat.starts_at <= dt.datetime.now(dt.UTC) < seat.ends_at
+    # Logging in again keeps the same seat.
+    assert login_at(centers_url, "choijw", INTERNET_ADDRESS)[1].status == 200
+    assert len(stored(centers_config, SeatReservation, SeatReservation.username == "choijw")) == 1
+
+
+def test_a_login_without_a_free_seat_is_refused_naming_the_next_free_time(
+    center_admin, centers_url, centers_config
+):
+    add_center(center_admin)
+    assert login_at(centers_url, "choijw", INTERNET_ADDRESS)[1].status == 200  # the only internet seat
+    (walk_in,) = stored(centers_config, SeatReservation)
+    before = metric("vdi_center_logins_refused_total", reason="no_free_seat")
+    _client, response = login_at(centers_url, "guest01", INTERNET_ADDRESS)
+    assert response.status == 403
+    error = response.json()["error"]
+    assert error["reason"] == "no_free_seat"
+    assert error["message"].endswith(
+        f"The next free time: {walk_in.ends_at.astimezone(SEOUL):%Y-%m-%d %H:%M}"
+    )
+    assert metric("vdi_center_logins_refused_total", reason="no_free_seat") == before + 1
+    refusal = stored(centers_config, AuditEvent, AuditEvent.actor == "guest01", AuditEvent.action == "login")[
+        -1
+    ]
+    assert (refusal.result, refusal.detail["reason"]) == ("failure", "no_free_seat")
+    # Away from the centers nobody needs a seat.
+    assert login_at(centers_url, "guest01", AWAY_ADDRESS)[1].status == 200
+
+
+def test_a_center_that_requires_booking_refuses_walk_ins_but_admits_bookings(center_admin, centers_url):
+    add_center(center_admin, booking_policy="require_booking")
+    _client, response = login_at(centers_url, "choijw", CENTER_ADDRESS)
+    assert response.status == 403 and response.json()["error"]["reason"] == "booking_required"
+    assert "Seoul Station Smart Work Center needs a seat booked" in response.json()["error"]["message"]
+    now = dt.datetime.now(SEOUL)
+    slot = now.replace(minute=now.minute - now.minute % 30, second=0, microsecond=0)
+    booked = center_admin.post("/api/v1/reservations", json=booking(slot, slot + dt.timedelta(hours=1)))
+    assert booked.status == 201, booked.text
+    assert login_at(centers_url, "kimmj", CENTER_ADDRESS)[1].status == 200
+
+
+def test_a_login_while_the_center_is_closed_is_refused(center_admin, centers_url):
+    today = dt.datetime.now(SEOUL).weekday()
+    closed_today = {day: "09:00-18:00" for i, day in enumerate(ALWAYS_OPEN) if i != today}
+    add_center(center_admin, opening_hours=closed_today)
+    _client, response = login_at(centers_url, "choijw", CENTER_ADDRESS)
+    assert response.status == 403 and response.json()["error"]["reason"] == "center_closed"
+    ko = BrokerClient(centers_url)
+    page = ko.post(
+        "/login?lang=ko",
+        body=f"username=choijw&password=correct+horse+battery+staple&_xsrf={ko.xsrf()}".encode(),
+        headers={"X-Forwarded-For": CENTER_ADDRESS, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert page.status == 403 and "지금은 서울역 스마트워크센터 운영 시간이 아닙니다" in page.text

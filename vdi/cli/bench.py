@@ -33,6 +33,12 @@ def cmd_bench_session_density(config, args) -> int:
     return main(config, args)
 
 
+def cmd_bench_logon_storm(config, args) -> int:
+    from vdi.bench.logon_storm import main
+
+    return main(args)
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -110,3 +116,21 @@ def add_commands(sub) -> None:
     density.add_argument(
         "--command", nargs="+", default=["xterm"], help="session program argv (default xterm)"
     )
+    text = "whole logon path of many users at a target rate through HAProxy, two brokers and gateways, PostgreSQL"
+    logon = kinds.add_parser("logon-storm", help=text, description=text)
+    logon.set_defaults(fn=cmd_bench_logon_storm, needs_config="optional")
+    logon.add_argument("--rate", type=float, default=300.0, help="logons started per second (default 300)")
+    logon.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (default 60)")
+    logon.add_argument(
+        "--users",
+        type=int,
+        default=2000,
+        help="directory accounts made; logon k is user k mod this (default 2000)",
+    )
+    logon.add_argument("--spares", type=int, default=20, help="prewarmed desktops of the pool (default 20)")
+    logon.add_argument("--hosts", type=int, default=8, help="stub desktop hosts (default 8)")
+    logon.add_argument("--max-in-flight", type=int, default=1000, help="most logons under way at once")
+    logon.add_argument(
+        "--profile-s", type=float, default=0, help="sample broker b1 with py-spy this many seconds (0: no)"
+    )
+    logon.add_argument("--keep", action="store_true", help="keep the state directory (logs) afterwards")

@@ -52,6 +52,19 @@ def add_commands(sub) -> None:
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    placement.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="on the lab's PostgreSQL (started for the run) instead of SQLite",
+    )
+    placement.add_argument(
+        "--brokers", type=int, default=1, help="broker processes placing at once, each with its own worker"
+    )
+    placement.add_argument(
+        "--best-of",
+        type=int,
+        help="placement.best_of: pick among this many best hosts (default: the setting's)",
+    )
     text = "console tunnel speed: raw TCP, the gateway and stock websockify against one fake desktop"
     tunnel = kinds.add_parser("tunnel", help=text, description=text)
     tunnel.set_defaults(fn=cmd_bench_tunnel, needs_config="optional")

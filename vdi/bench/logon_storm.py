@@ -113,13 +113,26 @@ async def one_logon(
     return times
 
 
-def new_client(limit: int = 4):
-    """A browser's HTTP client: its own cookie jar (IP-address hosts allowed) and a few kept connections."""
+def source_address(index: int, sources: int) -> str | None:
+    """Logon `index`'s client address among `sources` loopback addresses 127.1.x.y (0: the default one).
+
+    HAProxy appends the address it sees to X-Forwarded-For, and the brokers trust HAProxy (127.0.0.1), so
+    each virtual user counts as its own source for lockout and audit, like users at home; one address is a
+    smart work center's terminals behind NAT."""
+    if sources <= 0:
+        return None
+    number = index % sources
+    return f"127.1.{number // 250}.{number % 250 + 1}"
+
+
+def new_client(limit: int = 4, source: str | None = None):
+    """A browser's HTTP client: its own cookie jar (IP-address hosts allowed) and a few kept connections,
+    from the loopback address `source` if given."""
     import aiohttp
 
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.CookieJar(unsafe=True),
-        connector=aiohttp.TCPConnector(limit=limit),
+        connector=aiohttp.TCPConnector(limit=limit, local_addr=(source, 0) if source else None),
         timeout=aiohttp.ClientTimeout(total=60),
     )
 
@@ -136,6 +149,7 @@ async def storm(
     stop: threading.Event | None = None,
     through: str = "console",
     results: Results | None = None,
+    sources: int = 0,
 ) -> Results:
     """Start logons open-loop at `rate`/s for `duration_s` (or until `stop`), and wait for them all.
     `results` (filled as logons end) lets another thread watch the run."""
@@ -144,7 +158,7 @@ async def storm(
     t0 = results.t0 = time.perf_counter()
 
     async def run(index: int) -> None:
-        async with in_flight, new_client() as http:
+        async with in_flight, new_client(source=source_address(index, sources)) as http:
             started = time.perf_counter()
             try:
                 user = users[index % len(users)]
@@ -201,6 +215,7 @@ def report(results: Results, wall_s: float, args) -> dict:
         "target_rate_per_s": args.rate,
         "duration_s": args.duration,
         "users": args.users,
+        "client_addresses": args.source_addresses or 1,
         "logons_started": results.started,
         "logons_succeeded": results.succeeded,
         "logons_per_s": round(results.succeeded / wall_s, 1) if wall_s else None,
@@ -345,7 +360,17 @@ def main(args) -> int:
             profiler = profile_broker(broker_pid, args.profile_s, state / "profile.raw")
         started = time.perf_counter()
         results = asyncio.run(
-            storm(lab.front_url, users, PASSWORD, POOL, tls, args.rate, args.duration, args.max_in_flight)
+            storm(
+                lab.front_url,
+                users,
+                PASSWORD,
+                POOL,
+                tls,
+                args.rate,
+                args.duration,
+                args.max_in_flight,
+                sources=args.source_addresses,
+            )
         )
         wall = time.perf_counter() - started
         output = report(results, wall, args)

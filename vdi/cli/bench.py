@@ -141,6 +141,13 @@ def add_commands(sub) -> None:
         help="directory accounts made; logon k is user k mod this (default 2000)",
     )
     logon.add_argument("--spares", type=int, default=20, help="prewarmed desktops of the pool (default 20)")
+    logon.add_argument(
+        "--source-addresses",
+        type=int,
+        default=1000,
+        help="loopback client addresses the users come from (default 1000; 0: all from 127.0.0.1, a center "
+        "behind NAT)",
+    )
     logon.add_argument("--hosts", type=int, default=8, help="stub desktop hosts (default 8)")
     logon.add_argument("--max-in-flight", type=int, default=1000, help="most logons under way at once")
     logon.add_argument(

@@ -216,6 +216,7 @@ def report(results: Results, wall_s: float, args) -> dict:
         "duration_s": args.duration,
         "users": args.users,
         "client_addresses": args.source_addresses or 1,
+        "database_pool_size": args.db_pool_size,
         "logons_started": results.started,
         "logons_succeeded": results.succeeded,
         "logons_per_s": round(results.succeeded / wall_s, 1) if wall_s else None,
@@ -350,6 +351,7 @@ def main(args) -> int:
             log_level="WARNING",
             extra_toml=STORM_LOCKOUT,
             stub_hosts=args.hosts,
+            db_pool_size=args.db_pool_size,
         )
         lab.start()
         tls = client_tls(lab.certificate)

@@ -148,6 +148,12 @@ def add_commands(sub) -> None:
         help="loopback client addresses the users come from (default 1000; 0: all from 127.0.0.1, a center "
         "behind NAT)",
     )
+    logon.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=5,
+        help="[database] pool_size of each broker and gateway (default 5)",
+    )
     logon.add_argument("--hosts", type=int, default=8, help="stub desktop hosts (default 8)")
     logon.add_argument("--max-in-flight", type=int, default=1000, help="most logons under way at once")
     logon.add_argument(

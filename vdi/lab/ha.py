@@ -96,6 +96,7 @@ class HaLab:
     lease_ttl_s: float = 10.0
     max_desktops: int = 100000
     extra_toml: str = ""  # more sections, appended to every process's file
+    db_pool_size: int = 5  # [database] pool_size: connections (and database threads) per process
     stub_hosts: int = 1  # hosts stub1…stubN; placement claims on one host are serialised (generation guard)
     front_port: int = field(default_factory=free_port)
     members: list[Member] = field(default_factory=list)
@@ -165,6 +166,7 @@ class HaLab:
         return f"""# {member.name} of the lab's HA set (vdi/lab/ha.py)
 [database]
 url = "{self.database_url}"
+pool_size = {self.db_pool_size}
 
 [logging]
 level = "{self.log_level}"

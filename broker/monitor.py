@@ -379,8 +379,9 @@ class HostMonitor(PeriodicTask):
             log.info("host %s: cannot reconcile now: %s", name, exc.message)
             return
         plan = await self.db.run(partial(plan_reconcile, name=name, domains=domains))
-        if plan.lost:
-            marked, ended = await self.db.run(partial(mark_missing_lost, desktop_ids=plan.lost))
+        lost = await self._still_missing(name, plan.lost) if plan.lost else []
+        if lost:
+            marked, ended = await self.db.run(partial(mark_missing_lost, desktop_ids=lost))
             SESSIONS_ACTIVE.dec(ended)
             if marked:
                 log.warning("host %s: %d running desktops have no domain; marked lost", name, marked)
@@ -388,6 +389,21 @@ class HostMonitor(PeriodicTask):
             await self._adopt(name, desktop_id, domain)
         for domain in plan.orphans:
             await self._orphan(name, domain)
+
+    async def _still_missing(self, name: str, lost: list[int]) -> list[int]:
+        """Of the desktops the plan found missing, those still missing from a second listing.
+
+        The host was listed before the database was read: a desktop created in between (by this broker or,
+        with several brokers, by another one) is running in the database but was not in the listing.
+        Listing again after the read tells it from a desktop that really vanished.
+        """
+        try:
+            domains = await self._call(name, lambda provider: provider.list_desktops())
+        except HypervisorError as exc:
+            log.info("host %s: cannot confirm missing desktops now: %s", name, exc.message)
+            return []
+        again = await self.db.run(partial(plan_reconcile, name=name, domains=domains))
+        return [desktop_id for desktop_id in lost if desktop_id in set(again.lost)]
 
     async def _adopt(self, name: str, desktop_id: int, domain: str) -> None:
         try:

@@ -14,6 +14,7 @@ place when complete, so a directory that exists is a whole image.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -176,6 +177,13 @@ def discover_inputs() -> BuildInputs:
 def _busybox_version() -> str:
     if not BUSYBOX.exists():
         raise ImageError(f"{BUSYBOX} not found (install busybox-static)")
+    stat = BUSYBOX.stat()
+    # Running busybox forks the broker: once per binary, not once per desktop.
+    return _busybox_version_of(stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _busybox_version_of(inode: int, size: int, mtime_ns: int) -> str:
     result = subprocess.run([str(BUSYBOX)], capture_output=True, text=True, check=False)
     first_line = (result.stdout or result.stderr).splitlines()[:1]
     if not first_line or not first_line[0].startswith("BusyBox"):
@@ -184,6 +192,15 @@ def _busybox_version() -> str:
 
 
 def _sha256_file(path: Path) -> str:
+    # The broker asks for the demo image's version (which hashes the kernel and busybox) on every desktop
+    # it makes; a logon storm made that a measurable share of a broker's CPU (docs/ha.md). A file whose
+    # inode, size and modification time are unchanged has the same digest.
+    stat = path.stat()
+    return _sha256_of(path, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: Path, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):

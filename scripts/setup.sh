@@ -13,7 +13,7 @@ DEBIAN_PACKAGES=(
   chromium fonts-noto-cjk
   busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
-  postgresql
+  postgresql haproxy
   tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
   x11-utils fonts-dejavu-core
   python3-apt python3-venv

@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.session_hosts",
     "tests.fixtures.recordings",
     "tests.fixtures.admin_console",
+    "tests.fixtures.ha",
 ]
 
 

@@ -20,7 +20,7 @@ from broker.db import Database
 from broker.db.migrate import upgrade
 from broker.db.models import Desktop, DesktopSession, Host, utcnow
 from broker.desktops import record_logoff
-from broker.monitor import ADOPT_AFTER_S, mark_missing_lost
+from broker.monitor import ADOPT_AFTER_S, HostMonitor, mark_missing_lost
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.config import HostSettings
 from hypervisor.libvirt_provider import LibvirtProvider
@@ -36,6 +36,7 @@ from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import desktop_prefix, destroy_quietly
 from tests.fixtures.libvirt_relay import UnixRelay
 from tests.fixtures.monitor import MonitorRunner, audit_actions, desktop_by_domain, row, set_admin_state
+from tests.fixtures.toy_provider import ToyProvider
 from vdi.config import Config, ConfigError
 
 DOWN_DEADLINE_S = 30.0
@@ -335,3 +336,39 @@ def test_a_logoff_that_commits_while_reconcile_decides_is_not_undone(broker_conf
 def test_monitor_settings_errors_name_the_key(tmp_path, monitor, key):
     with pytest.raises(ConfigError, match=key):
         make_broker_config(tmp_path / "broker.db", monitor=monitor)
+
+
+class CreatedWhileListing(ToyProvider):
+    """A host whose first listing was taken just before a desktop on it was started (the listing did not
+    have it, the database then did): reconcile's race with a connect, on this broker or another."""
+
+    def __init__(self, host, starting: str) -> None:
+        super().__init__(host)
+        self.starting, self.listings = starting, 0
+
+    def list_desktops(self) -> list[str]:
+        self.listings += 1
+        listing = super().list_desktops()
+        if self.listings == 1:
+            self._mine()[self.starting] = None  # started right after this listing was taken
+        return listing
+
+
+def test_a_desktop_started_while_reconcile_lists_the_host_is_not_marked_lost(broker_config, broker_db):
+    prepare = LoopThread("prepare")
+    prepare.call(prepare_database(broker_db, broker_config))
+    prepare.close()
+    session_id, desktop_id = seed_session(broker_db, "kimmj", "mois-office")
+    domain = row(broker_db, Desktop, desktop_id).domain_name
+    ToyProvider.desktops = {}
+    provider = CreatedWhileListing(broker_config.hosts[0], domain)
+    runner = LoopThread("reconcile")
+    try:
+        monitor = HostMonitor(broker_config.monitor, broker_db, {"local": provider})
+        runner.call(monitor.reconcile_host("local"))
+    finally:
+        runner.close()
+    assert provider.listings == 2  # the second listing, after the database was read, found it
+    assert row(broker_db, Desktop, desktop_id).state == "running"
+    assert row(broker_db, DesktopSession, session_id).state == "active"
+    assert audit_actions(broker_db, "desktop_lost") == []

@@ -16,6 +16,7 @@ coefficient of variation) for spread and pack.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -70,10 +71,13 @@ def conflict_counts() -> dict[str, float]:
     }
 
 
-def settings_for(policy: str) -> PlacementSettings:
+def settings_for(policy: str, best_of: int | None = None) -> PlacementSettings:
+    # Several brokers deciding on the same catalog pick the same few best hosts: a larger best_of
+    # spreads their picks and so their claims (docs/ha.md has the figures).
+    more = {} if best_of is None else {"best_of": best_of}
     if policy == "pack":
-        return PlacementSettings(weighers=PACK_WEIGHERS)
-    return PlacementSettings()
+        return PlacementSettings(weighers=PACK_WEIGHERS, **more)
+    return PlacementSettings(**more)
 
 
 def create_hosts(db: Database, count: int) -> None:
@@ -106,8 +110,11 @@ class Runner:
     whose thread decides and claims in turn (broker/placement/worker.py).
     """
 
-    def __init__(self, db: Database, engine: PlacementEngine, settings: PlacementSettings, policy: str):
+    def __init__(
+        self, db: Database, engine: PlacementEngine, settings: PlacementSettings, policy: str, broker: int = 0
+    ):
         self.policy = policy
+        self.broker = broker
         self.placement = PlacementWorker(db, engine, settings.claim_attempts, max_age_s=30.0)
         self.tally = Tally()
         self._next = 0
@@ -130,7 +137,9 @@ class Runner:
 
     def place(self, number: int) -> None:
         def new_desktop() -> Desktop:
-            desktop = Desktop(pool_name=POOL, domain_name=f"bench-{self.policy}-{number}", image="demo:bench")
+            desktop = Desktop(
+                pool_name=POOL, domain_name=f"bench-{self.policy}-{self.broker}-{number}", image="demo:bench"
+            )
             desktop.state = "running"
             return desktop
 
@@ -206,18 +215,17 @@ def percentile_ms(values: list[float], fraction: float) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
 
 
-def run_policy(policy: str, hosts: int, requests: int, concurrency: int, database: Path, seed: int) -> dict:
+def run_broker(
+    url: str, policy: str, requests: int, concurrency: int, seed: int, broker: int, best_of: int | None = None
+) -> dict:
+    """One broker's share: its own database engine and PlacementWorker; raw timings and counts back."""
     import random
 
-    url = f"sqlite:///{database}"
-    upgrade(url)
     db = Database(DatabaseSettings(url=url, pool_size=DB_WORKERS))
     try:
-        create_hosts(db, hosts)
-        settings = settings_for(policy)
-        runner = Runner(
-            db, PlacementEngine.from_settings(settings, rng=random.Random(seed)), settings, policy
-        )
+        settings = settings_for(policy, best_of)
+        engine = PlacementEngine.from_settings(settings, rng=random.Random(seed + broker))
+        runner = Runner(db, engine, settings, policy, broker)
         conflicts_before = conflict_counts()
         wall_s = runner.run(requests, concurrency)
         conflicts = {
@@ -225,13 +233,94 @@ def run_policy(policy: str, hosts: int, requests: int, concurrency: int, databas
             for kind, count in conflict_counts().items()
             if count > conflicts_before[kind]
         }
-        with db.transaction() as session:
-            final = load_host_candidates(session)
     finally:
         db.close()
     tally = runner.tally
     return {
+        "wall_s": wall_s,
+        "conflicts": conflicts,
+        **{name: getattr(tally, name) for name in ("placed", "no_host", "gave_up", "retries")},
+        **{name: getattr(tally, name) for name in ("decision_s", "decision_cpu_s", "decide_s", "request_s")},
+    }
+
+
+def _broker_process(queue, start, args: tuple) -> None:
+    start.wait()
+    queue.put(run_broker(*args))
+
+
+def run_brokers(
+    url: str,
+    policy: str,
+    requests: int,
+    concurrency: int,
+    seed: int,
+    brokers: int,
+    best_of: int | None = None,
+) -> list[dict]:
+    """`brokers` processes (each a broker's placement: its own GIL, engine and connections) at once."""
+    if brokers == 1:
+        return [run_broker(url, policy, requests, concurrency, seed, 0, best_of)]
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue, start = context.Queue(), context.Event()
+    share, threads = requests // brokers, max(concurrency // brokers, 1)
+    processes = [
+        context.Process(
+            target=_broker_process, args=(queue, start, (url, policy, share, threads, seed, index, best_of))
+        )
+        for index in range(brokers)
+    ]
+    for process in processes:
+        process.start()
+    start.set()
+    parts = [queue.get(timeout=3600) for _ in processes]
+    for process in processes:
+        process.join()
+    return parts
+
+
+def merge(parts: list[dict]) -> tuple[Tally, float, dict[str, int]]:
+    tally, conflicts = Tally(), {}
+    for part in parts:
+        for name in ("placed", "no_host", "gave_up", "retries"):
+            setattr(tally, name, getattr(tally, name) + part[name])
+        for name in ("decision_s", "decision_cpu_s", "decide_s", "request_s"):
+            getattr(tally, name).extend(part[name])
+        for kind, count in part["conflicts"].items():
+            conflicts[kind] = conflicts.get(kind, 0) + count
+    return tally, max(part["wall_s"] for part in parts), conflicts
+
+
+def run_policy(
+    policy: str,
+    hosts: int,
+    requests: int,
+    concurrency: int,
+    url: str,
+    seed: int,
+    brokers: int = 1,
+    best_of: int | None = None,
+) -> dict:
+    upgrade(url)
+    db = Database(DatabaseSettings(url=url, pool_size=DB_WORKERS))
+    try:
+        create_hosts(db, hosts)
+    finally:
+        db.close()  # no connection of ours crosses the fork into the brokers
+    tally, wall_s, conflicts = merge(run_brokers(url, policy, requests, concurrency, seed, brokers, best_of))
+    db = Database(DatabaseSettings(url=url, pool_size=DB_WORKERS))
+    try:
+        with db.transaction() as session:
+            final = load_host_candidates(session)
+    finally:
+        db.close()
+    return {
         "policy": policy,
+        "brokers": brokers,
+        "best_of": settings_for(policy, best_of).best_of,
+        "database": url.split(":", 1)[0].split("+", 1)[0],
         "placed": tally.placed,
         "no_host": tally.no_host,
         "gave_up_after_retries": tally.gave_up,
@@ -268,12 +357,27 @@ def main(args) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     policies = ["spread", "pack"] if args.policy == "both" else [args.policy]
     results = []
-    with tempfile.TemporaryDirectory(prefix="vdi-bench-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="vdi-bench-") as scratch, _postgres(args, scratch) as postgres:
         for policy in policies:
-            path = Path(args.database) if args.database else Path(scratch) / f"{policy}.db"
-            if args.database and len(policies) > 1:
-                path = path.with_name(f"{path.stem}-{policy}{path.suffix}")
-            results.append(run_policy(policy, args.hosts, args.requests, args.concurrency, path, args.seed))
+            if postgres is not None:
+                url = postgres.create_database(f"bench_{policy}")
+            else:
+                path = Path(args.database) if args.database else Path(scratch) / f"{policy}.db"
+                if args.database and len(policies) > 1:
+                    path = path.with_name(f"{path.stem}-{policy}{path.suffix}")
+                url = f"sqlite:///{path}"
+            results.append(
+                run_policy(
+                    policy,
+                    args.hosts,
+                    args.requests,
+                    args.concurrency,
+                    url,
+                    args.seed,
+                    args.brokers,
+                    args.best_of,
+                )
+            )
     report = {
         "benchmark": "placement",
         "hosts": args.hosts,
@@ -286,3 +390,22 @@ def main(args) -> int:
         print(f"placement benchmark: {args.hosts} hosts, {args.concurrency} concurrent", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0 if all(result["hosts_over_capacity"] == 0 for result in results) else 1
+
+
+@contextlib.contextmanager
+def _postgres(args, scratch: str):
+    """With --postgresql: the lab's PostgreSQL in the scratch directory, stopped at the end."""
+    if not args.postgresql:
+        yield None
+        return
+    from vdi.lab.ha import free_port
+    from vdi.lab.postgres import Postgres
+
+    state = Path(scratch) / "postgres"
+    Path(scratch).chmod(0o755)  # the postgres account walks to its data directory
+    server = Postgres(state, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -44,6 +44,12 @@ def cmd_bench_session_density(config, args) -> int:
     return main(config, args)
 
 
+def cmd_bench_logon_storm(config, args) -> int:
+    from vdi.bench.logon_storm import main
+
+    return main(args)
+
+
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -57,6 +63,19 @@ def add_commands(sub) -> None:
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")
+    placement.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="on the lab's PostgreSQL (started for the run) instead of SQLite",
+    )
+    placement.add_argument(
+        "--brokers", type=int, default=1, help="broker processes placing at once, each with its own worker"
+    )
+    placement.add_argument(
+        "--best-of",
+        type=int,
+        help="placement.best_of: pick among this many best hosts (default: the setting's)",
+    )
     text = "console tunnel speed: raw TCP, the gateway and stock websockify against one fake desktop"
     tunnel = kinds.add_parser("tunnel", help=text, description=text)
     tunnel.set_defaults(fn=cmd_bench_tunnel, needs_config="optional")
@@ -142,3 +161,34 @@ def add_commands(sub) -> None:
     density.add_argument(
         "--command", nargs="+", default=["xterm"], help="session program argv (default xterm)"
     )
+    text = "whole logon path of many users at a target rate through HAProxy, two brokers and gateways, PostgreSQL"
+    logon = kinds.add_parser("logon-storm", help=text, description=text)
+    logon.set_defaults(fn=cmd_bench_logon_storm, needs_config="optional")
+    logon.add_argument("--rate", type=float, default=300.0, help="logons started per second (default 300)")
+    logon.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (default 60)")
+    logon.add_argument(
+        "--users",
+        type=int,
+        default=2000,
+        help="directory accounts made; logon k is user k mod this (default 2000)",
+    )
+    logon.add_argument("--spares", type=int, default=20, help="prewarmed desktops of the pool (default 20)")
+    logon.add_argument(
+        "--source-addresses",
+        type=int,
+        default=1000,
+        help="loopback client addresses the users come from (default 1000; 0: all from 127.0.0.1, a center "
+        "behind NAT)",
+    )
+    logon.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=5,
+        help="[database] pool_size of each broker and gateway (default 5)",
+    )
+    logon.add_argument("--hosts", type=int, default=8, help="stub desktop hosts (default 8)")
+    logon.add_argument("--max-in-flight", type=int, default=1000, help="most logons under way at once")
+    logon.add_argument(
+        "--profile-s", type=float, default=0, help="sample broker b1 with py-spy this many seconds (0: no)"
+    )
+    logon.add_argument("--keep", action="store_true", help="keep the state directory (logs) afterwards")

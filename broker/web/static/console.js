@@ -21,6 +21,12 @@ const sessionUrl = `/api/v1/sessions/${encodeURIComponent(sessionId)}`;
 
 let rfb = null;
 let leaving = false;
+// A tunnel that breaks (its gateway died, the network blinked) is opened again with a fresh token, through
+// whichever gateway the load balancer picks; a few tries, then the Reconnect button is the user's.
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000];
+let reconnectTries = 0;
+let reconnectTimer = null;
+let channelBroke = false;
 
 function setState(state, text) {
   status.dataset.state = state;
@@ -59,6 +65,11 @@ function openChannel(url) {
   // Our own WebSocket handed to noVNC (it accepts a channel), so the page can hear the notices too.
   const channel = new WebSocket(url);
   channel.binaryType = "arraybuffer";
+  channel.addEventListener("close", (event) => {
+    // 1006: the connection ended without a close frame (RFC 6455 section 7.1.5): the gateway or the path
+    // to it died. A gateway that ends a console on purpose (logoff, revoke) sends a close frame.
+    channelBroke = event.code === 1006;
+  });
   channel.addEventListener("message", (event) => {
     if (typeof event.data === "string") showNotice(event.data);
   });
@@ -72,6 +83,7 @@ function consoleUrl(grant) {
 }
 
 function onConnect() {
+  reconnectTries = 0;
   setState("connected", strings.connected);
   buttons.reconnect.hidden = true;
   rfb.focus();
@@ -83,6 +95,12 @@ function onDisconnect(event) {
   const text = event.detail.clean ? strings.disconnected : strings.connection_lost;
   setState("disconnected", text);
   buttons.reconnect.hidden = false;
+  // noVNC calls a server's close "clean" either way; the WebSocket's close code tells a broken tunnel
+  // from the gateway's word (logged off, revoked, replaced), and only a broken one is opened again.
+  if (channelBroke && reconnectTries < RECONNECT_DELAYS_MS.length) {
+    reconnectTimer = setTimeout(connect, RECONNECT_DELAYS_MS[reconnectTries]);
+    reconnectTries += 1;
+  }
 }
 
 function onSecurityFailure(event) {
@@ -91,6 +109,8 @@ function onSecurityFailure(event) {
 }
 
 async function connect() {
+  clearTimeout(reconnectTimer);
+  channelBroke = false;
   showError("");
   buttons.reconnect.hidden = true;
   setState("connecting", strings.connecting);
@@ -102,6 +122,10 @@ async function connect() {
     setState("error", strings.disconnected);
     showError(errorText(error, strings.network));
     buttons.reconnect.hidden = false;
+    if (reconnectTries > 0 && reconnectTries < RECONNECT_DELAYS_MS.length) {
+      reconnectTimer = setTimeout(connect, RECONNECT_DELAYS_MS[reconnectTries]);
+      reconnectTries += 1;
+    }
     return;
   }
   rfb.scaleViewport = true;
@@ -112,6 +136,7 @@ async function connect() {
 
 function closeConsole() {
   leaving = true;
+  clearTimeout(reconnectTimer);
   if (rfb) rfb.disconnect();
 }
 

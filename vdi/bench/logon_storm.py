@@ -1,0 +1,400 @@
+"""`vdi bench logon-storm`: the whole logon path of many users at a target arrival rate, through HAProxy
+in front of two brokers and two gateways on PostgreSQL.
+
+The bench starts what it measures (docs/ha.md): the lab's PostgreSQL and slapd in a temporary state
+directory, an RFB stub that every stub desktop's display is, and `HaLab` (two `vdi broker` and two `vdi
+gateway` processes behind HAProxy, TLS terminated at HAProxy). It adds `--users` directory accounts of its
+own (uid storm00001…, group `storm`) to that slapd, waits for the pool's spares, and then starts logons
+open-loop at `--rate` per second for `--duration` seconds; logon k is user k mod `--users`. One logon:
+
+  portal   GET  /login                                   (the page, and the XSRF cookie)
+  login    POST /api/v1/login                            (LDAP bind + group search on a broker)
+  desktops GET  /api/v1/desktops                         (entitlements)
+  connect  POST /api/v1/pools/<pool>/connect             (a prewarmed spare, or the user's own session)
+  token    POST /api/v1/sessions/<id>/console-token
+  console  WebSocket wss://…/ws?token=… to the RFB banner (through a gateway, which logs in to the desktop)
+
+Each virtual user has its own connections (a browser's), kept alive across its steps. The JSON gives
+logons/s achieved, p50/p99 per step, failures by reason and, with `--profile-s`, where one broker's CPU
+goes (py-spy). Never a timed test: a benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STEPS = ("portal", "login", "desktops", "connect", "token", "console")
+PASSWORD = "storm-pass-1!"  # noqa: S105 - the bench's own throwaway accounts in its own slapd
+GROUP = "storm"
+POOL = "storm-pool"
+# Every virtual user comes from 127.0.0.1, and a login in progress counts against its source address until
+# it succeeds (broker/login_security.py): with the default 20 per address, 20 logons in flight from one
+# address lock it. The bench measures throughput, so its one address gets a limit no storm reaches.
+STORM_LOCKOUT = "[lockout]\nsource_max_failures = 100000\n"
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+@dataclass
+class Results:
+    started: int = 0
+    succeeded: int = 0
+    steps: dict[str, list[float]] = field(default_factory=lambda: {step: [] for step in STEPS})
+    totals: list[float] = field(default_factory=list)
+    failures: collections.Counter = field(default_factory=collections.Counter)
+    # (seconds since the run started, ok) of every logon, for failover tests that look at a timeline
+    timeline: list[tuple[float, bool]] = field(default_factory=list)
+    t0: float = 0.0  # perf_counter at the start of the run
+
+
+def client_tls(certificate: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificate))
+    return context
+
+
+async def one_logon(
+    http, front: str, username: str, password: str, pool: str, tls, through: str = "console"
+) -> dict[str, float]:
+    """Run the path once in `http` (an aiohttp ClientSession) up to and with the step `through`;
+    step → seconds. StepFailed otherwise."""
+    import aiohttp
+
+    times: dict[str, float] = {}
+
+    async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
+        started = time.perf_counter()
+        headers = {}
+        if method == "POST":
+            xsrf = next((c.value for c in http.cookie_jar if c.key == "_xsrf"), "")
+            headers = {"X-XSRFToken": xsrf}
+        try:
+            async with http.request(method, front + path, json=body, headers=headers, ssl=tls) as reply:
+                data = await reply.read()
+                if reply.status != 200:
+                    raise StepFailed(name, f"HTTP {reply.status}")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise StepFailed(name, type(exc).__name__) from None
+        times[name] = time.perf_counter() - started
+        return json.loads(data) if data[:1] in (b"{", b"[") else {}
+
+    await step("portal", "GET", "/login")
+    await step("login", "POST", "/api/v1/login", {"username": username, "password": password})
+    await step("desktops", "GET", "/api/v1/desktops")
+    if through == "desktops":
+        return times
+    session = await step("connect", "POST", f"/api/v1/pools/{pool}/connect")
+    grant = await step("token", "POST", f"/api/v1/sessions/{session['session_id']}/console-token")
+    started = time.perf_counter()
+    try:
+        url = f"{grant['gateway_url']}?token={grant['token']}"
+        async with http.ws_connect(url, origin=front, ssl=tls, autoping=False) as socket:
+            banner = await socket.receive_bytes(timeout=30)
+            if not banner.startswith(b"RFB 003."):
+                raise StepFailed("console", "no RFB banner")
+    except (aiohttp.ClientError, TimeoutError, OSError, TypeError) as exc:
+        raise StepFailed("console", type(exc).__name__) from None
+    times["console"] = time.perf_counter() - started
+    return times
+
+
+def source_address(index: int, sources: int) -> str | None:
+    """Logon `index`'s client address among `sources` loopback addresses 127.1.x.y (0: the default one).
+
+    HAProxy appends the address it sees to X-Forwarded-For, and the brokers trust HAProxy (127.0.0.1), so
+    each virtual user counts as its own source for lockout and audit, like users at home; one address is a
+    smart work center's terminals behind NAT."""
+    if sources <= 0:
+        return None
+    number = index % sources
+    return f"127.1.{number // 250}.{number % 250 + 1}"
+
+
+def new_client(limit: int = 4, source: str | None = None):
+    """A browser's HTTP client: its own cookie jar (IP-address hosts allowed) and a few kept connections,
+    from the loopback address `source` if given."""
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        connector=aiohttp.TCPConnector(limit=limit, local_addr=(source, 0) if source else None),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
+
+
+async def storm(
+    front: str,
+    users: list[str],
+    password: str,
+    pool: str,
+    tls: ssl.SSLContext,
+    rate: float,
+    duration_s: float,
+    max_in_flight: int = 1000,
+    stop: threading.Event | None = None,
+    through: str = "console",
+    results: Results | None = None,
+    sources: int = 0,
+) -> Results:
+    """Start logons open-loop at `rate`/s for `duration_s` (or until `stop`), and wait for them all.
+    `results` (filled as logons end) lets another thread watch the run."""
+    results = results if results is not None else Results()
+    in_flight = asyncio.Semaphore(max_in_flight)
+    t0 = results.t0 = time.perf_counter()
+
+    async def run(index: int) -> None:
+        async with in_flight, new_client(source=source_address(index, sources)) as http:
+            started = time.perf_counter()
+            try:
+                user = users[index % len(users)]
+                times = await one_logon(http, front, user, password, pool, tls, through)
+            except StepFailed as exc:
+                results.failures[f"{exc.step}: {exc.reason}"] += 1
+                results.timeline.append((started - t0, False))
+                return
+            results.succeeded += 1
+            results.totals.append(time.perf_counter() - started)
+            results.timeline.append((started - t0, True))
+            for name, seconds in times.items():
+                results.steps[name].append(seconds)
+
+    tasks = []
+    total = int(rate * duration_s)
+    for index in range(total):
+        if stop is not None and stop.is_set():
+            break
+        delay = t0 + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        results.started += 1
+        tasks.append(asyncio.create_task(run(index)))
+    await asyncio.gather(*tasks)
+    return results
+
+
+# -- figures --------------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def step_summary(values: list[float]) -> dict:
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 1)
+
+    return {
+        "count": len(values),
+        "p50_ms": ms(percentile(values, 0.5)),
+        "p99_ms": ms(percentile(values, 0.99)),
+    }
+
+
+def report(results: Results, wall_s: float, args) -> dict:
+    return {
+        "benchmark": "logon-storm",
+        "front": "HAProxy (TLS terminated) -> 2 brokers + 2 gateways, PostgreSQL, slapd",
+        "target_rate_per_s": args.rate,
+        "duration_s": args.duration,
+        "users": args.users,
+        "client_addresses": args.source_addresses or 1,
+        "database_pool_size": args.db_pool_size,
+        "logons_started": results.started,
+        "logons_succeeded": results.succeeded,
+        "logons_per_s": round(results.succeeded / wall_s, 1) if wall_s else None,
+        "wall_s": round(wall_s, 1),
+        "whole_logon": step_summary(results.totals),
+        "steps": {name: step_summary(values) for name, values in results.steps.items()},
+        "failures": dict(results.failures.most_common()),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# -- the set-up the bench runs against -----------------------------------------------------------------
+
+
+def add_storm_users(slapd, count: int) -> list[str]:
+    """`count` accounts uid=storm00001… with PASSWORD and a group `storm` holding them all."""
+    import ldap3
+
+    from vdi.lab.slapd import ssha
+
+    names = [f"storm{index:05d}" for index in range(1, count + 1)]
+    people, groups = f"ou=people,{slapd.suffix}", f"ou=groups,{slapd.suffix}"
+    server = ldap3.Server(slapd.url)
+    with ldap3.Connection(server, slapd.root_dn, slapd.root_password(), auto_bind=True) as conn:
+        for name in names:
+            conn.add(
+                f"uid={name},{people}",
+                ["inetOrgPerson"],
+                {"uid": name, "cn": name, "sn": "storm", "userPassword": ssha(PASSWORD)},
+            )
+            if conn.result["result"] not in (0, 68):  # 68: already exists
+                raise RuntimeError(f"adding {name}: {conn.result['description']}")
+        conn.add(
+            f"cn={GROUP},{groups}",
+            ["groupOfNames"],
+            {"cn": GROUP, "member": [f"uid={n},{people}" for n in names]},
+        )
+        if conn.result["result"] not in (0, 68):
+            raise RuntimeError(f"adding group {GROUP}: {conn.result['description']}")
+    return names
+
+
+class LoopThread:
+    """The RFB stub's event loop, off the load generator's loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="rfb-stub", daemon=True)
+        self.thread.start()
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def profile_broker(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """py-spy sampling one broker while the storm runs (raw collapsed stacks in `out`)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+         "--format", "raw", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict:
+    """Share of samples per leaf function and per top package in the stacks (inclusive)."""
+    leaves: collections.Counter = collections.Counter()
+    packages: collections.Counter = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaves[frames[-1]] += count
+        for package in {_package(frame) for frame in frames}:
+            packages[package] += count
+    if not total:
+        return {"samples": 0}
+    share = lambda n: round(100 * n / total, 1)  # noqa: E731
+    return {
+        "samples": total,
+        "top_leaf_functions_pct": {name: share(n) for name, n in leaves.most_common(top)},
+        "packages_inclusive_pct": {name: share(n) for name, n in packages.most_common(top)},
+    }
+
+
+def _package(frame: str) -> str:
+    # py-spy frames look like "function (path/to/module.py:123)".
+    path = frame.rpartition("(")[2].rstrip(")").rsplit(":", 1)[0]
+    if "site-packages/" in path:
+        return path.split("site-packages/")[1].split("/")[0]
+    parts = Path(path).parts
+    for ours in ("broker", "sso", "gateway", "hypervisor", "monitoring", "vdi"):
+        if ours in parts:
+            return f"{ours}/" + "/".join(parts[parts.index(ours) + 1 :][:1])
+    return "python" if "python3" in path else path
+
+
+def main(args) -> int:
+    from vdi.lab.ha import HaLab, PoolSpec, free_port
+    from vdi.lab.postgres import Postgres
+    from vdi.lab.slapd import DEFAULT_SUFFIX, Slapd
+    from vdi.lab.stub_desktops import RfbStub
+
+    state = Path(tempfile.mkdtemp(prefix="vdi-bench-storm-"))
+    state.chmod(0o755)  # the postgres account walks to its data directory
+    postgres = Postgres(state / "postgres", free_port())
+    slapd = Slapd(state / "slapd", free_port(), DEFAULT_SUFFIX)
+    stub_loop = LoopThread()
+    stub = RfbStub()
+    lab = None
+    try:
+        postgres.start()
+        slapd.start()
+        users = add_storm_users(slapd, args.users)
+        stub_loop.call(stub.start())
+        pool = PoolSpec(POOL, [GROUP], spares=args.spares)
+        lab = HaLab(
+            state / "ha",
+            postgres.url(),
+            slapd.settings(),
+            stub.port,
+            [pool],
+            log_level="WARNING",
+            extra_toml=STORM_LOCKOUT,
+            stub_hosts=args.hosts,
+            db_pool_size=args.db_pool_size,
+        )
+        lab.start()
+        tls = client_tls(lab.certificate)
+        _wait_for_spares(lab, args.spares)
+        profiler = None
+        if args.profile_s:
+            broker_pid = lab.of_kind("broker")[0].process.pid
+            profiler = profile_broker(broker_pid, args.profile_s, state / "profile.raw")
+        started = time.perf_counter()
+        results = asyncio.run(
+            storm(
+                lab.front_url,
+                users,
+                PASSWORD,
+                POOL,
+                tls,
+                args.rate,
+                args.duration,
+                args.max_in_flight,
+                sources=args.source_addresses,
+            )
+        )
+        wall = time.perf_counter() - started
+        output = report(results, wall, args)
+        if profiler is not None:
+            profiler.wait(timeout=args.profile_s + 60)
+            output["profile_broker_b1"] = summarise_profile(state / "profile.raw")
+        print(json.dumps(output, indent=2, ensure_ascii=False))
+        return 0
+    finally:
+        if lab is not None:
+            lab.stop()
+        stub_loop.call(stub.close())
+        stub_loop.close()
+        slapd.stop()
+        postgres.stop()
+        if not args.keep:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def _wait_for_spares(lab, spares: int, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(lab.stub_desktops()) < spares:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the pool never had {spares} spares")
+        time.sleep(0.2)

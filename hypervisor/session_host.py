@@ -60,6 +60,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10
+# The session's program must stay up this many 20 ms steps after it started (0.2 s): one that exits at once
+# (cannot open its display, bad arguments) fails the start instead of leaving a session that is over.
+APP_SETTLE_STEPS = 10
 DEFAULT_GEOMETRY = "1280x800"
 DEFAULT_SESSION = ("openbox-session",)
 RFB_BANNER = b"RFB "
@@ -337,7 +340,10 @@ class SessionHostProvider(DesktopProvider):
         command = [*as_user, "sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *env, *argv]
         launcher = ["setsid", "--fork", "sh", "-c", scripts.JOIN_AND_RUN, "sh", directory, what]
         wait = ["sh", "-c", scripts.WAIT_STARTED, "sh", prepared.name, what, str(START_TIMEOUT_S)]
-        wait += ["x"] if what == "xvnc" else []
+        if what == "xvnc":
+            wait.append("x")
+        elif what == "app":
+            wait += ["", str(APP_SETTLE_STEPS)]
         # The detached process must not hold the SSH channel open (its output goes to its log file); the
         # wait runs in the same round trip, and its exit status is the command's.
         result = self.ssh.run(

@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.lab_hosts",
     "tests.fixtures.toy_provider",
     "tests.fixtures.session_hosts",
+    "tests.fixtures.sbc_stack",
 ]
 
 

@@ -10,27 +10,15 @@ Debian's Chromium driving noVNC with the keyboard.
 
 from __future__ import annotations
 
-import contextlib
-import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
-
 import pytest
 
-from hypervisor.session_host import SessionHostProvider
-from tests.fixtures.common import ROOT, free_port, wait_until
-from tests.fixtures.e2e import Stack, vdi_process
+from tests.fixtures.common import wait_until
 from tests.fixtures.portal import open_console, sign_in, user_in
-from tests.fixtures.session_hosts import session_host_settings
-from vdi.lab.session_hosts import XSESSION
+from tests.fixtures.sbc_stack import SBC_MEMO, host_of
+from vdi.bench.time_to_desktop import PANEL_RGB
 
 pytestmark = pytest.mark.e2e
 
-HOSTS = ("sh1", "sh2")
-MEMO = f"memo-{secrets.token_hex(3)}.txt"
-# The panel's colour in ansible/roles/smartwork_session_host/files/xfce4-panel.xml (0.20, 0.33, 0.55).
-PANEL_RGB = (51, 84, 140)
 
 # Function forms: the console page's Content-Security-Policy forbids evaluating strings.
 # True when the canvas's top strip is the panel's colour across most of its width.
@@ -77,93 +65,8 @@ FRAMEBUFFER = """
 """
 
 
-def sbc_config(tmp_path, ldap, hosts, broker_port: int, gateway_port: int) -> str:
-    from tests.fixtures.common import VNC_PASSWORD_KEY
-
-    host_tables = "".join(
-        f'[[hosts]]\nname = "{name}"\nprovider = "session-host"\nuri = "{hosts.uri(name)}"\n'
-        f'max_desktops = 4\nlabels = {{ provider = "session-host" }}\n\n'
-        for name in HOSTS
-    )
-    return f"""
-[database]
-url = "sqlite:///{tmp_path}/vdi.db"
-
-[broker]
-port = {broker_port}
-cookie_secret = "{"e2e-secret-" + "0" * 32}"
-gateway_url = "ws://127.0.0.1:{gateway_port}/ws"
-vnc_password_key = "{VNC_PASSWORD_KEY}"
-
-[gateway]
-port = {gateway_port}
-allowed_origins = ["http://127.0.0.1:{broker_port}"]
-vnc_password_key = "{VNC_PASSWORD_KEY}"
-ssh_key_file = "{hosts.client_key}"
-ssh_known_hosts = "{hosts.known_hosts}"
-
-[ldap]
-url = "{ldap.url}"
-user_base = "{ldap.user_base}"
-group_base = "{ldap.group_base}"
-
-{host_tables}
-[[pools]]
-name = "mois-sbc"
-display_name = "행정안전부 SBC 데스크톱"
-groups = ["mois"]
-kind = "session"
-required_labels = {{ provider = "session-host" }}
-session_command = ["{XSESSION}", "mousepad", "{MEMO}"]
-memory_limit_mib = 1024
-
-[[pools]]
-name = "mois-editor"
-display_name = "문서 편집기"
-groups = ["mois"]
-kind = "app"
-required_labels = {{ provider = "session-host" }}
-app_command = ["mousepad"]
-"""
-
-
-@pytest.fixture
-def providers(lab_session_hosts) -> Iterator[dict[str, SessionHostProvider]]:
-    made = {name: SessionHostProvider(session_host_settings(lab_session_hosts, name)) for name in HOSTS}
-    yield made
-    for provider in made.values():
-        for session in provider.list_desktops():  # whatever a failed test left
-            provider.destroy_desktop(session)
-        provider.close()
-
-
-@pytest.fixture
-def sbc_stack(tmp_path, slapd, ldap_settings, lab_session_hosts, providers) -> Iterator[Stack]:
-    broker_port, gateway_port = free_port(), free_port()
-    config_path = tmp_path / "vdi.toml"
-    config_path.write_text(sbc_config(tmp_path, ldap_settings, lab_session_hosts, broker_port, gateway_port))
-    subprocess.run(
-        [sys.executable, "-m", "vdi.cli", "--config", str(config_path), "db", "upgrade"], check=True, cwd=ROOT
-    )
-    with contextlib.ExitStack() as processes:
-        for command, port in (("gateway", gateway_port), ("broker", broker_port)):
-            processes.enter_context(
-                vdi_process(
-                    config_path, [command], f"http://127.0.0.1:{port}/healthz", tmp_path / f"{command}.log"
-                )
-            )
-        yield Stack(
-            config_path, f"http://127.0.0.1:{broker_port}", f"ws://127.0.0.1:{gateway_port}/ws", tmp_path
-        )
-
-
 def desktop_name(page) -> str:
     return page.locator("#desktop-name").inner_text()
-
-
-def host_of(providers, desktop: str) -> str:
-    [host] = [name for name, provider in providers.items() if desktop in provider.list_desktops()]
-    return host
 
 
 def session_programs(hosts, host: str, user: str) -> set[str]:
@@ -195,15 +98,15 @@ def type_hangul_and_save(page, keys: str) -> None:
 
 
 def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
-    sbc_stack, page, browser, demo_users, lab_session_hosts, providers, artifacts_dir
+    sbc_stack, page, browser, demo_users, lab_session_hosts, sbc_providers, artifacts_dir
 ):
     user = user_in(demo_users, "mois")
-    memo = f"/home/{user.uid}/{MEMO}"
+    memo = f"/home/{user.uid}/{SBC_MEMO}"
     sign_in(page, sbc_stack.base_url, user)
     open_console(page, sbc_stack.base_url, "mois-sbc")
     connected(page)
     desktop = desktop_name(page)
-    host = host_of(providers, desktop)
+    host = host_of(sbc_providers, desktop)
     page.wait_for_function(PANEL_SHOWN, arg=list(PANEL_RGB), timeout=60_000)
     assert {"xfce4-panel", "xfwm4", "ibus-daemon", "mousepad"} <= session_programs(
         lab_session_hosts, host, user.uid
@@ -231,22 +134,22 @@ def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
             30,
             f"한글 안전 in {memo}",
         )
-        assert host_of(providers, desktop) == host
+        assert host_of(sbc_providers, desktop) == host
         second.click("#logoff")
         second.wait_for_url(f"{sbc_stack.base_url}/desktops")
     finally:
         other.close()
         lab_session_hosts.run(host, ["rm", "-f", memo])
-    assert desktop not in providers[host].list_desktops()
+    assert desktop not in sbc_providers[host].list_desktops()
 
 
-def test_a_published_application_shows_alone(sbc_stack, page, demo_users, lab_session_hosts, providers):
+def test_a_published_application_shows_alone(sbc_stack, page, demo_users, lab_session_hosts, sbc_providers):
     user = user_in(demo_users, "mois")
     sign_in(page, sbc_stack.base_url, user)
     open_console(page, sbc_stack.base_url, "mois-editor")
     connected(page)
     desktop = desktop_name(page)
-    host = host_of(providers, desktop)
+    host = host_of(sbc_providers, desktop)
     click_into_editor(page)  # the editor is drawn
     programs = session_programs(lab_session_hosts, host, user.uid)
     assert "mousepad" in programs
@@ -254,10 +157,10 @@ def test_a_published_application_shows_alone(sbc_stack, page, demo_users, lab_se
     assert not page.evaluate(PANEL_SHOWN, list(PANEL_RGB))
     page.click("#logoff")
     page.wait_for_url(f"{sbc_stack.base_url}/desktops")
-    assert desktop not in providers[host].list_desktops()
+    assert desktop not in sbc_providers[host].list_desktops()
 
 
-def test_the_session_follows_the_browser_window_size(sbc_stack, page, demo_users, providers):
+def test_the_session_follows_the_browser_window_size(sbc_stack, page, demo_users, sbc_providers):
     sign_in(page, sbc_stack.base_url, user_in(demo_users, "mois"))
     open_console(page, sbc_stack.base_url, "mois-editor")
     connected(page)

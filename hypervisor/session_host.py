@@ -312,11 +312,22 @@ class SessionHostProvider(DesktopProvider):
         return list(spec.command or DEFAULT_SESSION)
 
     def _start(self, spec: DesktopSpec, prepared: Prepared) -> None:
-        """Xvnc (until its X socket exists), the window manager, then the program: one round trip each."""
-        self._launch(prepared, spec.user, "xvnc", self._xvnc(spec, prepared))
+        """Xvnc (until its X socket exists), the window manager, then the program, in one SSH round trip:
+        each is launched and waited for before the next; the step that failed is the last one named."""
+        steps = [("xvnc", self._xvnc(spec, prepared))]
         if spec.window_manager:
-            self._launch(prepared, spec.user, "wm", list(spec.window_manager))
-        self._launch(prepared, spec.user, "app", self._program(spec))
+            steps.append(("wm", list(spec.window_manager)))
+        steps.append(("app", self._program(spec)))
+        chain = " && ".join(
+            f"echo {what} && {self._launch(prepared, spec.user, what, argv)}" for what, argv in steps
+        )
+        # The detached processes must not hold the SSH channel open (their output goes to their logs).
+        result = self.ssh.run(
+            ["true"], suffix=" && " + chain, timeout=len(steps) * START_TIMEOUT_S + COMMAND_TIMEOUT_S
+        )
+        if result.status != 0:
+            failed = (result.stdout.split() or ["xvnc"])[-1]
+            self._start_failed(prepared.name, failed, result.status)
 
     @staticmethod
     def _xvnc(spec: DesktopSpec, prepared: Prepared) -> list[str]:
@@ -328,9 +339,9 @@ class SessionHostProvider(DesktopProvider):
             "-nolisten", "tcp", "-geometry", DEFAULT_GEOMETRY, "-depth", "24", "-desktop", spec.label or spec.domain_name,
         ]  # fmt: skip
 
-    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> None:
-        """Start argv as the user in the session's cgroups, detached (setsid --fork), in the user's home, and
-        wait until it runs (Xvnc: until its X socket exists)."""
+    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> str:
+        """Shell text: start argv as the user in the session's cgroups, detached (setsid --fork), in the
+        user's home, then wait until it runs (Xvnc: until its X socket exists; the program: 0.2 s on)."""
         directory = f"{scripts.SESSIONS_DIR}/{prepared.name}"
         env = ["env", "LANG=C.UTF-8"]
         if what != "xvnc":
@@ -344,15 +355,8 @@ class SessionHostProvider(DesktopProvider):
             wait.append("x")
         elif what == "app":
             wait += ["", str(APP_SETTLE_STEPS)]
-        # The detached process must not hold the SSH channel open (its output goes to its log file); the
-        # wait runs in the same round trip, and its exit status is the command's.
-        result = self.ssh.run(
-            [*launcher, *prepared.cgroups, "--", *command],
-            suffix=" </dev/null >/dev/null 2>&1 && " + shlex.join(wait),
-            timeout=START_TIMEOUT_S + COMMAND_TIMEOUT_S,
-        )
-        if result.status != 0:
-            self._start_failed(prepared.name, what, result.status)
+        launch = shlex.join([*launcher, *prepared.cgroups, "--", *command])
+        return f"{launch} </dev/null >/dev/null 2>&1 && {shlex.join(wait)}"
 
     def _start_failed(self, name: str, what: str, status: int) -> None:
         label = {"xvnc": "Xvnc", "wm": "the window manager", "app": "the session's program"}[what]

@@ -330,6 +330,7 @@ def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
         site=pool.site,
         required_labels=tuple(sorted(pool.required_labels.items())),
         max_per_host=pool.max_per_host,
+        sessions=pool.kind in SESSION_KINDS,
     )
 
 

@@ -132,6 +132,7 @@ class SessionHostProvider(DesktopProvider):
     """Desktops as Xvnc sessions of the users' own accounts on a Linux session host, over SSH."""
 
     needs_image = False
+    runs_sessions = True
 
     @classmethod
     def check_uri(cls, uri: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_WEIGHERS = {"free_ram": 1.0, "cpu_load": 0.5, "desktop_count": 1.0, "image_cached": 0.5}
-DEFAULT_FILTERS = ["host_state", "labels", "anti_affinity", "capacity"]
+DEFAULT_FILTERS = ["host_state", "desktop_kind", "labels", "anti_affinity", "capacity"]
 
 
 class PlacementSettings(BaseModel):
@@ -13,7 +13,8 @@ class PlacementSettings(BaseModel):
 
     filters: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FILTERS),
-        description="host filters in the order they run (host_state, labels, anti_affinity, capacity)",
+        description="host filters in the order they run (host_state, desktop_kind, labels, anti_affinity, "
+        "capacity)",
     )
     weighers: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHERS),

@@ -34,7 +34,6 @@ name = "mois-sbc"
 display_name = "행정안전부 SBC 데스크톱"
 groups = ["mois"]
 kind = "session"
-required_labels = { provider = "session-host" }
 window_manager = ["openbox"]
 session_command = ["xterm"]
 """
@@ -161,12 +160,7 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
         gateway_port=gateway_port,
         gateway_url=f"ws://127.0.0.1:{gateway_port}/ws",
     )
-    # VM pools on the libvirt host, the SBC pool on the demo's session host (as in etc/demo.toml).
-    text = config.read_text().replace(
-        "\n[[pools]]\n", '\n[[pools]]\nrequired_labels = { provider = "libvirt" }\n'
-    )
-    text = text.replace("\n[[hosts]]\n", '\n[[hosts]]\nlabels = { provider = "libvirt" }\n', 1)
-    config.write_text(text)
+    # No labels: placement keeps the VM pools on the libvirt host and the SBC pool on the session host.
     with config.open("a") as extra:
         extra.write(SBC_POOL)
         extra.write(f'\n[lab]\nstate_dir = "{tmp_path}/lab"\nldap_port = {ldap_port}\n')

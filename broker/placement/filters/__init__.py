@@ -2,10 +2,17 @@
 
 from broker.placement.filters.anti_affinity import PoolAntiAffinityFilter
 from broker.placement.filters.capacity import DesktopCapacityFilter
+from broker.placement.filters.desktop_kind import DesktopKindFilter
 from broker.placement.filters.host_state import HostStateFilter
 from broker.placement.filters.labels import LabelAffinityFilter
 
 FILTERS = {
     cls.name: cls
-    for cls in (HostStateFilter, LabelAffinityFilter, PoolAntiAffinityFilter, DesktopCapacityFilter)
+    for cls in (
+        HostStateFilter,
+        DesktopKindFilter,
+        LabelAffinityFilter,
+        PoolAntiAffinityFilter,
+        DesktopCapacityFilter,
+    )
 }

@@ -98,8 +98,15 @@ def connected(page) -> None:
     page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
 
 
+def follows_the_window(page) -> bool:
+    sizes = page.evaluate(FRAMEBUFFER)
+    return bool(sizes) and sizes[0] == sizes[2] and sizes[1] == sizes[3]
+
+
 def click_into_editor(page) -> None:
-    # Wait for the editor's white text area, then click into it so it has the keyboard for sure.
+    # The session first takes the browser's size (windows move and the input method follows), then the
+    # editor's white text area is clicked into, so it has the keyboard for sure.
+    wait_until(lambda: follows_the_window(page), 30, "the session to take the browser's size")
     try:
         point = page.wait_for_function(WHITE_AREA, timeout=30_000).json_value()
     except PlaywrightTimeout:
@@ -108,12 +115,10 @@ def click_into_editor(page) -> None:
     page.mouse.click(point["x"], point["y"])
 
 
-def type_hangul_and_save(page, keys: str) -> None:
-    page.keyboard.press("Shift+Space")  # ibus-hangul's switch key: Latin → Hangul
-    page.keyboard.type(keys, delay=40)  # 2-beolsik: gksrmf → 한글
+def type_and_save(page, keys: str) -> None:
+    page.keyboard.type(keys, delay=40)  # in Hangul mode, 2-beolsik: gksrmf → 한글
     page.keyboard.press("Space")  # commits the last syllable
-    page.keyboard.press("Shift+Space")  # back to Latin, so Ctrl+S is a shortcut, not a jamo
-    page.keyboard.press("Control+s")
+    page.keyboard.press("Control+s")  # ibus-hangul passes Control combinations through
 
 
 def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
@@ -132,7 +137,10 @@ def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
     )
 
     click_into_editor(page)
-    type_hangul_and_save(page, "gksrmf")
+    page.keyboard.press(
+        "Shift+Space"
+    )  # ibus-hangul's switch key: Latin → Hangul (the session's IBus keeps it)
+    type_and_save(page, "gksrmf")
     wait_for_words(lab_session_hosts, host, memo, ["한글"])
     page.screenshot(path=str(artifacts_dir / "e2e-sbc-desktop-hangul.png"))
 
@@ -145,9 +153,8 @@ def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
         connected(second)
         assert desktop_name(second) == desktop
         second.wait_for_function(PANEL_SHOWN, arg=list(PANEL_RGB), timeout=60_000)
-        click_into_editor(second)
-        second.keyboard.press("Control+End")
-        type_hangul_and_save(second, "dkswjs")  # 안전
+        click_into_editor(second)  # below the text: the cursor goes to its end
+        type_and_save(second, "dkswjs")  # 안전, still in Hangul mode
         wait_for_words(lab_session_hosts, host, memo, ["한글", "안전"])
         assert host_of(sbc_providers, desktop) == host
         second.click("#logoff")
@@ -181,8 +188,7 @@ def test_the_session_follows_the_browser_window_size(sbc_stack, page, demo_users
     connected(page)
 
     def follows() -> bool:
-        sizes = page.evaluate(FRAMEBUFFER)
-        return bool(sizes) and sizes[0] == sizes[2] and sizes[1] == sizes[3]
+        return follows_the_window(page)
 
     wait_until(follows, 30, "the framebuffer taking the screen's size")
     before = page.evaluate(FRAMEBUFFER)

@@ -334,6 +334,7 @@ def placement_request(pool: PoolSettings, image: str) -> PlacementRequest:
         required_labels=tuple(sorted(pool.required_labels.items())),
         max_per_host=pool.max_per_host,
         network_zone=pool.network_zone,
+        sessions=pool.kind in SESSION_KINDS,
     )
 
 

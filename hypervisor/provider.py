@@ -39,6 +39,9 @@ class DesktopProvider(ABC):
 
     # Whether desktops start from a golden image uploaded to the host (upload_image, image_sha256).
     needs_image: ClassVar[bool] = True
+    # Whether its desktops are users' sessions on a shared host (pool kinds session and app) rather than
+    # machines of their own (dedicated, floating); placement keeps each kind of pool to its kind of host.
+    runs_sessions: ClassVar[bool] = False
 
     def __init__(self, host: HostSettings) -> None:
         self.host = host

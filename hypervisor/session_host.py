@@ -60,6 +60,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10
+# The session's program must stay up this many 20 ms steps after it started (0.2 s): one that exits at once
+# (cannot open its display, bad arguments) fails the start instead of leaving a session that is over.
+APP_SETTLE_STEPS = 10
 DEFAULT_GEOMETRY = "1280x800"
 DEFAULT_SESSION = ("openbox-session",)
 RFB_BANNER = b"RFB "
@@ -129,6 +132,7 @@ class SessionHostProvider(DesktopProvider):
     """Desktops as Xvnc sessions of the users' own accounts on a Linux session host, over SSH."""
 
     needs_image = False
+    runs_sessions = True
 
     @classmethod
     def check_uri(cls, uri: str) -> None:
@@ -309,11 +313,22 @@ class SessionHostProvider(DesktopProvider):
         return list(spec.command or DEFAULT_SESSION)
 
     def _start(self, spec: DesktopSpec, prepared: Prepared) -> None:
-        """Xvnc (until its X socket exists), the window manager, then the program: one round trip each."""
-        self._launch(prepared, spec.user, "xvnc", self._xvnc(spec, prepared))
+        """Xvnc (until its X socket exists), the window manager, then the program, in one SSH round trip:
+        each is launched and waited for before the next; the step that failed is the last one named."""
+        steps = [("xvnc", self._xvnc(spec, prepared))]
         if spec.window_manager:
-            self._launch(prepared, spec.user, "wm", list(spec.window_manager))
-        self._launch(prepared, spec.user, "app", self._program(spec))
+            steps.append(("wm", list(spec.window_manager)))
+        steps.append(("app", self._program(spec)))
+        chain = " && ".join(
+            f"echo {what} && {self._launch(prepared, spec.user, what, argv)}" for what, argv in steps
+        )
+        # The detached processes must not hold the SSH channel open (their output goes to their logs).
+        result = self.ssh.run(
+            ["true"], suffix=" && " + chain, timeout=len(steps) * START_TIMEOUT_S + COMMAND_TIMEOUT_S
+        )
+        if result.status != 0:
+            failed = (result.stdout.split() or ["xvnc"])[-1]
+            self._start_failed(prepared.name, failed, result.status)
 
     @staticmethod
     def _xvnc(spec: DesktopSpec, prepared: Prepared) -> list[str]:
@@ -325,9 +340,9 @@ class SessionHostProvider(DesktopProvider):
             "-nolisten", "tcp", "-geometry", DEFAULT_GEOMETRY, "-depth", "24", "-desktop", spec.label or spec.domain_name,
         ]  # fmt: skip
 
-    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> None:
-        """Start argv as the user in the session's cgroups, detached (setsid --fork), in the user's home, and
-        wait until it runs (Xvnc: until its X socket exists)."""
+    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> str:
+        """Shell text: start argv as the user in the session's cgroups, detached (setsid --fork), in the
+        user's home, then wait until it runs (Xvnc: until its X socket exists; the program: 0.2 s on)."""
         directory = f"{scripts.SESSIONS_DIR}/{prepared.name}"
         env = ["env", "LANG=C.UTF-8"]
         if what != "xvnc":
@@ -337,16 +352,12 @@ class SessionHostProvider(DesktopProvider):
         command = [*as_user, "sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *env, *argv]
         launcher = ["setsid", "--fork", "sh", "-c", scripts.JOIN_AND_RUN, "sh", directory, what]
         wait = ["sh", "-c", scripts.WAIT_STARTED, "sh", prepared.name, what, str(START_TIMEOUT_S)]
-        wait += ["x"] if what == "xvnc" else []
-        # The detached process must not hold the SSH channel open (its output goes to its log file); the
-        # wait runs in the same round trip, and its exit status is the command's.
-        result = self.ssh.run(
-            [*launcher, *prepared.cgroups, "--", *command],
-            suffix=" </dev/null >/dev/null 2>&1 && " + shlex.join(wait),
-            timeout=START_TIMEOUT_S + COMMAND_TIMEOUT_S,
-        )
-        if result.status != 0:
-            self._start_failed(prepared.name, what, result.status)
+        if what == "xvnc":
+            wait.append("x")
+        elif what == "app":
+            wait += ["", str(APP_SETTLE_STEPS)]
+        launch = shlex.join([*launcher, *prepared.cgroups, "--", *command])
+        return f"{launch} </dev/null >/dev/null 2>&1 && {shlex.join(wait)}"
 
     def _start_failed(self, name: str, what: str, status: int) -> None:
         label = {"xvnc": "Xvnc", "wm": "the window manager", "app": "the session's program"}[what]

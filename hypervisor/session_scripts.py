@@ -31,6 +31,10 @@ EXIT_DIED = 8
 EXIT_NO_CGROUPS = 9
 EXIT_BAD_ACCOUNT = 10
 
+# `running PID`: the process exists and is not a zombie. A session's programs are orphans (setsid --fork) whose
+# parent is the host's init, which may reap them late; `kill -0` alone takes an exited one for alive.
+RUNNING = """running() { s=$(sed -n 's/.*) \\([A-Za-z]\\).*/\\1/p' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }"""
+
 # $1 name, $2 user, $3 cpu quota in µs per 100 ms period or "max", $4 memory limit in bytes or "max",
 # $5 kind, $6.. the programs the session will run (first words); stdin: the VNC password on one line.
 # Prints the display number, the gid and the cgroups.
@@ -117,16 +121,26 @@ exec "$@" >> "$dir/$what.log" 2>&1 < /dev/null
 """
 
 # $1 name, $2 what, $3 seconds; waits until the process recorded its pid, then checks it is alive. With
-# $4 = "x", also waits for the X server's socket.
+# $4 = "x", also waits for the X server's socket. $5, if given, is a number of 20 ms steps the process must
+# then stay alive (a program that exits at once, e.g. one that cannot open its display, is caught here).
 WAIT_STARTED = f"""
-dir={SESSIONS_DIR}/$1 what=$2 limit=$3 x=${{4:-}}
+{RUNNING}
+dir={SESSIONS_DIR}/$1 what=$2 limit=$3 x=${{4:-}} settle=${{5:-0}}
 . "$dir/session"
 end=$(( $(date +%s) + limit ))
 while :; do
   if [ -s "$dir/$what.pid" ]; then
     pid=$(cat "$dir/$what.pid")
-    kill -0 "$pid" 2>/dev/null || exit {EXIT_DIED}
-    [ -z "$x" ] || [ -S "/tmp/.X11-unix/X$display" ] && exit 0
+    running "$pid" || exit {EXIT_DIED}
+    if [ -z "$x" ] || [ -S "/tmp/.X11-unix/X$display" ]; then
+      i=0
+      while [ "$i" -lt "$settle" ]; do
+        sleep 0.02
+        running "$pid" || exit {EXIT_DIED}
+        i=$((i + 1))
+      done
+      exit 0
+    fi
   fi
   [ "$(date +%s)" -le "$end" ] || exit 1
   sleep 0.02
@@ -160,7 +174,8 @@ rm -rf "$dir"
 # One line per session: name, user, display, port, kind, then "1"/"0" for xvnc, wm and app alive.
 STATUS = f"""
 base={SESSIONS_DIR}
-alive() {{ [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && echo 1 || echo 0; }}
+{RUNNING}
+alive() {{ [ -s "$1" ] && running "$(cat "$1")" && echo 1 || echo 0; }}
 for dir in "$base"/*/; do
   [ -f "$dir/session" ] || continue
   (. "$dir/session"

@@ -18,6 +18,7 @@ DEBIAN_PACKAGES=(
   x11-utils fonts-dejavu-core
   python3-apt python3-venv
   prometheus
+  xfwm4 xfce4-panel xfce4-terminal ibus-gtk3 dbus-bin dbus-daemon
 )
 
 missing_packages() {
@@ -71,6 +72,18 @@ prepare_libvirt_host() {
   mkdir -p /var/log/libvirt /var/lib/libvirt /var/cache/smartwork-vdi
 }
 
+korean_locale() {
+  # The session hosts' desktops run in ko_KR.UTF-8 (the lab's hosts share the machine's locale archive).
+  if locale -a 2>/dev/null | grep -qix 'ko_KR\.utf-\?8'; then
+    log "ko_KR.UTF-8 locale present"
+    return
+  fi
+  log "generating the ko_KR.UTF-8 locale"
+  sed -i 's/^# *ko_KR.UTF-8 UTF-8/ko_KR.UTF-8 UTF-8/' /etc/locale.gen
+  grep -q '^ko_KR.UTF-8 UTF-8' /etc/locale.gen || echo 'ko_KR.UTF-8 UTF-8' >> /etc/locale.gen
+  locale-gen >/dev/null
+}
+
 python_venv() {
   local key stamp
   # Exactly the locked set: requirements.lock pins every package with its hashes (docs/development.md).
@@ -104,6 +117,7 @@ novnc() {
 
 install_debian_packages
 prepare_libvirt_host
+korean_locale
 python_venv
 novnc
 log "building the demo desktop image (cached when unchanged)"

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.recordings",
     "tests.fixtures.admin_console",
     "tests.fixtures.ha",
+    "tests.fixtures.sbc_stack",
 ]
 
 

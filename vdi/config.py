@@ -7,9 +7,10 @@ sections only the command line reads (lab, logging), and hands each process just
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from broker.config import BrokerConfig
 from broker.settings_file import ConfigError, format_validation_error, read_toml, resolve_sqlite_url
@@ -25,6 +26,30 @@ class LabSettings(BaseModel):
     state_dir: Path = Field(Path("/var/lib/smartwork-vdi/lab"), description="lab daemons' data and pid files")
     ldap_port: int = Field(3389, ge=1, le=65535, description="loopback port of the lab's slapd")
     ldap_suffix: str = Field("dc=smartwork,dc=go,dc=kr", description="suffix of the lab's demo directory")
+    session_hosts: list[str] = Field(
+        [],
+        max_length=8,
+        description="session hosts (SBC) `vdi demo` brings up in network namespaces and adds as [[hosts]] "
+        'with provider session-host and the label provider = "session-host", e.g. ["dsh1", "dsh2"] '
+        "(docs/session-hosts.md)",
+    )
+    session_host_first_octet: int = Field(
+        31,
+        ge=2,
+        le=240,
+        description="last address byte of the first demo session host on the lab bridge (10.77.0.0/24); "
+        "the others follow",
+    )
+
+    @field_validator("session_hosts")
+    @classmethod
+    def _host_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[a-z][a-z0-9]{0,8}", name):
+                raise ValueError(f"{name!r}: a session host name is a letter and up to 8 letters or digits")
+        if len(set(names)) != len(names):
+            raise ValueError("session host names must differ")
+        return names
 
 
 class Config(BrokerConfig):

@@ -3,8 +3,13 @@
 The portal is served on https:// and the gateway on wss:// with a demo CA made under the lab state dir, and a
 few demo users get client certificates for certificate login (vdi/demo_tls.py).
 
+With `[lab] session_hosts` (etc/demo.toml names dsh1 and dsh2) the demo also brings up lab session hosts
+(vdi/lab/session_hosts.py) and adds them to the broker's hosts, so the SBC pools of the file (kind session,
+`required_labels = { provider = "session-host" }`) have somewhere to run: an XFCE desktop with Hangul input
+in about a second, next to the VM pools.
+
 Ctrl-C (or `vdi demo --stop` / `make stop` from another shell) stops the broker and gateway,
-removes the desktops the demo started, and stops the lab daemons the demo started.
+removes the desktops the demo started, and stops the lab daemons and session hosts the demo started.
 """
 
 from __future__ import annotations
@@ -99,16 +104,55 @@ def _print_banner(config: Config) -> None:
     for user in DEMO_USERS:
         groups = ", ".join(user.groups) or "(no entitled group)"
         lines.append(f"    {user.uid:<10} {user.password:<12} {user.display_name} — {groups}")
+    if config.lab.session_hosts:
+        lines += [
+            f"  Session hosts (SBC): {', '.join(config.lab.session_hosts)}; their pools show an XFCE desktop.",
+            "    Hangul input: Shift+Space (or the 한/영 key) switches between Latin and 한글.",
+        ]
     lines += banner_lines(config, demo_tls(config))
     lines += ["  Stop with Ctrl-C or `make stop`.", ""]
     print("\n".join(lines), flush=True)
+
+
+def _session_hosts(config: Config):
+    from vdi.lab.session_hosts import LabSessionHosts
+
+    names = config.lab.session_hosts
+    return LabSessionHosts(config.lab.state_dir / "session-hosts", names, config.lab.session_host_first_octet)
+
+
+def with_session_hosts(config: Config) -> Config:
+    """The configuration with the demo's session hosts as [[hosts]] and the gateway's SSH key for them."""
+    from hypervisor.config import HostSettings
+
+    if not config.lab.session_hosts:
+        return config
+    hosts = _session_hosts(config)
+    known = {host.name for host in config.hosts}
+    added = [
+        HostSettings(
+            name=name,
+            provider="session-host",
+            uri=hosts.uri(name),
+            max_desktops=10,
+            labels={"provider": "session-host"},
+        )
+        for name in config.lab.session_hosts
+        if name not in known
+    ]
+    gateway = config.gateway
+    if gateway.ssh_key_file is None:
+        gateway = gateway.model_copy(
+            update={"ssh_key_file": hosts.client_key, "ssh_known_hosts": hosts.known_hosts}
+        )
+    return config.model_copy(update={"hosts": [*config.hosts, *added], "gateway": gateway})
 
 
 def _remove_demo_desktops(config: Config) -> None:
     from broker.desktops import remove_all_desktops
 
     try:
-        count = remove_all_desktops(config)
+        count = remove_all_desktops(with_session_hosts(config))
     except Exception as exc:  # cleanup must go on to stop the lab
         log.warning("could not remove demo desktops: %s", exc)
         return
@@ -139,6 +183,8 @@ def _stop_everything(config: Config) -> int:
     from vdi.lab import Lab
 
     Lab(config).stop()
+    if config.lab.session_hosts:
+        _session_hosts(config).down()
     print("demo stopped")
     return 0
 
@@ -176,7 +222,7 @@ def _prepare_https(config: Config, lab, helpers: list) -> Path:
     helpers.append(responder)
     _pid_file(config, "ocsp").write_text(str(responder.pid))
     store_certificates(lab.slapd, tls)
-    return write_https_config(config, tls, port)
+    return write_https_config(with_session_hosts(config), tls, port)
 
 
 def run_demo(config: Config, config_path: str) -> int:
@@ -198,6 +244,8 @@ def run_demo(config: Config, config_path: str) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        if config.lab.session_hosts:
+            _session_hosts(config).up()
         https_config_path = _prepare_https(config, lab, helpers)
         processes = [_start_service(https_config_path, config, s, demo_tls(config)) for s in SERVICES]
         _print_banner(config)

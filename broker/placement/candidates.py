@@ -32,6 +32,7 @@ class HostCandidate:
     cpu_load: float | None = None
     images: frozenset = frozenset()
     pool_desktops: dict = field(default_factory=dict)
+    runs_sessions: bool = False  # a session host (its provider starts user sessions, not VMs from images)
 
     # Derived once per host version (placement reads them for every host in every decision).
     vcpu_limit: float | None = field(init=False, repr=False, compare=False)
@@ -72,6 +73,7 @@ class PlacementRequest:
     max_per_host: int | None = None
     # The pool's network zone (business unless it says internet): placement never mixes zones.
     network_zone: str = "business"
+    sessions: bool = False  # a session or app pool: its desktops are user sessions on session hosts
 
     def scope(self) -> str:
         """Where the request may go, in words, for "no capacity" reasons: " in zone business"."""

@@ -27,6 +27,7 @@ from broker.db.models import Desktop, Host
 from broker.placement.candidates import HostCandidate, PlacementRequest
 from broker.placement.decision import PlacementDecision
 from broker.placement.table import HostTable
+from hypervisor.registry import provider_class
 from monitoring.metrics import PLACEMENT_CLAIM_CONFLICTS, ClaimConflict
 
 # Desktops in these states occupy a slot on their host; "error" and "deleted" rows are history.
@@ -95,7 +96,16 @@ def candidate_of(host: Host, usage: HostUsage) -> HostCandidate:
         cpu_load=host.cpu_load,
         images=frozenset(host.images or ()),
         pool_desktops=usage.pools,
+        runs_sessions=runs_sessions(host.provider),
     )
+
+
+def runs_sessions(provider: str) -> bool:
+    """Whether a host of this provider starts user sessions (no images) rather than VMs."""
+    try:
+        return bool(provider_class(provider).runs_sessions)
+    except ValueError:  # a provider this broker does not know: it can start nothing, VMs or sessions
+        return False
 
 
 def load_host_candidates(db: Session, host_names: Iterable[str] | None = None) -> list[HostCandidate]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_WEIGHERS = {"free_ram": 1.0, "cpu_load": 0.5, "desktop_count": 1.0, "image_cached": 0.5}
-DEFAULT_FILTERS = ["host_state", "labels", "network_zone", "anti_affinity", "capacity"]
+DEFAULT_FILTERS = ["host_state", "desktop_kind", "labels", "network_zone", "anti_affinity", "capacity"]
 # Zones are never mixed (docs/centers.md): a list of filters without this one is refused.
 REQUIRED_FILTERS = ("network_zone",)
 
@@ -15,8 +15,8 @@ class PlacementSettings(BaseModel):
 
     filters: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FILTERS),
-        description="host filters in the order they run (host_state, labels, network_zone, anti_affinity, "
-        "capacity); network_zone cannot be left out",
+        description="host filters in the order they run (host_state, desktop_kind, labels, network_zone, "
+        "anti_affinity, capacity); network_zone cannot be left out",
     )
     weighers: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHERS),

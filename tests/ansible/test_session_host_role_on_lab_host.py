@@ -27,10 +27,11 @@ from hypervisor.config import SshAddress
 from hypervisor.session_host import SessionHostProvider
 from hypervisor.ssh_host import ChannelRefused, SshHost
 from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.common import wait_until
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 from tests.fixtures.sshd import generate_key
 from vdi.lab.hosts import ROOT_ADDRESS, LabHostsError
-from vdi.lab.session_hosts import LabSessionHosts
+from vdi.lab.session_hosts import DESKTOP_FILES, ROLE_FILES, XSESSION, LabSessionHosts
 
 PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "session_host.yml")
 HOST = "sh4"
@@ -69,7 +70,7 @@ def inventory(hosts: LabSessionHosts, path: Path) -> Path:
 def role_on_sh4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabHost]:
     work = tmp_path_factory.mktemp("role-on-sh4")
     user = f"swgw{secrets.token_hex(3)}"
-    hosts = LabSessionHosts(work / "lab", names=[HOST], first_octet=HOST_OCTET)
+    hosts = LabSessionHosts(work / "lab", names=[HOST], first_octet=HOST_OCTET, desktop_files=False)
     try:
         try:
             hosts.up()
@@ -106,6 +107,30 @@ def test_role_makes_the_state_directory_and_the_gateway_account_and_is_idempoten
     assert keys == f"{KEY_OPTIONS} {(run.gateway_key.parent / 'gateway_key.pub').read_text().strip()}\n"
     # The account exists on sh4 only.
     assert subprocess.run(["getent", "passwd", run.user], capture_output=True, check=False).returncode != 0
+
+
+def test_role_installs_the_desktop_session_and_the_panel_layout(role_on_sh4):
+    run = role_on_sh4
+    for source, target, mode in DESKTOP_FILES:
+        path = f"/etc/{target}"
+        assert run.on_host("stat", "-c", "%U %a", path).stdout.split() == ["root", f"{mode:o}"]
+        assert run.on_host("cat", path).stdout == (ROLE_FILES / source).read_text()
+    # A desktop session through the role's script: the panel and the window manager run as the user.
+    provider = SessionHostProvider(session_host_settings(run.hosts, HOST))
+    spec = session_spec("kimmj", window_manager=(), command=(XSESSION,))
+    try:
+        provider.create_desktop(spec)
+        wait_until(
+            lambda: (
+                {"xfce4-panel", "xfwm4", "ibus-daemon"}
+                <= set(run.on_host("ps", "-o", "comm=", "-u", "kimmj").stdout.split())
+            ),
+            30,
+            "the desktop's programs on sh4",
+        )
+    finally:
+        provider.destroy_desktop(spec.domain_name)
+        provider.close()
 
 
 def test_a_session_on_the_role_made_host_is_reached_by_the_gateway_account_only_there(role_on_sh4):

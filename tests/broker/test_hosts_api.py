@@ -166,11 +166,12 @@ def test_explain_shows_the_filters_and_no_capacity_names_the_zone(admin):
     assert explained["host"] is None
     assert [step["filter"] for step in explained["filters"]] == [
         "host_state",
+        "desktop_kind",
         "labels",
         "network_zone",
         "capacity",
     ]
-    assert explained["filters"][1]["dropped"] == ["local"]
+    assert explained["filters"][2]["dropped"] == ["local"]
     assert explained["reason"].startswith("all 2 hosts in zone business are full")
     connect = admin.post("/api/v1/pools/mois-office/connect")
     assert connect.status == 503

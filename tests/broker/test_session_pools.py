@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from broker.config import PoolSettings
-from broker.db.models import Host
+from broker.db import Database
+from broker.db.models import Desktop, Host
 from hypervisor.session_host import SessionHostProvider
 from sso.base import Identity
 from tests.fixtures.broker import COOKIE_SECRET, FakeAuthenticator, make_broker_config
@@ -19,6 +21,7 @@ from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
 from tests.fixtures.monitor import MonitorRunner, audit_actions, row
 from tests.fixtures.session_hosts import session_host_settings, session_spec
+from vdi.lab.session_hosts import LabSessionHosts
 
 HOSTS = ("sh1", "sh2")
 BROKER = {"cookie_secret": COOKIE_SECRET, "gateway_url": "ws://127.0.0.1:9/ws"}
@@ -46,6 +49,14 @@ POOLS = [
         "kind": "app",
         "required_labels": {"provider": "session-host"},
         "app_command": ["xterm", "-maximized"],
+    },
+    {
+        "name": "mois-broken",
+        "display_name": "시작하지 않는 앱",
+        "groups": MOIS,
+        "kind": "app",
+        "required_labels": {"provider": "session-host"},
+        "app_command": ["false"],  # exits at once
     },
 ]
 
@@ -134,6 +145,69 @@ def test_a_user_without_an_account_on_the_hosts_gets_a_clear_error(sbc_url, prov
     assert response.status == 503, response.text
     assert "has no account nosuchuser" in response.json()["error"]["message"]
     assert all(provider.list_desktops() == [] for provider in providers.values())
+
+
+def test_an_application_that_fails_to_start_is_a_clear_error_audited_and_leaves_nothing(
+    tmp_path, sbc_url, providers, lab_session_hosts
+):
+    kim = signed_in(sbc_url, "kimmj")
+    response = kim.post("/api/v1/pools/mois-broken/connect")
+    assert response.status == 503, response.text
+    message = response.json()["error"]["message"]
+    [host] = [name for name in HOSTS if name in message]  # names the host
+    assert "exited at once" in message, message
+    # Nothing of the session is left on either host: no state directory, display, cgroup or process.
+    assert all(provider.list_desktops() == [] for provider in providers.values())
+    assert not [p for p in lab_session_hosts.sessions_dir(host).iterdir() if p.name != ".displays"]
+    assert not list((lab_session_hosts.sessions_dir(host) / ".displays").iterdir())
+    assert "false" not in lab_session_hosts.run(host, ["ps", "-o", "comm=", "-u", "kimmj"]).stdout.split()
+    db = Database(sbc_config(tmp_path, lab_session_hosts).database)
+    try:
+        [event] = [e for e in audit_actions(db, "connect") if e.result == "error"]
+        assert (event.actor, event.target) == ("kimmj", "mois-broken")
+        assert "exited at once" in event.detail["error"] and host in event.detail["error"]
+        assert not [key for key in event.detail if "password" in key]
+        with db.transaction() as session:
+            assert session.scalars(select(Desktop.state)).all() == ["error"]
+    finally:
+        db.close()
+    # Its slot is free again: both hosts (one session each at most) still take a session.
+    lee = signed_in(sbc_url, "leesy")
+    placed = {where(providers, connect(user, "mois-desktop")["desktop"]["name"])[0] for user in (kim, lee)}
+    assert placed == set(HOSTS)
+
+
+def test_a_session_host_whose_sshd_is_killed_is_marked_down_in_time(tmp_path, broker_server):
+    # A session host of this test's own (sh6): killing sshd on the shared sh1 would cut other sessions off.
+    hosts = LabSessionHosts(tmp_path / "lab", names=["sh6"], first_octet=26)
+    provider = None
+    try:
+        hosts.up()
+        settings = session_host_settings(hosts, "sh6", labels={"provider": "session-host"})
+        provider = SessionHostProvider(settings)
+        providers = {"sh6": provider}
+        config = make_broker_config(
+            tmp_path / "broker.db", hosts=[settings.model_dump(exclude_none=True)], pools=POOLS
+        )
+        url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
+        runner = MonitorRunner(config, providers)
+        db = runner.db
+        try:
+            kim = signed_in(url, "kimmj")
+            first = connect(kim, "mois-desktop")
+            wait_until(lambda: row(db, Host, "sh6").cpu_load is not None, 30, "a health sample of sh6")
+            hosts.kill_sshd("sh6")  # its connections drop, new ones are refused
+            wait_until(lambda: row(db, Host, "sh6").state == "down", 30, "sh6 marked down")
+            session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
+            assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+            hosts.up()  # sshd again
+            wait_until(lambda: row(db, Host, "sh6").state == "up", 30, "sh6 marked up again")
+        finally:
+            runner.stop()
+    finally:
+        if provider is not None:
+            provider.close()
+        hosts.down()
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import sys
 import threading
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.request import HTTPCookieProcessor, HTTPSHandler, build_opener
 
 from cryptography.hazmat.primitives import serialization
@@ -21,9 +22,21 @@ from broker.db.models import AuditEvent
 from tests.fixtures.broker import BrokerClient, _NoRedirect
 from tests.fixtures.common import ROOT, free_port, wait_until
 from tests.fixtures.e2e import port_open, write_config
+from tests.fixtures.portal import open_console, sign_in
 from vdi.config import load_config
 from vdi.demo_tls import P12_PASSWORD, DemoTls
 from vdi.lab.slapd import DEMO_PASSWORD
+
+DEMO_SESSION_HOST = "dt41"
+SBC_POOL = """
+[[pools]]
+name = "mois-sbc"
+display_name = "행정안전부 SBC 데스크톱"
+groups = ["mois"]
+kind = "session"
+window_manager = ["openbox"]
+session_command = ["xterm"]
+"""
 
 
 def read_lines(stream, lines: list[str]) -> None:
@@ -110,6 +123,21 @@ def browser_signs_in_with_the_p12_and_opens_a_console(browser, tls: DemoTls, bas
         context.close()
 
 
+def sbc_desktop_over_wss(browser, base: str) -> None:
+    """The demo's SBC pool next to the VM pools: a session on the demo's session host, shown over wss://."""
+    context = browser.new_context(locale="ko-KR", ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        sign_in(page, base, SimpleNamespace(uid="kimmj", password=DEMO_PASSWORD))
+        page.wait_for_url(f"{base}/desktops")
+        assert page.locator("li[data-pool='mois-office']").count() == 1
+        open_console(page, base, "mois-sbc")
+        page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
+        assert page.locator("#desktop-name").inner_text().startswith("vdi-mois-sbc-kimmj")
+    finally:
+        context.close()
+
+
 def console_over_wss(https_config: Path) -> None:
     """A desktop's first frame through the gateway's wss:// endpoint, as the README's benchmark takes it."""
     command = [sys.executable, "-m", "vdi.cli", "--config", str(https_config), "bench", "time-to-desktop"]
@@ -132,8 +160,12 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
         gateway_port=gateway_port,
         gateway_url=f"ws://127.0.0.1:{gateway_port}/ws",
     )
+    # No labels: placement keeps the VM pools on the libvirt host and the SBC pool on the session host.
     with config.open("a") as extra:
+        extra.write(SBC_POOL)
         extra.write(f'\n[lab]\nstate_dir = "{tmp_path}/lab"\nldap_port = {ldap_port}\n')
+        # A session host of the demo's own, named apart from the test lab's sh1 and sh2.
+        extra.write(f'session_hosts = ["{DEMO_SESSION_HOST}"]\nsession_host_first_octet = 41\n')
 
     demo = subprocess.Popen(
         [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo"],
@@ -153,6 +185,7 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
         console_over_wss(tmp_path / "lab" / "demo-https.toml")
         tls = DemoTls(tmp_path / "lab" / "demo-pki")
         browser_signs_in_with_the_p12_and_opens_a_console(browser, tls, f"https://127.0.0.1:{broker_port}")
+        sbc_desktop_over_wss(browser, f"https://127.0.0.1:{broker_port}")
         assert port_open(ldap_port)
     finally:
         demo.send_signal(signal.SIGINT)
@@ -164,6 +197,10 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
     assert not port_open(broker_port)
     assert not port_open(gateway_port)
     assert not port_open(ldap_port)
+    assert (
+        f"swvdi-{DEMO_SESSION_HOST}"
+        not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    )
     https_config = load_config(tmp_path / "lab" / "demo-https.toml")
     assert not port_open(int(https_config.certificate.ocsp_url.rsplit(":", 1)[1].strip("/")))
 

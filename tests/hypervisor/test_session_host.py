@@ -83,7 +83,7 @@ def as_user(user: str, *argv: str) -> list[str]:
 
 def test_the_provider_is_registered_without_images():
     cls = provider_class("session-host")
-    assert cls is SessionHostProvider and cls.needs_image is False
+    assert cls is SessionHostProvider and cls.needs_image is False and cls.runs_sessions is True
     cls.check_uri("ssh://root@10.0.0.5")
     cls.check_uri("ssh://vdi@sh1.example:2222?keyfile=/etc/k&known_hosts=/etc/kh")
     with pytest.raises(ValueError, match="not allowed"):

@@ -27,6 +27,9 @@ def test_demo_config_is_valid_and_resolves_relative_paths():
     assert config.pool("mois-office").groups == ["mois"]
     assert config.database.url == f"sqlite:///{ROOT / 'var' / 'demo.db'}"
     assert config.lab.state_dir == ROOT / "var" / "lab"
+    # An SBC desktop pool next to the VM pools, on the demo's own session hosts.
+    assert config.pool("mois-sbc").kind == "session" and config.pool("mois-sbc").groups == ["mois"]
+    assert config.lab.session_hosts == ["dsh1", "dsh2"]
 
 
 @pytest.mark.parametrize(
@@ -39,6 +42,9 @@ def test_demo_config_is_valid_and_resolves_relative_paths():
         ({"hosts": []}, "hosts"),
         ({"pools": [{"name": "p", "display_name": "P", "groups": []}]}, "pools[0].groups"),
         ({"gatewy": {}}, "gatewy"),
+        ({"lab": {"session_hosts": ["Sh 1"]}}, "lab.session_hosts"),
+        ({"lab": {"session_hosts": ["dsh1", "dsh1"]}}, "lab.session_hosts"),
+        ({"lab": {"session_host_first_octet": 255}}, "lab.session_host_first_octet"),
     ],
 )
 def test_invalid_values_name_the_key(changes, key):

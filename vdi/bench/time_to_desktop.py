@@ -9,6 +9,10 @@ until the desktop's own screen is drawn ("desktop screen": more than half of the
 desktop's blue) or --screen-timeout passes (then it is counted as missing, not as a time). Then the
 session is logged off.
 
+`--pool` names a session or app pool (server-based computing, docs/session-hosts.md): every connect starts
+a new session on a session host, and the desktop's own screen is the session's panel drawn (the top strip in
+the panel's colour of ansible/roles/smartwork_session_host/files/xfce4-panel.xml), reported as "session".
+
 "prewarmed" uses a pool with spares (each run waits until the pool has a ready spare again, one whose
 guest finished booting, read from the broker's /metrics); "cold" uses a pool without spares, so every
 connect clones and starts a new desktop. Both pools should be floating, so logoff discards the desktop.
@@ -26,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy
@@ -46,6 +50,12 @@ ENCODING_DESKTOP_SIZE = -223
 # 32 bits per pixel, depth 24, little-endian, true colour, 8 bits each: red << 16 | green << 8 | blue.
 PIXEL_FORMAT = struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
 DESKTOP_SHARE = 0.5
+# The SBC desktop's panel: its colour (xfce4-panel.xml's background-rgba 0.20 0.33 0.55), the row looked at
+# (the panel is 28 pixels high at the top) and the share of that row it must cover.
+PANEL_RGB = (51, 84, 140)
+PANEL_ROW = 14
+PANEL_SHARE = 0.6
+PANEL_TOLERANCE = 24
 
 
 class BenchError(Exception):
@@ -197,6 +207,21 @@ class Screen:
         blue = self.pixels & 0xFF
         return float(numpy.mean((blue >= 0x80) & (red < 0x40) & (green < 0x40)))
 
+    def demo_desktop_drawn(self) -> bool:
+        return self.desktop_share() > DESKTOP_SHARE
+
+    def panel_drawn(self) -> bool:
+        """The SBC session's panel covers most of its row at the top of the screen."""
+        width, height = self.size
+        if height <= PANEL_ROW:
+            return False
+        row = self.pixels[PANEL_ROW].astype("i4")
+        channels = ((row >> 16) & 0xFF, (row >> 8) & 0xFF, row & 0xFF)
+        close = numpy.ones(width, dtype=bool)
+        for channel, wanted in zip(channels, PANEL_RGB, strict=True):
+            close &= numpy.abs(channel - wanted) < PANEL_TOLERANCE
+        return float(numpy.mean(close)) > PANEL_SHARE
+
 
 @dataclass
 class RunTimes:
@@ -205,7 +230,11 @@ class RunTimes:
 
 
 async def _console_times(
-    portal: Portal, session_id: str, started: float, screen_timeout_s: float | None
+    portal: Portal,
+    session_id: str,
+    started: float,
+    screen_timeout_s: float | None,
+    drawn: Callable[[Screen], bool],
 ) -> RunTimes:
     grant = portal.post(f"/api/v1/sessions/{session_id}/console-token")
     # The broker's URL may carry a query of its own (the request id, docs/logging.md), as console.js allows for.
@@ -224,7 +253,7 @@ async def _console_times(
         if screen_timeout_s is None:
             return RunTimes(first_frame, None)
         deadline = time.perf_counter() + screen_timeout_s
-        while screen.desktop_share() <= DESKTOP_SHARE:
+        while not drawn(screen):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return RunTimes(first_frame, None)
@@ -238,12 +267,19 @@ async def _console_times(
         socket.close()
 
 
-def one_run(portal: Portal, pool: str, screen_timeout_s: float | None = None) -> RunTimes:
+def one_run(
+    portal: Portal,
+    pool: str,
+    screen_timeout_s: float | None = None,
+    drawn: Callable[[Screen], bool] = Screen.demo_desktop_drawn,
+) -> RunTimes:
     started = time.perf_counter()
     session = portal.post(f"/api/v1/pools/{pool}/connect")
     limit = 120 + (screen_timeout_s or 0)
     times = asyncio.run(
-        asyncio.wait_for(_console_times(portal, session["session_id"], started, screen_timeout_s), limit)
+        asyncio.wait_for(
+            _console_times(portal, session["session_id"], started, screen_timeout_s, drawn), limit
+        )
     )
     portal.post(f"/api/v1/sessions/{session['session_id']}/logoff")
     return times
@@ -273,12 +309,19 @@ def summary(samples: list[float]) -> dict:
     }
 
 
-def measure(portal: Portal, pool: str, runs: int, prewarmed: bool, screen_timeout_s: float | None) -> dict:
+def measure(
+    portal: Portal,
+    pool: str,
+    runs: int,
+    prewarmed: bool,
+    screen_timeout_s: float | None,
+    drawn: Callable[[Screen], bool] = Screen.demo_desktop_drawn,
+) -> dict:
     results = []
     for _ in range(runs):
         if prewarmed:
             wait_for_spare(portal, pool)
-        results.append(one_run(portal, pool, screen_timeout_s))
+        results.append(one_run(portal, pool, screen_timeout_s, drawn))
     report = {"pool": pool, **summary([r.first_frame_s for r in results])}
     if screen_timeout_s is not None:
         drawn = [r.desktop_screen_s for r in results if r.desktop_screen_s is not None]
@@ -317,7 +360,12 @@ def main(config: Config, args) -> int:
             result["prewarmed"] = measure(portal, args.prewarmed_pool, args.runs, True, screen_timeout_s)
         if args.cold_pool:
             result["cold"] = measure(portal, args.cold_pool, args.runs, False, screen_timeout_s)
-        result["virt"] = args.virt_note or virt_types(portal)
+        if args.pool:
+            result["session"] = measure(
+                portal, args.pool, args.runs, False, screen_timeout_s, Screen.panel_drawn
+            )
+        if args.prewarmed_pool or args.cold_pool:
+            result["virt"] = args.virt_note or virt_types(portal)
     except (BenchError, OSError) as exc:
         print(f"vdi bench time-to-desktop: {exc}", file=sys.stderr)
         return 1

@@ -126,6 +126,11 @@ def add_commands(sub) -> None:
     ttd.add_argument("--prewarmed-pool", default="mois-shared", help="floating pool with spares ('' to skip)")
     ttd.add_argument("--cold-pool", default="mois-office", help="floating pool without spares ('' to skip)")
     ttd.add_argument(
+        "--pool",
+        default="",
+        help="a session or app pool (SBC): each connect starts a session, its screen is the panel drawn",
+    )
+    ttd.add_argument(
         "--virt-note",
         default="",
         help="recorded in the JSON as virt (default: what the broker's desktops booted with)",

@@ -299,6 +299,20 @@ class LabHosts:
         _wait_for(f"libvirtd of {name} did not die", lambda: not _alive(pid))
         log.info("lab host %s: libvirtd (pid %d) killed", name, pid)
 
+    def kill_sshd(self, name: str) -> None:
+        """SIGKILL every sshd of the host, the listener and each connection's, as a crash would: open SSH
+        connections drop and new ones are refused. `up()` starts sshd again."""
+        host = self._host(name)
+        listed = _run(["ip", "netns", "pids", host.namespace], check=False).stdout.split()
+        pids = [int(p) for p in listed if p.isdigit() and _alive(int(p)) and _comm(int(p)) == "sshd"]
+        if not pids:
+            raise LabHostsError(f"sshd of lab host {name} is not running")
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_for(f"sshd of {name} did not die", lambda: not any(_alive(pid) for pid in pids))
+        log.info("lab host %s: sshd killed (%d processes)", name, len(pids))
+
     def cut_network(self, name: str) -> None:
         """Take the host's bridge port down: its traffic is silently dropped, connections hang (no RST)."""
         _run(["ip", "link", "set", self._host(name).link, "down"])

@@ -12,7 +12,10 @@ has of its own:
 - its own /home (homes persist across sessions while the host lives), /tmp (X sockets and locks) and
   /var/lib/smartwork-vdi (the provider's session state).
 
-Xvnc, the window manager and the applications are the machine's packages (scripts/setup.sh). Sessions'
+Xvnc, the desktop (XFCE's xfwm4 and panel, IBus with ibus-hangul) and the applications are the machine's
+packages (scripts/setup.sh, which also generates the ko_KR.UTF-8 locale). The desktop's own files, the same
+the smartwork_session_host role installs (ansible/roles/smartwork_session_host/files), go into each host's /etc
+at every `up()`: the session script /etc/smartwork-vdi/xsession and the panel's layout. Sessions'
 cgroups live in the machine's cgroup tree under `smartwork-vdi/<session>` (names are unique per session);
 `down()` removes those of its hosts' sessions after stopping every process in their namespaces.
 
@@ -34,6 +37,13 @@ FIRST_SESSION_HOST_OCTET = 21
 SESSIONS_STATE = "smartwork-vdi/sessions"  # under fs/: the host's /var/lib/smartwork-vdi/sessions
 SHELL = "/bin/bash"
 CGROUP_ROOT = "/sys/fs/cgroup"
+ROLE_FILES = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "smartwork_session_host" / "files"
+# (file of the role, path under the host's /etc, mode): what the role's desktop tasks install.
+DESKTOP_FILES = (
+    ("smartwork-xsession", "smartwork-vdi/xsession", 0o755),
+    ("xfce4-panel.xml", "xdg/xfce4/xfconf/xfce-perchannel-xml/xfce4-panel.xml", 0o644),
+)
+XSESSION = "/etc/smartwork-vdi/xsession"
 
 
 def passwd_line(user: DemoUser) -> str:
@@ -63,9 +73,12 @@ class LabSessionHosts(LabHosts):
         names: Sequence[str] = SESSION_HOST_NAMES,
         first_octet: int = FIRST_SESSION_HOST_OCTET,
         users: Sequence[DemoUser] = DEMO_USERS,
+        desktop_files: bool = True,
     ) -> None:
         super().__init__(state_dir, names, first_octet, libvirt=False)
         self.users = tuple(users)
+        # False leaves the desktop's files to the smartwork_session_host role (its test applies it).
+        self.desktop_files = desktop_files
 
     @classmethod
     def for_lab(cls, lab_state_dir: Path) -> LabSessionHosts:
@@ -87,6 +100,11 @@ class LabSessionHosts(LabHosts):
         return self._fs(self._host(name), SESSIONS_STATE)
 
     # -- the host's own files ----------------------------------------------------------------------
+
+    def _ensure_host(self, host: LabHost) -> None:
+        super()._ensure_host(host)
+        if self.desktop_files:
+            install_desktop_files(self._fs(host, "etc"))
 
     def _populate(self, host: LabHost, fs: Path) -> None:
         (fs / "tmp").chmod(0o1777)
@@ -118,6 +136,18 @@ class LabSessionHosts(LabHosts):
             for cgroup in _cgroups_of(session):
                 with contextlib.suppress(OSError):
                     Path(cgroup).rmdir()
+
+
+def install_desktop_files(etc: Path) -> None:
+    """The role's desktop files into a host's /etc (as seen from outside), when missing or changed."""
+    for source, target, mode in DESKTOP_FILES:
+        path = etc / target
+        content = (ROLE_FILES / source).read_bytes()
+        if not path.exists() or path.read_bytes() != content:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(".new").write_bytes(content)
+            path.with_suffix(".new").chmod(mode)
+            path.with_suffix(".new").replace(path)
 
 
 def cgroup_mounts() -> list[tuple[str, str, str]]:

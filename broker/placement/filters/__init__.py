@@ -2,6 +2,7 @@
 
 from broker.placement.filters.anti_affinity import PoolAntiAffinityFilter
 from broker.placement.filters.capacity import DesktopCapacityFilter
+from broker.placement.filters.desktop_kind import DesktopKindFilter
 from broker.placement.filters.host_state import HostStateFilter
 from broker.placement.filters.labels import LabelAffinityFilter
 from broker.placement.filters.network_zone import NetworkZoneFilter
@@ -10,6 +11,7 @@ FILTERS = {
     cls.name: cls
     for cls in (
         HostStateFilter,
+        DesktopKindFilter,
         LabelAffinityFilter,
         NetworkZoneFilter,
         PoolAntiAffinityFilter,

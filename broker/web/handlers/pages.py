@@ -47,6 +47,8 @@ class ConsoleHandler(BaseHandler):
             "console.html",
             session=session,
             pool_name=pool.display_name if pool else session.desktop.pool,
+            # Sessions on session hosts take the browser's size; VM displays are scaled (docs/session-hosts.md).
+            resize="remote" if pool and pool.kind in ("session", "app") else "scale",
             # Who and from where; the page adds the time (docs/gateway.md, "Watermark").
             watermark=f"{self.current_user.username} · {self.client_ip}" if pool and pool.watermark else None,
             strings={key: _(f"console.{key}") for key in CONSOLE_STRINGS} | {"network": _("error.network")},

@@ -128,6 +128,9 @@ async function connect() {
     }
     return;
   }
+  // A session host's Xvnc follows the browser: noVNC asks it for the screen's size (ExtendedDesktopSize) at
+  // connect and whenever the window changes. A VM's display keeps its own size and is scaled to fit.
+  rfb.resizeSession = root.dataset.resize === "remote";
   rfb.scaleViewport = true;
   rfb.addEventListener("connect", onConnect);
   rfb.addEventListener("disconnect", onDisconnect);

@@ -36,7 +36,10 @@ class ReservationsAPIHandler(ReservationsMixin, APIHandler):
             status=201,
             body=BookingRequest,
             tags=("centers",),
-            links={"cancelReservation": {"reservation_id": "$response.body#/id"}},
+            links={
+                op: {"reservation_id": "$response.body#/id"}
+                for op in ("cancelReservation", "cancelAnyReservation")
+            },
         ),
     }
 

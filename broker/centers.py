@@ -300,8 +300,10 @@ def _check_networks_free(db: Session, name: str, networks: list[dict]) -> None:
                     )
 
 
-def _fields(change: CenterChange) -> dict:
-    values = change.model_dump(exclude_unset=True, exclude_none=True)
+def _fields(change: CenterChange, only_set: bool = True) -> dict:
+    """The columns to write: a change's fields that were given; a new center's every field, defaults too
+    (the view of a new row is made before the database fills in its column defaults)."""
+    values = change.model_dump(exclude_unset=only_set, exclude_none=True)
     if change.networks is not None:
         values["networks"] = [n.model_dump() for n in change.networks]
     return values
@@ -310,7 +312,7 @@ def _fields(change: CenterChange) -> dict:
 def insert_center(db: Session, new: NewCenter, actor: str, client_ip: str) -> CenterView:
     if db.get(Center, new.name) is not None:
         raise CenterExists(f"A center named {new.name} already exists.", field="name", center=new.name)
-    values = {**_fields(new), "name": new.name}
+    values = _fields(new, only_set=False)
     _check_networks_free(db, new.name, values["networks"])
     row = Center(**values)
     db.add(row)

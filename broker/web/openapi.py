@@ -207,6 +207,130 @@ PLACEMENT_EXPLANATION = obj(
     top_candidates=array(obj("host", "weight", host=STR, weight=NUM)),
     explanation=array(STR),
 )
+OPENING_HOURS: Schema = {"type": "object", "additionalProperties": STR}
+SEATS: Schema = obj("business", "internet", business=INT, internet=INT)
+CENTER_PUBLIC_FIELDS = dict(
+    name=STR,
+    name_ko=STR,
+    name_en=STR,
+    address=STR,
+    time_zone=STR,
+    opening_hours=OPENING_HOURS,
+    seats=SEATS,
+    booking_policy={"enum": ["walk_in", "require_booking"]},
+)
+CENTER_PUBLIC = obj(*CENTER_PUBLIC_FIELDS, **CENTER_PUBLIC_FIELDS)
+CENTER = obj(
+    *CENTER_PUBLIC_FIELDS,
+    "networks",
+    "walk_in_minutes",
+    "unregistered_terminals",
+    "kiosk_idle_s",
+    **CENTER_PUBLIC_FIELDS,
+    networks=array(obj("cidr", "zone", cidr=STR, zone={"enum": ["business", "internet"]})),
+    walk_in_minutes=INT,
+    unregistered_terminals={"enum": ["allow", "limit", "refuse"]},
+    kiosk_idle_s=INT,
+)
+HERE = obj(
+    "center",
+    "zone",
+    center=nullable(STR),
+    name_ko=STR,
+    name_en=STR,
+    zone=nullable({"enum": ["business", "internet"]}),
+)
+TERMINAL = obj(
+    "id",
+    "center",
+    "name",
+    "address",
+    "certificate_sha256",
+    "certificate_subject",
+    id=INT,
+    center=STR,
+    name=STR,
+    address=nullable(STR),
+    certificate_sha256=nullable(STR),
+    certificate_subject=STR,
+)
+RESERVATION = obj(
+    "id",
+    "center",
+    "zone",
+    "seat",
+    "username",
+    "starts_at",
+    "ends_at",
+    "state",
+    "kind",
+    id=INT,
+    center=STR,
+    zone={"enum": ["business", "internet"]},
+    seat=STR,
+    username=STR,
+    starts_at=TIME,
+    ends_at=TIME,
+    state={"enum": ["booked", "cancelled"]},
+    kind={"enum": ["booking", "walk_in"]},
+)
+OCCUPANCY = obj(
+    "center",
+    "day",
+    "seats",
+    "reservations",
+    center=STR,
+    day={"type": "string", "format": "date"},
+    seats=SEATS,
+    reservations=array(RESERVATION),
+)
+ATTENDANCE_RECORD = obj(
+    "day",
+    "username",
+    "display_name",
+    "center",
+    "center_name_ko",
+    "seat",
+    "checked_in_at",
+    "checked_out_at",
+    "total_minutes",
+    "corrected",
+    "correction_reason",
+    day={"type": "string", "format": "date"},
+    username=STR,
+    display_name=STR,
+    center=STR,
+    center_name_ko=STR,
+    seat=STR,
+    checked_in_at=TIME,
+    checked_out_at=nullable(TIME),
+    total_minutes=INT,
+    corrected=BOOL,
+    correction_reason=nullable(STR),
+)
+TRANSFER = obj(
+    "id",
+    "username",
+    "from_zone",
+    "to_zone",
+    "kind",
+    "state",
+    "created_at",
+    id=INT,
+    username=STR,
+    from_zone={"enum": ["business", "internet"]},
+    to_zone={"enum": ["business", "internet"]},
+    kind={"enum": ["text", "file"]},
+    filename=STR,
+    size_bytes=INT,
+    sha256=STR,
+    reason=STR,
+    state=STR,
+    scan_result=STR,
+    decided_by=nullable(STR),
+    decision_note=STR,
+    created_at=TIME,
+)
 
 
 # -- operations -------------------------------------------------------------------------------------
@@ -218,7 +342,8 @@ class Operation:
 
     operation_id: str
     summary: str
-    response: Schema
+    # None: an answer without a body (204).
+    response: Schema | None
     status: int = 200
     # none: anyone; user: a portal session; admin: a portal session of a member of broker.admin_groups.
     auth: Literal["none", "user", "admin"] = "user"
@@ -226,6 +351,8 @@ class Operation:
     query: type[BaseModel] | None = None
     path_params: tuple[str, ...] = ()
     media_type: str = JSON
+    # The same answer in other media types, e.g. {"text/csv": STR} for a `format=csv` query.
+    other_media: dict[str, Schema] = field(default_factory=dict)
     tags: tuple[str, ...] = field(default_factory=tuple)
     # OpenAPI links: what a client (or schemathesis' stateful phase) can call next with this answer's data,
     # {operationId: {parameter: runtime expression such as "$response.body#/hosts/0/name"}}.
@@ -288,7 +415,10 @@ def security(auth: str, method: str) -> list[dict]:
 
 def operation_object(op: Operation, method: str, path_params: list[Schema], components: Components) -> dict:
     parameters = [*path_params, *(query_parameters(op.query) if op.query else [])]
-    success: dict[str, Any] = {"description": op.summary, "content": {op.media_type: {"schema": op.response}}}
+    success: dict[str, Any] = {"description": op.summary}
+    if op.response is not None:
+        media = {op.media_type: op.response, **op.other_media}
+        success["content"] = {name: {"schema": schema} for name, schema in media.items()}
     if op.links:
         success["links"] = {
             target: {"operationId": target, "parameters": parameters}

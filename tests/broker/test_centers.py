@@ -42,6 +42,20 @@ def test_add_list_change_and_remove_a_center_audited(center_admin, centers_confi
     assert events[1].detail == {"seats": {"business": 20, "internet": 4}}
 
 
+def test_a_new_center_answers_with_its_defaults(center_admin):
+    response = center_admin.post(
+        "/api/v1/admin/centers", json={"name": "sejong", "name_ko": "세종 센터", "name_en": "Sejong"}
+    )
+    assert response.status == 201, response.text
+    created = response.json()
+    assert (created["time_zone"], created["booking_policy"], created["seats"]) == (
+        "Asia/Seoul",
+        "walk_in",
+        {"business": 0, "internet": 0},
+    )
+    assert center_admin.get("/api/v1/admin/centers/sejong").json() == created
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -9,45 +9,79 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import partial
+from typing import Literal
 from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from broker.attendance import CorrectionRequest, as_csv, correct, daily_records
 from broker.db.models import utcnow
 from broker.web.apihandlers.base import AdminAPIHandler, APIHandler
-from broker.web.apihandlers.centers import parse_day
+from broker.web.apihandlers.centers import plausible_day
+from broker.web.openapi import ATTENDANCE_RECORD, STR, Operation, array, obj
 
 DEFAULT_ZONE = ZoneInfo("Asia/Seoul")
 
 
-class AttendanceQuery:
-    def day_range(self) -> tuple[dt.date, dt.date]:
-        today = utcnow().astimezone(DEFAULT_ZONE).date()
-        first = parse_day(self.get_query_argument("from", None), today, "from")
-        return first, parse_day(self.get_query_argument("to", None), first, "to")
+class DayRange(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    first: dt.date | None = Field(
+        None, alias="from", description="the first local day (YYYY-MM-DD); default today in Asia/Seoul"
+    )
+    to: dt.date | None = Field(None, description="the last local day, inclusive; default `from`")
+
+    _plausible = field_validator("first", "to")(plausible_day)
+
+    def days(self) -> tuple[dt.date, dt.date]:
+        first = self.first or utcnow().astimezone(DEFAULT_ZONE).date()
+        return first, self.to or first
 
 
-class MyAttendanceAPIHandler(AttendanceQuery, APIHandler):
+class AttendanceSearch(DayRange):
+    center: str | None = Field(None, max_length=64, description="one center's records")
+    user: str | None = Field(None, max_length=128, description="one user's records")
+    format: Literal["json", "csv"] = Field(
+        "json", description="csv: UTF-8 with a byte order mark, headers in Korean unless lang=en"
+    )
+
+
+RECORDS = obj("records", records=array(ATTENDANCE_RECORD))
+
+
+class MyAttendanceAPIHandler(APIHandler):
+    openapi = {
+        "get": Operation("myAttendance", "My days at centers", RECORDS, query=DayRange, tags=("centers",))
+    }
+
     async def get(self) -> None:
         user = self.require_user()
-        first, last = self.day_range()
+        first, last = self.parse_query(DayRange).days()
         records = await self.db.run(partial(daily_records, first=first, last=last, username=user.username))
         self.write_json({"records": [r.as_json() for r in records]})
 
 
-class AttendanceAdminAPIHandler(AttendanceQuery, AdminAPIHandler):
+class AttendanceAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "searchAttendance",
+            "Everyone's days at centers, as JSON or as CSV",
+            RECORDS,
+            auth="admin",
+            query=AttendanceSearch,
+            other_media={"text/csv": STR},
+            tags=("centers",),
+        )
+    }
+
     async def get(self) -> None:
         self.require_admin()
-        first, last = self.day_range()
+        search = self.parse_query(AttendanceSearch)
+        first, last = search.days()
         records = await self.db.run(
-            partial(
-                daily_records,
-                first=first,
-                last=last,
-                center=self.get_query_argument("center", None) or None,
-                username=self.get_query_argument("user", None) or None,
-            )
+            partial(daily_records, first=first, last=last, center=search.center, username=search.user)
         )
-        if self.get_query_argument("format", "json") != "csv":
+        if search.format != "csv":
             self.write_json({"records": [r.as_json() for r in records]})
             return
         lang = self.get_query_argument("lang", "ko")
@@ -57,6 +91,18 @@ class AttendanceAdminAPIHandler(AttendanceQuery, AdminAPIHandler):
 
 
 class CorrectionsAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "post": Operation(
+            "correctAttendance",
+            "Correct a user's day at a center, with a reason (audited)",
+            ATTENDANCE_RECORD,
+            status=201,
+            auth="admin",
+            body=CorrectionRequest,
+            tags=("centers",),
+        )
+    }
+
     async def post(self) -> None:
         admin = self.require_admin()
         request = self.parse_body(CorrectionRequest)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from functools import partial
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from broker import errors
 from broker.centers import (
     CenterChange,
@@ -24,8 +26,19 @@ from broker.db.models import utcnow
 from broker.reservations import Reservations, occupancy
 from broker.terminals import NewTerminal, add_terminal, list_terminals, remove_terminal
 from broker.web.apihandlers.base import AdminAPIHandler, APIHandler
+from broker.web.openapi import (
+    CENTER,
+    CENTER_PUBLIC,
+    HERE,
+    OCCUPANCY,
+    TERMINAL,
+    Operation,
+    array,
+    obj,
+)
 
 CENTER_NAME = r"[^/]{1,64}"
+TERMINAL_NAME = r"[^/]{1,64}"
 
 
 def parse_day(text: str | None, default: dt.date, field: str = "day") -> dt.date:
@@ -40,7 +53,41 @@ def parse_day(text: str | None, default: dt.date, field: str = "day") -> dt.date
     return day
 
 
+def plausible_day(value: dt.date | None) -> dt.date | None:
+    if value is not None and not 2000 <= value.year <= 2999:  # day arithmetic would overflow
+        raise ValueError("must be in the years 2000 to 2999")
+    return value
+
+
+class OccupancyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    day: dt.date | None = Field(None, description="the center's local day (YYYY-MM-DD); default today")
+
+    _plausible = field_validator("day")(plausible_day)
+
+
+ADMIN = {"auth": "admin", "tags": ("centers",)}
+CENTER_LINKS = {
+    op: {"name": "$response.body#/name"}
+    for op in ("getCenter", "changeCenter", "removeCenter", "getOccupancy", "listTerminals", "addTerminal")
+}
+
+
 class CentersAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "listCenters",
+            "All smart work centers, with their networks and settings",
+            obj("centers", centers=array(CENTER)),
+            links={op: {"name": "$response.body#/centers/0/name"} for op in CENTER_LINKS},
+            **ADMIN,
+        ),
+        "post": Operation(
+            "addCenter", "Add a center", CENTER, status=201, body=NewCenter, links=CENTER_LINKS, **ADMIN
+        ),
+    }
+
     async def get(self) -> None:
         self.require_admin()
         centers = await self.db.run(list_centers)
@@ -56,6 +103,26 @@ class CentersAdminAPIHandler(AdminAPIHandler):
 
 
 class CenterAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation("getCenter", "One center", CENTER, path_params=("name",), **ADMIN),
+        "patch": Operation(
+            "changeCenter",
+            "Change a center; fields left out stay as they are",
+            CENTER,
+            body=CenterChange,
+            path_params=("name",),
+            **ADMIN,
+        ),
+        "delete": Operation(
+            "removeCenter",
+            "Remove a center (refused while it has reservations to come)",
+            None,
+            status=204,
+            path_params=("name",),
+            **ADMIN,
+        ),
+    }
+
     async def get(self, name: str) -> None:
         self.require_admin()
         self.write_json((await self.db.run(partial(show_center, name=name))).as_json())
@@ -78,14 +145,35 @@ class CenterAdminAPIHandler(AdminAPIHandler):
 
 
 class OccupancyAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "getOccupancy",
+            "A center's booked seats on one local day",
+            OCCUPANCY,
+            query=OccupancyQuery,
+            path_params=("name",),
+            **ADMIN,
+        )
+    }
+
     async def get(self, name: str) -> None:
         self.require_admin()
+        query = self.parse_query(OccupancyQuery)
         center = await self.db.run(partial(show_center, name=name))
-        day = parse_day(self.get_query_argument("day", None), utcnow().astimezone(center.tz).date())
+        day = query.day or utcnow().astimezone(center.tz).date()
         self.write_json((await self.db.run(partial(occupancy, name=name, day=day))).as_json())
 
 
 class CentersAPIHandler(APIHandler):
+    openapi = {
+        "get": Operation(
+            "listCentersToBook",
+            "The centers a user may book a seat at",
+            obj("centers", centers=array(CENTER_PUBLIC)),
+            tags=("centers",),
+        )
+    }
+
     async def get(self) -> None:
         self.require_user()
         centers = await self.db.run(list_centers)
@@ -103,6 +191,15 @@ class CentersAPIHandler(APIHandler):
 
 
 class HereAPIHandler(APIHandler):
+    openapi = {
+        "get": Operation(
+            "whereAmI",
+            "The center and network zone of the client's address (nulls: not at a center)",
+            HERE,
+            tags=("centers",),
+        )
+    }
+
     async def get(self) -> None:
         self.require_user()
         reservations: Reservations = self.settings["reservations"]
@@ -122,6 +219,32 @@ class HereAPIHandler(APIHandler):
 
 
 class TerminalsAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "get": Operation(
+            "listTerminals",
+            "A center's registered terminals",
+            obj("terminals", terminals=array(TERMINAL)),
+            path_params=("name",),
+            links={
+                "removeTerminal": {
+                    "name": "$request.path.name",
+                    "terminal": "$response.body#/terminals/0/name",
+                }
+            },
+            **ADMIN,
+        ),
+        "post": Operation(
+            "addTerminal",
+            "Register a terminal by its address or its device certificate",
+            TERMINAL,
+            status=201,
+            body=NewTerminal,
+            path_params=("name",),
+            links={"removeTerminal": {"name": "$request.path.name", "terminal": "$response.body#/name"}},
+            **ADMIN,
+        ),
+    }
+
     async def get(self, name: str) -> None:
         self.require_admin()
         terminals = await self.db.run(partial(list_terminals, center=name))
@@ -137,6 +260,17 @@ class TerminalsAdminAPIHandler(AdminAPIHandler):
 
 
 class TerminalAdminAPIHandler(AdminAPIHandler):
+    openapi = {
+        "delete": Operation(
+            "removeTerminal",
+            "Remove a registered terminal",
+            None,
+            status=204,
+            path_params=("name", "terminal"),
+            **ADMIN,
+        )
+    }
+
     async def delete(self, name: str, terminal: str) -> None:
         admin = self.require_admin()
         await self.db.run(
@@ -153,7 +287,7 @@ default_handlers = [
     (rf"/api/v1/admin/centers/({CENTER_NAME})", CenterAdminAPIHandler),
     (rf"/api/v1/admin/centers/({CENTER_NAME})/occupancy", OccupancyAdminAPIHandler),
     (rf"/api/v1/admin/centers/({CENTER_NAME})/terminals", TerminalsAdminAPIHandler),
-    (rf"/api/v1/admin/centers/({CENTER_NAME})/terminals/([^/]{{1,64}})", TerminalAdminAPIHandler),
+    (rf"/api/v1/admin/centers/({CENTER_NAME})/terminals/({TERMINAL_NAME})", TerminalAdminAPIHandler),
     (r"/api/v1/centers", CentersAPIHandler),
     (r"/api/v1/centers/here", HereAPIHandler),
 ]

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from broker.reservations import BookingRequest, Reservations
 from broker.web.apihandlers.base import AdminAPIHandler, APIHandler
+from broker.web.openapi import RESERVATION, Operation, array, obj
+
+# Ids are 32-bit integer columns: a longer number is no reservation (404), never a database error.
+RESERVATION_ID = r"[0-9]{1,9}"
 
 
 class ReservationsMixin:
@@ -18,6 +22,27 @@ class ReservationsMixin:
 
 
 class ReservationsAPIHandler(ReservationsMixin, APIHandler):
+    openapi = {
+        "get": Operation(
+            "listMyReservations",
+            "My seat reservations",
+            obj("reservations", reservations=array(RESERVATION)),
+            tags=("centers",),
+        ),
+        "post": Operation(
+            "bookSeat",
+            "Book the lowest free seat of a zone for a range of whole 30-minute slots",
+            RESERVATION,
+            status=201,
+            body=BookingRequest,
+            tags=("centers",),
+            links={
+                op: {"reservation_id": "$response.body#/id"}
+                for op in ("cancelReservation", "cancelAnyReservation")
+            },
+        ),
+    }
+
     async def get(self) -> None:
         user = self.require_user()
         mine = await self.reservations.mine(user.username)
@@ -31,6 +56,16 @@ class ReservationsAPIHandler(ReservationsMixin, APIHandler):
 
 
 class ReservationAPIHandler(ReservationsMixin, APIHandler):
+    openapi = {
+        "delete": Operation(
+            "cancelReservation",
+            "Cancel my reservation",
+            RESERVATION,
+            path_params=("reservation_id",),
+            tags=("centers",),
+        )
+    }
+
     async def delete(self, reservation_id: str) -> None:
         user = self.require_user()
         view = await self.reservations.cancel(int(reservation_id), user.username, False, self.client_ip)
@@ -38,6 +73,17 @@ class ReservationAPIHandler(ReservationsMixin, APIHandler):
 
 
 class ReservationAdminAPIHandler(ReservationsMixin, AdminAPIHandler):
+    openapi = {
+        "delete": Operation(
+            "cancelAnyReservation",
+            "Cancel anyone's reservation",
+            RESERVATION,
+            auth="admin",
+            path_params=("reservation_id",),
+            tags=("centers",),
+        )
+    }
+
     async def delete(self, reservation_id: str) -> None:
         admin = self.require_admin()
         view = await self.reservations.cancel(int(reservation_id), admin.username, True, self.client_ip)
@@ -46,6 +92,6 @@ class ReservationAdminAPIHandler(ReservationsMixin, AdminAPIHandler):
 
 default_handlers = [
     (r"/api/v1/reservations", ReservationsAPIHandler),
-    (r"/api/v1/reservations/([0-9]{1,18})", ReservationAPIHandler),
-    (r"/api/v1/admin/reservations/([0-9]{1,18})", ReservationAdminAPIHandler),
+    (rf"/api/v1/reservations/({RESERVATION_ID})", ReservationAPIHandler),
+    (rf"/api/v1/admin/reservations/({RESERVATION_ID})", ReservationAdminAPIHandler),
 ]

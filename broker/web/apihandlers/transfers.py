@@ -12,15 +12,21 @@ import base64
 import binascii
 from urllib.parse import quote
 
+from pydantic import Field
+
 from broker import errors
 from broker.reservations import Reservations
 from broker.transfers import Decision, NewTransfer, Transfers, TransferView
 from broker.web.apihandlers.base import APIHandler
 from broker.web.base import BaseHandler
+from broker.web.openapi import STR, TRANSFER, Operation, array, obj
+
+# Ids are 32-bit integer columns: a longer number is no transfer (404), never a database error.
+TRANSFER_ID = r"[0-9]{1,9}"
 
 
 class TransferBody(NewTransfer):
-    content_base64: str | None = None
+    content_base64: str | None = Field(None, description="the file's bytes, base64 (with `filename`)")
 
 
 def decode(body: TransferBody) -> bytes | None:
@@ -58,7 +64,24 @@ def send_content(handler: BaseHandler, view: TransferView, content: bytes) -> No
     handler.finish(content)
 
 
+TRANSFERS = obj("transfers", transfers=array(TRANSFER))
+TAGS = ("transfers",)
+
+
 class TransfersAPIHandler(TransfersMixin, APIHandler):
+    openapi = {
+        "get": Operation("listMyTransfers", "My transfer requests", TRANSFERS, tags=TAGS),
+        "post": Operation(
+            "requestTransfer",
+            "Ask to move a text or a file to the other network zone (from a center terminal)",
+            TRANSFER,
+            status=201,
+            body=TransferBody,
+            tags=TAGS,
+            links={op: {"transfer_id": "$response.body#/id"} for op in ("decideTransfer", "transferContent")},
+        ),
+    }
+
     async def get(self) -> None:
         user = self.require_user()
         self.write_json({"transfers": [t.as_json() for t in await self.transfers.mine(user.username)]})
@@ -72,12 +95,33 @@ class TransfersAPIHandler(TransfersMixin, APIHandler):
 
 
 class ApprovalsAPIHandler(TransfersMixin, APIHandler):
+    openapi = {
+        "get": Operation(
+            "listTransferApprovals",
+            "Transfer requests waiting for my decision",
+            TRANSFERS,
+            tags=TAGS,
+            links={"decideTransfer": {"transfer_id": "$response.body#/transfers/0/id"}},
+        )
+    }
+
     async def get(self) -> None:
         user = self.require_user()
         self.write_json({"transfers": [t.as_json() for t in await self.transfers.pending_for(user)]})
 
 
 class DecisionAPIHandler(TransfersMixin, APIHandler):
+    openapi = {
+        "post": Operation(
+            "decideTransfer",
+            "Approve or reject a transfer request waiting for me",
+            TRANSFER,
+            body=Decision,
+            path_params=("transfer_id",),
+            tags=TAGS,
+        )
+    }
+
     async def post(self, transfer_id: str) -> None:
         user = self.require_user()
         view = await self.transfers.decide(int(transfer_id), user, self.parse_body(Decision), self.client_ip)
@@ -85,6 +129,18 @@ class DecisionAPIHandler(TransfersMixin, APIHandler):
 
 
 class ContentAPIHandler(TransfersMixin, APIHandler):
+    openapi = {
+        "get": Operation(
+            "transferContent",
+            "An approved transfer's text or file, once, for its requester",
+            {"type": "string", "format": "binary"},
+            media_type="application/octet-stream",
+            other_media={"text/plain": STR},
+            path_params=("transfer_id",),
+            tags=TAGS,
+        )
+    }
+
     async def get(self, transfer_id: str) -> None:
         user = self.require_user()
         view, content = await self.transfers.deliver(int(transfer_id), user.username, self.client_ip)
@@ -94,6 +150,6 @@ class ContentAPIHandler(TransfersMixin, APIHandler):
 default_handlers = [
     (r"/api/v1/transfers", TransfersAPIHandler),
     (r"/api/v1/transfers/approvals", ApprovalsAPIHandler),
-    (r"/api/v1/transfers/([0-9]{1,18})/decision", DecisionAPIHandler),
-    (r"/api/v1/transfers/([0-9]{1,18})/content", ContentAPIHandler),
+    (rf"/api/v1/transfers/({TRANSFER_ID})/decision", DecisionAPIHandler),
+    (rf"/api/v1/transfers/({TRANSFER_ID})/content", ContentAPIHandler),
 ]

@@ -37,6 +37,8 @@ ADMIN_SECTIONS: list[tuple[str, str]] = [
     ("images", "/admin/images"),
     ("audit", "/admin/audit"),
     ("recordings", "/admin/recordings"),
+    ("centers", "/admin/centers"),
+    ("attendance", "/admin/centers/attendance"),
 ]
 
 

@@ -131,5 +131,5 @@ class KioskHandler(CenterPageHandler):
 default_handlers = [
     (r"/kiosk", KioskHandler),
     (r"/reservations", ReservationsPageHandler),
-    (r"/reservations/([0-9]{1,18})/cancel", CancelReservationHandler),
+    (r"/reservations/([0-9]{1,9})/cancel", CancelReservationHandler),
 ]

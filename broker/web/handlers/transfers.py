@@ -89,5 +89,5 @@ class ApprovalsPageHandler(TransfersMixin, BaseHandler):
 default_handlers = [
     (r"/transfers", TransfersPageHandler),
     (r"/transfers/approvals", ApprovalsPageHandler),
-    (r"/transfers/([0-9]{1,18})/content", TransferContentHandler),
+    (r"/transfers/([0-9]{1,9})/content", TransferContentHandler),
 ]

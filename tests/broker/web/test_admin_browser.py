@@ -20,6 +20,9 @@ PAGES = [
     "/admin/sessions?user=guest01",
     "/admin/images",
     "/admin/audit",
+    # The smart work center pages the console's menu links (broker/web/handlers/admin_centers.py).
+    "/admin/centers",
+    "/admin/centers/attendance",
 ]
 
 

@@ -43,6 +43,17 @@ def test_the_portal_menu_links_the_console_for_administrators_only(admin_url, ad
     assert 'href="/admin"' not in other.get("/desktops").text
 
 
+def test_the_console_menu_links_the_smart_work_center_pages(admin_client):
+    korean = admin_client.get("/admin?lang=ko").text
+    english = admin_client.get("/admin?lang=en").text
+    assert '<a href="/admin/centers">스마트워크센터</a>' in korean
+    assert '<a href="/admin/centers/attendance">근태 기록</a>' in korean
+    assert '<a href="/admin/centers">Smart work centers</a>' in english
+    assert '<a href="/admin/centers/attendance">Attendance</a>' in english
+    for path in ("/admin/centers", "/admin/centers/attendance"):
+        assert admin_client.get(path + "?lang=en").status == 200
+
+
 def test_dashboard_counts_sessions_hosts_and_logons(admin_client, admin_config):
     db = Database(admin_config.database)
     try:

@@ -227,9 +227,10 @@ def test_a_terminal_signs_in_with_its_device_certificate_and_an_unregistered_one
         page.fill("#username", "choijw")
         page.fill("#password", PASSWORD)
         page.keyboard.press("Enter")
-        page.wait_for_load_state()
-        alert = page.inner_text("#login-error")
-        assert alert.startswith("서울역 스마트워크센터에 등록된 단말기가 아닙니다")
+        # The refusal is the answer page of the form's POST: wait for it, not for the page already loaded.
+        refusal = "서울역 스마트워크센터에 등록된 단말기가 아닙니다"
+        page.locator("#login-error", has_text=refusal).wait_for()
+        assert page.inner_text("#login-error").startswith(refusal)
         assert axe_violations(page) == []
     finally:
         context.close()

@@ -87,7 +87,7 @@ class HostChange(BaseModel):
         },
     )
     vcpus: int | None = Field(None, ge=1, le=1_000_000)
-    memory_mib: int | None = Field(None, ge=1, le=1 << 40)
+    memory_mib: int | None = Field(None, ge=1, le=1 << 30)  # the column is 32-bit: up to 1 PiB
     cpu_ratio: float = Field(None, gt=0, le=64)
     ram_ratio: float = Field(None, gt=0, le=64)
     max_desktops: int = Field(None, ge=0, le=100_000)

@@ -280,6 +280,9 @@ class BaseHandler(tornado.web.RequestHandler):
             for name, values in self.request.query_arguments.items()
             if name != "lang" and values and values[-1]
         }
+        for name, value in arguments.items():
+            if "\x00" in value:  # no field takes one, and PostgreSQL cannot store it
+                raise errors.InvalidField(f"{name}: must not contain a NUL character", field=name)
         try:
             return model.model_validate(arguments)
         except ValidationError as exc:

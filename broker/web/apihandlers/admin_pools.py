@@ -110,5 +110,5 @@ default_handlers = [
     (r"/api/v1/admin/pools", PoolsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollouts", RolloutsAPIHandler),
     (rf"/api/v1/admin/pools/({POOL_NAME})/rollout", RolloutStatusAPIHandler),
-    (r"/api/v1/admin/desktops/([0-9]{1,18})/move", MoveDesktopAPIHandler),
+    (r"/api/v1/admin/desktops/([0-9]{1,9})/move", MoveDesktopAPIHandler),
 ]

@@ -15,6 +15,16 @@ from monitoring import logs
 M = TypeVar("M", bound=BaseModel)
 
 
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
 class APIHandler(BaseHandler):
     # Scripts and curl send no Accept-Language; they get English, which operators grep for.
     fallback_language = "en"
@@ -36,13 +46,19 @@ class APIHandler(BaseHandler):
     def json_body(self) -> object:
         body = self.request.body or b"{}"
         try:
-            return json.loads(body)
+            value = json.loads(body)
         except UnicodeDecodeError:
             raise errors.InvalidJson("The request body is not UTF-8 encoded JSON.") from None
         except json.JSONDecodeError as exc:
             raise errors.InvalidJson(
                 f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
             ) from None
+
+        if _holds_nul(value):  # no field takes a NUL character, and PostgreSQL cannot store one
+            raise errors.InvalidJson(
+                "The request body holds a NUL character (\\u0000), which no field accepts."
+            )
+        return value
 
     def parse_body(self, model: type[M]) -> M:
         try:

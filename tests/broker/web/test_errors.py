@@ -87,3 +87,13 @@ def test_authenticator_crash_is_a_bare_500(broker_url, fake_authenticator):
     assert response.status == 500
     assert response.json()["error"] == {"reason": "internal_error", "message": "An internal error occurred."}
     assert "hunter2" not in response.text
+
+
+def test_a_nul_character_in_a_body_or_query_is_a_400_not_a_database_error(broker_url, client):
+    # PostgreSQL cannot store NUL; no field takes one, so it is refused before any query runs.
+    body = BrokerClient(broker_url).post("/api/v1/login", json={"username": "kim\x00mj", "password": "x"})
+    assert body.status == 400
+    assert body.json()["error"]["reason"] == "invalid_json"
+    query = client.get("/api/v1/attendance?from=2026-12-01%00")
+    assert query.status == 400
+    assert query.json()["error"]["field"] == "from"

@@ -245,47 +245,48 @@ class Framer:
         if data:
             self._out.append(data)
 
-    def feed(self, data: bytes) -> list[bytes | memoryview]:
-        """The bytes to forward for this input (whole messages, or pixel data as it comes)."""
+    def feed(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """The bytes to forward for this input (whole messages, or pixel data as it comes).
+
+        Pixel data passes straight from the input, in slices of it, and messages are cut from it where
+        they lie: only a message split between two inputs is gathered in the buffer (vdi bench tunnel).
+        The slices refer to `data`, which must not change until they have been forwarded.
+        """
         self._out = out = []
-        if not self._buffer:
-            data = self._pass_through(data)
-        self._buffer += data
-        while self._step():
-            pass
-        return out
-
-    def _pass_through(self, data: bytes) -> memoryview:
-        """Pixel data passes straight from the input, in slices of it: most bytes of a framebuffer
-        update are never copied into the buffer (vdi bench tunnel)."""
-        view, at = memoryview(data), 0
-        while self._want < 0 and at < len(view):
-            take = min(-self._want, len(view) - at)
-            self._out.append(view[at : at + take])
-            at += take
-            self._want += take
-            if self._want == 0:
+        view = memoryview(data)
+        if self._buffer:
+            view = self._complete_buffered(view)
+        at, end = 0, len(view)
+        while True:
+            want = self._want
+            if want < 0:
+                take = min(-want, end - at)
+                if take:
+                    out.append(view[at : at + take])
+                    at += take
+                if take < -want:
+                    self._want = want + take
+                    return out
                 self._want = self._parser.send(None)
-        return view[at:]
+            elif end - at >= want:
+                chunk = bytes(view[at : at + want])
+                at += want
+                self._want = self._parser.send(chunk)
+            else:
+                self._buffer += view[at:]
+                return out
 
-    def _step(self) -> bool:
-        want, buffer = self._want, self._buffer
-        if want < 0:
-            take = min(-want, len(buffer))
-            if take:
-                self._out.append(bytes(buffer[:take]))
-                del buffer[:take]
-            if take < -want:
-                self._want = want + take
-                return False
-            self._want = self._parser.send(None)
-            return True
-        if len(buffer) < want:
-            return False
-        chunk = bytes(buffer[:want])
-        del buffer[:want]
+    def _complete_buffered(self, view: memoryview) -> memoryview:
+        """Finish the message begun in the buffer with the start of `view`; returns the rest of `view`.
+        (The buffer holds a part of a message only while the parser wants more than it has: want > 0.)"""
+        missing = self._want - len(self._buffer)
+        self._buffer += view[:missing]
+        if missing > len(view):
+            return view[len(view) :]
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
         self._want = self._parser.send(chunk)
-        return True
+        return view[missing:]
 
     @property
     def buffered(self) -> int:

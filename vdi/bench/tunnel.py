@@ -25,7 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -48,6 +47,7 @@ from broker.db.migrate import upgrade
 from broker.db.models import Desktop, DesktopSession, Host, Pool, User
 from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox
+from gateway.app import raise_open_files_limit
 from gateway.rfb import vnc_auth_response
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,10 +113,8 @@ async def _serve_mode(mode: str, reader: asyncio.StreamReader, writer: asyncio.S
 
 
 def more_files() -> None:
-    """As many open files as the hard limit allows, up to 65536: thousands of tunnels need two each."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    """65536 open files (past the hard limit when privileged): thousands of tunnels need two each."""
+    raise_open_files_limit(65536)
 
 
 def _desktop_process(ports: multiprocessing.Queue) -> None:

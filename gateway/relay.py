@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from broker.db import Database
 from broker.db.models import AuditEvent, DesktopSession, utcnow
@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 # throughput).
 READ_CHUNK = 1 << 20
 
+# Browser frames at least this large are received straight into a buffer of their size.
+LARGE_FRAME = 64 * 1024
 # A read this small means the desktop's socket was drained: the burst is over, and pages of the read
 # buffer past this are given back to the system until the next one.
 QUIET_READ = 64 * 1024
@@ -142,6 +144,20 @@ class ReadBuffer:
         if size <= QUIET_READ < self._touched:
             self._memory.madvise(mmap.MADV_DONTNEED, QUIET_READ, len(self._memory) - QUIET_READ)
             self._touched = QUIET_READ
+
+
+async def _read_frame_bytes(protocol: WebSocketProtocol, size: int) -> bytes:
+    """Tornado's read of a part of a browser's frame, with large payloads received into one buffer of
+    their size instead of 64 KB reads gathered and copied (Tornado checks the size against
+    max_message_size before it asks for the payload)."""
+    if size < LARGE_FRAME:
+        data = await protocol.stream.read_bytes(size)
+    else:
+        buffer = bytearray(size)
+        await protocol.stream.read_into(buffer)
+        data = bytes(buffer)
+    protocol._wire_bytes_in += size
+    return data
 
 
 class TunnelRegistry:
@@ -285,6 +301,12 @@ class ConsoleRelay(WebSocketHandler):
         TUNNELS_REFUSED.labels(reason=TunnelRefusal.ORIGIN.value).inc()
         log.warning("console refused: origin %r is not allowed", origin)
         return False
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if protocol is not None and hasattr(protocol, "_read_bytes"):
+            protocol._read_bytes = partial(_read_frame_bytes, protocol)
+        return protocol
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         # noVNC before 1.0 insists on the "binary" subprotocol; current noVNC offers none.
@@ -488,8 +510,8 @@ class ConsoleRelay(WebSocketHandler):
             self._server_init,
             max_client_message=self.gateway.max_message_bytes,
             max_server_cut_text=self.gateway.max_message_bytes,
-            to_desktop=ClipboardFilter(policy, TO_DESKTOP, self._clipboard_stopped),
-            to_client=ClipboardFilter(policy, TO_CLIENT, self._clipboard_stopped),
+            to_desktop=ClipboardFilter(policy, TO_DESKTOP, self._clipboard_stopped).decide,
+            to_client=ClipboardFilter(policy, TO_CLIENT, self._clipboard_stopped).decide,
         )
 
     def _cancel_handshake_deadline(self) -> None:
@@ -599,11 +621,12 @@ class ConsoleRelay(WebSocketHandler):
 
     async def _to_desktop(self, message: bytes) -> None:
         assert self.upstream is not None
+        pieces: list[bytes | memoryview]
         if self._rfb is None:
-            data, is_input = message, message[:1] in INPUT_MESSAGE_TYPES
+            pieces, is_input = [message], message[:1] in INPUT_MESSAGE_TYPES
         else:
             try:
-                data = b"".join(self._rfb.client.feed(message))
+                pieces = self._rfb.client.feed(message)
             except rfb.RfbError as exc:
                 self._close_on_rfb_error(exc, "browser")
                 return
@@ -611,13 +634,16 @@ class ConsoleRelay(WebSocketHandler):
         try:
             # Tornado reads the next frame only after this coroutine returns, so awaiting the
             # desktop's socket keeps a fast browser from queueing input in the gateway.
-            if data:
-                await self.upstream.write(data)
+            if pieces:
+                sent = ws_frames.write_pieces(self.upstream, pieces)
+                if sent is not None:
+                    await sent
         except StreamClosedError:
             self.end(CLOSE_NORMAL, "desktop closed the connection")
             return
-        self._bytes_to_desktop += len(data)
-        _TO_DESKTOP.inc(len(data))
+        size = sum(map(len, pieces))
+        self._bytes_to_desktop += size
+        _TO_DESKTOP.inc(size)
         self._note_input(is_input)
 
     def _note_input(self, is_input: bool) -> None:

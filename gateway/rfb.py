@@ -102,6 +102,8 @@ MAX_DESKTOP_NAME = 4096
 MAX_SECURITY_REASON = 4096
 HEXTILE_TILE = 16
 _DISCARD_PIECE = 65536
+# A parser's read of at least this many bytes gets a view of the input instead of a copy.
+LARGE_READ = 4096
 
 
 class RfbError(Exception):
@@ -245,6 +247,14 @@ class Framer:
         if data:
             self._out.append(data)
 
+    def emit_cut(self, header: bytes, cut: CutText, decision: bytes | CutText | None) -> None:
+        """Forward a cut text as the policy decided (see CutTextPolicy)."""
+        if decision is cut:
+            self.emit(header)
+            self.emit(cut.payload)
+        elif decision is not None:
+            self.emit(decision)
+
     def feed(self, data: bytes | memoryview) -> list[bytes | memoryview]:
         """The bytes to forward for this input (whole messages, or pixel data as it comes).
 
@@ -269,7 +279,8 @@ class Framer:
                     return out
                 self._want = self._parser.send(None)
             elif end - at >= want:
-                chunk = bytes(view[at : at + want])
+                # Large messages (cut text) are handed on as views of the input, small ones as bytes.
+                chunk = view[at : at + want] if want >= LARGE_READ else bytes(view[at : at + want])
                 at += want
                 self._want = self._parser.send(chunk)
             else:
@@ -320,8 +331,9 @@ class CutText:
     digest: bytes = b""
 
 
-# A decision on a cut text: the message to forward instead (whole, with its header), or None to drop it.
-CutTextPolicy = Callable[[CutText], bytes | None]
+# A decision on a cut text: the message to forward instead (whole, with its header), the cut text itself
+# to forward the message as it came (without building it again), or None to drop it.
+CutTextPolicy = Callable[[CutText], "bytes | CutText | None"]
 
 
 def cut_text_message(message_type: int, cut: CutText) -> bytes:
@@ -416,10 +428,8 @@ class ClientFramer(Framer):
         size = -declared if declared < 0 else declared
         if size > self._max:
             raise RfbError("oversized", "client message too large")
-        payload = yield size
-        replacement = self._cut_text(CutText(declared < 0, payload, size))
-        if replacement is not None:
-            self.emit(replacement)
+        cut = CutText(declared < 0, (yield size), size)
+        self.emit_cut(kind + head, cut, self._cut_text(cut))
 
     def _set_desktop_size(self, kind: bytes) -> Parser:
         head = yield 7  # padding, width, height, number of screens, padding
@@ -578,9 +588,7 @@ class ServerFramer(Framer):
             cut = CutText(declared < 0, (yield size), size)
         else:
             cut = yield from self._discard(declared < 0, size)
-        replacement = self._cut_text(cut)
-        if replacement is not None:
-            self.emit(replacement)
+        self.emit_cut(kind + head, cut, self._cut_text(cut))
 
     def _discard(self, extended: bool, size: int) -> Generator[int, bytes | None, CutText]:
         """A cut text over the limit is read in pieces and dropped: only its size and hash are kept."""

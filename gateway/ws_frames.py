@@ -1,4 +1,5 @@
-"""Server-to-browser WebSocket binary frames written without copying the payload (RFC 6455 section 5.2).
+"""Writes of the relay without copies: server-to-browser WebSocket binary frames (RFC 6455 section 5.2)
+and client messages to the desktop.
 
 Tornado's `write_message` joins header and payload into one new bytes object and wraps the write in a
 task of its own; for framebuffer data that is a copy of every byte and a task per message. Here the
@@ -46,18 +47,24 @@ def send_binary(connection: WebSocketProtocol | None, pieces: Sequence[Piece]) -
     """
     if connection is None or connection.is_closing():
         raise WebSocketClosedError()
-    stream: IOStream = connection.stream
     size = sum(len(piece) for piece in pieces)
-    message = [frame_header(size), *pieces]
     try:
-        if isinstance(stream, SSLIOStream) or stream.writing() or len(message) > MAX_IOVECS:
-            return _queue(stream, message)
-        return _send_now(stream, message, size + len(message[0]))
+        return write_pieces(connection.stream, [frame_header(size), *pieces])
     except StreamClosedError:
         raise WebSocketClosedError() from None
 
 
-def _send_now(stream: IOStream, message: list[Piece], total: int) -> Future | None:
+def write_pieces(stream: IOStream, pieces: Sequence[Piece]) -> Future | None:
+    """Write `pieces` in order without joining them: one sendmsg when nothing is queued, the rest queued
+    as views. A future when something is queued, None when all is sent; StreamClosedError if closed."""
+    if stream.closed():
+        raise StreamClosedError(real_error=stream.error)
+    if isinstance(stream, SSLIOStream) or stream.writing() or len(pieces) > MAX_IOVECS:
+        return _queue(stream, pieces)
+    return _send_now(stream, pieces, sum(len(piece) for piece in pieces))
+
+
+def _send_now(stream: IOStream, message: Sequence[Piece], total: int) -> Future | None:
     try:
         sent = stream.socket.sendmsg(message)
     except (BlockingIOError, InterruptedError):
@@ -70,7 +77,7 @@ def _send_now(stream: IOStream, message: list[Piece], total: int) -> Future | No
     return _queue(stream, _rest(message, sent))
 
 
-def _rest(message: list[Piece], sent: int) -> list[Piece]:
+def _rest(message: Sequence[Piece], sent: int) -> list[Piece]:
     """The part of `message` after its first `sent` bytes, as views (no copy)."""
     for index, piece in enumerate(message):
         if sent < len(piece):
@@ -79,7 +86,7 @@ def _rest(message: list[Piece], sent: int) -> list[Piece]:
     return []
 
 
-def _queue(stream: IOStream, message: list[Piece]) -> Future:
+def _queue(stream: IOStream, message: Sequence[Piece]) -> Future:
     future = None
     small: list[Piece] = []
     for piece in message:

@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -129,9 +130,13 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         raise TokenRefused("missing or malformed console token")
     now = now or utcnow()
     digest = hash_token(token)
-    # An unknown token is answered from a read: only a token that exists costs a write.
-    if db.scalar(select(ConsoleToken.token_hash).where(ConsoleToken.token_hash == digest)) is None:
+    # One read brings the token with its session and desktop; an unknown or used token is answered from
+    # it, so only a token that may open something costs a write (and a write lock: vdi bench tunnel).
+    row = db.execute(_TOKEN_WITH_STATE.where(ConsoleToken.token_hash == digest)).one_or_none()
+    if row is None:
         raise TokenRefused("unknown console token")
+    if row.used_at is not None:
+        raise TokenRefused("console token already used")
     # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
     # sees rowcount 1, on SQLite and PostgreSQL alike.
     claimed = db.execute(
@@ -140,46 +145,52 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
             ConsoleToken.token_hash == digest, ConsoleToken.used_at.is_(None), ConsoleToken.expires_at > now
         )
         .values(used_at=now)
+        .execution_options(synchronize_session=False)
     ).rowcount
-    row = db.get(ConsoleToken, digest)
-    if row is None:
-        raise TokenRefused("unknown console token")
     if not claimed:
-        raise TokenRefused(
-            "console token already used" if row.used_at is not None else "console token expired"
-        )
-    state = db.execute(
-        select(
-            DesktopSession.state,
-            Desktop.state,
-            Desktop.host_name,
-            DesktopSession.username,
-            Desktop.domain_name,
-            Desktop.vnc_password_sealed,
-        )
-        .join(Desktop, Desktop.id == DesktopSession.desktop_id)
-        .where(DesktopSession.id == row.session_id)
-    ).one_or_none()
-    if state is None or state[0] == "ended":
+        used_at = db.scalar(select(ConsoleToken.used_at).where(ConsoleToken.token_hash == digest))
+        raise TokenRefused("console token already used" if used_at is not None else "console token expired")
+    if row.session_state is None or row.session_state == "ended":
         raise TokenRefused("session has ended")
-    if state[1] != "running":
+    if row.desktop_state != "running":
         raise TokenRefused("desktop is not running")
-    host_name, username, domain_name, sealed = state[2:]
     target = ConsoleTarget(
         row.session_id,
         row.desktop_id,
         row.target_host,
         row.target_port,
-        host_name=host_name,
-        username=username,
-        domain_name=domain_name,
-        vnc_password_sealed=sealed,
+        host_name=row.host_name,
+        username=row.username,
+        domain_name=row.domain_name,
+        vnc_password_sealed=row.vnc_password_sealed,
         policy=ConsolePolicy.of(row.policy),
     )
     return _routed(target, row)
 
 
-def _routed(target: ConsoleTarget, row: ConsoleToken) -> ConsoleTarget:
+_TOKEN_WITH_STATE = (
+    select(
+        ConsoleToken.session_id,
+        ConsoleToken.desktop_id,
+        ConsoleToken.target_host,
+        ConsoleToken.target_port,
+        ConsoleToken.route,
+        ConsoleToken.ssh_address,
+        ConsoleToken.policy,
+        ConsoleToken.used_at,
+        DesktopSession.state.label("session_state"),
+        DesktopSession.username,
+        Desktop.state.label("desktop_state"),
+        Desktop.host_name,
+        Desktop.domain_name,
+        Desktop.vnc_password_sealed,
+    )
+    .outerjoin(DesktopSession, DesktopSession.id == ConsoleToken.session_id)
+    .outerjoin(Desktop, Desktop.id == DesktopSession.desktop_id)
+)
+
+
+def _routed(target: ConsoleTarget, row: Any) -> ConsoleTarget:
     """The route the broker decided when it issued the token (finding 3: never looked up again here)."""
     if row.route == "direct":
         return target

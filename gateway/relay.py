@@ -134,7 +134,7 @@ class ReadBuffer:
     of it, and a tunnel whose desktop went quiet after a burst gives back what the burst touched."""
 
     def __init__(self, size: int) -> None:
-        self._memory = mmap.mmap(-1, size)
+        self._memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self._memory)
         self._touched = 0
 
@@ -276,7 +276,8 @@ class ConsoleRelay(WebSocketHandler):
         self.upstream: IOStream | None = None
         self._client_gone = False
         self._ended = False
-        self._closed = asyncio.Event()
+        # Made only when someone waits for the close (an asyncio.Event costs every idle tunnel its deque).
+        self._closed: asyncio.Future[None] | None = None
         self._opened_at = 0.0
         self._pump: asyncio.Task | None = None
         self._bytes_to_desktop = 0
@@ -676,10 +677,15 @@ class ConsoleRelay(WebSocketHandler):
     def on_close(self) -> None:
         self._client_gone = True
         self._teardown("browser closed the connection")
-        self._closed.set()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self._client_gone:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed)
 
     def _teardown(self, reason: str) -> None:
         if self._ended:

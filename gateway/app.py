@@ -39,6 +39,8 @@ SHUTDOWN_GRACE_S = 5.0
 MAX_UPGRADE_BODY_BYTES = 4096
 # Open files the gateway asks for at start: 10,000 idle tunnels in one process (docs/gateway.md).
 OPEN_FILES_WANTED = 65536
+# Descriptors besides tunnels: listening sockets, the database, the event loop, logs.
+OPEN_FILES_SPARE = 64
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -146,7 +148,14 @@ def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
 
 def run(config: GatewayConfig) -> None:
     """Serve until SIGTERM or SIGINT, then close tunnels and stop listening."""
-    raise_open_files_limit()
+    open_files = raise_open_files_limit()
+    if open_files < OPEN_FILES_WANTED:
+        # Two sockets per tunnel: past this the next console is refused with "Too many open files".
+        log.warning(
+            "open files limited to %d (hard limit): room for about %d tunnels; raise it (LimitNOFILE)",
+            open_files,
+            (open_files - OPEN_FILES_SPARE) // 2,
+        )
     with asyncio.Runner(loop_factory=event_loop_factory(config.gateway)) as runner:
         runner.run(serve(config))
 

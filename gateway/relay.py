@@ -23,7 +23,7 @@ import json
 import logging
 import mmap
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -501,8 +501,9 @@ class ConsoleRelay(WebSocketHandler):
         self._rfb = self._framers(handshake)
         self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
         leftover = handshake.leftover()
-        if leftover:
-            await self._to_desktop(leftover)
+        pending = self._to_desktop(leftover) if leftover else None
+        if pending is not None:
+            await pending
 
     def _framers(self, handshake: rfb.BrowserHandshake) -> rfb.RfbSession:
         assert self.target is not None and self._server_init is not None
@@ -605,22 +606,28 @@ class ConsoleRelay(WebSocketHandler):
             _TO_CLIENT.inc(forwarded)
             buffer.used(size)
 
-    async def on_message(self, message: str | bytes) -> None:
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        # Not a coroutine: Tornado makes a task of each coroutine a handler returns, and waits for it,
+        # before it reads the next frame. Most messages are written to the desktop at once, so they
+        # return None; only a write the desktop's socket cannot take yet is waited for (vdi bench tunnel).
         if isinstance(message, str):
             # RFB is a byte stream; a text frame means the peer is not a VNC client.
             self.end(CLOSE_UNSUPPORTED_DATA, "binary messages only")
-            return
+            return None
         if self.upstream is None or self._ended:
-            return
+            return None
+        if self._handshake is not None:
+            return self._handshake_message(message)
+        return self._to_desktop(message)
+
+    async def _handshake_message(self, message: bytes) -> None:
         try:
-            if self._handshake is not None:
-                await self._continue_browser_handshake(message)
-            else:
-                await self._to_desktop(message)
+            await self._continue_browser_handshake(message)
         except WebSocketClosedError:
             self.end(CLOSE_NORMAL, "browser closed the connection")
 
-    async def _to_desktop(self, message: bytes) -> None:
+    def _to_desktop(self, message: bytes) -> Awaitable[None] | None:
+        """Frame and write the browser's message; an awaitable while the desktop has not taken it all."""
         assert self.upstream is not None
         pieces: list[bytes | memoryview]
         if self._rfb is None:
@@ -630,19 +637,30 @@ class ConsoleRelay(WebSocketHandler):
                 pieces = self._rfb.client.feed(message)
             except rfb.RfbError as exc:
                 self._close_on_rfb_error(exc, "browser")
-                return
+                return None
             is_input, self._rfb.client.input_seen = self._rfb.client.input_seen, False
+        size = sum(map(len, pieces))
         try:
-            # Tornado reads the next frame only after this coroutine returns, so awaiting the
-            # desktop's socket keeps a fast browser from queueing input in the gateway.
-            if pieces:
-                sent = ws_frames.write_pieces(self.upstream, pieces)
-                if sent is not None:
-                    await sent
+            sent = ws_frames.write_pieces(self.upstream, pieces) if pieces else None
+        except StreamClosedError:
+            self.end(CLOSE_NORMAL, "desktop closed the connection")
+            return None
+        if sent is None:
+            self._relayed_to_desktop(size, is_input)
+            return None
+        # Tornado reads the next frame only after this is done, so waiting for the desktop's socket
+        # keeps a fast browser from queueing input in the gateway.
+        return self._drain_to_desktop(sent, size, is_input)
+
+    async def _drain_to_desktop(self, sent: Awaitable[None], size: int, is_input: bool) -> None:
+        try:
+            await sent
         except StreamClosedError:
             self.end(CLOSE_NORMAL, "desktop closed the connection")
             return
-        size = sum(map(len, pieces))
+        self._relayed_to_desktop(size, is_input)
+
+    def _relayed_to_desktop(self, size: int, is_input: bool) -> None:
         self._bytes_to_desktop += size
         _TO_DESKTOP.inc(size)
         self._note_input(is_input)

@@ -9,8 +9,10 @@ import asyncio
 import contextlib
 import logging
 import re
+import resource
 import signal
 import ssl
+from collections.abc import Callable
 
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,6 +38,10 @@ PING_INTERVAL_S = 30
 PING_TIMEOUT_S = 30
 SHUTDOWN_GRACE_S = 5.0
 MAX_UPGRADE_BODY_BYTES = 4096
+# Open files the gateway asks for at start: 10,000 idle tunnels in one process (docs/gateway.md).
+OPEN_FILES_WANTED = 65536
+# Descriptors besides tunnels: listening sockets, the database, the event loop, logs.
+OPEN_FILES_SPARE = 64
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -145,7 +151,28 @@ def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
 
 def run(config: GatewayConfig) -> None:
     """Serve until SIGTERM or SIGINT, then close tunnels and stop listening."""
-    asyncio.run(serve(config))
+    open_files = raise_open_files_limit()
+    if open_files < OPEN_FILES_WANTED:
+        # Two sockets per tunnel: past this the next console is refused with "Too many open files".
+        log.warning(
+            "open files limited to %d (hard limit): room for about %d tunnels; raise it (LimitNOFILE)",
+            open_files,
+            (open_files - OPEN_FILES_SPARE) // 2,
+        )
+    with asyncio.Runner(loop_factory=event_loop_factory(config.gateway)) as runner:
+        runner.run(serve(config))
+
+
+def event_loop_factory(settings: GatewaySettings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when configured and installed (vdi bench tunnel: see docs/gateway.md), else asyncio's."""
+    if not settings.uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.info("gateway.uvloop is on but uvloop is not installed: running on asyncio's event loop")
+        return None
+    return uvloop.new_event_loop
 
 
 async def serve(config: GatewayConfig) -> None:
@@ -197,3 +224,19 @@ async def shutdown(app: GatewayApplication, server: HTTPServer, db: Database) ->
     await app.recordings.stop()
     db.close()
     log.info("gateway stopped")
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Open files up to `wanted`: every tunnel holds two sockets (an SSH route a channel), so the usual
+    soft limit of 1024 would refuse the 500th console. Past the hard limit only when privileged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    unlimited = hard == resource.RLIM_INFINITY
+    for limits in ((wanted, hard if unlimited else max(hard, wanted)), (min(wanted, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            break
+        except (ValueError, OSError):
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

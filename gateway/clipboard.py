@@ -54,6 +54,13 @@ class ClipboardFilter:
         self.message_type = rfb.CLIENT_CUT_TEXT if direction == TO_DESKTOP else rfb.SERVER_CUT_TEXT
 
     def __call__(self, cut: rfb.CutText) -> bytes | None:
+        """The message to forward (whole, with its header), or None to drop it."""
+        decision = self.decide(cut)
+        return self._message(cut) if decision is cut else decision
+
+    def decide(self, cut: rfb.CutText) -> bytes | rfb.CutText | None:
+        """As a framer's CutTextPolicy: `cut` itself when it passes unchanged, so the framer forwards
+        the message as it came instead of building it again (vdi bench tunnel)."""
         if not cut.complete:
             self._event("blocked", "too_large", cut.size, cut.digest.hex())
             return None
@@ -65,7 +72,7 @@ class ClipboardFilter:
     def _message(self, cut: rfb.CutText) -> bytes:
         return rfb.cut_text_message(self.message_type, cut)
 
-    def _classic(self, cut: rfb.CutText) -> bytes | None:
+    def _classic(self, cut: rfb.CutText) -> bytes | rfb.CutText | None:
         # Section 7.5.6: classic cut text is Latin-1 text, so text_only has nothing to remove.
         if not self.allowed:
             self._event("blocked", self.blocked_reason, len(cut.payload), _digest(cut.payload))
@@ -74,14 +81,14 @@ class ClipboardFilter:
         if len(cut.payload) > limit:
             self._event("truncated", "too_large", len(cut.payload), _digest(cut.payload))
             return self._message(rfb.CutText(False, cut.payload[:limit], limit))
-        return self._message(cut)
+        return cut
 
-    def _extended(self, cut: rfb.CutText) -> bytes | None:
+    def _extended(self, cut: rfb.CutText) -> bytes | rfb.CutText | None:
         flags = rfb.extended_flags(cut.payload)
         if flags & rfb.CLIPBOARD_CAPS or not flags & rfb.CLIPBOARD_PROVIDE:
             # Capabilities (whose action bits list the actions a peer supports, "provide" among them,
             # as QEMU sends right after the handshake), requests and notifications carry no content.
-            return self._message(cut)
+            return cut
         try:
             data = rfb.parse_provide(cut.payload, self.policy.clipboard_max_bytes + _PROVIDE_OVERHEAD)
         except rfb.ClipboardTooLarge:
@@ -93,7 +100,7 @@ class ClipboardFilter:
             return None
         formats = self._filtered(data.formats, content)
         if formats is data.formats:
-            return self._message(cut)
+            return cut
         return self._message(rfb.CutText(True, rfb.build_provide(formats), 0))
 
     def _filtered(self, formats: dict[int, bytes], content: bytes) -> dict[int, bytes]:

@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import mmap
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -33,13 +34,13 @@ from sqlalchemy.orm import Session
 from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
 from broker.db import Database
 from broker.db.models import AuditEvent, DesktopSession, utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from broker.db.vnc_passwords import SealError, VncPasswordBox
-from gateway import rfb, vnc_login
+from gateway import rfb, vnc_login, ws_frames
 from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFilter
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder, RecordingFailed, RecordingService
@@ -61,6 +62,12 @@ log = logging.getLogger(__name__)
 # frame is a system call and a Python round through the loop (vdi bench tunnel: 64 KB reads halved the
 # throughput).
 READ_CHUNK = 1 << 20
+
+# Browser frames at least this large are received straight into a buffer of their size.
+LARGE_FRAME = 64 * 1024
+# A read this small means the desktop's socket was drained: the burst is over, and pages of the read
+# buffer past this are given back to the system until the next one.
+QUIET_READ = 64 * 1024
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 CLOSE_NORMAL = 1000
@@ -129,6 +136,37 @@ def request_id_from_query(uri: str) -> str | None:
 def close_reason(text: str) -> str:
     """A close reason fits a control frame: at most 123 bytes of UTF-8 (RFC 6455 section 5.5)."""
     return text.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+class ReadBuffer:
+    """The desktop side's read buffer of one tunnel: anonymous memory, so an idle tunnel holds no pages
+    of it, and a tunnel whose desktop went quiet after a burst gives back what the burst touched."""
+
+    def __init__(self, size: int) -> None:
+        self._memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self._memory)
+        self._touched = 0
+
+    def used(self, size: int) -> None:
+        """`size` bytes were read into the buffer and are no longer referenced."""
+        self._touched = max(self._touched, size)
+        if size <= QUIET_READ < self._touched:
+            self._memory.madvise(mmap.MADV_DONTNEED, QUIET_READ, len(self._memory) - QUIET_READ)
+            self._touched = QUIET_READ
+
+
+async def _read_frame_bytes(protocol: WebSocketProtocol, size: int) -> bytes:
+    """Tornado's read of a part of a browser's frame, with large payloads received into one buffer of
+    their size instead of 64 KB reads gathered and copied (Tornado checks the size against
+    max_message_size before it asks for the payload)."""
+    if size < LARGE_FRAME:
+        data = await protocol.stream.read_bytes(size)
+    else:
+        buffer = bytearray(size)
+        await protocol.stream.read_into(buffer)
+        data = bytes(buffer)
+    protocol._wire_bytes_in += size
+    return data
 
 
 class TunnelRegistry:
@@ -268,7 +306,8 @@ class ConsoleRelay(WebSocketHandler):
         self.upstream: IOStream | None = None
         self._client_gone = False
         self._ended = False
-        self._closed = asyncio.Event()
+        # Made only when someone waits for the close (an asyncio.Event costs every idle tunnel its deque).
+        self._closed: asyncio.Future[None] | None = None
         self._opened_at = 0.0
         self._pump: asyncio.Task | None = None
         self._bytes_to_desktop = 0
@@ -299,6 +338,12 @@ class ConsoleRelay(WebSocketHandler):
         TUNNELS_REFUSED.labels(reason=TunnelRefusal.ORIGIN.value).inc()
         log.warning("console refused: origin %r is not allowed", origin)
         return False
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if protocol is not None and hasattr(protocol, "_read_bytes"):
+            protocol._read_bytes = partial(_read_frame_bytes, protocol)
+        return protocol
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         # noVNC before 1.0 insists on the "binary" subprotocol; current noVNC offers none.
@@ -504,7 +549,6 @@ class ConsoleRelay(WebSocketHandler):
 
     def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
-        upstream.read_chunk_size = READ_CHUNK
         self._opened_at = time.monotonic()
         self.set_nodelay(True)
         self.tunnels.add(self)
@@ -551,8 +595,9 @@ class ConsoleRelay(WebSocketHandler):
         self._rfb = self._framers(handshake)
         self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
         leftover = handshake.leftover()
-        if leftover:
-            await self._to_desktop(leftover)
+        pending = self._to_desktop(leftover) if leftover else None
+        if pending is not None:
+            await pending
 
     def _framers(self, handshake: rfb.BrowserHandshake) -> rfb.RfbSession:
         assert self.target is not None and self._server_init is not None
@@ -561,8 +606,8 @@ class ConsoleRelay(WebSocketHandler):
             self._server_init,
             max_client_message=self.gateway.max_message_bytes,
             max_server_cut_text=self.gateway.max_message_bytes,
-            to_desktop=ClipboardFilter(policy, TO_DESKTOP, self._clipboard_stopped),
-            to_client=ClipboardFilter(policy, TO_CLIENT, self._clipboard_stopped),
+            to_desktop=ClipboardFilter(policy, TO_DESKTOP, self._clipboard_stopped).decide,
+            to_client=ClipboardFilter(policy, TO_CLIENT, self._clipboard_stopped).decide,
         )
 
     def _cancel_handshake_deadline(self) -> None:
@@ -616,18 +661,7 @@ class ConsoleRelay(WebSocketHandler):
 
     async def _relay_desktop_to_client(self, upstream: IOStream) -> None:
         try:
-            while True:
-                chunk = await upstream.read_bytes(READ_CHUNK, partial=True)
-                if self._rfb is not None:
-                    chunk = b"".join(self._rfb.server.feed(chunk))
-                    if not chunk:
-                        continue
-                if self._recorder is not None:
-                    self._recorder.server(chunk)  # a stamp and a queue put: the writer thread does the rest
-                # Awaiting the write is the backpressure: no further read until the browser took it.
-                await self.write_message(chunk, binary=True)
-                self._bytes_to_client += len(chunk)
-                _TO_CLIENT.inc(len(chunk))
+            await self._pump_desktop_to_client(upstream)
         except rfb.RfbError as exc:
             self._close_on_rfb_error(exc, "desktop")
         except StreamClosedError:
@@ -639,42 +673,93 @@ class ConsoleRelay(WebSocketHandler):
             log.exception("console relay of session %s failed", self.session_id)
             self.end(CLOSE_INTERNAL_ERROR, "console relay failed")
 
-    async def on_message(self, message: str | bytes) -> None:
+    async def _pump_desktop_to_client(self, upstream: IOStream) -> None:
+        """Reads go straight into one buffer of the tunnel, and frames go out as slices of it: no byte
+        of pixel data is copied in the gateway (vdi bench tunnel). The buffer is anonymous memory, so
+        a tunnel costs the pages it has used, not READ_CHUNK, and the relay gives them back when the
+        desktop goes quiet."""
+        buffer = ReadBuffer(READ_CHUNK)
+        while True:
+            size = await upstream.read_into(buffer.view, partial=True)
+            data = buffer.view[:size]
+            pieces = data if self._rfb is None else self._rfb.server.feed(data)
+            if not pieces:
+                buffer.used(size)
+                continue
+            if self._rfb is None:
+                pieces = [pieces]
+            if self._recorder is not None:
+                # A copy (the buffer is reused), a stamp and a queue put: the writer thread does the rest.
+                self._recorder.server(b"".join(pieces))
+            sent = ws_frames.send_binary(self.ws_connection, pieces)
+            if sent is not None:
+                # Awaiting the write is the backpressure (and the buffer is reused only after it).
+                try:
+                    await sent
+                except StreamClosedError:
+                    raise WebSocketClosedError() from None
+            forwarded = sum(map(len, pieces))
+            self._bytes_to_client += forwarded
+            _TO_CLIENT.inc(forwarded)
+            buffer.used(size)
+
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:
+        # Not a coroutine: Tornado makes a task of each coroutine a handler returns, and waits for it,
+        # before it reads the next frame. Most messages are written to the desktop at once, so they
+        # return None; only a write the desktop's socket cannot take yet is waited for (vdi bench tunnel).
         if isinstance(message, str):
             # RFB is a byte stream; a text frame means the peer is not a VNC client.
             self.end(CLOSE_UNSUPPORTED_DATA, "binary messages only")
-            return
+            return None
         if self.upstream is None or self._ended:
-            return
+            return None
+        if self._handshake is not None:
+            return self._handshake_message(message)
+        return self._to_desktop(message)
+
+    async def _handshake_message(self, message: bytes) -> None:
         try:
-            if self._handshake is not None:
-                await self._continue_browser_handshake(message)
-            else:
-                await self._to_desktop(message)
+            await self._continue_browser_handshake(message)
         except WebSocketClosedError:
             self.end(CLOSE_NORMAL, "browser closed the connection")
 
-    async def _to_desktop(self, message: bytes) -> None:
+    def _to_desktop(self, message: bytes) -> Awaitable[None] | None:
+        """Frame and write the browser's message; an awaitable while the desktop has not taken it all."""
         assert self.upstream is not None
+        pieces: list[bytes | memoryview]
         if self._rfb is None:
-            data, is_input = message, message[:1] in INPUT_MESSAGE_TYPES
+            pieces, is_input = [message], message[:1] in INPUT_MESSAGE_TYPES
         else:
             try:
-                data = b"".join(self._rfb.client.feed(message))
+                pieces = self._rfb.client.feed(message)
             except rfb.RfbError as exc:
                 self._close_on_rfb_error(exc, "browser")
-                return
+                return None
             is_input, self._rfb.client.input_seen = self._rfb.client.input_seen, False
+        size = sum(map(len, pieces))
         try:
-            # Tornado reads the next frame only after this coroutine returns, so awaiting the
-            # desktop's socket keeps a fast browser from queueing input in the gateway.
-            if data:
-                await self.upstream.write(data)
+            sent = ws_frames.write_pieces(self.upstream, pieces) if pieces else None
+        except StreamClosedError:
+            self.end(CLOSE_NORMAL, "desktop closed the connection")
+            return None
+        if sent is None:
+            self._relayed_to_desktop(size, is_input)
+            return None
+        # Tornado reads the next frame only after this is done, so waiting for the desktop's socket
+        # keeps a fast browser from queueing input in the gateway.
+        return self._drain_to_desktop(sent, size, is_input)
+
+    async def _drain_to_desktop(self, sent: Awaitable[None], size: int, is_input: bool) -> None:
+        try:
+            await sent
         except StreamClosedError:
             self.end(CLOSE_NORMAL, "desktop closed the connection")
             return
-        self._bytes_to_desktop += len(data)
-        _TO_DESKTOP.inc(len(data))
+        self._relayed_to_desktop(size, is_input)
+
+    def _relayed_to_desktop(self, size: int, is_input: bool) -> None:
+        self._bytes_to_desktop += size
+        _TO_DESKTOP.inc(size)
         self._note_input(is_input)
 
     def _note_input(self, is_input: bool) -> None:
@@ -707,10 +792,15 @@ class ConsoleRelay(WebSocketHandler):
     def on_close(self) -> None:
         self._client_gone = True
         self._teardown("browser closed the connection")
-        self._closed.set()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
     async def wait_closed(self) -> None:
-        await self._closed.wait()
+        if self._client_gone:
+            return
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._closed)
 
     def _teardown(self, reason: str) -> None:
         if self._ended:

@@ -102,6 +102,8 @@ MAX_DESKTOP_NAME = 4096
 MAX_SECURITY_REASON = 4096
 HEXTILE_TILE = 16
 _DISCARD_PIECE = 65536
+# A parser's read of at least this many bytes gets a view of the input instead of a copy.
+LARGE_READ = 4096
 
 
 class RfbError(Exception):
@@ -245,47 +247,57 @@ class Framer:
         if data:
             self._out.append(data)
 
-    def feed(self, data: bytes) -> list[bytes | memoryview]:
-        """The bytes to forward for this input (whole messages, or pixel data as it comes)."""
+    def emit_cut(self, header: bytes, cut: CutText, decision: bytes | CutText | None) -> None:
+        """Forward a cut text as the policy decided (see CutTextPolicy)."""
+        if decision is cut:
+            self.emit(header)
+            self.emit(cut.payload)
+        elif decision is not None:
+            self.emit(decision)
+
+    def feed(self, data: bytes | memoryview) -> list[bytes | memoryview]:
+        """The bytes to forward for this input (whole messages, or pixel data as it comes).
+
+        Pixel data passes straight from the input, in slices of it, and messages are cut from it where
+        they lie: only a message split between two inputs is gathered in the buffer (vdi bench tunnel).
+        The slices refer to `data`, which must not change until they have been forwarded.
+        """
         self._out = out = []
-        if not self._buffer:
-            data = self._pass_through(data)
-        self._buffer += data
-        while self._step():
-            pass
-        return out
-
-    def _pass_through(self, data: bytes) -> memoryview:
-        """Pixel data passes straight from the input, in slices of it: most bytes of a framebuffer
-        update are never copied into the buffer (vdi bench tunnel)."""
-        view, at = memoryview(data), 0
-        while self._want < 0 and at < len(view):
-            take = min(-self._want, len(view) - at)
-            self._out.append(view[at : at + take])
-            at += take
-            self._want += take
-            if self._want == 0:
+        view = memoryview(data)
+        if self._buffer:
+            view = self._complete_buffered(view)
+        at, end = 0, len(view)
+        while True:
+            want = self._want
+            if want < 0:
+                take = min(-want, end - at)
+                if take:
+                    out.append(view[at : at + take])
+                    at += take
+                if take < -want:
+                    self._want = want + take
+                    return out
                 self._want = self._parser.send(None)
-        return view[at:]
+            elif end - at >= want:
+                # Large messages (cut text) are handed on as views of the input, small ones as bytes.
+                chunk = view[at : at + want] if want >= LARGE_READ else bytes(view[at : at + want])
+                at += want
+                self._want = self._parser.send(chunk)
+            else:
+                self._buffer += view[at:]
+                return out
 
-    def _step(self) -> bool:
-        want, buffer = self._want, self._buffer
-        if want < 0:
-            take = min(-want, len(buffer))
-            if take:
-                self._out.append(bytes(buffer[:take]))
-                del buffer[:take]
-            if take < -want:
-                self._want = want + take
-                return False
-            self._want = self._parser.send(None)
-            return True
-        if len(buffer) < want:
-            return False
-        chunk = bytes(buffer[:want])
-        del buffer[:want]
+    def _complete_buffered(self, view: memoryview) -> memoryview:
+        """Finish the message begun in the buffer with the start of `view`; returns the rest of `view`.
+        (The buffer holds a part of a message only while the parser wants more than it has: want > 0.)"""
+        missing = self._want - len(self._buffer)
+        self._buffer += view[:missing]
+        if missing > len(view):
+            return view[len(view) :]
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
         self._want = self._parser.send(chunk)
-        return True
+        return view[missing:]
 
     @property
     def buffered(self) -> int:
@@ -319,8 +331,9 @@ class CutText:
     digest: bytes = b""
 
 
-# A decision on a cut text: the message to forward instead (whole, with its header), or None to drop it.
-CutTextPolicy = Callable[[CutText], bytes | None]
+# A decision on a cut text: the message to forward instead (whole, with its header), the cut text itself
+# to forward the message as it came (without building it again), or None to drop it.
+CutTextPolicy = Callable[[CutText], "bytes | CutText | None"]
 
 
 def cut_text_message(message_type: int, cut: CutText) -> bytes:
@@ -415,10 +428,8 @@ class ClientFramer(Framer):
         size = -declared if declared < 0 else declared
         if size > self._max:
             raise RfbError("oversized", "client message too large")
-        payload = yield size
-        replacement = self._cut_text(CutText(declared < 0, payload, size))
-        if replacement is not None:
-            self.emit(replacement)
+        cut = CutText(declared < 0, (yield size), size)
+        self.emit_cut(kind + head, cut, self._cut_text(cut))
 
     def _set_desktop_size(self, kind: bytes) -> Parser:
         head = yield 7  # padding, width, height, number of screens, padding
@@ -577,9 +588,7 @@ class ServerFramer(Framer):
             cut = CutText(declared < 0, (yield size), size)
         else:
             cut = yield from self._discard(declared < 0, size)
-        replacement = self._cut_text(cut)
-        if replacement is not None:
-            self.emit(replacement)
+        self.emit_cut(kind + head, cut, self._cut_text(cut))
 
     def _discard(self, extended: bool, size: int) -> Generator[int, bytes | None, CutText]:
         """A cut text over the limit is read in pieces and dropped: only its size and hash are kept."""

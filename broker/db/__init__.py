@@ -46,7 +46,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # As many pooled connections as the executor has threads: past SQLAlchemy's default of 5 (+10
+        # overflow) every transaction opened a new connection and ran the pragmas (vdi bench tunnel).
+        engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_size=pool_size, pool_pre_ping=True)

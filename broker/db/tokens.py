@@ -10,8 +10,9 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from broker.db.models import ConsoleToken, Desktop, DesktopSession, utcnow
@@ -148,59 +149,75 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
         raise TokenRefused("missing or malformed console token")
     now = now or utcnow()
     digest = hash_token(token)
-    # An unknown token is answered from a read: only a token that exists costs a write.
-    if db.scalar(select(ConsoleToken.token_hash).where(ConsoleToken.token_hash == digest)) is None:
-        raise TokenRefused("unknown console token")
-    # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
-    # sees rowcount 1, on SQLite and PostgreSQL alike.
-    claimed = db.execute(
-        update(ConsoleToken)
-        .where(
-            ConsoleToken.token_hash == digest, ConsoleToken.used_at.is_(None), ConsoleToken.expires_at > now
-        )
-        .values(used_at=now)
-    ).rowcount
-    row = db.get(ConsoleToken, digest)
+    # One read brings the token with its session and desktop; an unknown or used token is answered from
+    # it, so only a token that may open something costs a write (and a write lock: vdi bench tunnel).
+    # Statements are built once, with parameters, and run on the session's connection: building and
+    # running them through the ORM cost more than SQLite itself (vdi bench tunnel, new tunnels).
+    connection = db.connection()
+    row = connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none()
     if row is None:
         raise TokenRefused("unknown console token")
-    if not claimed:
-        raise TokenRefused(
-            "console token already used" if row.used_at is not None else "console token expired"
-        )
-    state = db.execute(
-        select(
-            DesktopSession.state,
-            Desktop.state,
-            Desktop.host_name,
-            DesktopSession.username,
-            Desktop.domain_name,
-            Desktop.vnc_password_sealed,
-            Desktop.pool_name,
-        )
-        .join(Desktop, Desktop.id == DesktopSession.desktop_id)
-        .where(DesktopSession.id == row.session_id)
-    ).one_or_none()
-    if state is None or state[0] == "ended":
+    if row.used_at is not None:
+        raise TokenRefused("console token already used")
+    # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
+    # sees rowcount 1, on SQLite and PostgreSQL alike.
+    if not connection.execute(_CLAIM, {"digest": digest, "now": now}).rowcount:
+        used_at = connection.execute(_USED_AT, {"digest": digest}).scalar()
+        raise TokenRefused("console token already used" if used_at is not None else "console token expired")
+    if row.session_state is None or row.session_state == "ended":
         raise TokenRefused("session has ended")
-    if state[1] != "running":
+    if row.desktop_state != "running":
         raise TokenRefused("desktop is not running")
-    host_name, username, domain_name, sealed, pool_name = state[2:]
     target = ConsoleTarget(
         row.session_id,
         row.desktop_id,
         row.target_host,
         row.target_port,
-        host_name=host_name,
-        username=username,
-        domain_name=domain_name,
-        vnc_password_sealed=sealed,
+        host_name=row.host_name,
+        username=row.username,
+        domain_name=row.domain_name,
+        vnc_password_sealed=row.vnc_password_sealed,
         policy=ConsolePolicy.of(row.policy),
-        pool_name=pool_name,
+        pool_name=row.pool_name,
     )
     return _routed(target, row)
 
 
-def _routed(target: ConsoleTarget, row: ConsoleToken) -> ConsoleTarget:
+_TOKEN_WITH_STATE = (
+    select(
+        ConsoleToken.session_id,
+        ConsoleToken.desktop_id,
+        ConsoleToken.target_host,
+        ConsoleToken.target_port,
+        ConsoleToken.route,
+        ConsoleToken.ssh_address,
+        ConsoleToken.policy,
+        ConsoleToken.used_at,
+        DesktopSession.state.label("session_state"),
+        DesktopSession.username,
+        Desktop.state.label("desktop_state"),
+        Desktop.host_name,
+        Desktop.domain_name,
+        Desktop.vnc_password_sealed,
+        Desktop.pool_name,
+    )
+    .outerjoin(DesktopSession, DesktopSession.id == ConsoleToken.session_id)
+    .outerjoin(Desktop, Desktop.id == DesktopSession.desktop_id)
+    .where(ConsoleToken.token_hash == bindparam("digest"))
+)
+_CLAIM = (
+    update(ConsoleToken.__table__)
+    .where(
+        ConsoleToken.token_hash == bindparam("digest"),
+        ConsoleToken.used_at.is_(None),
+        ConsoleToken.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("now"))
+)
+_USED_AT = select(ConsoleToken.used_at).where(ConsoleToken.token_hash == bindparam("digest"))
+
+
+def _routed(target: ConsoleTarget, row: Any) -> ConsoleTarget:
     """The route the broker decided when it issued the token (finding 3: never looked up again here)."""
     if row.route == "direct":
         return target

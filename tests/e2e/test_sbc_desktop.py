@@ -116,6 +116,9 @@ def click_into_editor(page) -> None:
 
 
 def type_and_save(page, keys: str) -> None:
+    # The first key after a modifier combination (the mode switch, a shortcut) is at times dropped between
+    # noVNC and IBus; End, a no-op with the cursor at the end of the text, takes that place.
+    page.keyboard.press("End")
     page.keyboard.type(keys, delay=40)  # in Hangul mode, 2-beolsik: gksrmf → 한글
     page.keyboard.press("Space")  # commits the last syllable
     page.keyboard.press("Control+s")  # ibus-hangul passes Control combinations through

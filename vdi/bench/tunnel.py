@@ -15,7 +15,8 @@ connection. The same client code measures three paths to it:
 
 Figures: server→browser and browser→server MB/s (upload as ClientCutText messages, which the gateway
 reads whole and puts through the clipboard policy), 6-byte round trip p50/p99 (µs), new tunnels per second
-with token check up to ServerInit and their p99, and KB of the relay process's memory per idle tunnel.
+with token check up to ServerInit and their p99 (`--concurrency` at once, and one at a time), and KB of the
+relay process's memory per idle tunnel. Failed tunnels are counted with their reasons.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import logging
 import multiprocessing
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from broker.db.migrate import upgrade
 from broker.db.models import Desktop, DesktopSession, Host, Pool, User
 from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox
+from gateway.app import raise_open_files_limit
 from gateway.rfb import vnc_auth_response
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,10 +115,8 @@ async def _serve_mode(mode: str, reader: asyncio.StreamReader, writer: asyncio.S
 
 
 def more_files() -> None:
-    """As many open files as the hard limit allows, up to 65536: thousands of tunnels need two each."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    """65536 open files (past the hard limit when privileged): thousands of tunnels need two each."""
+    raise_open_files_limit(65536)
 
 
 def _desktop_process(ports: multiprocessing.Queue) -> None:
@@ -329,19 +329,23 @@ async def round_trips(path: Route, ports, token, count: int) -> dict:
     return _percentiles(samples, "us")
 
 
+def _failure(failures: Counter, exc: Exception) -> None:
+    """Count a failed tunnel by what went wrong (the JSON says why, not only how many)."""
+    failures[f"{type(exc).__name__}: {exc}"[:120]] += 1
+
+
 async def new_tunnels(path: Route, ports, tokens: list[str | None], concurrency: int) -> dict:
     semaphore = asyncio.Semaphore(concurrency)
     samples: list[float] = []
-    failures = 0
+    failures: Counter = Counter()
 
     async def one(token: str | None) -> None:
-        nonlocal failures
         async with semaphore:
             started = time.perf_counter()
             try:
                 reader = await open_tunnel(path, ports, "idle", token)
-            except Exception:
-                failures += 1
+            except Exception as exc:
+                _failure(failures, exc)
                 return
             samples.append((time.perf_counter() - started) * 1000)
             reader.transport.close()
@@ -351,8 +355,9 @@ async def new_tunnels(path: Route, ports, tokens: list[str | None], concurrency:
     elapsed = time.perf_counter() - started
     return {
         "per_second": round(len(samples) / elapsed, 1),
-        "failures": failures,
+        "failures": sum(failures.values()),
         **_percentiles(samples, "ms"),
+        **({"failure_reasons": dict(failures.most_common(5))} if failures else {}),
     }
 
 
@@ -360,22 +365,23 @@ async def idle_tunnels(path: Route, ports, tokens: list[str | None], pid: int | 
     """Memory of the relay process per idle tunnel: its RSS with the tunnels open, less before."""
     before = _rss_kib(pid) if pid else None
     readers = []
-    failures = 0
+    failures: Counter = Counter()
     semaphore = asyncio.Semaphore(100)
 
     async def one(token: str | None) -> None:
-        nonlocal failures
         async with semaphore:
             try:
                 readers.append(await open_tunnel(path, ports, "idle", token))
-            except Exception:
-                failures += 1
+            except Exception as exc:
+                _failure(failures, exc)
 
     await asyncio.gather(*(one(token) for token in tokens))
     after = _rss_kib(pid) if pid else None
     for reader in readers:
         reader.transport.close()
-    result = {"open": len(readers), "failures": failures}
+    result: dict = {"open": len(readers), "failures": sum(failures.values())}
+    if failures:
+        result["failure_reasons"] = dict(failures.most_common(5))
     if before is not None and after is not None and readers:
         result["kb_per_tunnel"] = round((after - before) / len(readers), 1)
     return result
@@ -478,6 +484,11 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
         "round_trip": await round_trips(path, ports, tokens("rtt", 1)[0], args.round_trips),
     }
     result["new_tunnels"] = await new_tunnels(path, ports, tokens("idle", args.tunnels), args.concurrency)
+    # One at a time: the time a user waits for a console, without the queueing of `concurrency` at once
+    # (at 50 in flight, p99 is at least 50 / rate by Little's law).
+    serial = getattr(args, "serial_tunnels", 0)
+    if serial:
+        result["new_tunnel_alone"] = await new_tunnels(path, ports, tokens("idle", serial), 1)
     # websockify forks a process per tunnel: a thousand of them would take the machine, not measure it.
     idle = args.idle if path.name != "websockify" else min(args.idle, args.websockify_idle)
     result["idle_tunnels"] = await idle_tunnels(path, ports, tokens("idle", idle), pid)

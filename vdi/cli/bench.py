@@ -83,6 +83,12 @@ def add_commands(sub) -> None:
     tunnel.add_argument("--round-trips", type=int, default=2000, help="6-byte round trips (default 2000)")
     tunnel.add_argument("--tunnels", type=int, default=2000, help="new tunnels per path (default 2000)")
     tunnel.add_argument("--concurrency", type=int, default=50, help="tunnels opened at once (default 50)")
+    tunnel.add_argument(
+        "--serial-tunnels",
+        type=int,
+        default=200,
+        help="new tunnels opened one at a time, for the latency of one alone (default 200)",
+    )
     tunnel.add_argument("--idle", type=int, default=1000, help="idle tunnels held open (default 1000)")
     tunnel.add_argument(
         "--websockify-idle", type=int, default=100, help="idle tunnels for websockify (a process each)"

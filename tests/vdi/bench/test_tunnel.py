@@ -10,6 +10,7 @@ from vdi.cli import main
 
 def test_small_run_prints_figures_for_every_path(capsys):
     size = ["--mb", "4", "--round-trips", "20", "--tunnels", "10", "--idle", "10", "--websockify-idle", "3"]
+    size += ["--serial-tunnels", "5"]
     code = main(["--config", "/nonexistent.toml", "bench", "tunnel", *size])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -18,6 +19,8 @@ def test_small_run_prints_figures_for_every_path(capsys):
         assert figures["down_mb_s"] > 0 and figures["up_mb_s"] > 0, name
         assert figures["round_trip"]["p99_us"] >= figures["round_trip"]["p50_us"] > 0, name
         assert figures["new_tunnels"]["failures"] == 0, name
+        assert figures["new_tunnel_alone"]["failures"] == 0, name
+        assert figures["new_tunnel_alone"]["p99_ms"] >= figures["new_tunnel_alone"]["p50_ms"] > 0, name
         assert figures["idle_tunnels"]["failures"] == 0, name
     # Only the gateway's own process is measured for memory (websockify forks per tunnel).
     assert report["results"]["gateway"]["idle_tunnels"]["kb_per_tunnel"] > 0

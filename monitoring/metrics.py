@@ -69,6 +69,10 @@ CONNECT_DURATION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
 )
 SESSIONS_ACTIVE = Gauge("vdi_sessions_active", "Desktop sessions not yet logged off")
+DATABASE_UNAVAILABLE_REFUSALS = Counter(
+    "vdi_database_unavailable_refusals_total",
+    "Requests the broker answered 503 because the database could not be reached (degraded mode)",
+)
 CONNECTS_JOINED = Counter(
     "vdi_connects_joined_total",
     "Connects that found the user's session in the pool opened meanwhile (by another broker) and joined it",

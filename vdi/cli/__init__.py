@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from broker.db import DatabaseStartError
 from vdi.cli import bench, db, host, image, lab, pool, serve, totp
 from vdi.config import Config, ConfigError, load_config
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config)
     try:
         return args.fn(config, args)
+    except DatabaseStartError as exc:  # database.url out of reach, or a schema newer than this code
+        print(f"vdi: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

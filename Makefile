@@ -29,7 +29,7 @@ format:
 POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.py \
 	tests/broker/test_sessions_api.py tests/broker/test_pools_idle_input.py tests/broker/test_pools_lifecycle.py \
 	tests/broker/test_revocation.py tests/broker/test_portal_session.py tests/broker/test_leases.py \
-	tests/broker/test_concurrency.py \
+	tests/broker/test_concurrency.py tests/broker/test_pool_catalog.py \
 	tests/gateway tests/security
 
 test: setup lint

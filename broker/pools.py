@@ -167,6 +167,10 @@ class PoolManager(PeriodicTask):
         self.desktops.pool_changed = self.kick
         super().start()
 
+    def pools_changed(self) -> None:
+        """The pool catalog took on changed pools (broker/pool_catalog.py)."""
+        self.size_guard = PoolSizeGuard(self.config.pools)
+
     async def run_once(self) -> None:
         await self.reconcile_once()
 

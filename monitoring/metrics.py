@@ -73,6 +73,11 @@ DATABASE_UNAVAILABLE_REFUSALS = Counter(
     "vdi_database_unavailable_refusals_total",
     "Requests the broker answered 503 because the database could not be reached (degraded mode)",
 )
+CONFIG_FILE_DISAGREEMENTS = Gauge(
+    "vdi_config_file_disagreements",
+    "Settings (pools, hosts) in this broker's configuration file that differ from the database's at start; "
+    "the database wins",
+)
 CONNECTS_JOINED = Counter(
     "vdi_connects_joined_total",
     "Connects that found the user's session in the pool opened meanwhile (by another broker) and joined it",

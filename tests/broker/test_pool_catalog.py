@@ -135,6 +135,11 @@ def test_an_administrator_changes_a_pool_and_every_broker_takes_it_on(brokers, p
     )
     assert first.config.pool("moef-office").display_name == "재정부"  # at once where it was changed
     wait_until(lambda: second.config.pool("moef-office").display_name == "재정부", 20, "the other broker")
+    # A first pool with spares gives the pool manager work: it starts on both brokers then.
+    assert first.app.pool_manager not in first.app._running
+    assert admin.request("PATCH", "/api/v1/admin/pools/moef-office", json={"spares": 1}).status == 200
+    assert first.app.pool_manager in first.app._running
+    wait_until(lambda: second.app.pool_manager in second.app._running, 20, "the other broker's pool manager")
 
     added = admin.post("/api/v1/admin/pools", json={**POOLS[1], "name": "mois-lab", "groups": ["mois"]})
     assert added.status == 201, added.text

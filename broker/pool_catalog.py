@@ -257,7 +257,7 @@ class PoolCatalog(PeriodicTask):
         super().__init__(interval_s)
         self.config = config
         self.db = db
-        self.revisions: dict[str, int] = {}
+        self.revisions: dict[str, int] | None = None  # None: not read yet
         self.on_change: list[Callable[[], None]] = []
 
     async def run_once(self) -> None:
@@ -268,13 +268,12 @@ class PoolCatalog(PeriodicTask):
         pools, revisions = await self.db.run(load_pools)
         if revisions == self.revisions:
             return
-        first = not self.revisions
+        first = self.revisions is None
         replace_pools(self.config, pools)
         self.revisions = revisions
-        if not first:
-            log.info("pools: took on changes from the database (%s)", ", ".join(sorted(revisions)) or "none")
         if first:
             return  # what the broker started with (prepare_database): nothing changed
+        log.info("pools: took on changes from the database (now: %s)", ", ".join(sorted(revisions)) or "none")
         for changed in self.on_change:
             changed()
 

@@ -36,7 +36,6 @@ from monitoring.metrics import CONFIG_FILE_DISAGREEMENTS
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_S = 5.0
-CONFIG_ACTOR = "config-file"
 # What a host row holds of HostSettings, compared with the file at start.
 HOST_KEYS = (
     "provider", "uri", "max_desktops", "labels", "vcpus", "memory_mib", "cpu_ratio", "ram_ratio",
@@ -134,13 +133,12 @@ def seed_pools(db: Session, file_pools: list[PoolSettings]) -> list[PoolSettings
             row = db.get(Pool, pool.name)
             if row is not None and row.settings is None:
                 _record(row, pool)
-                _audit(db, CONFIG_ACTOR, "pool.seed", pool.name, "")
+                log.info("pool %s: settings taken from the configuration file once", pool.name)
         return load_pools(db)[0]
     for pool in file_pools:
         row = db.get(Pool, pool.name) or Pool(name=pool.name)
         _record(row, pool)
         db.add(row)
-        _audit(db, CONFIG_ACTOR, "pool.seed", pool.name, "")
     db.flush()
     if file_pools:
         log.info("pools: the database had none; seeded %d from the configuration file", len(file_pools))

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker.background import PeriodicTask
 from broker.config import BrokerConfig, PoolSettings
-from broker.db import Database
+from broker.db import Database, database_unavailable
 from broker.db.models import AuditEvent, Desktop, Host, Pool
 from broker.pool_images import check_pool_image
 from hypervisor.config import HostSettings
@@ -259,7 +259,14 @@ class PoolCatalog(PeriodicTask):
         self.on_change: list[Callable[[], None]] = []
 
     async def run_once(self) -> None:
-        if await self.db.run(pool_revisions) != self.revisions:
+        try:
+            revisions = await self.db.run(pool_revisions)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            log.warning("pools: cannot read them (database unavailable); keeping the ones known")
+            return
+        if revisions != self.revisions:
             await self.reload()
 
     async def reload(self) -> None:

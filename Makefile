@@ -32,6 +32,7 @@ POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.p
 	tests/broker/test_operations.py tests/broker/web/test_admin_pages.py \
 	tests/broker/test_centers.py tests/broker/test_reservations.py tests/broker/test_attendance.py \
 	tests/broker/test_terminals.py tests/broker/test_network_zones.py tests/broker/test_transfers.py \
+	tests/broker/test_concurrency.py tests/broker/test_pool_catalog.py \
 	tests/gateway tests/security
 
 test: setup lint

@@ -23,7 +23,6 @@ from broker.background import PeriodicTask
 from broker.config import BrokerConfig
 from broker.db import Database
 from broker.db.migrate import upgrade
-from broker.db.models import Pool
 from broker.desktops import DesktopService, ImageResolver, count_active_sessions
 from broker.housekeeping import TokenPurge
 from broker.inventory import host_settings, providers_for, seed_from_config, update_host_gauges
@@ -31,6 +30,7 @@ from broker.leases import LeaseKeeper, Leases
 from broker.lifecycle import SessionLifecycle
 from broker.monitor import HostMonitor
 from broker.placement import PlacementEngine
+from broker.pool_catalog import PoolCatalog, take_pools_from_database
 from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
 from broker.power_manager import PowerManager
@@ -110,6 +110,9 @@ class BrokerApp:
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
         self.token_purge = TokenPurge(db)
+        # Pools live in the database (broker/pool_catalog.py); every broker takes on changes by itself.
+        self.pool_catalog = PoolCatalog(config, db)
+        self.pool_catalog.on_change.append(self._pools_changed)
         # Of several brokers on one database, one runs each background job (broker/leases.py).
         self.leases = Leases(db, config.broker.lease_ttl_s)
         self._use_leases = leases
@@ -128,11 +131,13 @@ class BrokerApp:
                 "session_lifecycle": self.session_lifecycle,
                 "power_manager": self.power_manager,
                 "rollout_manager": self.rollout_manager,
+                "pool_catalog": self.pool_catalog,
             },
             login_methods=list(self.login_methods),
         )
         self.server: BrokerHTTPServer | None = None
         self._running: list[PeriodicTask] = []
+        self._keeper: LeaseKeeper | None = None
 
     def _enabled_login_methods(
         self,
@@ -203,28 +208,52 @@ class BrokerApp:
     def scheme(self) -> str:
         return "https" if self.config.broker.tls_cert else "http"
 
-    async def start(self) -> None:
-        """Start the background tasks that have work in this configuration, then the host monitor."""
-        tasks = [
+    @property
+    def _jobs(self) -> list[PeriodicTask]:
+        """The background jobs that may run under a lease, in start order."""
+        return [
             self.pool_manager,
             self.session_lifecycle,
             self.power_manager,
             self.rollout_manager,
             self.token_purge,
         ]
-        jobs = [task for task in tasks if task.wanted]
+
+    async def start(self) -> None:
+        """Start the pool catalog, the background tasks that have work in this configuration, then the
+        host monitor."""
+        jobs = [task for task in self._jobs if task.wanted]
         if self.monitor is not None:
             jobs.append(self.monitor)
-        if not self._use_leases:  # a test's lone broker: its jobs run ungated
-            self._running = jobs
-        else:
-            for job in jobs:
-                job.gate = self.leases
-                self.leases.on_acquire[job.name] = job.kick
+        self._running = [self.pool_catalog]
+        if self._use_leases:
             # The keeper first: its first renewal takes the free leases and kicks their jobs.
-            self._running = [LeaseKeeper(self.leases, [job.name for job in jobs]), *jobs]
-        for task in self._running:
-            task.start()
+            self._keeper = LeaseKeeper(self.leases, [])
+            self._running.append(self._keeper)
+        self.pool_catalog.start()
+        if self._keeper is not None:
+            self._keeper.start()
+        for job in jobs:
+            self._start_job(job)
+
+    def _start_job(self, job: PeriodicTask) -> None:
+        if self._keeper is not None:  # else a test's lone broker: its jobs run ungated
+            job.gate = self.leases
+            self.leases.on_acquire[job.name] = job.kick
+            self._keeper.jobs.append(job.name)
+            self._keeper.kick()
+        self._running.append(job)
+        job.start()
+
+    def _pools_changed(self) -> None:
+        """Another broker or an administrator changed the pools: jobs they now give work to start, and the
+        running ones look again at once."""
+        self.pool_manager.pools_changed()
+        for job in self._jobs:
+            if job in self._running:
+                job.kick()
+            elif job.wanted:
+                self._start_job(job)
 
     async def stop(self) -> None:
         """No new connections, open ones closed (or cut after a grace), tasks stopped, resources closed."""
@@ -242,15 +271,12 @@ class BrokerApp:
         self._closers = []
 
 
-def sync_inventory(db: Session, config: BrokerConfig) -> None:
-    """Upsert the configured pools and hosts; hosts keep their state and claim generation."""
-    for pool in config.pools:
-        row = db.get(Pool, pool.name) or Pool(name=pool.name)
-        row.display_name, row.image, row.groups = pool.display_name, pool.image, list(pool.groups)
-        row.memory_mib, row.vcpus, row.kind = pool.memory_mib, pool.vcpus, pool.kind
-        db.add(row)
+def sync_inventory(db: Session, config: BrokerConfig) -> list[str]:
+    """Seed an empty database with the file's pools and hosts, else take the database's pools into
+    `config.pools`; the keys where the file disagrees with the database (logged, broker/pool_catalog.py)."""
     # Configured hosts only seed the inventory; after that the database is the truth (broker.inventory).
     seed_from_config(db, config.hosts)
+    return take_pools_from_database(db, config)
 
 
 async def prepare_database(db: Database, config: BrokerConfig) -> None:

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker import errors
@@ -41,7 +42,7 @@ from broker.entitlement import check_entitled, entitled_pools
 from broker.inventory import host_settings, providers_for
 from broker.placement import HostCandidate, PlacementEngine, PlacementRequest
 from broker.placement.claim import HOLDING_STATES, load_host_candidates
-from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementWorker
+from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementGuard, PlacementWorker
 from broker.pool_images import PoolImages, catalog_row, image_ref, promoted_rollout, version_boot_image
 from broker.power import (
     OFF_STATES,
@@ -62,6 +63,7 @@ from images.built_in import BUILT_IN_IMAGES
 from images.config import ImageSettings
 from monitoring.metrics import (
     CONNECT_DURATION,
+    CONNECTS_JOINED,
     CONSOLE_TOKENS_ISSUED,
     CONSOLE_TOKENS_REFUSED,
     DESKTOP_START_FAILURES,
@@ -256,10 +258,14 @@ def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | Non
 def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None:
     """Assign the pool's oldest running spare to the user, one that finished booting if there is one;
     None when there is none left to take."""
+    # On PostgreSQL, a spare another broker is taking right now is skipped rather than waited for and
+    # then lost (FOR UPDATE SKIP LOCKED); SQLite has one writer at a time and renders no such clause.
     spare = db.scalars(
         select(Desktop)
         .where(*spare_conditions(db, pool), Desktop.state == "running")
         .order_by(Desktop.ready_at.is_(None), Desktop.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Desktop)
     ).first()
     if spare is None:
         return None
@@ -432,8 +438,14 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
         # The power manager of another broker powered it off between our check and now.
         raise errors.DesktopStarting()
     if created:
+        # The unique index on live sessions (models.DesktopSession) refuses a second one of the user in
+        # this pool: the IntegrityError reaches DesktopService._open_session, which joins the first.
         session = DesktopSession(
-            id=str(uuid.uuid4()), username=username, desktop_id=desktop_id, started_at=utcnow()
+            id=str(uuid.uuid4()),
+            username=username,
+            desktop_id=desktop_id,
+            pool_name=desktop.pool_name,
+            started_at=utcnow(),
         )
         db.add(session)
         # At a center terminal the session records its center; the day's first is the check-in.
@@ -445,6 +457,32 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
     db.add(_audit(username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created))
     db.flush()
     return session, created
+
+
+def join_live_session(
+    db: Session, pool: str, username: str, ours: int, client_ip: str
+) -> tuple[DesktopSession, Desktop] | None:
+    """The user's live session in the pool that another broker (or request) opened first; None if it
+    has already ended. Our desktop `ours`, if it is not that session's, goes back to the pool as a spare."""
+    session = db.scalars(
+        select(DesktopSession).where(
+            DesktopSession.username == username,
+            DesktopSession.pool_name == pool,
+            DesktopSession.state == "active",
+        )
+    ).first()
+    if session is None:
+        return None
+    if session.desktop_id != ours:
+        db.execute(
+            update(Desktop)
+            .where(Desktop.id == ours, Desktop.assigned_user == username, Desktop.state == "running")
+            .values(assigned_user=None)
+        )
+    desktop = db.get(Desktop, session.desktop_id)
+    detail = {"desktop": desktop.domain_name, "session": session.id, "joined": True}
+    db.add(_audit(username, "reconnect", "success", pool, client_ip, **detail, new_session=False))
+    return session, desktop
 
 
 def load_owned_session(db: Session, session_id: str, username: str) -> tuple[DesktopSession, Desktop]:
@@ -631,7 +669,9 @@ class DesktopService:
         try:
             pool = self.pool(pool_name)
             await self._check_entitled(user, pool, client_ip)
-            # One connect at a time per user and pool: a double click must not start two desktops.
+            # One connect at a time per user and pool in this process: a double click waits for the first
+            # instead of starting a second desktop. Only an optimisation: across brokers the unique index
+            # on live sessions decides (open_session, join_live_session).
             async with self._lock(user.username, pool.name):
                 view = await self._connect(user, pool, client_ip)
         except errors.BrokerError as exc:
@@ -670,9 +710,7 @@ class DesktopService:
             desktop = await self._spare_desktop(user, pool)
         if desktop is None:
             desktop = await self._start_desktop(user, pool, client_ip)
-        session, created = await self.db.run(
-            partial(open_session, desktop_id=desktop.id, username=user.username, client_ip=client_ip)
-        )
+        session, desktop, created = await self._open_session(user, pool, desktop, client_ip)
         if created:
             SESSIONS_ACTIVE.inc()
         log.info(
@@ -680,6 +718,32 @@ class DesktopService:
             *(user.username, pool.name, desktop.domain_name, desktop.host_name, session.id),
         )
         return SessionView(session.id, session.state, DesktopView.of(desktop), session.started_at)
+
+    async def _open_session(
+        self, user: PortalUser, pool: PoolSettings, desktop: Desktop, client_ip: str
+    ) -> tuple[DesktopSession, Desktop, bool]:
+        """Our new session on `desktop`, or the one another broker opened first for the user and pool."""
+        opened = partial(open_session, desktop_id=desktop.id, username=user.username, client_ip=client_ip)
+        try:
+            session, created = await self.db.run(opened)
+            return session, desktop, created
+        except IntegrityError:
+            pass  # the unique index on live sessions: another Connect of the user won
+        join = partial(
+            join_live_session, pool=pool.name, username=user.username, ours=desktop.id, client_ip=client_ip
+        )
+        joined = await self.db.run(join)
+        if joined is None:  # the winner's session ended meanwhile: ours may now be opened
+            session, created = await self.db.run(opened)
+            return session, desktop, created
+        CONNECTS_JOINED.inc()
+        log.info(
+            "connect: user=%s pool=%s joins session %s opened meanwhile on desktop %s",
+            *(user.username, pool.name, joined[0].id, joined[1].domain_name),
+        )
+        if joined[1].id != desktop.id:
+            self.pool_changed()  # our desktop went back to the pool as a spare
+        return joined[0], joined[1], False
 
     async def _reusable_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
         """The user's desktop in the pool if it is really running; anything else is cleaned up."""
@@ -815,9 +879,13 @@ class DesktopService:
     async def _start_desktop(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> Desktop:
         return await self._boot(pool, user.username, user.username, client_ip)
 
-    async def start_spare(self, pool: PoolSettings) -> Desktop:
-        """Place and boot an unassigned desktop for the pool (the pool manager's refill)."""
-        return await self._boot(pool, None, SPARE_ACTOR, "")
+    async def start_spare(self, pool: PoolSettings, guard: PlacementGuard | None = None) -> Desktop:
+        """Place and boot an unassigned desktop for the pool (the pool manager's refill).
+
+        `guard(db)` runs in the claim's transaction before the desktop is recorded; raising there (the pool
+        already has its spares, broker/pools.py) records nothing.
+        """
+        return await self._boot(pool, None, SPARE_ACTOR, "", guard=guard)
 
     async def start_for(self, pool: PoolSettings, owner: str, actor: str, client_ip: str = "") -> Desktop:
         """Place and boot a desktop assigned to `owner` (an administrator moving it to a new version)."""
@@ -847,6 +915,7 @@ class DesktopService:
         client_ip: str,
         image: BootImage | None = None,
         name: str | None = None,
+        guard: PlacementGuard | None = None,
     ) -> Desktop:
         """Place, create and start a desktop for `owner` (None: a spare); `actor` is who asked.
 
@@ -854,7 +923,7 @@ class DesktopService:
         """
         if image is None and pool.kind not in SESSION_KINDS:
             image = await self.pool_image(pool)
-        desktop = await self._place(owner, pool, image, name)
+        desktop = await self._place(owner, pool, image, name, guard)
         # The guest's VGA text console has no Hangul glyphs, so its label uses the ASCII names.
         label = f"{pool.name} / {owner or name or 'spare'}"
         spec = desktop_spec(pool, desktop.domain_name, image, owner, label, self._vnc_password(desktop))
@@ -882,7 +951,12 @@ class DesktopService:
         )
 
     async def _place(
-        self, owner: str | None, pool: PoolSettings, image: BootImage | None, name: str | None = None
+        self,
+        owner: str | None,
+        pool: PoolSettings,
+        image: BootImage | None,
+        name: str | None = None,
+        guard: PlacementGuard | None = None,
     ) -> Desktop:
         """Choose a host and claim a slot on it, on the placement thread (broker/placement/worker.py).
 
@@ -892,7 +966,7 @@ class DesktopService:
         request = placement_request(pool, image_of(image))
         make_desktop = partial(self._new_desktop, owner, pool, image, name)
         try:
-            placed = await self.placer.place_async(request, make_desktop)
+            placed = await self.placer.place_async(request, make_desktop, guard)
         except NoHostFits as refused:
             reason = refused.decision.reason
             raise errors.NoCapacity(reason, detail=reason, pool=pool.name) from None

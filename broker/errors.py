@@ -158,6 +158,13 @@ class ServiceUnavailable(BrokerError):
     message = "The service is unavailable. Please try again shortly."
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The shared database cannot be reached now (degraded mode, docs/database.md): a quick 503, never a hang."""
+
+    reason = "database_unavailable"
+    message = "The service is temporarily unavailable. Please try again in a moment."
+
+
 class HostUnreachable(ServiceUnavailable):
     reason = "host_unreachable"
 

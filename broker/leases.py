@@ -13,6 +13,7 @@ at once.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 
-from sqlalchemy import case, delete, or_, update
+from sqlalchemy import case, delete, or_, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -69,7 +70,15 @@ def hold_all(db: Session, names: Iterable[str], owner: str, now: dt.datetime, tt
     return {name for name in names if hold(db, name, owner, now, ttl_s)}
 
 
+GIVE_UP_TIMEOUT_S = 3.0
+
+
 def give_up(db: Session, owner: str) -> None:
+    if db.get_bind().dialect.name == "postgresql":
+        # At stop, a lease row another transaction holds (a renewal of ours still running after its task
+        # was cancelled, another broker taking the lease over) must not hold the stop up: the leases
+        # expire by themselves within one TTL anyway.
+        db.execute(text("SET LOCAL lock_timeout = '2s'"))
     db.execute(delete(Lease).where(Lease.owner == owner))
 
 
@@ -135,7 +144,9 @@ class LeaseKeeper(PeriodicTask):
     async def stop(self) -> None:
         await super().stop()
         try:
-            await self.leases.give_up()
+            # Bounded: a stop never waits on the database for long (a broker stopping because the
+            # database is gone would otherwise wait for the connect and pool timeouts in turn).
+            await asyncio.wait_for(self.leases.give_up(), GIVE_UP_TIMEOUT_S)
         except Exception:
             log.warning(
                 "leases: could not give up the leases at stop; they expire in %.0f s", self.leases.ttl_s

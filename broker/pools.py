@@ -28,7 +28,7 @@ from broker import errors
 from broker.background import PeriodicTask
 from broker.config import BrokerConfig, PoolSettings
 from broker.db import Database
-from broker.db.models import Desktop, DesktopSession, utcnow
+from broker.db.models import Desktop, DesktopSession, Pool, utcnow
 from broker.desktops import DesktopService, spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
@@ -80,6 +80,23 @@ def pool_counts(db: Session, pool: PoolSettings) -> PoolCounts:
         select(func.count()).select_from(Desktop).where(*takeable, Desktop.ready_at.is_not(None))
     )
     return PoolCounts(total, spare, in_use, spare_ready)
+
+
+class EnoughSpares(Exception):
+    """The pool has its spares and minimum size already (another broker's pass started them)."""
+
+
+def spare_still_missing(db: Session, pool: PoolSettings) -> None:
+    """In a spare's claim transaction: hold the pool's row, then count again; EnoughSpares if none is missing.
+
+    A conditional write instead of trusting the pass's count: two brokers' pool managers (or a pass that
+    outlived its lease) counting the same shortfall at once would otherwise both fill it and overshoot
+    `spares` and `max_size`. The UPDATE holds the pool's row (PostgreSQL) or the write lock (SQLite) until
+    commit, so every spare start of the pool counts after the one before it committed.
+    """
+    db.execute(update(Pool).where(Pool.name == pool.name).values(revision=Pool.revision))
+    if not pool_counts(db, pool).missing(pool):
+        raise EnoughSpares(pool.name)
 
 
 def publish(pool: str, counts: PoolCounts) -> None:
@@ -150,6 +167,10 @@ class PoolManager(PeriodicTask):
         self.desktops.pool_changed = self.kick
         super().start()
 
+    def pools_changed(self) -> None:
+        """The pool catalog took on changed pools (broker/pool_catalog.py)."""
+        self.size_guard = PoolSizeGuard(self.config.pools)
+
     async def run_once(self) -> None:
         await self.reconcile_once()
 
@@ -171,9 +192,14 @@ class PoolManager(PeriodicTask):
         counts = await self.db.run(partial(pool_counts, pool=pool))
         publish(pool.name, counts)
         missing = counts.missing(pool)
+        guard = partial(spare_still_missing, pool=pool)
         try:
             for _ in range(missing):
-                desktop = await self.desktops.start_spare(pool)
+                try:
+                    desktop = await self.desktops.start_spare(pool, guard)
+                except EnoughSpares:
+                    log.info("pool %s: has its spares already (started by another broker)", pool.name)
+                    break
                 log.info(
                     "pool %s: spare %s started on host %s", pool.name, desktop.domain_name, desktop.host_name
                 )

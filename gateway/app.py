@@ -20,7 +20,7 @@ from tornado.httpserver import HTTPServer
 from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
-from broker.db import Database
+from broker.db import Database, check_reachable
 from gateway.config import GatewayConfig, GatewaySettings
 from gateway.recorder import RecordingService
 from gateway.relay import ConsoleRelay, TunnelRegistry, vnc_password_box
@@ -150,7 +150,12 @@ def make_app(config: GatewayConfig, db: Database) -> GatewayApplication:
 
 
 def run(config: GatewayConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then close tunnels and stop listening."""
+    """Serve until SIGTERM or SIGINT, then close tunnels and stop listening.
+
+    DatabaseUnreachable (naming database.url) if the database cannot be reached at start; once running,
+    open tunnels need no database and new ones are refused until it is back (docs/database.md).
+    """
+    check_reachable(config.database.url)
     open_files = raise_open_files_limit()
     if open_files < OPEN_FILES_WANTED:
         # Two sockets per tunnel: past this the next console is refused with "Too many open files".

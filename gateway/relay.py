@@ -36,7 +36,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from broker.db import Database
+from broker.db import Database, database_unavailable
 from broker.db.models import AuditEvent, DesktopSession, utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from broker.db.vnc_passwords import SealError, VncPasswordBox
@@ -396,9 +396,12 @@ class ConsoleRelay(WebSocketHandler):
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.TOKEN.value).inc()
             log.warning("console refused: %s (token %s)", exc.reason, mask(token) or "missing")
             self.close(CLOSE_POLICY_VIOLATION, exc.reason)
-        except SQLAlchemyError:
-            # Statement parameters in the error hold the token's hash, never the token itself.
-            log.exception("console refused: database unavailable (token %s)", mask(token))
+        except SQLAlchemyError as exc:
+            if database_unavailable(exc):  # degraded mode: one line, open tunnels carry on (docs/database.md)
+                log.warning("console refused: database unavailable (token %s)", mask(token))
+            else:
+                # Statement parameters in the error hold the token's hash, never the token itself.
+                log.exception("console refused: database unavailable (token %s)", mask(token))
             self.close(CLOSE_INTERNAL_ERROR, "console service unavailable")
         return None
 

@@ -70,6 +70,19 @@ CONNECT_DURATION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
 )
 SESSIONS_ACTIVE = Gauge("vdi_sessions_active", "Desktop sessions not yet logged off")
+DATABASE_UNAVAILABLE_REFUSALS = Counter(
+    "vdi_database_unavailable_refusals_total",
+    "Requests the broker answered 503 because the database could not be reached (degraded mode)",
+)
+CONFIG_FILE_DISAGREEMENTS = Gauge(
+    "vdi_config_file_disagreements",
+    "Settings (pools, hosts) in this broker's configuration file that differ from the database's at start; "
+    "the database wins",
+)
+CONNECTS_JOINED = Counter(
+    "vdi_connects_joined_total",
+    "Connects that found the user's session in the pool opened meanwhile (by another broker) and joined it",
+)
 DESKTOPS_STARTED = Counter("vdi_desktops_started_total", "Desktops started on a hypervisor host")
 DESKTOP_START_FAILURES = Counter(
     "vdi_desktop_start_failures_total", "Desktop starts that failed and were rolled back"

@@ -8,13 +8,74 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, text, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.db.config import DatabaseSettings
 
 T = TypeVar("T")
+
+# Degraded mode (docs/database.md): with PostgreSQL down or out of reach, a request must fail within 2 s,
+# not hang. A new connection gives up after CONNECT_TIMEOUT_S (libpq's connect_timeout); a request
+# waiting for a pooled connection gives up after POOL_TIMEOUT_S; a pooled connection is tested before use
+# (pool_pre_ping), so connections the server dropped while it was stopped are replaced, and everything
+# works again by itself once the server is back.
+CONNECT_TIMEOUT_S = 2
+POOL_TIMEOUT_S = 2.0
+
+
+class DatabaseStartError(Exception):
+    """The process cannot start on this database; the message names `database.url` (password hidden)."""
+
+
+class DatabaseUnreachable(DatabaseStartError):
+    pass
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be shown: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: show its scheme only, in case the rest holds a password
+        return url.split(":", 1)[0] + ":…"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (as opposed to a bad statement or a conflict).
+
+    psycopg's connection failures carry no SQLSTATE; a server shutting down answers class 57P
+    (operator intervention) and a broken connection class 08; SQLAlchemy's pool timeout and an invalidated
+    connection are the same thing seen from the pool. SQLite's own errors (a locked file) are not this.
+    """
+    if isinstance(exc, PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(("08", "57P"))
+
+
+def check_reachable(url: str) -> None:
+    """Connect once; DatabaseUnreachable naming `database.url` if that fails (start of `vdi broker`/`gateway`)."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise DatabaseUnreachable(
+            f"database.url: cannot reach the database at {safe_url(url)}: {cause[0] if cause else exc}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def move_state(
@@ -51,7 +112,13 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=POOL_TIMEOUT_S,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
 
 
 class Database:

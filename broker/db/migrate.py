@@ -6,6 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+
+from broker.db import DatabaseStartError, check_reachable, make_engine, safe_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -23,6 +28,41 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
 
 
+class SchemaTooNew(DatabaseStartError):
+    """The database was migrated by a newer smartwork-vdi: this one must not touch it."""
+
+
+def current_revisions(url: str) -> tuple[str, ...]:
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+
+
+def check_known_schema(url: str, script: ScriptDirectory) -> None:
+    """SchemaTooNew naming both versions if the database is at a revision this code does not have.
+
+    Alembic itself would stop with "Can't locate revision"; an older broker started by mistake against a
+    database a newer one already migrated must say so, and must not try to migrate it back.
+    """
+    newest = script.get_current_head()
+    for revision in current_revisions(url):
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            raise SchemaTooNew(
+                f"database.url: the database at {safe_url(url)} has schema revision {revision}, newer than "
+                f"this smartwork-vdi knows (its newest is {newest}); refusing to migrate: run the newer "
+                "version, or restore the database from before its upgrade"
+            ) from None
+
+
 def upgrade(url: str, revision: str = "heads") -> None:
+    """Migrate the schema to `revision`: DatabaseUnreachable or SchemaTooNew (naming database.url) first."""
     ensure_sqlite_directory(url)
-    command.upgrade(alembic_config(url), revision)
+    check_reachable(url)
+    config = alembic_config(url)
+    check_known_schema(url, ScriptDirectory.from_config(config))
+    command.upgrade(config, revision)

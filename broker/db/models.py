@@ -15,12 +15,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,6 +90,11 @@ class Pool(Base):
     groups: Mapped[list] = mapped_column(JSON, default=list)
     memory_mib: Mapped[int] = mapped_column(Integer, default=256)
     vcpus: Mapped[int] = mapped_column(Integer, default=1)
+    # Every setting of the pool (broker.config.PoolSettings as JSON, migration 0012): brokers share their
+    # pools through the database; a config file only seeds an empty one (broker/pool_catalog.py).
+    settings: Mapped[dict | None] = mapped_column(JSON)
+    # Bumped by every change, so brokers notice a pool changed by another one.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Host(Base):
@@ -144,13 +151,29 @@ class Desktop(Base):
 
 
 class DesktopSession(Base):
-    """A user's use of a desktop, from connect to logoff."""
+    """A user's use of a desktop, from connect to logoff.
+
+    At most one live (active) session per user and pool, by a partial unique index (migration 0012): of
+    two brokers taking a Connect of one user at once, one inserts and the other joins its session.
+    """
 
     __tablename__ = "sessions"
+    __table_args__ = (
+        Index(
+            "uq_sessions_live_user_pool",
+            "username",
+            "pool_name",
+            unique=True,
+            sqlite_where=text("state = 'active'"),
+            postgresql_where=text("state = 'active'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     username: Mapped[str] = mapped_column(ForeignKey("users.username"), index=True)
     desktop_id: Mapped[int] = mapped_column(ForeignKey("desktops.id"), index=True)
+    # The desktop's pool, copied (migration 0012) so the unique index above can name it.
+    pool_name: Mapped[str | None] = mapped_column(String(64))
     client_ip: Mapped[str] = mapped_column(String(64), default="")
     state: Mapped[str] = mapped_column(String(16), default="active")
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)

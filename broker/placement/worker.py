@@ -26,12 +26,17 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from broker.db.models import Desktop
 from broker.placement import PlacementDecision, PlacementEngine, PlacementRequest
 from broker.placement.claim import ClaimLost, HostCatalog, reserve
 from monitoring.metrics import PLACEMENT_RETRIES
 
 log = logging.getLogger("broker.placement")
+
+# Runs first in a claim's transaction; raising there records nothing (a pool's size check, broker/pools.py).
+PlacementGuard = Callable[[Session], None]
 
 
 class NoHostFits(Exception):
@@ -81,16 +86,30 @@ class PlacementWorker:
         """Hosts were added, removed or changed: read them all again before the next decision."""
         self.catalog.invalidate()
 
-    async def place_async(self, request: PlacementRequest, make_desktop: Callable[[], Desktop]) -> Placement:
+    async def place_async(
+        self,
+        request: PlacementRequest,
+        make_desktop: Callable[[], Desktop],
+        guard: PlacementGuard | None = None,
+    ) -> Placement:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self.place, request, make_desktop)
+        return await loop.run_in_executor(self._thread, self.place, request, make_desktop, guard)
 
     def submit(self, request: PlacementRequest, make_desktop: Callable[[], Desktop]):
         """A Future of the placement, for callers on plain threads (the benchmark)."""
         return self._thread.submit(self.place, request, make_desktop)
 
-    def place(self, request: PlacementRequest, make_desktop: Callable[[], Desktop]) -> Placement:
-        """Decide and claim, up to `attempts` times; runs on the worker thread."""
+    def place(
+        self,
+        request: PlacementRequest,
+        make_desktop: Callable[[], Desktop],
+        guard: PlacementGuard | None = None,
+    ) -> Placement:
+        """Decide and claim, up to `attempts` times; runs on the worker thread.
+
+        `guard(db)` runs first in the claim's transaction (a pool's size check, broker/pools.py); what it
+        raises rolls the claim back and reaches the caller.
+        """
         timings: list[DecisionTiming] = []
         refreshed = False
         for attempt in range(1, self.attempts + 1):
@@ -104,6 +123,8 @@ class PlacementWorker:
                 raise NoHostFits(decision, timings)
             try:
                 with self.database.transaction() as db:
+                    if guard is not None:
+                        guard(db)
                     desktop, after = reserve(db, chosen.name, chosen.generation, request, make_desktop())
             except ClaimLost as lost:
                 log.info("%s (attempt %d of %d); placing again", lost, attempt, self.attempts)
@@ -111,6 +132,11 @@ class PlacementWorker:
                 self.catalog.refresh_host(chosen.name)
                 PLACEMENT_RETRIES.inc()
                 continue
+            except BaseException:
+                # Refused by the guard, or the database failed: the host was taken only in our memory.
+                self.catalog.claim_done(chosen.name)
+                self.catalog.invalidate()
+                raise
             self.catalog.claim_done(chosen.name)
             self.catalog.record_claim(after, request)
             return Placement(desktop, decision, attempt, timings)

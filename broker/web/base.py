@@ -13,6 +13,7 @@ from tornado.log import access_log
 
 from broker import errors
 from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
+from broker.db import database_unavailable
 from broker.web.client_address import HEADER as FORWARDED_FOR
 from broker.web.client_address import PROTO_HEADER, client_address, client_scheme, peer_is_trusted
 from broker.web.i18n import (
@@ -24,6 +25,7 @@ from broker.web.i18n import (
     translator,
 )
 from monitoring import logs
+from monitoring.metrics import DATABASE_UNAVAILABLE_REFUSALS
 from sso.base import AuthError
 from sso.password import Password, PasswordLogin
 
@@ -110,6 +112,10 @@ def as_broker_error(status: int, exc_info) -> errors.BrokerError:
     exc = exc_info[1] if exc_info else None
     if isinstance(exc, errors.BrokerError):
         return exc
+    if exc is not None and database_unavailable(exc):
+        # Degraded mode: the database is down or out of reach; say so at once (docs/database.md).
+        DATABASE_UNAVAILABLE_REFUSALS.inc()
+        return errors.DatabaseUnavailable()
     if status >= 500 and not isinstance(exc, tornado.web.HTTPError):
         # An unexpected exception: its text may hold anything, so the client gets none of it.
         return errors.BrokerError()
@@ -359,6 +365,9 @@ class BaseHandler(tornado.web.RequestHandler):
             log.warning("%d %s: %s %s", value.status, summary, value.reason, value.message)
         elif isinstance(value, tornado.web.HTTPError):
             log.warning("%d %s: %s", value.status_code, summary, value.log_message or "")
+        elif database_unavailable(value):
+            # No traceback per request while the database is away; one line says why.
+            log.warning("503 %s: database unavailable (%s)", summary, type(value).__name__)
         else:
             log.error("uncaught exception in %s", summary, exc_info=(typ, value, tb))
 

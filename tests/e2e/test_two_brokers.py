@@ -33,11 +33,6 @@ def scalar(lab, query):
         engine.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="two brokers each start a session today; the one-live-session constraint (branch pgsafe, issue 14 "
-    "item 3) makes this pass, and then this marker goes",
-)
 def test_connect_for_one_user_on_both_brokers_at_once_gives_one_session(ha_lab, demo_users):
     lab = ha_lab.lab
     user = user_in(demo_users, "mois")

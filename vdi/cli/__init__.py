@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from broker.db import DatabaseStartError
 from monitoring import logs
 from vdi.cli import bench, center, db, doctor, host, image, lab, pool, serve, totp
 from vdi.config import ConfigError, load_config
@@ -55,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(config)
     try:
         return args.fn(config, args)
+    except DatabaseStartError as exc:  # database.url out of reach, or a schema newer than this code
+        print(f"vdi: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -14,7 +14,8 @@ from packaging.utils import canonicalize_name
 from tests.fixtures.common import ROOT
 
 LOCK = ROOT / "requirements.lock"
-ENTRY = re.compile(r"^([A-Za-z0-9._-]+)==(\S+) \\$")
+# name==version, an environment marker maybe ("uvloop==0.23.0 ; sys_platform != \"win32\""), a backslash
+ENTRY = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)(?: ;[^\\]*)? \\$")
 PROJECT_VIA = "smartwork-vdi (pyproject.toml)"
 
 

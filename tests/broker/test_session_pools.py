@@ -160,7 +160,12 @@ def test_an_application_that_fails_to_start_is_a_clear_error_audited_and_leaves_
     assert all(provider.list_desktops() == [] for provider in providers.values())
     assert not [p for p in lab_session_hosts.sessions_dir(host).iterdir() if p.name != ".displays"]
     assert not list((lab_session_hosts.sessions_dir(host) / ".displays").iterdir())
-    assert "false" not in lab_session_hosts.run(host, ["ps", "-o", "comm=", "-u", "kimmj"]).stdout.split()
+    # The session's processes were sent SIGKILL; they are gone once the kernel has reaped them.
+    wait_until(
+        lambda: "false" not in lab_session_hosts.run(host, ["ps", "-o", "comm=", "-u", "kimmj"]).stdout.split(),
+        10,
+        "the failed application's process to be gone",
+    )
     db = Database(sbc_config(tmp_path, lab_session_hosts).database)
     try:
         [event] = [e for e in audit_actions(db, "connect") if e.result == "error"]

@@ -85,7 +85,10 @@ async def session_console(http, lab, user, session_id: str | None = None):
         await one_logon(http, front, user.uid, user.password, POOL, tls, through="desktops")
         session_id = (await post(http, lab, f"/api/v1/pools/{POOL}/connect"))["session_id"]
     grant = await post(http, lab, f"/api/v1/sessions/{session_id}/console-token")
-    socket = await http.ws_connect(f"{grant['gateway_url']}?token={grant['token']}", origin=front, ssl=tls)
+    # The URL may carry the request id already (?rid=…, docs/logging.md).
+    separator = "&" if "?" in grant["gateway_url"] else "?"
+    url = f"{grant['gateway_url']}{separator}token={grant['token']}"
+    socket = await http.ws_connect(url, origin=front, ssl=tls)
     console = Console(socket)
     assert await console.handshake() == b"smartwork-vdi stub desktop"
     return session_id, console

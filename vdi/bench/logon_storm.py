@@ -102,7 +102,8 @@ async def one_logon(
     grant = await step("token", "POST", f"/api/v1/sessions/{session['session_id']}/console-token")
     started = time.perf_counter()
     try:
-        url = f"{grant['gateway_url']}?token={grant['token']}"
+        separator = "&" if "?" in grant["gateway_url"] else "?"  # it may carry the request id (?rid=…)
+        url = f"{grant['gateway_url']}{separator}token={grant['token']}"
         async with http.ws_connect(url, origin=front, ssl=tls, autoping=False) as socket:
             banner = await socket.receive_bytes(timeout=30)
             if not banner.startswith(b"RFB 003."):

@@ -23,4 +23,7 @@ def test_small_run_prints_figures_for_every_path(capsys):
         assert figures["new_tunnel_alone"]["p99_ms"] >= figures["new_tunnel_alone"]["p50_ms"] > 0, name
         assert figures["idle_tunnels"]["failures"] == 0, name
     # Only the gateway's own process is measured for memory (websockify forks per tunnel).
-    assert report["results"]["gateway"]["idle_tunnels"]["kb_per_tunnel"] > 0
+    # With ten tunnels the figure is within the noise of the process's memory (the relay hands back its read
+    # buffers' pages after the throughput runs, so it can even come out below zero); the bench's default of
+    # 1,000 tunnels gives the real figure. Here: it is measured and reported.
+    assert isinstance(report["results"]["gateway"]["idle_tunnels"]["kb_per_tunnel"], float)

@@ -17,7 +17,10 @@ from images.build import DEFAULT_PLAYBOOK
 
 def _catalog(config) -> tuple[Catalog, object]:
     from broker.db import Database
+    from broker.db.migrate import upgrade
 
+    # Like `vdi host` and `vdi pool`: a new database gets its schema (quietly) instead of "no such table".
+    upgrade(config.database.url)
     return Catalog(config.images.cache_dir), Database(config.database)
 
 

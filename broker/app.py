@@ -311,5 +311,5 @@ async def serve(config: BrokerConfig) -> None:
 
 def run(config: BrokerConfig) -> None:
     """`vdi broker`: migrate the schema, then serve until SIGTERM or SIGINT."""
-    upgrade(config.database.url)
+    upgrade(config.database.url, verbose=True)
     asyncio.run(serve(config))

@@ -1,7 +1,8 @@
 """A one-line progress report on stderr for long steps (hashing, copying, debootstrap).
 
-It redraws only on a terminal; elsewhere (logs, CI) it prints the step once when it starts and once when it
-ends, so build logs are not flooded with carriage returns.
+On a terminal it redraws one line in place, with a bar when the size is known ("[#####-----]  50%");
+elsewhere (pipes, logs, CI) it prints plain lines: the step once when it starts and once when it ends, so logs
+are not flooded with carriage returns.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from typing import TextIO
 
 REDRAW_INTERVAL_S = 0.2
+BAR_WIDTH = 24
 
 
 class Progress:
@@ -37,11 +39,20 @@ class Progress:
         prefix = "\r" if self.interactive else ""
         self._write(f"{prefix}{self._line()} done in {elapsed:.1f} s\n")
 
+    def fail(self, reason: str) -> None:
+        """End the line with why the step stopped (instead of "done")."""
+        prefix = "\r" if self.interactive else ""
+        self._write(f"{prefix}{self.label}: {reason}\n")
+
     def _line(self) -> str:
         if not self.total:
             return f"{self.label}: {_mib(self.done)}" if self.done else self.label
         percent = min(100, self.done * 100 // self.total)
-        return f"{self.label}: {percent:3d}% ({_mib(self.done)} of {_mib(self.total)})"
+        sizes = f"{percent:3d}% ({_mib(self.done)} of {_mib(self.total)})"
+        if not self.interactive:
+            return f"{self.label}: {sizes}"
+        filled = percent * BAR_WIDTH // 100
+        return f"{self.label}: [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {sizes}"
 
     def _write(self, text: str) -> None:
         self.stream.write(text)

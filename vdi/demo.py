@@ -8,6 +8,10 @@ With `[lab] session_hosts` (etc/demo.toml names dsh1 and dsh2) the demo also bri
 `required_labels = { provider = "session-host" }`) have somewhere to run: an XFCE desktop with Hangul input
 in about a second, next to the VM pools.
 
+The demo supervises the broker and the gateway the way systemd's Restart=on-failure would: one that dies is
+logged and started again after 1, 2, 4 … up to 30 s (back to 1 s once it has stayed up a minute), while the
+other one and the desktops keep running.
+
 Ctrl-C (or `vdi demo --stop` / `make stop` from another shell) stops the broker and gateway,
 removes the desktops the demo started, and stops the lab daemons and session hosts the demo started.
 """
@@ -22,6 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from vdi.config import Config
@@ -87,8 +92,67 @@ def _start_service(config_path: Path, config: Config, service: str, tls: DemoTls
             start_new_session=True,
         )
     _pid_file(config, service).write_text(str(process.pid))
-    _wait_healthy(_health_url(config, service), process, tls)
+    try:
+        _wait_healthy(_health_url(config, service), process, tls)
+    except RuntimeError:
+        process.kill()  # never healthy: not left running beside the next attempt
+        process.wait()
+        raise
     return process
+
+
+# Restart delays after a crash, as systemd's Restart=on-failure with a growing RestartSec would: 1, 2, 4 … 30 s,
+# back to 1 s once a service has stayed up for STABLE_S.
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+STABLE_S = 60.0
+
+
+def backoff_delay(failures: int) -> float:
+    """The wait before the restart that follows `failures` earlier crashes in a row (0 for the first crash)."""
+    return min(BACKOFF_FIRST_S * 2 ** min(failures, 16), BACKOFF_MAX_S)
+
+
+class Supervised:
+    """A demo service (broker or gateway) restarted with backoff when it dies; the other one is left alone."""
+
+    def __init__(self, name: str, start: Callable[[], subprocess.Popen]):
+        self.name = name
+        self._start = start
+        self.failures = 0
+        self.restart_at: float | None = None
+        self.process: subprocess.Popen | None = start()
+        self.started_at = time.monotonic()
+
+    def check(self, now: float) -> None:
+        """Called about once a second: notice a crash, and restart once its backoff has passed."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self._restart()
+            return
+        if self.process.poll() is None:
+            if now - self.started_at >= STABLE_S:
+                self.failures = 0
+            return
+        self._schedule(now, f"exited with status {self.process.returncode}")
+
+    def _schedule(self, now: float, why: str) -> None:
+        delay = backoff_delay(self.failures)
+        self.failures += 1
+        self.restart_at = now + delay
+        log.warning(
+            "demo %s %s; restarting it in %.0f s (crash %d in a row)", self.name, why, delay, self.failures
+        )
+
+    def _restart(self) -> None:
+        self.restart_at = None
+        try:
+            self.process = self._start()
+        except RuntimeError as exc:  # it died again while starting, or never became healthy
+            self._schedule(time.monotonic(), f"did not start: {exc}")
+            return
+        self.started_at = time.monotonic()
+        log.warning("demo %s restarted (pid %d)", self.name, self.process.pid)
 
 
 def _print_banner(config: Config) -> None:
@@ -239,7 +303,8 @@ def run_demo(config: Config, config_path: str) -> int:
     _pid_file(config, "demo").write_text(str(os.getpid()))
     upgrade(config.database.url)
     build_demo_image(config.images)
-    processes, helpers = [], []
+    supervised: list[Supervised] = []
+    helpers: list = []
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -247,17 +312,22 @@ def run_demo(config: Config, config_path: str) -> int:
         if config.lab.session_hosts:
             _session_hosts(config).up()
         https_config_path = _prepare_https(config, lab, helpers)
-        processes = [_start_service(https_config_path, config, s, demo_tls(config)) for s in SERVICES]
+        for service in SERVICES:
+            supervised.append(
+                Supervised(
+                    service, lambda s=service: _start_service(https_config_path, config, s, demo_tls(config))
+                )
+            )
         _print_banner(config)
         while not stop.wait(1.0):
-            if any(p.poll() is not None for p in processes):
-                print("a demo service exited; see the logs in", config.lab.state_dir, file=sys.stderr)
-                break
+            for service in supervised:
+                service.check(time.monotonic())
     finally:
         print("stopping the demo ...", flush=True)
         for helper in helpers:
             helper.stop()  # and reaped: a zombie child would look alive to _stop_everything's pid check
-        _stop_services(processes)  # likewise reaped here, not left for _stop_everything to wait out
+        # Likewise reaped here, not left for _stop_everything to wait out.
+        _stop_services([s.process for s in supervised if s.process is not None])
         _stop_everything(config)
         _pid_file(config, "demo").unlink(missing_ok=True)
     return 0

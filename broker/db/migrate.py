@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -32,10 +34,23 @@ class SchemaTooNew(DatabaseStartError):
     """The database was migrated by a newer smartwork-vdi: this one must not touch it."""
 
 
+@contextmanager
+def _alembic_at(level: int):
+    """Alembic's loggers at `level` for a while: its INFO lines ("Context impl SQLiteImpl.") are noise to a
+    command that only reads, and the account of what it migrated for `vdi db upgrade` and the broker's start."""
+    alembic_log = logging.getLogger("alembic")
+    before = alembic_log.level
+    alembic_log.setLevel(level)
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(before)
+
+
 def current_revisions(url: str) -> tuple[str, ...]:
     engine = make_engine(url, pool_size=1)
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, _alembic_at(logging.WARNING):
             return MigrationContext.configure(connection).get_current_heads()
     finally:
         engine.dispose()
@@ -59,10 +74,23 @@ def check_known_schema(url: str, script: ScriptDirectory) -> None:
             ) from None
 
 
-def upgrade(url: str, revision: str = "heads") -> None:
-    """Migrate the schema to `revision`: DatabaseUnreachable or SchemaTooNew (naming database.url) first."""
+def upgrade(
+    url: str, revision: str = "heads", verbose: bool = False
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Migrate the schema to `revision`: DatabaseUnreachable or SchemaTooNew (naming database.url) first.
+
+    Returns the revisions before and after. A database already at the newest revision is left alone
+    without running Alembic at all, so read-only commands print no migration lines; Alembic's INFO lines
+    ("Running upgrade ...") are shown only with `verbose` (`vdi db upgrade`).
+    """
     ensure_sqlite_directory(url)
     check_reachable(url)
     config = alembic_config(url)
-    check_known_schema(url, ScriptDirectory.from_config(config))
-    command.upgrade(config, revision)
+    script = ScriptDirectory.from_config(config)
+    check_known_schema(url, script)
+    before = current_revisions(url)
+    if revision == "heads" and set(before) == set(script.get_heads()):
+        return before, before
+    with _alembic_at(logging.INFO if verbose else logging.WARNING):
+        command.upgrade(config, revision)
+    return before, current_revisions(url)

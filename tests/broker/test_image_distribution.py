@@ -179,3 +179,7 @@ def test_vdi_image_distribute_names_the_host_and_version(catalog_row, libvirt_ho
         in done.stdout
     )
     assert base_volume_name(catalog_row) in volume_names(host)
+    # Not a terminal: the upload's progress is plain lines, its start and its end, no bar redrawn in place.
+    step = f"host {host.name}: upload {catalog_row.image_name} {catalog_row.version}"
+    assert f"{step} ...\n" in done.stderr and f"{step} done in " in done.stderr
+    assert "\r" not in done.stderr

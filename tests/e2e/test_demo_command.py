@@ -1,8 +1,10 @@
-"""`vdi demo` starts the lab, broker and gateway over HTTPS, prints the logins, and Ctrl-C stops what it started."""
+"""`vdi demo` starts the lab, broker and gateway over HTTPS, prints the logins, restarts a killed broker, and
+Ctrl-C stops what it started."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import ssl
 import subprocess
@@ -148,6 +150,44 @@ def console_over_wss(https_config: Path) -> None:
     assert report["broker"].startswith("https://") and report["cold"]["runs"] == 1
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    # A zombie (exited, not yet reaped by the demo) is not running.
+    status = Path(f"/proc/{pid}/status").read_text() if Path(f"/proc/{pid}/status").exists() else ""
+    return "State:\tZ" not in status
+
+
+def broker_restarts_after_sigkill(
+    state_dir: Path, tls: DemoTls, broker_port: int, lines: list[str]
+) -> list[int]:
+    """SIGKILL the demo's broker: the demo logs it and starts a new one, the gateway keeps its pid.
+
+    Returns the broker pids seen (old and new), for the caller to check none outlives the demo.
+    """
+    read = lambda service: int((state_dir / f"demo-{service}.pid").read_text())  # noqa: E731
+    old_broker, gateway = read("broker"), read("gateway")
+    os.kill(old_broker, signal.SIGKILL)
+
+    def new_broker_healthy() -> bool:
+        try:
+            return read("broker") != old_broker and https_ok(
+                f"https://127.0.0.1:{broker_port}/healthz", tls.client_context()
+            )
+        except (OSError, ValueError):
+            return False
+
+    # The first restart comes after a 1 s backoff; a broker's start (schema check, LDAP, hosts) takes a while.
+    wait_until(new_broker_healthy, 90, "a new demo broker answering /healthz")
+    assert read("gateway") == gateway and pid_alive(gateway)
+    # The demo logs the restart once it has seen the new broker healthy too: just after the test did.
+    wait_until(lambda: "demo broker restarted" in "".join(lines), 30, "the demo's restart log line")
+    assert "demo broker exited with status -9; restarting it in 1 s" in "".join(lines)
+    return [old_broker, read("broker"), gateway]
+
+
 def test_demo_starts_everything_and_ctrl_c_stops_it(
     tmp_path, ldap_settings, libvirt_host, demo_image, browser
 ):
@@ -187,6 +227,7 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
         browser_signs_in_with_the_p12_and_opens_a_console(browser, tls, f"https://127.0.0.1:{broker_port}")
         sbc_desktop_over_wss(browser, f"https://127.0.0.1:{broker_port}")
         assert port_open(ldap_port)
+        killed_broker = broker_restarts_after_sigkill(tmp_path / "lab", tls, broker_port, lines)
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(timeout=60)
@@ -196,6 +237,8 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
     assert "demo stopped" in "".join(lines)
     assert not port_open(broker_port)
     assert not port_open(gateway_port)
+    for pid in killed_broker:
+        assert not pid_alive(pid), f"demo process {pid} left running"
     assert not port_open(ldap_port)
     assert (
         f"swvdi-{DEMO_SESSION_HOST}"

@@ -26,7 +26,11 @@ def _setup_logging(config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vdi", description="smartwork-vdi connection broker")
+    parser = argparse.ArgumentParser(
+        prog="vdi",
+        description="smartwork-vdi: the connection broker, console gateway, lab, database, images, hosts, pools "
+        "and centers from one command line",
+    )
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG, help="TOML configuration file (default: %(default)s)"
     )

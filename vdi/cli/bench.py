@@ -59,7 +59,9 @@ def add_commands(sub) -> None:
     placement.add_argument("--hosts", type=int, default=1000, help="hosts in the inventory (default 1000)")
     placement.add_argument("--concurrency", type=int, default=50, help="concurrent requests (default 50)")
     placement.add_argument("--requests", type=int, default=5000, help="placements per policy (default 5000)")
-    placement.add_argument("--policy", choices=["spread", "pack", "both"], default="both")
+    placement.add_argument(
+        "--policy", choices=["spread", "pack", "both"], default="both", help="placement policy (default both)"
+    )
     placement.add_argument("--json", action="store_true", help="print only the JSON result")
     placement.add_argument("--database", help="SQLite file to use (default: a temporary one per policy)")
     placement.add_argument("--seed", type=int, default=1, help="seed of the host sizes and picks")

@@ -174,7 +174,7 @@ def run_center_command(config, args) -> int:
 
 
 def _center_fields(parser, adding: bool) -> None:
-    parser.add_argument("name")
+    parser.add_argument("name", help="center name (its short id), e.g. seoul")
     parser.add_argument("--name-ko", dest="name_ko", required=adding, help="the center's name in Korean")
     parser.add_argument("--name-en", dest="name_en", required=adding, help="the center's name in English")
     parser.add_argument("--address", help="postal address")
@@ -226,14 +226,18 @@ def add_commands(sub) -> None:
     _center_fields(
         verbs.add_parser("change", help="change a center", description="change a center"), adding=False
     )
-    verbs.add_parser("remove", help="remove a center", description="remove a center").add_argument("name")
+    verbs.add_parser("remove", help="remove a center", description="remove a center").add_argument(
+        "name", help="the center"
+    )
     listing = verbs.add_parser("list", help="list centers", description="list centers")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    verbs.add_parser("show", help="one center as JSON", description="one center as JSON").add_argument("name")
+    verbs.add_parser("show", help="one center as JSON", description="one center as JSON").add_argument(
+        "name", help="the center"
+    )
     seats = verbs.add_parser(
         "occupancy", help="a day's booked seats", description="a day's booked seats as JSON"
     )
-    seats.add_argument("name")
+    seats.add_argument("name", help="the center")
     seats.add_argument("--day", help="YYYY-MM-DD in the center's time zone (default today)")
     add_terminal_verb = verbs.add_parser(
         "terminal-add",
@@ -249,10 +253,10 @@ def add_commands(sub) -> None:
         "terminal-remove", help="remove a terminal", description="remove a registered terminal"
     )
     drop.add_argument("name", help="the center")
-    drop.add_argument("terminal")
+    drop.add_argument("terminal", help="the terminal's name, as `vdi center terminals` shows it")
     verbs.add_parser(
         "terminals", help="a center's terminals", description="a center's terminals as JSON"
-    ).add_argument("name")
+    ).add_argument("name", help="the center")
     records = verbs.add_parser(
         "attendance", help="daily attendance records", description="daily attendance records as JSON or CSV"
     )
@@ -265,8 +269,8 @@ def add_commands(sub) -> None:
     fix = verbs.add_parser(
         "correct", help="correct a user's day (audited)", description="correct a user's day at a center"
     )
-    fix.add_argument("center")
-    fix.add_argument("user")
+    fix.add_argument("center", help="the center")
+    fix.add_argument("user", help="the user's directory login name (uid)")
     fix.add_argument("day", help="YYYY-MM-DD in the center's time zone")
     fix.add_argument("--in", dest="checked_in", required=True, metavar="HH:MM", help="check-in time")
     fix.add_argument("--out", dest="checked_out", metavar="HH:MM", help="check-out time")

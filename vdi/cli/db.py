@@ -10,8 +10,12 @@ from vdi.config import Config
 def cmd_db_upgrade(config: Config, args: argparse.Namespace) -> int:
     from broker.db.migrate import upgrade
 
-    upgrade(config.database.url)
-    print("database is at the latest revision")
+    before, after = upgrade(config.database.url, verbose=True)
+    now = ", ".join(after) or "(empty)"
+    if before == after:
+        print(f"database is already at the latest revision {now}")
+    else:
+        print(f"database migrated from {', '.join(before) or '(empty)'} to {now}")
     return 0
 
 

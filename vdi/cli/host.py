@@ -126,6 +126,9 @@ def run_host_command(config, args) -> int:
     return 0
 
 
+NAME_HELP = "host name, as `vdi host list` shows it"
+
+
 def add_commands(sub) -> None:
     """The `vdi host` subcommands, added to the `vdi` parser."""
     host = sub.add_parser("host", help="host inventory", description="host inventory")
@@ -134,7 +137,7 @@ def add_commands(sub) -> None:
     add = verbs.add_parser(
         "add", help="connect to a host and add it", description="connect to a host and add it"
     )
-    add.add_argument("name")
+    add.add_argument("name", help="a new host name, e.g. hv1")
     add.add_argument(
         "--provider",
         help=f"desktop provider that drives the host (registered: {', '.join(provider_names())}; default libvirt)",
@@ -168,11 +171,13 @@ def add_commands(sub) -> None:
         help="address the host's desktops show their displays on (default 127.0.0.1: reach them over ssh)",
     )
     remove = verbs.add_parser("remove", help="remove a host", description="remove a host")
-    remove.add_argument("name")
+    remove.add_argument("name", help=NAME_HELP)
     remove.add_argument("--force", action="store_true", help="remove even if desktops are still on it")
     for verb, state in ADMIN_VERBS.items():
         text = f"set a host's admin state to {state}"
-        verbs.add_parser(verb, help=text, description=text).add_argument("name")
+        verbs.add_parser(verb, help=text, description=text).add_argument("name", help=NAME_HELP)
     listing = verbs.add_parser("list", help="list hosts", description="list hosts")
     listing.add_argument("--json", action="store_true", help="print JSON")
-    verbs.add_parser("show", help="one host as JSON", description="one host as JSON").add_argument("name")
+    verbs.add_parser("show", help="one host as JSON", description="one host as JSON").add_argument(
+        "name", help=NAME_HELP
+    )

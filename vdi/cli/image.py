@@ -13,11 +13,15 @@ from pathlib import Path
 
 from broker.image_catalog import Catalog, CatalogError, NewVersion, describe
 from images.build import DEFAULT_PLAYBOOK
+from images.progress import Progress
 
 
 def _catalog(config) -> tuple[Catalog, object]:
     from broker.db import Database
+    from broker.db.migrate import upgrade
 
+    # Like `vdi host` and `vdi pool`: a new database gets its schema (quietly) instead of "no such table".
+    upgrade(config.database.url)
     return Catalog(config.images.cache_dir), Database(config.database)
 
 
@@ -119,12 +123,16 @@ def cmd_distribute(config, args: argparse.Namespace) -> int:
         return _fail(exc)
     failed = 0
     for name in args.host or sorted(hosts):
+        # One step per host: redrawn with its time on a terminal, a line as it starts and ends elsewhere.
+        progress = Progress(f"host {name}: upload {row.image_name} {row.version}")
         try:
             needed = distribute(hosts[name], row)
         except CatalogError as exc:
+            progress.fail("failed")
             failed += 1
             _fail(exc)
             continue
+        progress.finish()
         if not needed:
             print(f"host {name}: its {hosts[name].provider} provider needs no image; skipped")
             continue

@@ -154,25 +154,32 @@ def run_pool_command(config, args) -> int:
     return 0
 
 
+POOL_HELP = "pool name, as `vdi pool list` shows it"
+
+
 def add_commands(sub) -> None:
     """The `vdi pool` subcommands, added to the `vdi` parser."""
     text = "desktop pools (shared by every broker through the database) and their image rollouts"
     pool = sub.add_parser("pool", help=text, description=text)
     pool.set_defaults(fn=run_pool_command, needs_config="full")
     verbs = pool.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
-    verbs.add_parser("list", help="every pool's settings, as JSON")
-    verbs.add_parser("show", help="one pool's settings, as JSON").add_argument("pool")
-    add = verbs.add_parser("add", help="add a pool: its settings as a JSON object, as a [[pools]] entry")
+
+    def verb(name: str, text: str):
+        return verbs.add_parser(name, help=text, description=text)
+
+    verb("list", "every pool's settings, as JSON")
+    verb("show", "one pool's settings, as JSON").add_argument("pool", help=POOL_HELP)
+    add = verb("add", "add a pool: its settings as a JSON object, as a [[pools]] entry")
     add.add_argument(
         "settings", help='e.g. \'{"name": "mois-office", "display_name": "…", "groups": ["mois"]}\''
     )
-    change = verbs.add_parser("set", help="change settings of a pool: KEY=VALUE (VALUE as JSON, else text)")
-    change.add_argument("pool")
-    change.add_argument("settings", nargs="+", metavar="KEY=VALUE")
-    verbs.add_parser("remove", help="remove a pool that has no desktops").add_argument("pool")
+    change = verb("set", "change settings of a pool: KEY=VALUE (VALUE as JSON, else text)")
+    change.add_argument("pool", help=POOL_HELP)
+    change.add_argument("settings", nargs="+", metavar="KEY=VALUE", help="e.g. spares=2 display_name=Office")
+    verb("remove", "remove a pool that has no desktops").add_argument("pool", help=POOL_HELP)
     text = "move a pool to another version of its image, canary desktops first"
     rollout = verbs.add_parser("rollout", help=text, description=text)
-    rollout.add_argument("pool")
+    rollout.add_argument("pool", help=POOL_HELP)
     rollout.add_argument("version", help="catalog version of the pool's image (vdi image list)")
     rollout.add_argument("--canary", default="1", help="canary desktops: a count (1) or a share (20%%)")
     rollout.add_argument(
@@ -181,5 +188,5 @@ def add_commands(sub) -> None:
     rollout.add_argument("--json", action="store_true", help="print JSON")
     text = "the pool's current version and its newest rollout"
     status = verbs.add_parser("rollout-status", help=text, description=text)
-    status.add_argument("pool")
+    status.add_argument("pool", help=POOL_HELP)
     status.add_argument("--json", action="store_true", help="print JSON")

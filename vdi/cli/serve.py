@@ -41,5 +41,10 @@ def add_commands(sub) -> None:
     add("broker", cmd_broker, "run the broker: portal, REST API, admin console and /metrics")
     # A gateway's file needs only [gateway] and [database] (gateway/config.py).
     add("gateway", cmd_gateway, "run the WebSocket-to-VNC console gateway", needs_config="gateway")
-    demo = add("demo", cmd_demo, "start the local lab, the broker and the gateway; Ctrl-C stops them all")
+    demo = add(
+        "demo",
+        cmd_demo,
+        "start the local lab, the broker and the gateway; a crashed broker or gateway is restarted with backoff; "
+        "Ctrl-C or `vdi demo --stop` stops them all",
+    )
     demo.add_argument("--stop", action="store_true", help="stop a demo started earlier")

@@ -38,4 +38,6 @@ def add_commands(sub) -> None:
     totp.set_defaults(fn=run_totp_command, needs_config="full")
     verbs = totp.add_subparsers(dest="totp_command", required=True, metavar="ACTION")
     text = "remove a user's enrolled authenticator app (lost phone); they enrol again at a center"
-    verbs.add_parser("reset", help=text, description=text).add_argument("username")
+    verbs.add_parser("reset", help=text, description=text).add_argument(
+        "username", help="the user's directory login name (uid)"
+    )

@@ -1,9 +1,12 @@
 """Every `vdi` command explains itself with --help."""
 
+import argparse
 import subprocess
 import sys
 
 import pytest
+
+from vdi.cli import build_parser
 
 COMMANDS = [
     [],
@@ -34,3 +37,23 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert f"cannot read configuration file {missing}" in result.stderr
+
+
+def every_parser(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("vdi",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from every_parser(child, (*path, name))
+
+
+def test_every_command_and_argument_describes_itself():
+    """`vdi X --help` of every command has a description, and every argument says what it is."""
+    missing = []
+    for path, parser in every_parser(build_parser()):
+        if not parser.description:
+            missing.append(" ".join(path))
+        for action in parser._actions:
+            if not action.help and not isinstance(action, argparse._SubParsersAction):
+                missing.append(f"{' '.join(path)} {action.dest}")
+    assert missing == []

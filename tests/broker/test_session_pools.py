@@ -162,7 +162,9 @@ def test_an_application_that_fails_to_start_is_a_clear_error_audited_and_leaves_
     assert not list((lab_session_hosts.sessions_dir(host) / ".displays").iterdir())
     # The session's processes were sent SIGKILL; they are gone once the kernel has reaped them.
     wait_until(
-        lambda: "false" not in lab_session_hosts.run(host, ["ps", "-o", "comm=", "-u", "kimmj"]).stdout.split(),
+        lambda: (
+            "false" not in lab_session_hosts.run(host, ["ps", "-o", "comm=", "-u", "kimmj"]).stdout.split()
+        ),
         10,
         "the failed application's process to be gone",
     )

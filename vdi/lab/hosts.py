@@ -348,10 +348,32 @@ class LabHosts:
         with self._exclusive():
             for host in self.hosts.values():
                 self._remove_host(host)
+            self._end_client_connections()
             # Another LabHosts (a test's own throwaway host) may still have ports on the bridge.
             if _link_exists(BRIDGE) and not any(Path(f"/sys/class/net/{BRIDGE}/brif").iterdir()):
                 _run(["ip", "link", "del", BRIDGE])
         log.info("lab hosts down")
+
+    def _end_client_connections(self) -> None:
+        """End SSH clients still connected to the hosts (by this lab's ssh_config in their arguments).
+
+        libvirt opens qemu+ssh connections by running ssh; a connection its process never closed keeps
+        that ssh waiting on a host that is gone, long after the tests or the demo ended. The hosts are
+        down now, so nothing can still use them.
+        """
+        config = os.fsencode(self.ssh_config)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if Path(os.fsdecode(argv[0])).name != "ssh" or config not in argv:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGTERM)
+                log.warning("ended SSH client pid %s, still connected to a lab host", entry.name)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:

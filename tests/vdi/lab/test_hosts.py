@@ -14,7 +14,7 @@ import pytest
 from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
-from tests.fixtures.common import ROOT
+from tests.fixtures.common import ROOT, wait_until
 from tests.fixtures.lab_hosts import lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from vdi.lab.hosts import LabHosts
@@ -171,6 +171,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def remote_sleep_running(namespace: str) -> bool:
+    for pid in namespace_pids(namespace):
+        try:
+            if b"4242" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_down_destroys_guests_and_leaves_no_namespace_link_or_process(throwaway_host, lab_hosts):
     throwaway_host.up()
     throwaway_host.up()  # idempotent: a second up keeps the running host
@@ -184,9 +194,24 @@ def test_down_destroys_guests_and_leaves_no_namespace_link_or_process(throwaway_
     commands = {command(pid) for pid in pids}  # sshd's session processes may be exiting meanwhile
     assert {"sleep", "virtlogd", "libvirtd", "sshd"} <= commands
     assert any(command.startswith("qemu") for command in commands)
+    # An SSH client left connected (as libvirt's qemu+ssh leaves one when a connection is never closed).
+    ssh = ["ssh", "-F", str(throwaway_host.ssh_config), "-i", str(throwaway_host.client_key), "-T"]
+    client = subprocess.Popen(
+        [*ssh, "-l", "root", "--", throwaway_host.address("hvx"), "sleep", "4242"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: remote_sleep_running(host.namespace), 30, "the SSH client's command on the host")
 
-    throwaway_host.down()
+        throwaway_host.down()
 
+        assert client.wait(timeout=10) is not None  # ended with the hosts, not left waiting on a gone host
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
     assert [pid for pid in pids if alive(pid)] == []
     assert not Path(f"/run/netns/{host.namespace}").exists()
     assert not Path(f"/sys/class/net/{host.link}").exists()

@@ -22,7 +22,7 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import wait_until, wait_until_async
 from tests.fixtures.ha import POOL
 from tests.fixtures.portal import user_in
 from vdi.bench.logon_storm import Results, client_tls, new_client, one_logon, storm
@@ -102,13 +102,6 @@ async def post(http, lab, path: str) -> dict:
         return await reply.json()
 
 
-async def until(predicate, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 # -- brokers --------------------------------------------------------------------------------------------
 
 
@@ -148,11 +141,11 @@ def test_an_open_console_outlives_every_broker(ha_lab, demo_users):
         async with new_client() as http:
             _, console = await session_console(http, lab, user)
             await console.key()
-            await until(lambda: stub.key_events >= 2, "keys before")
+            await wait_until_async(lambda: stub.key_events >= 2, 30, "keys before")
             for broker in lab.of_kind("broker"):
                 lab.kill(broker.name)
             await console.key()
-            await until(lambda: stub.key_events >= 4, "keys after every broker died")
+            await wait_until_async(lambda: stub.key_events >= 4, 30, "keys after every broker died")
             assert not console.socket.closed
             assert stub.open == 1
 
@@ -195,7 +188,7 @@ def test_a_console_comes_back_through_the_other_gateway_with_a_fresh_token(ha_la
             _, console = await session_console(http, lab, user, session_id)
             assert health(other)["tunnels_open"] == 1
             await console.key()
-            await until(lambda: stub.key_events >= 2, "keys through the other gateway")
+            await wait_until_async(lambda: stub.key_events >= 2, 30, "keys through the other gateway")
             await console.socket.close()
 
     asyncio.run(scenario())

@@ -36,6 +36,7 @@ from broker.pools import PoolManager
 from broker.power_manager import PowerManager
 from broker.reservations import Reservations
 from broker.rollout import RolloutManager
+from broker.seat_ends import SeatEnds
 from broker.settings_file import ConfigError
 from broker.transfers import Transfers
 from broker.web.app import make_app
@@ -102,7 +103,7 @@ class BrokerApp:
             lockout=config.lockout,
             totp=config.totp,
             totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
-            seat_gate=self.reservations.admit,
+            seat_gate=self.reservations.gate,
         )
         self.pool_manager = PoolManager(config, db, self.desktops)  # docs/pools.md
         self.session_lifecycle = SessionLifecycle(config, db, self.desktops)
@@ -110,6 +111,8 @@ class BrokerApp:
         # Always wanted: it picks up rollouts left unfinished by a restart (docs/pools.md, "Rollout").
         self.rollout_manager = RolloutManager(config, db, self.desktops)
         self.token_purge = TokenPurge(db)
+        # A seat's booking ends: its user is signed out and their consoles cut (docs/centers.md, kiosk).
+        self.seat_ends = SeatEnds(db, self.portal_auth)
         # Pools live in the database (broker/pool_catalog.py); every broker takes on changes by itself.
         self.pool_catalog = PoolCatalog(config, db)
         self.pool_catalog.on_change.append(self._pools_changed)
@@ -217,6 +220,7 @@ class BrokerApp:
             self.power_manager,
             self.rollout_manager,
             self.token_purge,
+            self.seat_ends,
         ]
 
     async def start(self) -> None:

@@ -92,8 +92,11 @@ def record_login(
     client_ip: str,
     lifetime_s: int,
     audit_detail: dict | None = None,
+    until: dt.datetime | None = None,
 ) -> None:
+    """`until`: the session ends then at the latest (a center terminal's seat ends)."""
     now = utcnow()
+    expires_at = now + dt.timedelta(seconds=lifetime_s)
     user = db.get(User, identity.username) or User(username=identity.username)
     user.display_name = identity.display_name
     user.groups = list(identity.groups)
@@ -109,7 +112,7 @@ def record_login(
             method=method,
             client_ip=client_ip,
             created_at=now,
-            expires_at=now + dt.timedelta(seconds=lifetime_s),
+            expires_at=expires_at if until is None else min(expires_at, until),
         )
     )
     db.add(audit_login(identity.username, "success", client_ip, method, "authenticated", audit_detail))
@@ -174,10 +177,11 @@ class PortalAuth:
         lockout: LockoutSettings | None = None,
         totp: TotpSettings | None = None,
         totp_key: str = "",
-        seat_gate: Callable[[str, str, bytes | None], Awaitable[object]] | None = None,
+        seat_gate: Callable[[str, str, bytes | None], Awaitable[dt.datetime | None]] | None = None,
     ) -> None:
         self.db = db
-        # At a center terminal a login needs a seat (broker/reservations.py): it refuses, audited, without.
+        # At a center terminal a login needs a seat (broker/reservations.py): it refuses, audited, without;
+        # with one, it answers when the seat ends, and the portal session ends then too.
         self.seat_gate = seat_gate
         self.methods = dict(methods)
         self.session_lifetime_s = session_lifetime_s
@@ -399,9 +403,10 @@ class PortalAuth:
         second_factor: bool = False,
         device: bytes | None = None,
     ) -> tuple[PortalUser, str]:
+        seat_ends = None
         if self.seat_gate is not None:
             try:
-                await self.seat_gate(identity.username, client_ip, device)
+                seat_ends = await self.seat_gate(identity.username, client_ip, device)
             except errors.LoginRefused:
                 LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
                 raise
@@ -417,6 +422,7 @@ class PortalAuth:
                 client_ip=client_ip,
                 lifetime_s=self.session_lifetime_s,
                 audit_detail=audit_detail or None,
+                until=seat_ends,
             )
         )
         await self.db.run(partial(guard.reset_user, user_key=normalize_username(identity.username)))

@@ -377,6 +377,31 @@ def current_reservation(db: Session, center: str, username: str, now: dt.datetim
     return None if row is None else ReservationView.of(row)
 
 
+def seat_until(db: Session, center: str, username: str, now: dt.datetime) -> dt.datetime | None:
+    """When the user's seat at `center` ends: the end of the booking covering now, or of the last of the
+    bookings that follow it without a gap (a user who booked 9-12 and 12-14 keeps the seat until 14);
+    None without a booking now."""
+    current = current_reservation(db, center, username, now)
+    if current is None:
+        return None
+    until = current.ends_at
+    for row in db.scalars(
+        select(SeatReservation)
+        .where(
+            SeatReservation.center == center,
+            SeatReservation.username == username,
+            SeatReservation.state == "booked",
+            SeatReservation.starts_at >= until,
+            SeatReservation.starts_at < until + MAX_BOOKING,
+        )
+        .order_by(SeatReservation.starts_at)
+    ):
+        if row.starts_at != until:
+            break
+        until = row.ends_at
+    return until
+
+
 def next_free(db: Session, center: CenterView, zone: str, after: dt.datetime) -> dt.datetime | None:
     """The first slot from `after` on, within opening hours, with a seat of `zone` free (None: none soon)."""
     capacity = center.seats.get(zone, 0)
@@ -511,6 +536,9 @@ class Reservations:
     async def seat_now(self, center: str, username: str) -> ReservationView | None:
         return await self.db.run(partial(current_reservation, center=center, username=username, now=utcnow()))
 
+    async def seat_until(self, center: str, username: str) -> dt.datetime | None:
+        return await self.db.run(partial(seat_until, center=center, username=username, now=utcnow()))
+
     async def arrival(self, client_ip: str) -> Arrival | None:
         return await self.db.run(partial(arrival_at, address=client_ip))
 
@@ -548,6 +576,14 @@ class Reservations:
         except CenterLoginRefused as exc:
             await self._refused(username, client_ip, center, exc)
             raise
+
+    async def gate(self, username: str, client_ip: str, device: bytes | None = None) -> dt.datetime | None:
+        """PortalAuth's seat gate: admit the login (or refuse it), and answer when its seat ends (None away
+        from centers): the portal session ends then, whatever page the terminal shows."""
+        seat = await self.admit(username, client_ip, device)
+        if seat is None:
+            return None
+        return await self.seat_until(seat.center, username) or seat.ends_at
 
     async def _check_device(self, center: CenterView, device: bytes) -> None:
         """Revocation of a registered terminal's certificate (chain and dates the TLS layer checked)."""

@@ -275,6 +275,7 @@ _zero_lease_series()
 class SignOutCause(Enum):
     LOGOUT = "logout"
     ADMIN = "admin"
+    SEAT_ENDED = "seat_ended"  # a center seat's booking ended (broker/seat_ends.py)
 
 
 class ForwardedForIgnored(Enum):

@@ -121,11 +121,17 @@ class KioskHandler(CenterPageHandler):
     async def get(self) -> None:
         self.remember_language()
         arrival = await self.reservations.arrival(self.client_ip)
-        seat = None
+        seat = until = None
         if arrival is not None:
-            seat = await self.reservations.seat_now(arrival.center.name, self.current_user.username)
+            username = self.current_user.username
+            seat = await self.reservations.seat_now(arrival.center.name, username)
+            until = await self.reservations.seat_until(arrival.center.name, username)
         idle_s = arrival.center.kiosk_idle_s if arrival else DEFAULT_KIOSK_IDLE_S
-        self.render("kiosk.html", arrival=arrival, seat=seat, idle_s=idle_s)
+        # The time left, not the clock time: a terminal's clock may be wrong, the broker's is the truth.
+        ends_in_ms = None if until is None else max(0, int((until - utcnow()).total_seconds() * 1000))
+        self.render(
+            "kiosk.html", arrival=arrival, seat=seat, until=until, ends_in_ms=ends_in_ms, idle_s=idle_s
+        )
 
 
 default_handlers = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import tornado.web
+from tornado.httputil import url_concat
 
 from broker import errors
 from broker.login_security import PendingLoginExpired, SourceLocked, TotpRequired
@@ -130,7 +131,11 @@ class LogoutHandler(BaseHandler):
     async def post(self) -> None:
         await self.portal_auth.sign_out(self.portal_session_id(), self.client_ip)
         await self.end_portal_session()
-        self.redirect("/login", status=303)
+        # A kiosk signs out to the sign-in page that leads the next user back to it (`next=/kiosk`).
+        back = self.get_body_argument("next", None)
+        self.redirect(
+            "/login" if back is None else url_concat("/login", {"next": safe_next(back)}), status=303
+        )
 
 
 default_handlers = [

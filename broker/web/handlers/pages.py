@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
+from broker.db.models import utcnow
 from broker.web.base import BaseHandler
 from broker.web.i18n import translator
 
@@ -52,7 +53,18 @@ class ConsoleHandler(BaseHandler):
             # Who and from where; the page adds the time (docs/gateway.md, "Watermark").
             watermark=f"{self.current_user.username} · {self.client_ip}" if pool and pool.watermark else None,
             strings={key: _(f"console.{key}") for key in CONSOLE_STRINGS} | {"network": _("error.network")},
+            seat_ends_in_ms=await self.seat_ends_in_ms(),
         )
+
+    async def seat_ends_in_ms(self) -> int | None:
+        """At a center terminal, the time left on the user's seat: the page then leaves for the kiosk (and
+        from there the sign-in page) when it ends, as the broker cuts the console (broker/seat_ends.py)."""
+        reservations = self.settings["reservations"]
+        arrival = await reservations.arrival(self.client_ip)
+        if arrival is None:
+            return None
+        until = await reservations.seat_until(arrival.center.name, self.current_user.username)
+        return None if until is None else max(0, int((until - utcnow()).total_seconds() * 1000))
 
 
 default_handlers = [

@@ -166,6 +166,15 @@ buttons.disconnect.addEventListener("click", () => {
 buttons.logoff.addEventListener("click", logoff);
 buttons.reconnect.addEventListener("click", connect);
 
+// At a center terminal the seat's end ends the visit: the broker signs the user out and cuts the console
+// (broker/seat_ends.py); the page goes back to the kiosk, which leads to the sign-in page for the next user.
+if (root.dataset.seatEndsInMs) {
+  window.setTimeout(() => {
+    closeConsole();
+    window.location.assign("/kiosk");
+  }, Math.min(Number(root.dataset.seatEndsInMs), 2 ** 31 - 1)); // longer delays fire at once
+}
+
 if (root.dataset.sessionState === "active") {
   connect();
 } else {

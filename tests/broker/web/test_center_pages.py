@@ -2,12 +2,20 @@
 with the field marked, the administrators' center list, occupancy and attendance (CSV), the kiosk page,
 and transfer requests between zones, all with zero axe-core violations in Korean and English."""
 
+import datetime as dt
+
+import pytest
+
+from broker.db import Database
+from broker.db.models import ConsoleCutoff, DesktopSession, SeatReservation, utcnow
+from broker.reservations import slot_floor
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.broker import PASSWORD
 from tests.fixtures.broker_api import signed_in
 from tests.fixtures.centers import (
     AWAY_ADDRESS,
     CENTER_ADDRESS,
+    SEOUL,
     TerminalClient,
     add_center,
     at,
@@ -17,6 +25,7 @@ from tests.fixtures.centers import (
     logoff_at,
     tomorrow_at,
 )
+from tests.fixtures.common import wait_until
 
 
 def sign_in(page, url, username, address=AWAY_ADDRESS):
@@ -148,10 +157,99 @@ def test_the_kiosk_page_signs_out_after_inactivity(axe_page, center_admin, cente
     assert page.inner_text("h1") == "스마트워크센터 단말기"
     assert "좌석 B01" in page.inner_text("#kiosk-seat")
     assert axe_violations(page) == []
-    # Nobody touches the terminal: the page signs out and the next user sees the sign-in page.
-    page.wait_for_url(f"{centers_url}/login", timeout=30_000)
+    # Nobody touches the terminal: the page signs out and the next user sees the sign-in page, which
+    # leads back to the kiosk.
+    page.wait_for_url(f"{centers_url}/login?next=%2Fkiosk", timeout=30_000)
+    assert page.request.get(f"{centers_url}/api/v1/me").status == 401
+    assert axe_violations(page) == []
     page.goto(f"{centers_url}/desktops")
     page.wait_for_url(f"{centers_url}/login?next=%2Fdesktops")
+
+
+def book_until(config, username: str, ends_at: dt.datetime) -> None:
+    """A booking of business seat 1 from the current slot until `ends_at`: seconds away, which the API's
+    30-minute slots cannot give."""
+    database = Database(config.database)
+    try:
+        with database.transaction() as session:
+            session.add(
+                SeatReservation(
+                    center="seoul-station",
+                    zone="business",
+                    seat=1,
+                    username=username,
+                    starts_at=slot_floor(utcnow()),
+                    ends_at=ends_at,
+                )
+            )
+    finally:
+        database.close()
+
+
+def desktop_session(config, session_id: str) -> tuple[str, str | None]:
+    """The session's state and why its console was cut (None: not cut)."""
+    database = Database(config.database)
+    try:
+        with database.transaction() as session:
+            cutoff = session.get(ConsoleCutoff, session_id)
+            return session.get(DesktopSession, session_id).state, cutoff and cutoff.reason
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize("page_shown", ["kiosk", "console"])
+def test_the_kiosk_signs_out_and_cuts_the_console_when_the_seat_ends(
+    axe_page, toy_centers_url, toy_centers_config, page_shown
+):
+    page, url = axe_page, toy_centers_url
+    admin = signed_in(url, "kimmj")
+    add_center(admin, unregistered_terminals="refuse")  # only registered terminals; input never idles out
+    terminal = {"name": "b01", "address": CENTER_ADDRESS}
+    assert admin.post("/api/v1/admin/centers/seoul-station/terminals", json=terminal).status == 201
+    ends_at = utcnow() + dt.timedelta(seconds=30)
+    book_until(toy_centers_config, "choijw", ends_at)
+    # The terminal's browser starts on the kiosk page; signing in leads back to it.
+    page.set_extra_http_headers(at(CENTER_ADDRESS))
+    page.goto(f"{url}/kiosk")
+    page.wait_for_url(f"{url}/login?next=%2Fkiosk")
+    page.fill("#username", "choijw")
+    page.fill("#password", PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{url}/kiosk")
+    until = ends_at.astimezone(SEOUL).strftime("%H:%M")
+    assert page.inner_text("#kiosk-seat").startswith(f"좌석 B01, {until}까지")
+    assert axe_violations(page) == []
+    if page_shown == "console":
+        page.get_by_role("link", name="내 데스크톱").click()
+        page.locator("button.connect[data-pool=moef-office]").click()
+        page.wait_for_url(f"{url}/console/*")
+        session_id = page.url.rsplit("/", 1)[1]
+    else:  # a console opened on another screen of the same user
+        session_id = page.evaluate(CONNECT_SCRIPT, "moef-office")
+    assert desktop_session(toy_centers_config, session_id) == ("active", None)
+    # The seat's end: whatever the page, the terminal is back on the sign-in page for the next user ...
+    page.wait_for_url(f"{url}/login?next=%2Fkiosk", timeout=60_000)
+    assert page.locator("#username").is_visible()
+    # ... the portal session is over ...
+    assert page.request.get(f"{url}/api/v1/me").status == 401
+    # ... and the console is cut (the gateways close the tunnels of a cut session).
+    _state, cut = wait_until(
+        lambda: (found := desktop_session(toy_centers_config, session_id))[0] == "ended" and found,
+        30,
+        "the desktop session at the center to end",
+    )
+    assert cut in ("logout", "seat_ended")
+
+
+# fetch() from the signed-in page, as desktops.js does: the session id of a new console.
+CONNECT_SCRIPT = """async (pool) => {
+  const xsrf = decodeURIComponent(document.cookie.match(/(?:^|;\\s*)_xsrf=([^;]*)/)[1]);
+  const response = await fetch(`/api/v1/pools/${pool}/connect`, {
+    method: "POST", credentials: "same-origin", body: "{}",
+    headers: {"Content-Type": "application/json", "X-XSRFToken": xsrf},
+  });
+  return (await response.json()).session_id;
+}"""
 
 
 def test_a_transfer_request_is_asked_approved_and_fetched_in_the_browser(axe_page, browser, transfers_url):

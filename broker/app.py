@@ -38,6 +38,7 @@ from broker.reservations import Reservations
 from broker.rollout import RolloutManager
 from broker.seat_ends import SeatEnds
 from broker.settings_file import ConfigError
+from broker.terminals import DeviceCertificates
 from broker.transfers import Transfers
 from broker.web.app import make_app
 from broker.web.tls import BrokerHTTPServer, tls_context
@@ -90,11 +91,11 @@ class BrokerApp:
             image_resolver,
         )
         # Smart work centers: seats booked ahead, or given at a login at a center terminal (docs/centers.md).
-        certificate = self.login_methods.get(CertificateLogin.name)
-        # With certificate login on, its checker also checks terminals' device certificates for revocation.
-        self.reservations = Reservations(
-            db, certificate.checker if isinstance(certificate, CertificateLogin) else None
-        )
+        # Terminals' device certificates are checked for revocation whatever the login method.
+        devices = DeviceCertificates.from_settings(config.broker, config.terminals)
+        if devices is not None:
+            self._closers.append(devices.close)
+        self.reservations = Reservations(db, devices)
         self.transfers = Transfers(db, config.transfers)  # between network zones (망연계)
         self.portal_auth = PortalAuth(
             db,

@@ -331,6 +331,27 @@ class TransferSettings(BaseModel):
     scan_timeout_s: float = Field(60.0, gt=0, le=600, description="a scan running longer is an error")
 
 
+class TerminalSettings(BaseModel):
+    """[terminals]: how the device certificates of center terminals (broker.tls_client_ca) are checked for
+    revocation at each login at a center terminal, whatever method the user signs in with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ocsp_url: str | None = Field(
+        None, pattern=r"^https?://", description="OCSP responder to ask instead of the certificate's AIA"
+    )
+    crl_url: str | None = Field(
+        None, pattern=r"^https?://", description="CRL to fetch instead of the certificate's CRL DP"
+    )
+    fail_mode: Literal["closed", "open"] = Field(
+        "closed",
+        description="when no revocation source answers: closed refuses the login at the terminal, open "
+        "admits it and audits that the status was unknown",
+    )
+    cache_s: int = Field(60, ge=0, le=3600, description="how long one revocation answer is reused")
+    revocation_timeout_s: float = Field(5.0, gt=0, le=60, description="timeout of each OCSP/CRL request")
+
+
 class BrokerConfig(BaseModel):
     """Every section a broker reads; built by `vdi/config.py` from the configuration file."""
 
@@ -348,6 +369,7 @@ class BrokerConfig(BaseModel):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     transfers: TransferSettings = Field(default_factory=TransferSettings)
+    terminals: TerminalSettings = Field(default_factory=TerminalSettings)
 
     @model_validator(mode="after")
     def _login_methods_agree(self) -> BrokerConfig:

@@ -28,17 +28,13 @@ from broker import errors
 from broker.centers import Arrival, CenterView, arrival_at, load_center
 from broker.db import Database
 from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
-from broker.terminals import TerminalView, identify
+from broker.terminals import DeviceCertificates, TerminalView, identify
 from monitoring.metrics import (
     CENTER_LOGINS_REFUSED,
     SEAT_BOOKINGS,
     CenterLoginRefusal,
-    RevocationResult,
     SeatBookingResult,
 )
-from sso.base import AuthError
-from sso.cert_auth import CertificateAuthenticator
-from sso.x509 import parse_certificate
 
 log = logging.getLogger(__name__)
 
@@ -471,11 +467,11 @@ def occupancy(db: Session, name: str, day: dt.date) -> Occupancy:
 class Reservations:
     """Books and cancels seats, and admits logins at center terminals (PortalAuth's seat gate).
 
-    `device_check`: with certificate login enabled, its checker; a terminal known by its device
-    certificate is then also checked for revocation (OCSP, CRL) at each login, like a user certificate.
+    `device_check`: with `broker.tls_client_ca`, the revocation check of device certificates; a terminal
+    known by its certificate is checked (OCSP, CRL) at each login, whatever the user's login method.
     """
 
-    def __init__(self, db: Database, device_check: CertificateAuthenticator | None = None) -> None:
+    def __init__(self, db: Database, device_check: DeviceCertificates | None = None) -> None:
         self.db = db
         self.device_check = device_check
 
@@ -587,17 +583,9 @@ class Reservations:
 
     async def _check_device(self, center: CenterView, device: bytes) -> None:
         """Revocation of a registered terminal's certificate (chain and dates the TLS layer checked)."""
-        if self.device_check is None:
-            return
-        try:
-            validated = self.device_check.validator.validate(parse_certificate(device))
-            answer = await self.device_check.revocation.check(validated.leaf, validated.issuer)
-        except AuthError as exc:
-            raise TerminalCertificateRefused(center, exc.reason) from None
-        if not answer.allows and not (
-            answer.result is RevocationResult.ERROR and self.device_check.settings.fail_mode == "open"
-        ):
-            raise TerminalCertificateRefused(center, f"{answer.result.value} ({answer.source.value})")
+        why = None if self.device_check is None else await self.device_check.refusal(device)
+        if why is not None:
+            raise TerminalCertificateRefused(center, why)
 
     @staticmethod
     def _check_unregistered(center: CenterView, terminal: TerminalView | None) -> None:

@@ -7,12 +7,17 @@ handshake and is audited like a user certificate (broker/web/tls.py). A certific
 matched here by the SHA-256 of its DER encoding. A login on a center's terminal network from a device
 that matches no registered terminal is allowed, limited (a booking is needed: no walk-in seat) or refused,
 as the center's `unregistered_terminals` policy says (broker/reservations.py applies it).
+
+The TLS layer consults no revocation list, so a registered terminal's certificate is checked for
+revocation here at each login at the terminal (OCSP, then the CRL, as a user certificate is: sso/), with
+`[terminals]`' sources and fail mode, whatever method the user signs in with.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +29,15 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.centers import CenterView, load_center, network_holding
+from broker.config import BrokerSettings, TerminalSettings
 from broker.db.models import AuditEvent, Terminal
+from monitoring.metrics import RevocationResult
+from sso.base import AuthError
+from sso.config import CertificateSettings
+from sso.revocation import RevocationChecker
+from sso.x509 import CertificateValidator, load_pem_bundles, parse_certificate
+
+log = logging.getLogger(__name__)
 
 TERMINAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -186,3 +199,52 @@ def identify(db: Session, center: str, client_ip: str, device: bytes | None) -> 
             return TerminalView.of(row)
     row = db.scalars(select(Terminal).where(Terminal.center == center, Terminal.address == client_ip)).first()
     return None if row is None else TerminalView.of(row)
+
+
+class DeviceCertificates:
+    """Revocation of center terminals' device certificates: chain to `broker.tls_client_ca` (the TLS
+    layer checked it already; the chain gives the issuer OCSP needs), then OCSP, then the CRL."""
+
+    def __init__(
+        self, validator: CertificateValidator, revocation: RevocationChecker, settings: TerminalSettings
+    ) -> None:
+        self.validator = validator
+        self.revocation = revocation
+        self.settings = settings
+
+    @classmethod
+    def from_settings(cls, broker: BrokerSettings, settings: TerminalSettings) -> DeviceCertificates | None:
+        """None without `broker.tls_client_ca`: no device certificate ever reaches the broker then."""
+        if broker.tls_client_ca is None:
+            return None
+        bundle = load_pem_bundles([broker.tls_client_ca])
+        roots = [cert for cert in bundle if cert.subject == cert.issuer]
+        others = [cert for cert in bundle if cert.subject != cert.issuer]
+        validator = CertificateValidator(roots or bundle, others, [])
+        sources = CertificateSettings(
+            ocsp_url=settings.ocsp_url,
+            crl_url=settings.crl_url,
+            fail_mode=settings.fail_mode,
+            cache_s=settings.cache_s,
+            revocation_timeout_s=settings.revocation_timeout_s,
+        )
+        return cls(validator, RevocationChecker(sources), settings)
+
+    async def refusal(self, device: bytes) -> str | None:
+        """Why the device certificate (DER) is refused, e.g. "revoked (ocsp)"; None when it passes."""
+        try:
+            validated = self.validator.validate(parse_certificate(device))
+            answer = await self.revocation.check(validated.leaf, validated.issuer)
+        except AuthError as exc:
+            return exc.reason
+        if answer.allows:
+            return None
+        if answer.result is RevocationResult.ERROR and self.settings.fail_mode == "open":
+            log.warning(
+                "terminal certificate admitted, revocation UNCHECKED (fail_mode=open): %s", answer.detail
+            )
+            return None
+        return f"{answer.result.value} ({answer.source.value}): {answer.detail}"
+
+    def close(self) -> None:
+        self.revocation.close()

@@ -147,30 +147,42 @@ def test_an_expired_or_foreign_device_certificate_is_refused_in_the_handshake_an
     assert event.detail["stage"] == "tls_handshake"
 
 
-def test_a_registered_terminal_whose_certificate_is_revoked_is_refused_and_audited(
-    revocation_centers_url, revocation_centers_config, lab_pki
-):
-    pki = lab_pki.pki
-    admin = TerminalClient(revocation_centers_url, pki)
+def register_devices(url, pki, *devices):
+    admin = TerminalClient(url, pki)
     assert admin.login("kimmj").status == 200
     add_center(admin, unregistered_terminals="refuse")
-    for name, device in (("b01", "choijw"), ("b02", "revoked")):
-        pem = pki.users[device].cert_path.read_text()
-        body = {"name": name, "certificate": pem}
+    for index, device in enumerate(devices, 1):
+        body = {"name": f"b{index:02d}", "certificate": pki.users[device].cert_path.read_text()}
         assert admin.post("/api/v1/admin/centers/seoul-station/terminals", json=body).status == 201
-    assert (
-        TerminalClient(revocation_centers_url, pki, device="choijw")
-        .login_at("guest01", CENTER_ADDRESS)
-        .status
-        == 200
-    )
-    refused = TerminalClient(revocation_centers_url, pki, device="revoked").login_at(
-        "guest01", CENTER_ADDRESS
-    )
+
+
+# Password login only, and certificate login on as well: the terminal's certificate is checked either way.
+@pytest.mark.parametrize("broker", ["tls_centers", "revocation_centers"])
+def test_a_registered_terminal_whose_certificate_is_revoked_is_refused_and_audited(request, lab_pki, broker):
+    url = request.getfixturevalue(f"{broker}_url")
+    config = request.getfixturevalue(f"{broker}_config")
+    pki = lab_pki.pki
+    register_devices(url, pki, "choijw", "revoked")
+    good = TerminalClient(url, pki, device="choijw").login_at("guest01", CENTER_ADDRESS)
+    assert good.status == 200, good.text
+    refused = TerminalClient(url, pki, device="revoked").login_at("guest01", CENTER_ADDRESS)
     assert refused.status == 403 and refused.json()["error"]["reason"] == "terminal_certificate_refused"
     assert (
         "certificate of this Seoul Station Smart Work Center terminal is revoked"
         in refused.json()["error"]["message"]
     )
-    (event,) = audits(revocation_centers_config, AuditEvent.action == "login", AuditEvent.result == "failure")
-    assert event.detail["device_certificate"].startswith("revoked")
+    (event,) = audits(config, AuditEvent.action == "login", AuditEvent.result == "failure")
+    # The lab's OCSP responder (a real `openssl ocsp`) said so; its answer names the source.
+    assert event.detail["device_certificate"].startswith("revoked (ocsp)")
+    assert event.detail["reason"] == "terminal_certificate_refused" and event.source_ip == CENTER_ADDRESS
+
+
+def test_a_terminal_certificate_whose_status_cannot_be_learnt_is_refused_fail_closed(
+    blind_revocation_centers_url, tls_centers_config, lab_pki
+):
+    url, pki = blind_revocation_centers_url, lab_pki.pki
+    register_devices(url, pki, "choijw")
+    refused = TerminalClient(url, pki, device="choijw").login_at("guest01", CENTER_ADDRESS)
+    assert refused.status == 403 and refused.json()["error"]["reason"] == "terminal_certificate_refused"
+    (event,) = audits(tls_centers_config, AuditEvent.action == "login", AuditEvent.result == "failure")
+    assert event.detail["device_certificate"].startswith("error")

@@ -247,6 +247,7 @@ class BackgroundJob(Enum):
     ROLLOUT_MANAGER = "rollout-manager"
     TOKEN_PURGE = "console-token-purge"
     HOST_MONITOR = "host-monitor"
+    SEAT_ENDS = "seat-ends"
 
 
 class LeaseChange(Enum):

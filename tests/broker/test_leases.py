@@ -17,7 +17,7 @@ from tests.fixtures.broker import COOKIE_SECRET, BrokerThread, make_broker_confi
 from tests.fixtures.common import wait_until
 
 NOW = dt.datetime(2026, 12, 6, 9, 0, tzinfo=dt.UTC)
-JOBS = {"rollout-manager", "console-token-purge"}  # what a broker without pools or monitor runs
+JOBS = {"rollout-manager", "console-token-purge", "seat-ends"}  # what a broker without pools or monitor runs
 
 
 def owners(db: Database) -> dict[str, str]:

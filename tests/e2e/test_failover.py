@@ -29,7 +29,7 @@ from vdi.bench.logon_storm import Results, client_tls, new_client, one_logon, st
 
 pytestmark = pytest.mark.e2e
 
-JOBS = {"console-token-purge", "host-monitor", "pool-manager", "rollout-manager"}
+JOBS = {"console-token-purge", "host-monitor", "pool-manager", "rollout-manager", "seat-ends"}
 
 
 def health(member) -> dict:

@@ -122,7 +122,11 @@ def test_health_and_metrics(broker_url):
     client = BrokerClient(broker_url)
     health = client.get("/healthz").json()
     # A lone broker takes every lease of the jobs it runs (here those a broker without pools has).
-    assert health["status"] == "ok" and set(health["leads"]) <= {"rollout-manager", "console-token-purge"}
+    assert health["status"] == "ok" and set(health["leads"]) <= {
+        "rollout-manager",
+        "console-token-purge",
+        "seat-ends",
+    }
     metrics = client.get("/metrics")
     assert metrics.headers["Content-Type"].startswith("text/plain")
     assert b'vdi_logins_total{method="password",result="success"}' in metrics.body

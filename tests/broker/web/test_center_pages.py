@@ -6,9 +6,7 @@ import datetime as dt
 
 import pytest
 
-from broker.db import Database
-from broker.db.models import ConsoleCutoff, DesktopSession, SeatReservation, utcnow
-from broker.reservations import slot_floor
+from broker.db.models import utcnow
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.broker import PASSWORD
 from tests.fixtures.broker_api import signed_in
@@ -19,8 +17,10 @@ from tests.fixtures.centers import (
     TerminalClient,
     add_center,
     at,
+    book_until,
     booking,
     connect_at,
+    desktop_session,
     login_at,
     logoff_at,
     tomorrow_at,
@@ -164,37 +164,6 @@ def test_the_kiosk_page_signs_out_after_inactivity(axe_page, center_admin, cente
     assert axe_violations(page) == []
     page.goto(f"{centers_url}/desktops")
     page.wait_for_url(f"{centers_url}/login?next=%2Fdesktops")
-
-
-def book_until(config, username: str, ends_at: dt.datetime) -> None:
-    """A booking of business seat 1 from the current slot until `ends_at`: seconds away, which the API's
-    30-minute slots cannot give."""
-    database = Database(config.database)
-    try:
-        with database.transaction() as session:
-            session.add(
-                SeatReservation(
-                    center="seoul-station",
-                    zone="business",
-                    seat=1,
-                    username=username,
-                    starts_at=slot_floor(utcnow()),
-                    ends_at=ends_at,
-                )
-            )
-    finally:
-        database.close()
-
-
-def desktop_session(config, session_id: str) -> tuple[str, str | None]:
-    """The session's state and why its console was cut (None: not cut)."""
-    database = Database(config.database)
-    try:
-        with database.transaction() as session:
-            cutoff = session.get(ConsoleCutoff, session_id)
-            return session.get(DesktopSession, session_id).state, cutoff and cutoff.reason
-    finally:
-        database.close()
 
 
 @pytest.mark.parametrize("page_shown", ["kiosk", "console"])

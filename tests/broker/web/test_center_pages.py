@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from broker.db.models import utcnow
+from broker.reservations import slot_floor
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.broker import PASSWORD
 from tests.fixtures.broker_api import signed_in
@@ -301,3 +302,61 @@ def test_a_terminal_signs_in_with_its_device_certificate_and_an_unregistered_one
         assert axe_violations(page) == []
     finally:
         context.close()
+
+
+def test_book_sign_in_at_a_terminal_by_its_certificate_check_in_log_off_and_export_csv(
+    browser, tls_toy_centers_url, tls_toy_centers_config, lab_pki
+):
+    """Issue 15's whole day in Chromium: a seat booked ahead, a login at a registered terminal known by its
+    device certificate, the check-in, the logoff, and the day in the CSV with Korean names intact."""
+    url, pki = tls_toy_centers_url, lab_pki.pki
+    admin = TerminalClient(url, pki)
+    assert admin.login("kimmj").status == 200
+    add_center(admin, unregistered_terminals="refuse", booking_policy="require_booking")
+    device = {"name": "b01", "certificate": pki.users["choijw"].cert_path.read_text()}
+    assert admin.post("/api/v1/admin/centers/seoul-station/terminals", json=device).status == 201
+    # At home (no device certificate): book the seat of the current half hour.
+    home = browser.new_context(locale="ko-KR", bypass_csp=True, ignore_https_errors=True)
+    try:
+        page = home.new_page()
+        sign_in(page, url, "choijw")
+        page.goto(f"{url}/reservations")
+        start = slot_floor(utcnow()).astimezone(SEOUL)
+        page.fill("#day", start.date().isoformat())
+        page.select_option("#starts", f"{start:%H:%M}")
+        end = start + dt.timedelta(minutes=30)
+        page.select_option("#ends", "24:00" if end.date() != start.date() else f"{end:%H:%M}")
+        page.click("#booking-form button[type=submit]")
+        page.wait_for_url("**/reservations?booked=*")
+        assert axe_violations(page) == []
+    finally:
+        home.close()
+    # At the center's terminal: in with the booked seat, connect (check-in), log off (check-out).
+    context, page = terminal_page(browser, url, pki, "choijw")
+    try:
+        sign_in(page, url, "choijw", CENTER_ADDRESS)
+        assert "서울역 스마트워크센터 (업무망)" in page.inner_text("#center-here")
+        page.locator("button.connect[data-pool=moef-office]").click()
+        page.wait_for_url(f"{url}/console/*")
+        assert axe_violations(page) == []
+        page.click("#logoff")
+        page.wait_for_url(f"{url}/desktops")
+    finally:
+        context.close()
+    # The administrator's attendance page and CSV.
+    office = browser.new_context(locale="ko-KR", bypass_csp=True, ignore_https_errors=True)
+    try:
+        page = office.new_page()
+        sign_in(page, url, "kimmj")
+        page.goto(f"{url}/admin/centers/attendance")
+        row = page.locator("#attendance tr[data-user=choijw]")
+        assert "최지우 (choijw)" in row.inner_text() and "서울역 스마트워크센터" in row.inner_text()
+        assert axe_violations(page) == []
+        with page.expect_download() as download:
+            page.click("#attendance-csv")
+        lines = download.value.path().read_text(encoding="utf-8").splitlines()
+        (day,) = [line for line in lines if ",choijw," in line]
+        assert lines[0].startswith("\ufeff날짜,사용자 ID,이름,센터")
+        assert ",choijw,최지우,서울역 스마트워크센터,B01," in day
+    finally:
+        office.close()

@@ -360,3 +360,28 @@ def test_book_sign_in_at_a_terminal_by_its_certificate_check_in_log_off_and_expo
         assert ",choijw,최지우,서울역 스마트워크센터,B01," in day
     finally:
         office.close()
+
+
+CENTER_PAGES = [
+    "/kiosk",
+    "/reservations",
+    "/transfers",
+    "/transfers/approvals",
+    "/admin/centers",
+    "/admin/centers/seoul-station",
+    "/admin/centers/attendance",
+]
+
+
+@pytest.mark.parametrize("lang", ["ko", "en"])
+def test_every_center_page_speaks_korean_and_english_with_no_axe_violations(axe_page, transfers_url, lang):
+    """The pages of issue 15: headings in the page's language (Hangul in Korean only), zero violations."""
+    page, url = axe_page, transfers_url
+    add_center(signed_in(url, "kimmj"))
+    sign_in(page, url, "kimmj", CENTER_ADDRESS)  # an administrator at a center terminal, on a walk-in seat
+    for path in CENTER_PAGES:
+        page.goto(f"{url}{path}?lang={lang}")
+        assert page.get_attribute("html", "lang") == lang, path
+        heading = page.inner_text("h1")
+        assert any("\uac00" <= char <= "\ud7a3" for char in heading) == (lang == "ko"), (path, heading)
+        assert axe_violations(page) == [], path

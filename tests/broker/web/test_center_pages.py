@@ -158,6 +158,11 @@ def test_the_kiosk_page_signs_out_after_inactivity(axe_page, center_admin, cente
     assert page.inner_text("h1") == "스마트워크센터 단말기"
     assert "좌석 B01" in page.inner_text("#kiosk-seat")
     assert axe_violations(page) == []
+    page.keyboard.press("Tab")  # the keyboard reaches the full-screen button (after My desktops)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "kiosk-fullscreen"
+    page.keyboard.press("Enter")  # a user's gesture, as browsers require for full screen
+    page.wait_for_function("document.fullscreenElement === document.documentElement")
     # Nobody touches the terminal: the page signs out and the next user sees the sign-in page, which
     # leads back to the kiosk.
     page.wait_for_url(f"{centers_url}/login?next=%2Fkiosk", timeout=30_000)

@@ -102,11 +102,14 @@ def _local_day_bounds(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datet
     return begin, dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tz)
 
 
-def record_arrival(db: Session, session: DesktopSession, client_ip: str) -> bool:
-    """Give a new session the center its client address is at; True when that is the day's check-in."""
+def record_arrival(
+    db: Session, session: DesktopSession, client_ip: str, device_sha256: str | None = None
+) -> bool:
+    """Give a new session the center its client is at (by address, else by a registered terminal's
+    device certificate); True when that is the day's check-in."""
     if session.center is not None:
         return False
-    arrival = arrival_at(db, client_ip)
+    arrival = arrival_at(db, client_ip, device_sha256)
     if arrival is None:
         return False
     center = arrival.center

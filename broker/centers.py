@@ -359,8 +359,24 @@ def delete_center(db: Session, name: str, actor: str, client_ip: str, now: dt.da
     _audit(db, actor, "center.remove", name, client_ip)
 
 
-def arrival_at(db: Session, address: str) -> Arrival | None:
-    """The center and zone of a client address (None: not on any center's terminal network)."""
+def arrival_at(db: Session, address: str, device_sha256: str | None = None) -> Arrival | None:
+    """The center and zone of a client: by its address on a center's terminal network (the most specific
+    network wins), else by its device certificate (SHA-256 of the DER) registered as a center's terminal;
+    None when neither says it is at a center."""
+    by_network = _arrival_by_network(db, address)
+    if by_network is not None or device_sha256 is None:
+        return by_network
+    center = db.scalar(select(Terminal.center).where(Terminal.cert_sha256 == device_sha256))
+    return None if center is None else center_arrival(CenterView.of(load_center(db, center)))
+
+
+def center_arrival(view: CenterView) -> Arrival:
+    """At a center without a network to say the zone (a terminal known by its certificate alone, off the
+    center's networks): the zone of the center's first terminal network, business if it lists none."""
+    return Arrival(view, view.networks[0]["zone"] if view.networks else "business")
+
+
+def _arrival_by_network(db: Session, address: str) -> Arrival | None:
     best: tuple[int, Arrival] | None = None
     for view in list_centers(db):
         network = network_holding(address, view.networks)

@@ -419,8 +419,11 @@ def load_session(db: Session, session_id: str) -> tuple[DesktopSession, Desktop]
     return session, db.get(Desktop, session.desktop_id)
 
 
-def open_session(db: Session, desktop_id: int, username: str, client_ip: str) -> tuple[DesktopSession, bool]:
+def open_session(
+    db: Session, desktop_id: int, username: str, client_ip: str, device_sha256: str | None = None
+) -> tuple[DesktopSession, bool]:
     """The user's active session on the desktop, or a new one; True when it was created.
+    `device_sha256`: the fingerprint of the client's device certificate (a center terminal's), if any.
 
     A session lasts from connect to logoff, so connecting again (another tab, another
     terminal) continues it rather than starting a second one.
@@ -449,7 +452,7 @@ def open_session(db: Session, desktop_id: int, username: str, client_ip: str) ->
         )
         db.add(session)
         # At a center terminal the session records its center; the day's first is the check-in.
-        record_arrival(db, session, client_ip)
+        record_arrival(db, session, client_ip, device_sha256)
     session.client_ip = client_ip
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
@@ -528,6 +531,7 @@ def issue_for_owner(
     ttl_s: int,
     per_minute: int,
     policy_of: Callable[[str], ConsolePolicy] | None = None,
+    device_sha256: str | None = None,
 ) -> str:
     session, desktop = load_owned_session(db, session_id, username)
     if tokens_minted_recently(db, username, utcnow()) >= per_minute:
@@ -538,7 +542,7 @@ def issue_for_owner(
         raise errors.DesktopNotRunning()
     route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
     policy = policy_of(desktop.pool_name) if policy_of else None
-    arrival = arrival_at(db, session.client_ip) if policy is not None else None
+    arrival = arrival_at(db, session.client_ip, device_sha256) if policy is not None else None
     if arrival is not None:
         # At a center terminal the console knows the terminal's network zone (gateway/clipboard.py).
         policy = dataclasses.replace(policy, client_zone=arrival.zone)
@@ -663,8 +667,11 @@ class DesktopService:
 
     # -- connect ---------------------------------------------------------------------------------
 
-    async def connect(self, user: PortalUser, pool_name: str, client_ip: str) -> SessionView:
-        """The user's session on a running desktop of the pool, starting one when needed."""
+    async def connect(
+        self, user: PortalUser, pool_name: str, client_ip: str, device_sha256: str | None = None
+    ) -> SessionView:
+        """The user's session on a running desktop of the pool, starting one when needed; `device_sha256`:
+        the client's device certificate's fingerprint (a center terminal known by it, docs/centers.md)."""
         started = time.monotonic()
         try:
             pool = self.pool(pool_name)
@@ -673,7 +680,7 @@ class DesktopService:
             # instead of starting a second desktop. Only an optimisation: across brokers the unique index
             # on live sessions decides (open_session, join_live_session).
             async with self._lock(user.username, pool.name):
-                view = await self._connect(user, pool, client_ip)
+                view = await self._connect(user, pool, client_ip, device_sha256)
         except errors.BrokerError as exc:
             self._observe_connect(connect_result(exc), started)
             raise
@@ -704,13 +711,15 @@ class DesktopService:
             await self.db.run(lambda db: db.add(event))
             raise
 
-    async def _connect(self, user: PortalUser, pool: PoolSettings, client_ip: str) -> SessionView:
+    async def _connect(
+        self, user: PortalUser, pool: PoolSettings, client_ip: str, device_sha256: str | None
+    ) -> SessionView:
         desktop = await self._reusable_desktop(user, pool)
         if desktop is None:
             desktop = await self._spare_desktop(user, pool)
         if desktop is None:
             desktop = await self._start_desktop(user, pool, client_ip)
-        session, desktop, created = await self._open_session(user, pool, desktop, client_ip)
+        session, desktop, created = await self._open_session(user, pool, desktop, client_ip, device_sha256)
         if created:
             SESSIONS_ACTIVE.inc()
         log.info(
@@ -720,10 +729,21 @@ class DesktopService:
         return SessionView(session.id, session.state, DesktopView.of(desktop), session.started_at)
 
     async def _open_session(
-        self, user: PortalUser, pool: PoolSettings, desktop: Desktop, client_ip: str
+        self,
+        user: PortalUser,
+        pool: PoolSettings,
+        desktop: Desktop,
+        client_ip: str,
+        device_sha256: str | None,
     ) -> tuple[DesktopSession, Desktop, bool]:
         """Our new session on `desktop`, or the one another broker opened first for the user and pool."""
-        opened = partial(open_session, desktop_id=desktop.id, username=user.username, client_ip=client_ip)
+        opened = partial(
+            open_session,
+            desktop_id=desktop.id,
+            username=user.username,
+            client_ip=client_ip,
+            device_sha256=device_sha256,
+        )
         try:
             session, created = await self.db.run(opened)
             return session, desktop, created
@@ -1001,7 +1021,10 @@ class DesktopService:
 
     # -- console token and logoff ----------------------------------------------------------------
 
-    async def console_token(self, user: PortalUser, session_id: str) -> ConsoleGrant:
+    async def console_token(
+        self, user: PortalUser, session_id: str, device_sha256: str | None = None
+    ) -> ConsoleGrant:
+        """`device_sha256`: the client's device certificate's fingerprint (a center terminal's), if any."""
         ttl_s = self.config.broker.console_token_ttl_s
         issue = partial(
             issue_for_owner,
@@ -1010,6 +1033,7 @@ class DesktopService:
             ttl_s=ttl_s,
             per_minute=self.config.broker.console_tokens_per_minute,
             policy_of=lambda pool_name: console_policy(self.config.pool(pool_name)),
+            device_sha256=device_sha256,
         )
         try:
             token = await self.db.run(issue)

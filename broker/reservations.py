@@ -28,7 +28,7 @@ from broker import errors
 from broker.centers import Arrival, CenterView, arrival_at, load_center
 from broker.db import Database
 from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
-from broker.terminals import DeviceCertificates, TerminalView, identify
+from broker.terminals import DeviceCertificates, TerminalView, fingerprint, identify
 from monitoring.metrics import (
     CENTER_LOGINS_REFUSED,
     SEAT_BOOKINGS,
@@ -535,8 +535,11 @@ class Reservations:
     async def seat_until(self, center: str, username: str) -> dt.datetime | None:
         return await self.db.run(partial(seat_until, center=center, username=username, now=utcnow()))
 
-    async def arrival(self, client_ip: str) -> Arrival | None:
-        return await self.db.run(partial(arrival_at, address=client_ip))
+    async def arrival(self, client_ip: str, device: bytes | None = None) -> Arrival | None:
+        """The center a client is at: by its address, else by its device certificate (DER) when that is
+        a registered terminal's."""
+        digest = None if device is None else fingerprint(device)
+        return await self.db.run(partial(arrival_at, address=client_ip, device_sha256=digest))
 
     # -- a login at a center terminal ----------------------------------------------------------
 
@@ -545,7 +548,7 @@ class Reservations:
     ) -> ReservationView | None:
         """The seat of a login from `client_ip` (with the TLS client certificate `device`): None away from
         centers; refused (audited) without a seat, or from a device the center's policy does not admit."""
-        arrival = await self.arrival(client_ip)
+        arrival = await self.arrival(client_ip, device)
         if arrival is None:
             return None
         now = utcnow()

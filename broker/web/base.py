@@ -14,6 +14,7 @@ from tornado.log import access_log
 from broker import errors
 from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
 from broker.db import database_unavailable
+from broker.terminals import fingerprint
 from broker.web.client_address import HEADER as FORWARDED_FOR
 from broker.web.client_address import PROTO_HEADER, client_address, client_scheme, peer_is_trusted
 from broker.web.i18n import (
@@ -267,6 +268,11 @@ class BaseHandler(tornado.web.RequestHandler):
             return self.request.get_ssl_certificate(binary_form=True)
         except ValueError:
             return None
+
+    def device_fingerprint(self) -> str | None:
+        """SHA-256 of `device_certificate()`: what registered terminals are known by (broker/terminals.py)."""
+        device = self.device_certificate()
+        return None if device is None else fingerprint(device)
 
     async def end_portal_session(self) -> None:
         await self.portal_auth.logout(self.portal_session_id(), self.client_ip)

@@ -8,13 +8,15 @@ import pytest
 from sqlalchemy import select
 
 from broker.db import Database
-from broker.db.models import AuditEvent, SeatReservation
+from broker.db.models import AuditEvent, DesktopSession, SeatReservation
 from tests.fixtures.broker_api import signed_in
 from tests.fixtures.centers import (
+    AWAY_ADDRESS,
     CENTER_ADDRESS,
     INTERNET_ADDRESS,
     TerminalClient,
     add_center,
+    at,
     booking,
     login_at,
     tomorrow_at,
@@ -186,3 +188,31 @@ def test_a_terminal_certificate_whose_status_cannot_be_learnt_is_refused_fail_cl
     assert refused.status == 403 and refused.json()["error"]["reason"] == "terminal_certificate_refused"
     (event,) = audits(tls_centers_config, AuditEvent.action == "login", AuditEvent.result == "failure")
     assert event.detail["device_certificate"].startswith("error")
+
+
+def test_a_terminal_known_by_its_certificate_says_its_center_off_the_centers_networks(
+    tls_toy_centers_url, tls_toy_centers_config, lab_pki
+):
+    """A terminal behind an address no center lists (a mobile or NAT-ed terminal): its registered device
+    certificate says where it is, so the login needs a seat there and the session checks in there."""
+    url, pki = tls_toy_centers_url, lab_pki.pki
+    register_devices(url, pki, "choijw")
+    terminal = TerminalClient(url, pki, device="choijw")
+    assert terminal.login_at("choijw", AWAY_ADDRESS).status == 200  # a walk-in seat at the center
+    here = terminal.get("/api/v1/centers/here", headers=at(AWAY_ADDRESS)).json()
+    assert (here["center"], here["zone"]) == ("seoul-station", "business")
+    session = terminal.post("/api/v1/pools/moef-office/connect", headers=at(AWAY_ADDRESS)).json()
+    database = Database(tls_toy_centers_config.database)
+    try:
+        with database.transaction() as db:
+            assert db.get(DesktopSession, session["session_id"]).center == "seoul-station"
+            (seat,) = db.scalars(select(SeatReservation)).all()
+            assert (seat.username, seat.kind) == ("choijw", "walk_in")
+    finally:
+        database.close()
+    (check_in,) = audits(tls_toy_centers_config, AuditEvent.action == "attendance.check_in")
+    assert check_in.target == "seoul-station"
+    # Another valid certificate, no terminal's, at the same address: not at a center.
+    other = TerminalClient(url, pki, device="kimmj")
+    assert other.login_at("kimmj", AWAY_ADDRESS).status == 200
+    assert other.get("/api/v1/centers/here", headers=at(AWAY_ADDRESS)).json()["center"] is None

@@ -203,7 +203,7 @@ class HereAPIHandler(APIHandler):
     async def get(self) -> None:
         self.require_user()
         reservations: Reservations = self.settings["reservations"]
-        arrival = await reservations.arrival(self.client_ip)
+        arrival = await reservations.arrival(self.client_ip, self.device_certificate())
         if arrival is None:
             self.write_json({"center": None, "zone": None})
             return

@@ -51,7 +51,7 @@ class ConnectAPIHandler(APIHandler):
 
     async def post(self, pool: str) -> None:
         user = self.require_user()
-        session = await self.desktops.connect(user, pool, self.client_ip)
+        session = await self.desktops.connect(user, pool, self.client_ip, self.device_fingerprint())
         self.bind_session(session.id)
         self.write_json(
             {

@@ -45,7 +45,7 @@ class ConsoleTokenAPIHandler(APIHandler):
 
     async def post(self, session_id: str) -> None:
         user = self.require_user()
-        grant = await self.desktops.console_token(user, session_id)
+        grant = await self.desktops.console_token(user, session_id, self.device_fingerprint())
         self.bind_session(session_id)
         body = grant.as_json()
         body["gateway_url"] = with_request_id(grant.gateway_url, self.request_id)

@@ -45,7 +45,7 @@ class TransfersMixin:
 
     async def client_zone(self: BaseHandler) -> str | None:
         reservations: Reservations = self.settings["reservations"]
-        arrival = await reservations.arrival(self.client_ip)
+        arrival = await reservations.arrival(self.client_ip, self.device_certificate())
         return None if arrival is None else arrival.zone
 
 

@@ -52,7 +52,7 @@ class ReservationsPageHandler(CenterPageHandler):
         self, error: str | None = None, field: str | None = None, form: dict | None = None, **notes
     ) -> None:
         centers = await self.db.run(list_centers)
-        arrival = await self.reservations.arrival(self.client_ip)
+        arrival = await self.reservations.arrival(self.client_ip, self.device_certificate())
         mine = await self.reservations.mine(self.current_user.username)
         names = {c.name: c for c in centers}
         today = utcnow().astimezone(centers[0].tz).date().isoformat() if centers else ""
@@ -120,7 +120,7 @@ class KioskHandler(CenterPageHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         self.remember_language()
-        arrival = await self.reservations.arrival(self.client_ip)
+        arrival = await self.reservations.arrival(self.client_ip, self.device_certificate())
         seat = until = None
         if arrival is not None:
             username = self.current_user.username

@@ -33,7 +33,7 @@ class DesktopsHandler(BaseHandler):
         self.remember_language()
         pools = await self.desktops.pools_for(self.current_user)
         # The smart work center the client address is at, if any (docs/centers.md).
-        arrival = await self.settings["reservations"].arrival(self.client_ip)
+        arrival = await self.settings["reservations"].arrival(self.client_ip, self.device_certificate())
         self.render("desktops.html", pools=pools, arrival=arrival)
 
 
@@ -60,7 +60,7 @@ class ConsoleHandler(BaseHandler):
         """At a center terminal, the time left on the user's seat: the page then leaves for the kiosk (and
         from there the sign-in page) when it ends, as the broker cuts the console (broker/seat_ends.py)."""
         reservations = self.settings["reservations"]
-        arrival = await reservations.arrival(self.client_ip)
+        arrival = await reservations.arrival(self.client_ip, self.device_certificate())
         if arrival is None:
             return None
         until = await reservations.seat_until(arrival.center.name, self.current_user.username)

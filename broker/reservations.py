@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.centers import Arrival, CenterView, arrival_at, load_center
+from broker.centers import Arrival, CenterView, UnknownCenter, arrival_at, load_center
 from broker.db import Database
 from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
 from broker.terminals import DeviceCertificates, TerminalView, fingerprint, identify
@@ -477,7 +477,13 @@ class Reservations:
 
     async def book(self, request: BookingRequest, username: str, client_ip: str) -> ReservationView:
         now = utcnow()
-        center = await self.db.run(lambda db: CenterView.of(load_center(db, request.center)))
+        try:
+            center = await self.db.run(lambda db: CenterView.of(load_center(db, request.center)))
+        except UnknownCenter:
+            # A field of the booking, not the resource of the path: 400, like the booking's other fields.
+            raise errors.InvalidField(
+                f"center: there is no center named {request.center}", field="center"
+            ) from None
         check_range(center, request.zone, request.starts_at, request.ends_at, now)
         booking = Booking(username, center.name, request.zone, request.starts_at, request.ends_at)
         view = await self._take(booking, client_ip)

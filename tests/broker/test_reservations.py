@@ -56,7 +56,9 @@ def test_book_list_and_cancel_a_seat(center_admin, centers_config):
     assert actions == ["seat.book", "seat.cancel"]
 
 
-def test_a_second_booking_of_the_last_seat_is_refused_with_the_next_free_time(center_admin, centers_url):
+def test_a_second_booking_of_the_last_seat_is_refused_with_the_next_free_time(
+    center_admin, centers_url, centers_config
+):
     add_center(center_admin, seats={"business": 1, "internet": 0})
     assert (
         center_admin.post("/api/v1/reservations", json=booking(tomorrow_at(9), tomorrow_at(12))).status == 201
@@ -68,6 +70,7 @@ def test_a_second_booking_of_the_last_seat_is_refused_with_the_next_free_time(ce
     assert response.json()["error"]["field"] == "starts_at"
     assert f"{tomorrow_at(12):%Y-%m-%d} 12:00" in response.json()["error"]["message"]
     assert metric("vdi_seat_bookings_total", result="full") == before + 1
+    assert len(stored(centers_config, SeatReservation)) == 1  # the refused booking stored nothing
     # Right after the first booking ends, the seat is free.
     assert other.post("/api/v1/reservations", json=booking(tomorrow_at(12), tomorrow_at(13))).status == 201
 
@@ -96,7 +99,7 @@ def past(hours: int) -> dt.datetime:
         (lambda: booking(tomorrow_at(17), tomorrow_at(19)), 400, "ends_at"),  # after closing
         (lambda: booking(tomorrow_at(9), tomorrow_at(10), zone="internet"), 400, "zone"),  # no seats there
         (lambda: booking(tomorrow_at(9), tomorrow_at(10), zone="guest"), 400, "zone"),
-        (lambda: booking(tomorrow_at(9), tomorrow_at(10), center="busan"), 404, "center"),
+        (lambda: booking(tomorrow_at(9), tomorrow_at(10), center="busan"), 400, "center"),
         (
             lambda: {"center": "seoul-station", "starts_at": "2026-12-07T09:00:00"},
             400,

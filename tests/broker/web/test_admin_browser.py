@@ -2,10 +2,12 @@
 administrator drains a host, forces a logoff, revokes a user and searches the audit log with the keyboard;
 a user outside the admin groups is refused."""
 
+import datetime as dt
+
 import pytest
 
 from broker.db import Database
-from broker.db.models import Image, ImageVersion
+from broker.db.models import Image, ImageVersion, Rollout
 from tests.fixtures.admin_console import ADMIN, NON_ADMIN, axe_violations
 from tests.fixtures.broker import PASSWORD, seed_session
 
@@ -49,6 +51,26 @@ def seeded(admin_config):
                     built_by="kimmj",
                 )
             )
+            # A finished rollout (one in progress would be driven on by the broker meanwhile).
+            now = dt.datetime.now(dt.UTC)
+            session.add(
+                Rollout(
+                    pool_name="mois-office",
+                    image_name="office-2026",
+                    version="2026.12.1",
+                    from_image="office-2026:2026.11.1",
+                    state="rolled_back",
+                    canary="1",
+                    canary_count=1,
+                    canaries=["vdi-mois-office-canary-r1-abcdef"],
+                    deadline_s=300,
+                    requested_by=ADMIN,
+                    created_at=now,
+                    deadline_at=now,
+                    finished_at=now,
+                    reason="canary desktop vdi-mois-office-canary-r1-abcdef crashed",
+                )
+            )
     finally:
         db.close()
     return session_id
@@ -77,6 +99,33 @@ def test_no_page_has_accessibility_violations(admin_page, admin_url, seeded, lan
         assert admin_page.locator("html").get_attribute("lang") == lang
         found[path] = axe_violations(admin_page)
     assert found == {path: [] for path in PAGES}
+
+
+def test_the_korean_pool_page_labels_kinds_and_rollout_states_in_korean(admin_page, admin_url, seeded):
+    admin_page.goto(f"{admin_url}/admin/pools?lang=ko")
+
+    kinds = admin_page.locator("td.kind").all_inner_texts()
+    state = admin_page.locator("article[data-pool=mois-office] .rollout-state").inner_text()
+    progress = admin_page.locator("article[data-pool=mois-office] .rollout-progress").inner_text()
+    bar = admin_page.get_by_role("progressbar", name="mois-office 풀 롤아웃 진행률")
+
+    assert kinds == ["유동", "유동"]
+    assert state.startswith("최근 롤아웃 1: 2026.12.1 버전, 상태: 롤백됨") and "rolled_back" not in state
+    assert progress == "새 버전 데스크톱 0/1대, 카나리 1/1대 시작"
+    assert bar.get_attribute("value") == "0" and bar.get_attribute("max") == "1"
+    admin_page.goto(f"{admin_url}/admin/pools?lang=en")
+    assert admin_page.locator("td.kind").all_inner_texts() == ["Floating", "Floating"]
+    assert "Rolled back" in admin_page.locator("article[data-pool=mois-office] .rollout-state").inner_text()
+
+
+def test_host_session_and_audit_codes_are_labelled_in_korean(admin_page, admin_url, seeded):
+    admin_page.goto(f"{admin_url}/admin/hosts?lang=ko")
+    assert admin_page.locator("td.health").all_inner_texts() == ["정상"]
+    assert admin_page.locator("td.admin-state").all_inner_texts() == ["사용"]
+    admin_page.goto(f"{admin_url}/admin/sessions?user=guest01&lang=ko")
+    assert admin_page.locator("td.session-state").all_inner_texts() == ["사용 중"]
+    admin_page.goto(f"{admin_url}/admin/audit?action=login&lang=ko")
+    assert set(admin_page.locator("td.result").all_inner_texts()) == {"성공"}
 
 
 def test_images_show_versions_with_their_checksums(admin_page, admin_url, seeded):

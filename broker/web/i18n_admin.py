@@ -143,6 +143,7 @@ ADMIN_MESSAGES: dict[str, dict[str, str]] = {
         "label.console.ssh": "호스트의 SSH 경유",
         "admin.pools.rollout_progress": "새 버전 데스크톱 {done}/{total}대, 카나리 {started}/{wanted}대 시작",
         "admin.pools.rollout_progress_label": "{pool} 풀 롤아웃 진행률",
+        "admin.pools.rollout_finished": "{pool} 풀의 롤아웃 {id}: {state}",
         # Only for the refusal that names the setting (a Forbidden without it keeps its own message).
         "error.forbidden": "관리자 그룹({setting}) 구성원만 사용할 수 있습니다.",
     },
@@ -285,6 +286,7 @@ ADMIN_MESSAGES: dict[str, dict[str, str]] = {
         "label.console.ssh": "Through the host's SSH",
         "admin.pools.rollout_progress": "{done} of {total} desktop(s) on the new version, {started} of {wanted} canaries started",
         "admin.pools.rollout_progress_label": "Rollout progress of pool {pool}",
+        "admin.pools.rollout_finished": "Rollout {id} of pool {pool}: {state}",
         "error.forbidden": "This needs a member of an administrator group ({setting}).",
     },
 }

@@ -5,9 +5,11 @@ a user outside the admin groups is refused."""
 import datetime as dt
 
 import pytest
+from sqlalchemy import update
 
 from broker.db import Database
-from broker.db.models import Image, ImageVersion, Rollout
+from broker.db.models import Desktop, Image, ImageVersion, Rollout
+from broker.desktops import canary_owner, domain_prefix
 from tests.fixtures.admin_console import ADMIN, NON_ADMIN, axe_violations
 from tests.fixtures.broker import PASSWORD, seed_session
 
@@ -116,6 +118,76 @@ def test_the_korean_pool_page_labels_kinds_and_rollout_states_in_korean(admin_pa
     admin_page.goto(f"{admin_url}/admin/pools?lang=en")
     assert admin_page.locator("td.kind").all_inner_texts() == ["Floating", "Floating"]
     assert "Rolled back" in admin_page.locator("article[data-pool=mois-office] .rollout-state").inner_text()
+
+
+@pytest.fixture
+def canary_on_trial(admin_config) -> tuple[int, str]:
+    """A rollout of moef-office in "canary" whose one canary is still starting: the broker's rollout
+    manager keeps checking it (its deadline is far) until the test makes the canary fail."""
+    db = Database(admin_config.database)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with db.transaction() as session:
+            rollout = Rollout(
+                pool_name="moef-office",
+                image_name="office-2026",
+                version="2026.12.2",
+                from_image="office-2026:2026.12.1",
+                state="canary",
+                canary="1",
+                canary_count=1,
+                canaries=[],
+                deadline_s=900,
+                requested_by=ADMIN,
+                created_at=now,
+                deadline_at=now + dt.timedelta(seconds=900),
+            )
+            session.add(rollout)
+            session.flush()
+            canary = f"{domain_prefix('moef-office', canary_owner(rollout.id))}abcdef"
+            rollout.canaries = [canary]
+            session.add(
+                Desktop(
+                    pool_name="moef-office",
+                    host_name="local",
+                    domain_name=canary,
+                    image="office-2026:2026.12.2",
+                    state="provisioning",
+                )
+            )
+            return rollout.id, canary
+    finally:
+        db.close()
+
+
+def test_the_pools_page_follows_an_unfinished_rollout_in_place(
+    admin_page, admin_url, admin_config, canary_on_trial
+):
+    rollout_id, canary = canary_on_trial
+    admin_page.goto(f"{admin_url}/admin/pools?lang=ko")
+    admin_page.evaluate("window.notReloaded = true")
+    article = admin_page.locator("article[data-pool=moef-office]")
+    assert "상태: 카나리 확인 중" in article.locator(".rollout-state").inner_text()
+    assert article.locator(".rollout-progress").inner_text() == "새 버전 데스크톱 1/1대, 카나리 1/1대 시작"
+
+    db = Database(admin_config.database)
+    try:
+        with db.transaction() as session:
+            session.execute(update(Desktop).where(Desktop.domain_name == canary).values(state="error"))
+    finally:
+        db.close()
+
+    article.locator(".rollout-state[data-state=rolled_back]").wait_for(timeout=30_000)
+    assert (
+        article.locator(".rollout-state")
+        .inner_text()
+        .startswith(
+            f"최근 롤아웃 {rollout_id}: 2026.12.2 버전, 상태: 롤백됨 (canary desktop {canary} is error"
+        )
+    )
+    assert article.locator(".rollout-progress").inner_text() == "새 버전 데스크톱 0/0대, 카나리 1/1대 시작"
+    assert admin_page.locator("#admin-status").inner_text() == f"moef-office 풀의 롤아웃 {rollout_id}: 롤백됨"
+    assert admin_page.evaluate("window.notReloaded") is True
 
 
 def test_host_session_and_audit_codes_are_labelled_in_korean(admin_page, admin_url, seeded):

@@ -190,6 +190,38 @@ def test_the_pools_page_follows_an_unfinished_rollout_in_place(
     assert admin_page.evaluate("window.notReloaded") is True
 
 
+def test_start_a_rollout_from_the_console_and_see_it_end(admin_page, admin_url, admin_config):
+    db = Database(admin_config.database)
+    try:
+        with db.transaction() as session:
+            session.add(Image(name="demo", os="debian-12"))
+            session.flush()
+            # Its file is missing, so the broker rolls the rollout back before placing anything.
+            session.add(
+                ImageVersion(
+                    image_name="demo",
+                    version="2026.12.3",
+                    path="/nonexistent/demo.qcow2",
+                    sha256=SHA256,
+                    size_bytes=1 << 20,
+                    virtual_size_bytes=8 << 30,
+                )
+            )
+    finally:
+        db.close()
+    admin_page.goto(f"{admin_url}/admin/pools?lang=en")
+    form = admin_page.locator("article[data-pool=mois-office] form")
+    form.get_by_label("New version").fill("2026.12.3")
+    submit_by_keyboard(admin_page, form.get_by_role("button", name="Start rollout"))
+
+    admin_page.locator("#admin-status", has_text="The rollout of pool mois-office has started.").wait_for()
+    state = admin_page.locator("article[data-pool=mois-office] .rollout-state[data-state=rolled_back]")
+    state.wait_for(timeout=30_000)
+    assert state.inner_text().startswith("Latest rollout 1: to 2026.12.3, Rolled back (a canary desktop of")
+    admin_page.goto(f"{admin_url}/admin/audit?action=rollout.start&lang=en")
+    assert admin_page.locator("#audit-events td.result").all_inner_texts() == ["Success"]
+
+
 def test_host_session_and_audit_codes_are_labelled_in_korean(admin_page, admin_url, seeded):
     admin_page.goto(f"{admin_url}/admin/hosts?lang=ko")
     assert admin_page.locator("td.health").all_inner_texts() == ["정상"]
@@ -212,7 +244,7 @@ def submit_by_keyboard(page, button):
     page.keyboard.press("Enter")
 
 
-def test_drain_a_host_then_enable_it(admin_page, admin_url):
+def test_drain_a_host_enable_it_disable_it(admin_page, admin_url):
     admin_page.goto(f"{admin_url}/admin/hosts?lang=en")
     submit_by_keyboard(admin_page, admin_page.get_by_role("button", name="Drain host local"))
     admin_page.locator("#admin-status", has_text="Host local is draining").wait_for()
@@ -222,9 +254,16 @@ def test_drain_a_host_then_enable_it(admin_page, admin_url):
     assert axe_violations(admin_page) == []
     admin_page.get_by_role("button", name="Enable host local").click()
     admin_page.locator("#admin-status", has_text="Host local is enabled").wait_for()
+    submit_by_keyboard(admin_page, admin_page.get_by_role("button", name="Disable host local"))
+    admin_page.locator("#admin-status", has_text="Host local is disabled").wait_for()
+    assert admin_page.locator("tr[data-host=local] .admin-state").inner_text() == "Disabled"
+    admin_page.get_by_role("button", name="Enable host local").click()
+    admin_page.locator("#admin-status", has_text="Host local is enabled").wait_for()
     admin_page.goto(f"{admin_url}/admin/audit?action=host.change&lang=en")
     details = admin_page.locator("#audit-events td.detail").all_inner_texts()
-    assert details == ['{"admin_state": "enabled"}', '{"admin_state": "draining"}']
+    assert details == [
+        f'{{"admin_state": "{state}"}}' for state in ("enabled", "disabled", "enabled", "draining")
+    ]
 
 
 def test_placement_explanation_for_a_pool(admin_page, admin_url):

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from broker.config import BrokerConfig, PoolSettings
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, utcnow
 from broker.pools import pool_counts
-from broker.rollout import NoRollout, current_ref, latest_rollout
+from broker.rollout import rollout_status
 
 # The audit actions operators filter by; others can still be typed in the search form.
 AUDIT_ACTION_HINTS = (
@@ -96,10 +96,7 @@ def overview(db: Session, config: BrokerConfig) -> dict[str, Any]:
 def pool_overview(db: Session, pool: PoolSettings, config: BrokerConfig) -> dict[str, Any]:
     """A pool's sizes, what it holds now, the image version new desktops get and its latest rollout."""
     counts = pool_counts(db, pool)
-    try:
-        rollout = latest_rollout(db, pool.name).as_json()
-    except NoRollout:
-        rollout = None
+    status = rollout_status(db, pool, config.images)
     return {
         "name": pool.name,
         "display_name": pool.display_name,
@@ -113,8 +110,8 @@ def pool_overview(db: Session, pool: PoolSettings, config: BrokerConfig) -> dict
         },
         # How many more desktops the pool may start (None: no max_size, bounded by the hosts only).
         "headroom": None if pool.max_size is None else max(pool.max_size - counts.total, 0),
-        "image": current_ref(db, pool, config.images),
-        "rollout": rollout,
+        "image": status["image"],
+        "rollout": status["rollout"],
     }
 
 

@@ -261,6 +261,36 @@ def latest_rollout(db: Session, pool: str) -> RolloutView:
     return RolloutView.of(row)
 
 
+FINISHED_STATES = ("promoted", "rolled_back")
+
+
+def rollout_progress(db: Session, rollout: RolloutView) -> dict[str, Any]:
+    """How far the rollout has come: canaries started of those asked for, and the pool's desktops
+    (in use, spare or starting) on the rollout's version of all it holds: after a promotion the rest are
+    replaced as spares are renewed and users log off."""
+    holding = (Desktop.pool_name == rollout.pool) & Desktop.state.in_(HOLDING_STATES)
+    counted = select(func.count()).select_from(Desktop)
+    target = image_ref(rollout.image, rollout.version)
+    return {
+        "canaries_started": len(rollout.canaries),
+        "canaries_wanted": rollout.canary_count,
+        "desktops_on_version": db.scalar(counted.where(holding, Desktop.image == target)),
+        "desktops_total": db.scalar(counted.where(holding)),
+        "finished": rollout.state in FINISHED_STATES,
+    }
+
+
+def rollout_status(db: Session, pool: PoolSettings, settings: ImageSettings) -> dict[str, Any]:
+    """The pool's image now and its newest rollout with its progress (None before the first)."""
+    try:
+        rollout = latest_rollout(db, pool.name)
+    except NoRollout:
+        status = None
+    else:
+        status = rollout.as_json() | {"progress": rollout_progress(db, rollout)}
+    return {"pool": pool.name, "image": current_ref(db, pool, settings), "rollout": status}
+
+
 def unfinished_rollouts(db: Session) -> list[RolloutView]:
     rows = db.scalars(select(Rollout).where(Rollout.state.in_(ACTIVE_STATES)).order_by(Rollout.id))
     return [RolloutView.of(row) for row in rows]
@@ -436,12 +466,7 @@ class RolloutManager(PeriodicTask):
         return view
 
     async def status(self, pool: PoolSettings) -> dict:
-        current = await self.db.run(partial(current_ref, pool=pool, settings=self.config.images))
-        try:
-            rollout = (await self.db.run(partial(latest_rollout, pool=pool.name))).as_json()
-        except NoRollout:
-            rollout = None
-        return {"pool": pool.name, "image": current, "rollout": rollout}
+        return await self.db.run(partial(rollout_status, pool=pool, settings=self.config.images))
 
     async def move_desktop(self, desktop_id: int, actor: str, client_ip: str) -> DesktopView | None:
         """Move one desktop to its pool's promoted version now: its session (if any) is logged off, the

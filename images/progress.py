@@ -51,12 +51,17 @@ class Progress:
         sizes = f"{percent:3d}% ({_mib(self.done)} of {_mib(self.total)})"
         if not self.interactive:
             return f"{self.label}: {sizes}"
-        filled = percent * BAR_WIDTH // 100
-        return f"{self.label}: [{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {sizes}"
+        return f"{self.label}: {bar(self.done, self.total)} {sizes}"
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+def bar(done: int, total: int) -> str:
+    """`[######------------------]`: the share done of total (an empty bar when total is 0)."""
+    filled = min(BAR_WIDTH, done * BAR_WIDTH // total) if total > 0 else 0
+    return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}]"
 
 
 def _mib(size: int) -> str:

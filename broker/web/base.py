@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote_plus, urlencode
 
@@ -21,6 +22,7 @@ from broker.web.i18n import (
     LANGUAGE_NAMES,
     LANGUAGES,
     choose_language,
+    code_label,
     error_message,
     other_language,
     translator,
@@ -335,6 +337,7 @@ class BaseHandler(tornado.web.RequestHandler):
         other = other_language(self.lang)
         namespace.update(
             _=translator(self.lang),
+            label=partial(code_label, self.lang),
             lang=self.lang,
             other_lang=other,
             other_lang_name=LANGUAGE_NAMES[other],

@@ -550,6 +550,13 @@ def translator(lang: str) -> Callable[..., str]:
     return _
 
 
+def code_label(lang: str, group: str, code: str | None) -> str:
+    """The label of a stored code (a pool kind, a rollout state, an audit result) in `lang`: the text of
+    "label.<group>.<code>", English when only that exists, the code itself for one nobody labelled yet."""
+    key = f"label.{group}.{code}"
+    return MESSAGES.get(lang, {}).get(key) or MESSAGES["en"].get(key) or (code or "")
+
+
 def error_message(lang: str, reason: str, fallback: str, params: dict[str, str]) -> str:
     """The error's text in `lang` when a translation can be filled from its params, else `fallback`."""
     text = MESSAGES.get(lang, {}).get(f"error.{reason}")

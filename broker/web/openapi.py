@@ -67,6 +67,18 @@ SESSION = obj(
     started_at=TIME,
     ended_at=nullable(TIME),
 )
+ROLLOUT_PROGRESS = obj(
+    "canaries_started",
+    "canaries_wanted",
+    "desktops_on_version",
+    "desktops_total",
+    "finished",
+    canaries_started=INT,
+    canaries_wanted=INT,
+    desktops_on_version=INT,
+    desktops_total=INT,
+    finished=BOOL,
+)
 ROLLOUT = obj(
     "id",
     "pool",
@@ -87,6 +99,8 @@ ROLLOUT = obj(
     deadline_at=TIME,
     finished_at=nullable(TIME),
     reason=nullable(STR),
+    # In the pool's status (GET …/rollout, the pools' overview), not in the answer that starts one.
+    progress=ROLLOUT_PROGRESS,
 )
 HOST = obj(
     "name",

@@ -8,6 +8,10 @@ kernel finds no init and panics; v2 is the demo image again under another versio
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import libvirt
@@ -20,7 +24,14 @@ from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Rollout
 from broker.image_catalog import Catalog, NewVersion
 from images.demo import CMDLINE
-from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, BrokerThread, make_broker_config, seed_session
+from tests.fixtures.broker import (
+    COOKIE_SECRET,
+    BrokerClient,
+    BrokerThread,
+    make_broker_config,
+    seed_session,
+    write_broker_config,
+)
 from tests.fixtures.common import wait_until
 from tests.fixtures.libvirt import destroy_desktops
 
@@ -31,8 +42,7 @@ POOL = "moef-office"
 DEADLINE_S = 150
 
 
-@pytest.fixture
-def rollout_config(tmp_path, libvirt_host):
+def rollout_sections(tmp_path, libvirt_host) -> dict:
     pool = {
         "name": POOL,
         "display_name": "기획재정부",
@@ -42,17 +52,21 @@ def rollout_config(tmp_path, libvirt_host):
         "image": "demo",
         "image_version": "v1",
     }
-    return make_broker_config(
-        tmp_path / "broker.db",
-        broker={
+    return {
+        "broker": {
             "cookie_secret": COOKIE_SECRET,
             "gateway_url": "ws://127.0.0.1:9/ws",
             "admin_groups": ["moef"],
         },
-        hosts=[libvirt_host.model_dump(exclude_none=True)],
-        pools=[pool],
-        images={"cache_dir": str(tmp_path / "store")},
-    )
+        "hosts": [libvirt_host.model_dump(mode="json", exclude_none=True)],
+        "pools": [pool],
+        "images": {"cache_dir": str(tmp_path / "store")},
+    }
+
+
+@pytest.fixture
+def rollout_config(tmp_path, libvirt_host):
+    return make_broker_config(tmp_path / "broker.db", **rollout_sections(tmp_path, libvirt_host))
 
 
 @pytest.fixture
@@ -118,7 +132,9 @@ def finished(client: BrokerClient) -> dict | None:
     return status if status["rollout"]["state"] in ("promoted", "rolled_back") else None
 
 
-def test_broken_version_rolls_back_on_its_own_and_a_good_one_is_promoted(broker, rollout_db, libvirt_host):
+def test_broken_version_rolls_back_on_its_own_and_a_good_one_is_promoted(
+    broker, rollout_db, libvirt_host, tmp_path
+):
     ((first_spare, image),) = wait_until(lambda: spares(rollout_db), 120, "the pool's spare of v1")
     assert image == "demo:v1"
     client = BrokerClient(broker.base_url)
@@ -143,11 +159,47 @@ def test_broken_version_rolls_back_on_its_own_and_a_good_one_is_promoted(broker,
         "the rollout state gauge",
     )
 
-    good = rollout(client, "v2")
-    status = wait_until(lambda: finished(client), DEADLINE_S + 60, "the v2 rollout to finish")
+    # The good version from the command line, which follows it to the end (--wait).
+    cli_config = write_broker_config(
+        tmp_path / "cli.toml", tmp_path / "broker.db", **rollout_sections(tmp_path, libvirt_host)
+    )
+    command = [
+        "pool",
+        "rollout",
+        POOL,
+        "v2",
+        "--canary",
+        "1",
+        "--deadline",
+        str(DEADLINE_S),
+        "--wait",
+        "--json",
+    ]
+    waited = subprocess.run(
+        [sys.executable, "-m", "vdi.cli", "--config", str(cli_config), *command],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S + 120,
+        check=False,
+    )
 
-    assert status["rollout"]["state"] == "promoted", status["rollout"]["reason"]
+    assert waited.returncode == 0, waited.stderr
+    status = json.loads(waited.stdout)
+    good = status["rollout"]
+    assert good["state"] == "promoted", good["reason"]
     assert status["image"] == "demo:v2"
+    lines = [line for line in waited.stderr.splitlines() if line.startswith(f"pool {POOL}: rollout ")]
+    # At least the canary booting and the end; the old spare may already be gone when the last is read.
+    assert re.fullmatch(
+        rf"pool {POOL}: rollout {good['id']} canary: 1 of 2 desktop\(s\) on demo:v2, canaries 1 of 1 started",
+        next(line for line in lines if " canary: " in line),
+    )
+    assert re.fullmatch(
+        rf"pool {POOL}: rollout {good['id']} promoted: 1 of [12] desktop\(s\) on demo:v2, "
+        "canaries 1 of 1 started",
+        lines[-1],
+    )
+    assert client.get(f"/api/v1/admin/pools/{POOL}/rollout").json()["rollout"]["progress"]["finished"]
     # The canary stays as the pool's spare; the v1 spare is removed from its host.
     ((spare, image),) = wait_until(
         lambda: (

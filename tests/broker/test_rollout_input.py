@@ -25,7 +25,13 @@ from broker.db.models import AuditEvent, Desktop, Pool, Rollout
 from broker.desktops import DesktopService
 from broker.image_catalog import Catalog, NewVersion
 from broker.pools import PoolManager
-from tests.fixtures.broker import COOKIE_SECRET, BrokerClient, UnreachableProvider, make_broker_config
+from tests.fixtures.broker import (
+    COOKIE_SECRET,
+    BrokerClient,
+    UnreachableProvider,
+    make_broker_config,
+    write_broker_config,
+)
 from tests.fixtures.common import wait_until
 
 POOL = "mois-office"
@@ -65,14 +71,17 @@ def state_gauge(state: str) -> float | None:
 # -- the pool API: admin rollouts --------------------------------------------------------------------
 
 
+def sections(tmp_path) -> dict:
+    return {
+        "broker": BROKER,
+        "images": {"cache_dir": str(tmp_path / "store")},
+        "pools": [pool_entry(image=POOL, image_version="1")],
+    }
+
+
 @pytest.fixture
 def config(tmp_path):
-    return make_broker_config(
-        tmp_path / "broker.db",
-        broker=BROKER,
-        images={"cache_dir": str(tmp_path / "store")},
-        pools=[pool_entry(image=POOL, image_version="1")],
-    )
+    return make_broker_config(tmp_path / "broker.db", **sections(tmp_path))
 
 
 @pytest.fixture
@@ -345,6 +354,56 @@ def test_cli_rollout_records_a_pending_rollout_and_refuses_a_second(tmp_path):
     data = json.loads(status.stdout)
     assert data["image"] == f"{POOL}:1"
     assert data["rollout"]["state"] == "pending" and data["rollout"]["requested_by"].startswith("cli:")
+
+
+def test_cli_rollout_wait_follows_the_rollout_to_its_rollback_and_exits_non_zero(url, config, tmp_path):
+    path = write_broker_config(tmp_path / "cli.toml", tmp_path / "broker.db", **sections(tmp_path))
+
+    waited = vdi(path, "pool", "rollout", POOL, "2", "--deadline", "60", "--wait")
+
+    assert waited.returncode == 1, waited.stderr
+    progress = [line for line in waited.stderr.splitlines() if line.startswith(f"pool {POOL}: rollout 1 ")]
+    # Not a terminal: a plain line for each change, no bar, no redrawing.
+    assert "\r" not in waited.stderr and "#" not in waited.stderr
+    assert len(progress) == len(set(progress))
+    assert progress[-1] == (
+        f"pool {POOL}: rollout 1 rolled_back: 0 of 0 desktop(s) on {POOL}:2, canaries 0 of 1 started"
+    )
+    (reason,) = [r.reason for r in rollout_rows(config)]
+    assert f"vdi pool rollout: pool {POOL}: rollout 1 to {POOL}:2 rolled_back: {reason}" in waited.stderr
+    assert "state    pending" in waited.stdout and "state    rolled_back" in waited.stdout
+    # The canary's host refused it: none started, nothing of the new version in the pool.
+    assert f"progress 0 of 0 desktop(s) on {POOL}:2, canaries 0 of 1 started" in waited.stdout
+
+
+def test_cli_rollout_wait_gives_up_at_its_timeout_naming_the_pool_and_the_state(tmp_path):
+    path = config_file(tmp_path, f'image = "{POOL}"\nimage_version = "1"')
+    from vdi.config import load_config
+
+    register(load_config(path), tmp_path, versions=("1", "2"))
+
+    waited = vdi(path, "pool", "rollout", POOL, "2", "--wait", "--timeout", "1")  # no broker runs
+    followed = vdi(path, "pool", "rollout-status", POOL, "--wait", "--timeout", "1", "--json")
+    bad = vdi(path, "pool", "rollout-status", POOL, "--wait", "--timeout", "0")
+
+    assert waited.returncode == 3, waited.stderr
+    assert (
+        f"vdi pool rollout: pool {POOL}: rollout 1 to {POOL}:2 is still pending after 1 s (no broker has "
+        "taken it: is `vdi broker` running?)" in waited.stderr
+    )
+    assert f"pool {POOL}: rollout 1 pending: 0 of 0 desktop(s) on {POOL}:2, canaries 0 of 1 started\n" in (
+        waited.stderr
+    )
+    assert followed.returncode == 3, followed.stderr
+    assert json.loads(followed.stdout)["rollout"]["progress"] == {
+        "canaries_started": 0,
+        "canaries_wanted": 1,
+        "desktops_on_version": 0,
+        "desktops_total": 0,
+        "finished": False,
+    }
+    assert bad.returncode == 2 and "argument --timeout: a whole number of seconds, 1 or more" in bad.stderr
+    assert [row.state for row in rollout_rows(load_config(path))] == ["pending"]  # waiting changed nothing
 
 
 def test_refusals_speak_korean_to_a_korean_browser(url):

@@ -37,6 +37,21 @@ def test_promtool_rule_unit_tests_pass():
     assert "SUCCESS" in result.stdout
 
 
+def test_the_alerts_operators_need_are_there():
+    # Host down, no spare ready, placement failures, revocation source failing, gateway refusals rising,
+    # the recordings' disk filling.
+    needed = {
+        "VdiHostDown",
+        "VdiNoSpareReady",
+        "VdiPlacementFailures",
+        "VdiCertificateRevocationSourceFailing",
+        "VdiGatewayTunnelsRefusedRising",
+        "VdiRecordingsDiskFilling",
+    }
+
+    assert needed <= {alert for alert, _expr in rule_expressions()}
+
+
 def test_every_alert_has_a_unit_test():
     tested = set(metric_names_in(RULES_TEST.read_text(), pattern=r"alertname: (\w+)"))
 

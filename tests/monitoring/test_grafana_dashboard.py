@@ -77,3 +77,30 @@ def test_dashboard_matches_only_declared_labels_and_values(dashboard):
     exprs = [target["expr"] for panel in graph_panels(dashboard) for target in panel["targets"]]
 
     assert [problem for expr in exprs for problem in label_problems(expr)] == []
+
+
+# What an operator looks for on the dashboard (issue: logons, connect latency, tunnels, bytes, placement, host
+# health, spares, rollouts, certificate checks), each by a metric some panel must chart.
+TOPICS = {
+    "logons": "vdi_logins_total",
+    "connect latency": "vdi_connect_duration_seconds_bucket",
+    "tunnels": "vdi_gateway_tunnels_open",
+    "tunnels refused": "vdi_gateway_tunnels_refused_total",
+    "bytes": "vdi_gateway_bytes_relayed_total",
+    "placement": "vdi_placements_total",
+    "host health": "vdi_hosts",
+    "spares": "vdi_pool_desktops",
+    "rollouts": "vdi_pool_rollout_state",
+    "certificate checks": "vdi_certificate_revocation_checks_total",
+}
+
+
+def test_every_topic_an_operator_looks_for_has_a_panel(dashboard):
+    charted = {
+        name
+        for panel in graph_panels(dashboard)
+        for target in panel["targets"]
+        for name in metric_names_in(target["expr"])
+    }
+    missing = {topic: metric for topic, metric in TOPICS.items() if metric not in charted}
+    assert missing == {}

@@ -1,5 +1,6 @@
 """The demo's supervisor restarts a dead service with backoff and leaves a live one alone (real processes)."""
 
+import logging
 import signal
 import subprocess
 
@@ -11,7 +12,8 @@ def test_backoff_doubles_up_to_thirty_seconds():
     assert backoff_delay(1000) == BACKOFF_MAX_S
 
 
-def test_a_killed_service_is_restarted_after_its_backoff_and_the_other_stays():
+def test_a_killed_service_is_restarted_after_its_backoff_and_the_other_stays(caplog):
+    caplog.set_level(logging.WARNING, logger="vdi.demo")
     started: list[subprocess.Popen] = []
 
     def start() -> subprocess.Popen:
@@ -31,6 +33,11 @@ def test_a_killed_service_is_restarted_after_its_backoff_and_the_other_stays():
         assert broker.process is first
         broker.check(now + 1)
         assert broker.process is not first and broker.process.poll() is None
+        # Both the crash and the restart are logged, with the backoff and the new process.
+        assert caplog.messages == [
+            "demo broker exited with status -9; restarting it in 1 s (crash 1 in a row)",
+            f"demo broker restarted (pid {broker.process.pid})",
+        ]
         assert gateway.process is gateway_process and len(started) == 3
         # A second crash in a row waits twice as long; staying up a while resets the count.
         broker.process.kill()

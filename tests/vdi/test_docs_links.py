@@ -68,3 +68,14 @@ def test_no_page_points_to_design_notes_outside_the_repository():
     ]
     mentions += [f"{page.relative_to(ROOT)}: ../shared" for page in PAGES if "../shared" in page.read_text()]
     assert mentions == []
+
+
+def test_no_link_points_outside_the_repository():
+    """Readers of a checkout (or of an offline copy) can follow every link: none is to another site."""
+    absolute = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in PAGES
+        for target in links(page)
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target)
+    ]
+    assert absolute == []

@@ -26,6 +26,7 @@ from broker.operations import (
 )
 from broker.web.base import BaseHandler
 from hypervisor.registry import PROVIDERS
+from monitoring.metrics import RolloutState
 
 # The console's sections in menu order: (key, path). A new page adds one line here, one route below,
 # and its "admin.nav.<key>" text in both languages (broker/web/i18n_admin.py).
@@ -96,7 +97,7 @@ class PoolsPage(AdminPageHandler):
             await self.db.run(partial(pool_overview, pool=pool, config=self.config))
             for pool in self.config.pools
         ]
-        self.render_page("pools.html", pools=pools)
+        self.render_page("pools.html", pools=pools, rollout_states=[state.value for state in RolloutState])
 
 
 class SessionsPage(AdminPageHandler):

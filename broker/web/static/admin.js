@@ -51,3 +51,54 @@ if (flash) {
   sessionStorage.removeItem(FLASH);
   statusRegion.textContent = flash;
 }
+
+// The pools page follows each unfinished rollout in place: state, progress text and bar, until it is
+// promoted or rolled back, which the status region announces. A reload would lose what is being typed.
+const ROLLOUT_POLL_MS = 3000;
+const rolloutStrings = pageStrings("rollout-strings");
+
+function fill(template, values) {
+  return template.replace(/\{(\w+)\}/g, (whole, key) => (key in values ? String(values[key]) : whole));
+}
+
+function showRollout(status, rollout) {
+  const state = rolloutStrings.labels[rollout.state] || rollout.state;
+  const progress = rollout.progress;
+  const line = status.querySelector(".rollout-state");
+  line.dataset.state = rollout.state;
+  line.textContent =
+    fill(rolloutStrings.state, { id: rollout.id, version: rollout.version, state }) +
+    (rollout.reason ? ` (${rollout.reason})` : "");
+  status.querySelector(".rollout-progress").textContent = fill(rolloutStrings.progress, {
+    done: progress.desktops_on_version,
+    total: progress.desktops_total,
+    started: progress.canaries_started,
+    wanted: progress.canaries_wanted,
+  });
+  const bar = status.querySelector("progress");
+  bar.max = Math.max(progress.desktops_total, 1);
+  bar.value = progress.desktops_on_version;
+  return state;
+}
+
+async function followRollout(status, pool) {
+  try {
+    const answer = await apiRequest("GET", `/api/v1/admin/pools/${encodeURIComponent(pool)}/rollout`);
+    if (answer.rollout) {
+      const state = showRollout(status, answer.rollout);
+      if (answer.rollout.progress.finished) {
+        delete status.dataset.follow;
+        statusRegion.textContent = fill(rolloutStrings.finished, { pool, id: answer.rollout.id, state });
+        return;
+      }
+    }
+  } catch (error) {
+    // A broker restarting or a network hiccup: the next poll tries again.
+  }
+  setTimeout(() => followRollout(status, pool), ROLLOUT_POLL_MS);
+}
+
+for (const status of document.querySelectorAll(".rollout-status[data-follow]")) {
+  const pool = status.closest("article[data-pool]").dataset.pool;
+  setTimeout(() => followRollout(status, pool), ROLLOUT_POLL_MS);
+}

@@ -120,3 +120,32 @@ def test_the_admin_api_refuses_non_administrators(admin_url):
     ):
         refused = client.get(path)
         assert (refused.status, refused.json()["error"]["reason"]) == (403, "forbidden"), path
+
+
+def test_the_consoles_actions_without_the_xsrf_token_are_refused_and_change_nothing(
+    admin_client, admin_config
+):
+    db = Database(admin_config.database)
+    try:
+        session_id, _ = seed_session(db, "guest01", "mois-office")
+    finally:
+        db.close()
+    actions = [
+        ("PATCH", "/api/v1/hosts/local", {"admin_state": "draining"}),
+        ("POST", "/api/v1/hosts", {"name": "kvm-02", "uri": "qemu:///system"}),
+        ("POST", f"/api/v1/admin/sessions/{session_id}/logoff", {}),
+        ("POST", "/api/v1/admin/users/guest01/revoke-sessions", {}),
+        ("POST", "/api/v1/admin/pools/mois-office/rollouts", {"version": "2"}),
+    ]
+    for method, path, body in actions:
+        # A page of another site can send the session cookie, but not the _xsrf cookie's value as a header.
+        refused = admin_client.request(method, path, json=body, xsrf=False)
+        assert refused.status == 403, (path, refused.body)
+
+    hosts = admin_client.get("/api/v1/hosts").json()["hosts"]
+    assert [(h["name"], h["admin_state"]) for h in hosts] == [("local", "enabled")]
+    sessions = admin_client.get("/api/v1/admin/sessions?user=guest01").json()["sessions"]
+    assert [s["state"] for s in sessions] == ["active"]
+    assert admin_client.get("/api/v1/admin/pools/mois-office/rollout").json()["rollout"] is None
+    events = admin_client.get("/api/v1/admin/audit").json()["events"]
+    assert {e["action"] for e in events} == {"login"}

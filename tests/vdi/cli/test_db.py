@@ -22,6 +22,11 @@ group_base = "ou=groups,dc=test"
 [[hosts]]
 name = "seeded"
 uri = "test:///default"
+
+[[pools]]
+name = "mois-office"
+display_name = "행정안전부"
+groups = ["mois"]
 """
 
 MIGRATION_WORDS = ("alembic", "migration", "Running upgrade", "Context impl", "non-transactional DDL")
@@ -45,7 +50,17 @@ def no_migration_lines(result: subprocess.CompletedProcess) -> bool:
 
 
 @pytest.mark.parametrize(
-    "command", [("host", "list"), ("image", "list"), ("pool", "list"), ("center", "list")], ids=" ".join
+    "command",
+    [
+        ("host", "list"),
+        ("host", "show", "seeded"),
+        ("image", "list"),
+        ("pool", "list"),
+        ("pool", "show", "mois-office"),
+        ("pool", "rollout-status", "mois-office"),
+        ("center", "list"),
+    ],
+    ids=" ".join,
 )
 def test_read_only_commands_print_no_migration_lines(vdi, command):
     # The first run creates the schema (quietly), the second finds it current and leaves Alembic alone.

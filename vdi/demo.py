@@ -289,6 +289,15 @@ def _prepare_https(config: Config, lab, helpers: list) -> Path:
     return write_https_config(with_session_hosts(config), tls, port)
 
 
+def stop_on_signals() -> threading.Event:
+    """The demo's stop: Ctrl-C (SIGINT) and `vdi demo --stop` / `make stop` (SIGTERM) set the same event,
+    so both take the one way out that stops everything the demo started."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def run_demo(config: Config, config_path: str) -> int:
     from broker.db.migrate import upgrade
     from images.demo import build_demo_image
@@ -305,9 +314,7 @@ def run_demo(config: Config, config_path: str) -> int:
     build_demo_image(config.images)
     supervised: list[Supervised] = []
     helpers: list = []
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         if config.lab.session_hosts:
             _session_hosts(config).up()

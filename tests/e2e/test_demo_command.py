@@ -1,5 +1,5 @@
 """`vdi demo` starts the lab, broker and gateway over HTTPS, prints the logins, restarts a killed broker, and
-Ctrl-C stops what it started."""
+`make stop` (`vdi demo --stop`) stops what it started."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def broker_restarts_after_sigkill(
     return [old_broker, read("broker"), gateway]
 
 
-def test_demo_starts_everything_and_ctrl_c_stops_it(
+def test_demo_starts_everything_and_make_stop_stops_it(
     tmp_path, ldap_settings, libvirt_host, demo_image, browser
 ):
     broker_port, gateway_port, ldap_port = free_port(), free_port(), free_port()
@@ -228,8 +228,20 @@ def test_demo_starts_everything_and_ctrl_c_stops_it(
         sbc_desktop_over_wss(browser, f"https://127.0.0.1:{broker_port}")
         assert port_open(ldap_port)
         killed_broker = broker_restarts_after_sigkill(tmp_path / "lab", tls, broker_port, lines)
+        # `make stop` from another shell: `vdi demo --stop` asks the running demo to stop (SIGTERM, the same
+        # way out as Ctrl-C: tests/vdi/test_demo.py) and waits until it has.
+        stopper = subprocess.run(
+            [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo", "--stop"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert stopper.returncode == 0, stopper.stdout + stopper.stderr
+        assert "demo stopped" in stopper.stdout
     finally:
-        demo.send_signal(signal.SIGINT)
+        if demo.poll() is None:
+            demo.send_signal(signal.SIGINT)
         demo.wait(timeout=60)
         reader.join(timeout=10)
 

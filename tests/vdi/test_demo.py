@@ -1,10 +1,13 @@
 """The demo's supervisor restarts a dead service with backoff and leaves a live one alone (real processes)."""
 
 import logging
+import os
 import signal
 import subprocess
 
-from vdi.demo import BACKOFF_MAX_S, STABLE_S, Supervised, backoff_delay
+import pytest
+
+from vdi.demo import BACKOFF_MAX_S, STABLE_S, Supervised, backoff_delay, stop_on_signals
 
 
 def test_backoff_doubles_up_to_thirty_seconds():
@@ -51,3 +54,18 @@ def test_a_killed_service_is_restarted_after_its_backoff_and_the_other_stays(cap
         for process in started:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "make-stop"])
+def test_ctrl_c_and_make_stop_end_the_demo_the_same_way(sig):
+    """Ctrl-C and `vdi demo --stop` (SIGTERM) set the one stop event the demo waits on; the end-to-end test
+    (tests/e2e/test_demo_command.py) follows that way out to everything being stopped."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop = stop_on_signals()
+        assert not stop.is_set()
+        os.kill(os.getpid(), sig)
+        assert stop.wait(5)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

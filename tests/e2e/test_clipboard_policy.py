@@ -26,6 +26,7 @@ import pytest
 from playwright.sync_api import expect
 
 from broker.web.i18n import MESSAGES
+from hypervisor.session_scripts import SESSIONS_DIR
 from tests.fixtures.accessibility import axe_violations
 from tests.fixtures.common import wait_until
 from tests.fixtures.portal import open_console, sign_in, user_in
@@ -34,7 +35,6 @@ from tests.fixtures.sbc_stack import SBC_ADMIN_GROUP
 pytestmark = pytest.mark.e2e
 
 POOL = "mois-editor"
-SESSIONS_DIR = "/var/lib/smartwork-vdi/sessions"
 # An X client asking for a selection whose owner (Xvnc, for the browser's text) never answers waits; this
 # bounds one look at the desktop's clipboard.
 XCLIP_WAIT_S = 5
@@ -247,9 +247,8 @@ def test_each_clipboard_policy_each_way_between_novnc_and_the_desktop(
                 open_console(page, sbc_stack.base_url, POOL)
                 page.locator("#console-status[data-state=connected]").wait_for(timeout=60_000)
                 session_id = page.locator("#console").get_attribute("data-session-id")
-                desktop = Desktop(
-                    lab_session_hosts, sbc_providers, user, page.locator("#desktop-name").inner_text()
-                )
+                name = page.locator("#desktop-name").inner_text()
+                desktop = Desktop(lab_session_hosts, sbc_providers, user, name)
                 tag = secrets.token_hex(3)
                 # Hangul and Latin, longer than the cut policy's limit (3 bytes a syllable).
                 texts = {
@@ -267,6 +266,8 @@ def test_each_clipboard_policy_each_way_between_novnc_and_the_desktop(
                     assert page.locator("#console-notice").is_hidden()
                 page.click("#logoff")
                 page.wait_for_url(f"{sbc_stack.base_url}/desktops")
+                # The session's X server is gone, and with it the xclip that served the desktop's text.
+                assert name not in sbc_providers[desktop.host].list_desktops()
             finally:
                 context.close()
     finally:

@@ -35,10 +35,20 @@ def _digest(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def _content(formats: dict[int, bytes]) -> bytes:
+    """What a provide carries, as the user copied it: the text without its NUL terminator (RFB's
+    Extended Clipboard adds one), so its size and SHA-256 match those of the same text sent as classic
+    cut text, and an auditor can hash a suspected text and find it; other formats as they are."""
+    return b"".join(_text_body(data) if bit == rfb.CLIPBOARD_TEXT else data for bit, data in formats.items())
+
+
+def _text_body(text: bytes) -> bytes:
+    return text[:-1] if text.endswith(b"\0") else text
+
+
 def _truncate_text(text: bytes, limit: int) -> bytes:
     """UTF-8 text of an extended provide, cut at a character boundary, still NUL-terminated."""
-    body = text[:-1] if text.endswith(b"\0") else text
-    return body[:limit].decode("utf-8", "ignore").encode("utf-8") + b"\0"
+    return _text_body(text)[:limit].decode("utf-8", "ignore").encode("utf-8") + b"\0"
 
 
 class ClipboardFilter:
@@ -94,7 +104,7 @@ class ClipboardFilter:
         except rfb.ClipboardTooLarge:
             self._event("blocked", "too_large", len(cut.payload), _digest(cut.payload))
             return None
-        content = b"".join(data.formats.values())
+        content = _content(data.formats)
         if not self.allowed:
             self._event("blocked", self.blocked_reason, len(content), _digest(content))
             return None
@@ -111,7 +121,8 @@ class ClipboardFilter:
             kept = {bit: data for bit, data in formats.items() if bit == rfb.CLIPBOARD_TEXT}
         text = kept.get(rfb.CLIPBOARD_TEXT)
         limit = self.policy.clipboard_max_bytes
-        if text is not None and len(text) > limit + 1:  # + its NUL terminator
-            self._event("truncated", "too_large", len(text), _digest(text))
+        if text is not None and len(_text_body(text)) > limit:
+            body = _text_body(text)
+            self._event("truncated", "too_large", len(body), _digest(body))
             kept = {**kept, rfb.CLIPBOARD_TEXT: _truncate_text(text, limit)}
         return kept

@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
   busybox-static linux-image-amd64 cpio e2fsprogs debootstrap
   openssh-server openssl iproute2 procps
   postgresql haproxy
-  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad ibus ibus-hangul locales
+  tigervnc-standalone-server tigervnc-tools openbox xterm mousepad xclip ibus ibus-hangul locales
   x11-utils fonts-dejavu-core
   python3-apt python3-venv
   prometheus

@@ -69,7 +69,8 @@ def test_an_extended_provide_is_blocked_with_the_hash_of_its_content():
     payload = rfb.build_provide({rfb.CLIPBOARD_TEXT: b"secret\0"})
     message, [event] = run(ConsolePolicy(clipboard="to_client"), TO_DESKTOP, extended(payload))
     assert message is None
-    assert (event.result, event.size, event.sha256) == ("blocked", 7, hashlib.sha256(b"secret\0").hexdigest())
+    # The text as copied, without the NUL terminator: the same size and hash as classic cut text of it.
+    assert (event.result, event.size, event.sha256) == ("blocked", 6, hashlib.sha256(b"secret").hexdigest())
 
 
 def test_text_only_removes_other_formats():
@@ -85,7 +86,11 @@ def test_extended_text_is_cut_at_a_character_boundary():
         ConsolePolicy(clipboard_max_bytes=7), TO_DESKTOP, extended(rfb.build_provide({1: text}))
     )
     assert provided(message) == {rfb.CLIPBOARD_TEXT: "가나".encode() + b"\0"}
-    assert (event.result, event.size) == ("truncated", len(text))
+    assert (event.result, event.size, event.sha256) == (
+        "truncated",
+        len(text) - 1,
+        hashlib.sha256("가나다라".encode()).hexdigest(),
+    )
 
 
 def test_a_provide_inflating_past_the_limit_is_blocked_unread():

@@ -18,6 +18,7 @@ const buttons = {
   logoff: document.getElementById("logoff"),
 };
 const sessionUrl = `/api/v1/sessions/${encodeURIComponent(sessionId)}`;
+const clipboardText = document.getElementById("clipboard-text");
 
 let rfb = null;
 let leaving = false;
@@ -135,6 +136,10 @@ async function connect() {
   rfb.addEventListener("connect", onConnect);
   rfb.addEventListener("disconnect", onDisconnect);
   rfb.addEventListener("securityfailure", onSecurityFailure);
+  // What the desktop copied (as far as the pool's clipboard policy lets it through the gateway).
+  rfb.addEventListener("clipboard", (event) => {
+    clipboardText.value = event.detail.text;
+  });
 }
 
 function closeConsole() {
@@ -165,6 +170,11 @@ buttons.disconnect.addEventListener("click", () => {
 });
 buttons.logoff.addEventListener("click", logoff);
 buttons.reconnect.addEventListener("click", connect);
+// The clipboard field's text goes to the desktop's clipboard; the gateway applies the pool's policy and
+// tells the page (showNotice) when it blocked or cut the text.
+document.getElementById("clipboard-send").addEventListener("click", () => {
+  if (rfb) rfb.clipboardPasteFrom(clipboardText.value);
+});
 
 // At a center terminal the seat's end ends the visit: the broker signs the user out and cuts the console
 // (broker/seat_ends.py); the page goes back to the kiosk, which leads to the sign-in page for the next user.

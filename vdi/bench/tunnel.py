@@ -569,12 +569,18 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
     def tokens(mode: str, count: int) -> list[str | None]:
         return path.tokens.issue(mode, count) if path.tokens else [None] * count
 
-    result = {
-        "down_mb_s": round(await download(path, ports, tokens("down", 1)[0], args.mb), 1),
-        "up_mb_s": round(await upload(path, ports, tokens("up", 1)[0], args.mb), 1),
-        "round_trip": await round_trips(path, ports, tokens("rtt", 1)[0], args.round_trips),
-    }
+    # The relay's CPU for each kind of work (seconds of its process, user and system): a figure that
+    # other load on the machine disturbs much less than the rates. websockify forks per tunnel, so only
+    # the gateway's is known.
+    cpu = _Cpu(pid if path.name == "gateway" else None)
+    result: dict = {"down_mb_s": round(await download(path, ports, tokens("down", 1)[0], args.mb), 1)}
+    cpu.note("us_per_mb_down", args.mb)
+    result["up_mb_s"] = round(await upload(path, ports, tokens("up", 1)[0], args.mb), 1)
+    cpu.note("us_per_mb_up", args.mb)
+    result["round_trip"] = await round_trips(path, ports, tokens("rtt", 1)[0], args.round_trips)
+    cpu.note("us_per_round_trip", args.round_trips)
     result["new_tunnels"] = await new_tunnels(path, ports, tokens("idle", args.tunnels), args.concurrency)
+    cpu.note("us_per_new_tunnel", args.tunnels)
     # One at a time: the time a user waits for a console, without the queueing of `concurrency` at once
     # (at 50 in flight, p99 is at least 50 / rate by Little's law).
     serial = getattr(args, "serial_tunnels", 0)
@@ -583,7 +589,31 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
     # websockify forks a process per tunnel: a thousand of them would take the machine, not measure it.
     idle = args.idle if path.name != "websockify" else min(args.idle, args.websockify_idle)
     result["idle_tunnels"] = await idle_tunnels(path, ports, tokens("idle", idle), pid)
+    if cpu.figures:
+        result["relay_cpu"] = cpu.figures
     return result
+
+
+class _Cpu:
+    """CPU time of the relay's process between notes, per unit of the work done in between (µs)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.figures: dict[str, float] = {}
+        self._last = self._seconds()
+
+    def _seconds(self) -> float:
+        if self.pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def note(self, name: str, units: int) -> None:
+        if self.pid is None or not units:
+            return
+        now = self._seconds()
+        self.figures[name] = round((now - self._last) / units * 1e6, 1)
+        self._last = now
 
 
 def _with_ratios(results: dict) -> dict:

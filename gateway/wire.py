@@ -27,6 +27,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import cast
 
+import numpy as np
 from tornado.iostream import IOStream, SSLIOStream
 from tornado.util import _websocket_mask
 
@@ -49,6 +50,25 @@ CLOSE_TIMEOUT_S = 5.0
 DESKTOP_HIGH_WATER = 256 * 1024
 
 Piece = bytes | bytearray | memoryview
+# The browser's reads between payloads go into one buffer of this size that every tunnel of the process
+# shares: a read and its parsing happen in one callback, and the parser copies whatever it keeps, so the
+# buffer is free again when the callback returns (an idle tunnel costs none of it). A frame with a larger
+# payload gets a buffer of its own, which the next reads fill directly.
+SCRATCH_BYTES = 256 * 1024
+_SCRATCH = memoryview(bytearray(SCRATCH_BYTES))
+# Payloads from this size on are unmasked in place with numpy; smaller ones by Tornado's C function.
+LARGE_PAYLOAD = 4096
+
+
+def unmask(mask: bytes, payload: bytearray) -> None:
+    """XOR the payload with its masking key in place (RFC 6455 section 5.3), eight bytes at a time."""
+    words = len(payload) // 8
+    if words:
+        key = np.frombuffer(mask * 2, dtype=np.uint64)[0]
+        block = np.frombuffer(payload, dtype=np.uint64, count=words)
+        np.bitwise_xor(block, key, out=block)
+    for index in range(words * 8, len(payload)):
+        payload[index] ^= mask[index % 4]
 
 
 class WireError(Exception):
@@ -80,37 +100,64 @@ def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:
 class BrowserReader:
     """RFC 6455 framing of the browser's side (section 5.2): whole messages out of masked frames."""
 
-    def __init__(self, max_message: int, on_message: Callable[[int, bytes], None]) -> None:
+    def __init__(self, max_message: int, on_message: Callable[[int, bytes | bytearray], None]) -> None:
         self._max_message = max_message
         self._on_message = on_message
+        # Reads land in the shared scratch between frames' payloads; a header split between two reads
+        # waits in _pending.
+        self._scratch = _SCRATCH
         self._pending = b""
-        # The frame being received: its header fields, and its payload gathered so far.
+        # The frame being received: its header fields, and its payload, into which reads go directly.
         self._opcode = 0
         self._fin = False
         self._mask = b""
         self._payload: bytearray | None = None
+        self._payload_view = memoryview(b"")
         self._filled = 0
         # A fragmented message: its opcode and its fragments so far.
         self._message_opcode: int | None = None
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes | bytearray] = []
         self._fragments_size = 0
 
+    def get_buffer(self) -> memoryview:
+        """Where the next read goes: the rest of a large frame's payload, else the scratch buffer."""
+        if self._payload is not None:
+            return self._payload_view[self._filled :]
+        return self._scratch
+
+    def updated(self, size: int) -> None:
+        """`size` bytes were read into get_buffer(): every message they complete goes to on_message
+        (raises WireError)."""
+        if self._payload is not None:
+            self._filled += size
+            if self._filled == len(self._payload):
+                self._payload_done()
+            return
+        self._parse(self._scratch[:size])
+
     def feed(self, data: bytes) -> None:
-        """Every complete message in `data` (with what came before) goes to on_message; raises WireError."""
-        view = memoryview(self._pending + data if self._pending else data)
-        self._pending = b""
+        """As if `data` had been read (bytes the upgrade's stream had already taken, and tests)."""
+        view = memoryview(data)
+        while view:
+            buffer = self.get_buffer()
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            view = view[size:]
+            self.updated(size)
+
+    def _payload_done(self) -> None:
+        payload = self._payload
+        assert payload is not None
+        self._payload, self._payload_view = None, memoryview(b"")
+        unmask(self._mask, payload)
+        self._frame(payload)
+
+    def _parse(self, view: memoryview) -> None:
+        if self._pending:
+            view = memoryview(self._pending + bytes(view))
+            self._pending = b""
         at, end = 0, len(view)
         while at < end:
-            if self._payload is not None:
-                take = min(len(self._payload) - self._filled, end - at)
-                self._payload[self._filled : self._filled + take] = view[at : at + take]
-                self._filled += take
-                at += take
-                if self._filled < len(self._payload):
-                    return
-                payload, self._payload = bytes(self._payload), None
-                self._frame(_websocket_mask(self._mask, payload))
-                continue
             if end - at < 2:
                 self._pending = bytes(view[at:])
                 return
@@ -136,11 +183,20 @@ class BrowserReader:
             self._mask = bytes(view[at + header - 4 : at + header])
             at += header
             if end - at >= length:
-                payload = bytes(view[at : at + length])
+                if length < LARGE_PAYLOAD:
+                    payload: bytes | bytearray = _websocket_mask(self._mask, bytes(view[at : at + length]))
+                else:
+                    payload = bytearray(view[at : at + length])
+                    unmask(self._mask, payload)
                 at += length
-                self._frame(_websocket_mask(self._mask, payload) if length else b"")
-            else:
-                self._payload, self._filled = bytearray(length), 0
+                self._frame(payload)
+                continue
+            # The rest of this payload is read straight into it (get_buffer), not through the scratch.
+            self._payload = bytearray(length)
+            self._payload_view = memoryview(self._payload)
+            self._filled = end - at
+            self._payload_view[: self._filled] = view[at:end]
+            return
 
     def _check_frame(self, length: int) -> None:
         opcode = self._opcode
@@ -157,7 +213,7 @@ class BrowserReader:
         if self._fragments_size + length > self._max_message:
             raise WireError(CLOSE_TOO_BIG, "message too big")
 
-    def _frame(self, payload: bytes) -> None:
+    def _frame(self, payload: bytes | bytearray) -> None:
         opcode = self._opcode
         if opcode >= OPCODE_CLOSE:
             self._on_message(opcode, payload)
@@ -191,7 +247,7 @@ class Wire:
     ) -> None:
         self.relay = relay
         self._buffer = read_buffer
-        self._reader = BrowserReader(max_message, self._message)
+        self.reader = BrowserReader(max_message, self._message)
         self._ping_interval_s = ping_interval_s
         self._ping_timeout_s = ping_timeout_s
         self.browser: asyncio.Transport | None = None
@@ -225,15 +281,22 @@ class Wire:
     # -- the browser ------------------------------------------------------------------------------
 
     def browser_data(self, data: bytes) -> None:
+        """Bytes from the browser that did not come through the transport (read by the upgrade's stream)."""
+        self._browser_input(self.reader.feed, data)
+
+    def browser_read(self, size: int) -> None:
+        self._browser_input(self.reader.updated, size)
+
+    def _browser_input(self, handle, arg) -> None:
         if self._close_sent and self._close_received:
             return
         try:
-            self._reader.feed(data)
+            handle(arg)
         except WireError as exc:
             log.warning("console closed: session %s: %s", self.relay.session_id, exc.reason)
             self.relay.end(exc.code, exc.reason)
 
-    def _message(self, opcode: int, payload: bytes) -> None:
+    def _message(self, opcode: int, payload: bytes | bytearray) -> None:
         if opcode == OPCODE_BINARY:
             if not self._close_sent:
                 self.relay.on_message(payload)
@@ -382,7 +445,7 @@ class Wire:
             self.desktop.writelines(pieces)
 
 
-class _BrowserProtocol(asyncio.Protocol):
+class _BrowserProtocol(asyncio.BufferedProtocol):
     def __init__(self, wire: Wire) -> None:
         self.wire = wire
 
@@ -393,8 +456,11 @@ class _BrowserProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=0, low=0)
         self.wire.browser = transport
 
-    def data_received(self, data: bytes) -> None:
-        self.wire.browser_data(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.wire.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.wire.browser_read(nbytes)
 
     def eof_received(self) -> bool:
         return False

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import mmap
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -136,6 +138,26 @@ def request_id_from_query(uri: str) -> str | None:
 def close_reason(text: str) -> str:
     """A close reason fits a control frame: at most 123 bytes of UTF-8 (RFC 6455 section 5.5)."""
     return text.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+async def connect_display(host: str, port: int, timeout_s: float) -> IOStream:
+    """A stream to the desktop's display. An address (what the broker puts in tokens) is connected to
+    directly; Tornado's TCPClient resolves every name on a worker thread first, a thread hop per tunnel
+    (vdi bench tunnel, new tunnels)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return await TCPClient().connect(host, port, timeout=timeout_s)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return IOStream(sock)
 
 
 class ReadBuffer:
@@ -377,9 +399,12 @@ class ConsoleRelay(WebSocketHandler):
             if not await self._start_recording(target):
                 upstream.close()
                 return
-            await self._start_tunnel(target, upstream)
+            self._start_tunnel(target, upstream)
         finally:
+            # Released in the same step as the tunnel joins the registry (no await between), so a second
+            # console of the session never counts this one twice.
             self.tunnels.release(target.session_id)
+        await self._start_relay(upstream)
         if self._wire is not None:
             # Tornado reads the browser's frames once open() returns: with the socket taken, not before
             # the tunnel is over (it then finds the stream closed and calls on_close, which is harmless).
@@ -415,9 +440,7 @@ class ConsoleRelay(WebSocketHandler):
         if target.route == "ssh":
             return await self._connect_ssh(target)
         try:
-            stream = await TCPClient().connect(
-                target.host, target.port, timeout=self.gateway.connect_timeout_s
-            )
+            stream = await connect_display(target.host, target.port, self.gateway.connect_timeout_s)
         except (OSError, StreamClosedError, TimeoutError) as exc:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.UPSTREAM.value).inc()
             log.warning(
@@ -556,7 +579,7 @@ class ConsoleRelay(WebSocketHandler):
         except SQLAlchemyError:
             log.warning("could not audit the recording of session %s", target.session_id)
 
-    async def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
+    def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
         self._opened_at = time.monotonic()
         self.set_nodelay(True)
@@ -564,8 +587,12 @@ class ConsoleRelay(WebSocketHandler):
         TUNNELS_OPEN.inc()
         via = f" via ssh {target.ssh}" if target.route == "ssh" else ""
         log.info("tunnel open: session %s to %s:%d%s", self.session_id, target.host, target.port, via)
+
+    async def _start_relay(self, upstream: IOStream) -> None:
         if self.gateway.protocol_relay:
             await self._take_sockets(upstream)
+        if self._ended:
+            return
         if self._server_init is not None:
             self._start_browser_handshake(self._server_init)
             return

@@ -212,3 +212,25 @@ def test_tunnels_stay_on_tornados_streams_when_the_protocol_relay_is_off(
             conn.close()
 
     run_async(scenario())
+
+
+def test_consoles_of_one_session_opened_at_once_each_count_once_against_the_limit(
+    console_db, fake_vnc, gateway_config
+):
+    """gateway.max_tunnels_per_session is 2: two consoles opened together both open, a third is refused
+    (a tunnel that is being moved to the protocols must not be counted as open and as opening)."""
+    session = console_db.add_session(vnc_port=fake_vnc.port)
+    tokens = [console_db.issue(session) for _ in range(2)]
+
+    async def scenario():
+        async with fake_vnc.serving(), running_gateway(gateway_config, console_db.db) as gateway:
+            for _ in range(5):
+                conns = await asyncio.gather(*(gateway.connect(token) for token in tokens))
+                for conn in conns:
+                    assert (await receive_until(conn, RFB_BANNER)).startswith(RFB_BANNER)
+                for conn in conns:
+                    conn.close()
+                await eventually(lambda: len(gateway.app.tunnels) == 0, what="consoles closed")
+                tokens[:] = [console_db.issue(session) for _ in range(2)]
+
+    run_async(scenario())

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import mmap
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -40,7 +42,7 @@ from broker.db import Database, database_unavailable
 from broker.db.models import AuditEvent, DesktopSession, utcnow
 from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
 from broker.db.vnc_passwords import SealError, VncPasswordBox
-from gateway import rfb, vnc_login, ws_frames
+from gateway import rfb, vnc_login, wire, ws_frames
 from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFilter
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder, RecordingFailed, RecordingService
@@ -136,6 +138,26 @@ def request_id_from_query(uri: str) -> str | None:
 def close_reason(text: str) -> str:
     """A close reason fits a control frame: at most 123 bytes of UTF-8 (RFC 6455 section 5.5)."""
     return text.encode("utf-8")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
+
+
+async def connect_display(host: str, port: int, timeout_s: float) -> IOStream:
+    """A stream to the desktop's display. An address (what the broker puts in tokens) is connected to
+    directly; Tornado's TCPClient resolves every name on a worker thread first, a thread hop per tunnel
+    (vdi bench tunnel, new tunnels)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return await TCPClient().connect(host, port, timeout=timeout_s)
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return IOStream(sock)
 
 
 class ReadBuffer:
@@ -321,6 +343,8 @@ class ConsoleRelay(WebSocketHandler):
         self._handshake_deadline: object | None = None
         self._rfb: rfb.RfbSession | None = None
         self._side_tasks: set[asyncio.Task] = set()
+        # Once the tunnel is open, its sockets taken from Tornado's streams (gateway/wire.py).
+        self._wire: wire.Wire | None = None
 
     # -- handshake -------------------------------------------------------------------------------
 
@@ -377,7 +401,14 @@ class ConsoleRelay(WebSocketHandler):
                 return
             self._start_tunnel(target, upstream)
         finally:
+            # Released in the same step as the tunnel joins the registry (no await between), so a second
+            # console of the session never counts this one twice.
             self.tunnels.release(target.session_id)
+        await self._start_relay(upstream)
+        if self._wire is not None:
+            # Tornado reads the browser's frames once open() returns: with the socket taken, not before
+            # the tunnel is over (it then finds the stream closed and calls on_close, which is harmless).
+            await self._wire.done
 
     def _refuse_over_limit(self, target: ConsoleTarget) -> None:
         # OSSN-0008: one session must not fan out into unbounded tunnels to its desktop.
@@ -409,9 +440,7 @@ class ConsoleRelay(WebSocketHandler):
         if target.route == "ssh":
             return await self._connect_ssh(target)
         try:
-            stream = await TCPClient().connect(
-                target.host, target.port, timeout=self.gateway.connect_timeout_s
-            )
+            stream = await connect_display(target.host, target.port, self.gateway.connect_timeout_s)
         except (OSError, StreamClosedError, TimeoutError) as exc:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.UPSTREAM.value).inc()
             log.warning(
@@ -558,11 +587,60 @@ class ConsoleRelay(WebSocketHandler):
         TUNNELS_OPEN.inc()
         via = f" via ssh {target.ssh}" if target.route == "ssh" else ""
         log.info("tunnel open: session %s to %s:%d%s", self.session_id, target.host, target.port, via)
+
+    async def _start_relay(self, upstream: IOStream) -> None:
+        if self.gateway.protocol_relay:
+            await self._take_sockets(upstream)
+        if self._ended:
+            return
         if self._server_init is not None:
             self._start_browser_handshake(self._server_init)
             return
+        self._start_desktop_reads()
+
+    async def _take_sockets(self, upstream: IOStream) -> None:
+        """Move both sides from Tornado's streams to the loop's protocols (gateway/wire.py), when both are
+        plain sockets with nothing queued; TLS browsers stay on Tornado's stream."""
+        connection = self.ws_connection
+        if connection is None or connection.stream is None:
+            return
+        if not (wire.can_take(connection.stream) and wire.can_take(upstream)):
+            return
+        pinging = getattr(connection, "_ping_coroutine", None)
+        if pinging is not None:
+            pinging.cancel()  # the wire pings on the same schedule
+        browser, browser_bytes = wire.take_socket(connection.stream)
+        desktop, desktop_bytes = wire.take_socket(upstream)
+        self._wire = wire.Wire(
+            self,
+            ReadBuffer(READ_CHUNK),
+            max_message=self.max_message_size,
+            ping_interval_s=self.ping_interval or 0.0,
+            ping_timeout_s=self.ping_timeout or 0.0,
+        )
+        await self._wire.start(browser, browser_bytes, desktop, desktop_bytes)
+
+    def _start_desktop_reads(self) -> None:
+        if self._wire is not None:
+            self._wire.start_desktop()
+            return
         # Held so the task is not garbage-collected mid-relay (the loop keeps only weak references).
-        self._pump = asyncio.create_task(self._relay_desktop_to_client(upstream))
+        assert self.upstream is not None
+        self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
+
+    def _send_browser(self, message: bytes | str) -> None:
+        """A whole message to the browser (binary for bytes); nothing once it is closing."""
+        if self._wire is not None:
+            self._wire.send(message)
+            return
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self._wire is not None:
+            self._wire.close(code, reason or "")
+            return
+        super().close(code, reason)
 
     # -- the browser's RFB handshake (credential-injected tunnels) --------------------------------
 
@@ -571,8 +649,7 @@ class ConsoleRelay(WebSocketHandler):
         self._handshake_deadline = IOLoop.current().call_later(
             self.gateway.rfb_handshake_timeout_s, self._browser_handshake_expired
         )
-        with contextlib.suppress(WebSocketClosedError):
-            self.write_message(self._handshake.banner(), binary=True)
+        self._send_browser(self._handshake.banner())
 
     def _browser_handshake_expired(self) -> None:
         if self._handshake is None or self._ended:
@@ -581,26 +658,26 @@ class ConsoleRelay(WebSocketHandler):
         log.warning("console closed: session %s: browser did not finish the RFB handshake", self.session_id)
         self.end(CLOSE_POLICY_VIOLATION, "RFB handshake timed out")
 
-    async def _continue_browser_handshake(self, message: bytes) -> None:
+    def _advance_browser_handshake(self, message: bytes) -> Awaitable[None] | None:
+        """The browser's handshake message; once done, the relay starts (an awaitable while the first
+        client messages, sent with the ClientInit, wait for the desktop's socket)."""
         handshake = self._handshake
         assert handshake is not None and self.target is not None and self.upstream is not None
         try:
             reply = b"".join(handshake.feed(message))
         except rfb.RfbError as exc:
             self._close_on_rfb_error(exc, "browser")
-            return
+            return None
         if reply:
-            await self.write_message(reply, binary=True)
+            self._send_browser(reply)
         if not handshake.done:
-            return
+            return None
         self._handshake = None
         self._cancel_handshake_deadline()
         self._rfb = self._framers(handshake)
-        self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
+        self._start_desktop_reads()
         leftover = handshake.leftover()
-        pending = self._to_desktop(leftover) if leftover else None
-        if pending is not None:
-            await pending
+        return self._to_desktop(leftover) if leftover else None
 
     def _framers(self, handshake: rfb.BrowserHandshake) -> rfb.RfbSession:
         assert self.target is not None and self._server_init is not None
@@ -645,8 +722,7 @@ class ConsoleRelay(WebSocketHandler):
 
     def _notice(self, notice: dict) -> None:
         """A text frame for the console page; noVNC reads binary frames only and ignores it."""
-        with contextlib.suppress(WebSocketClosedError):
-            self.write_message(json.dumps(notice))
+        self._send_browser(json.dumps(notice))
 
     async def _audit_clipboard(self, target: ConsoleTarget, event: ClipboardEvent) -> None:
         try:
@@ -701,10 +777,23 @@ class ConsoleRelay(WebSocketHandler):
                     await sent
                 except StreamClosedError:
                     raise WebSocketClosedError() from None
-            forwarded = sum(map(len, pieces))
-            self._bytes_to_client += forwarded
-            _TO_CLIENT.inc(forwarded)
+            self.relayed_to_client(sum(map(len, pieces)))
             buffer.used(size)
+
+    def relayed_to_client(self, size: int) -> None:
+        self._bytes_to_client += size
+        _TO_CLIENT.inc(size)
+
+    def desktop_error(self, exc: Exception) -> None:
+        """The desktop's stream could not be relayed (the wire's reads; the pump handles its own)."""
+        if isinstance(exc, rfb.RfbError):
+            self._close_on_rfb_error(exc, "desktop")
+            return
+        log.error("console relay of session %s failed", self.session_id, exc_info=exc)
+        self.end(CLOSE_INTERNAL_ERROR, "console relay failed")
+
+    def desktop_closed(self) -> None:
+        self.end(CLOSE_NORMAL, "desktop closed the connection")
 
     def on_message(self, message: str | bytes) -> Awaitable[None] | None:
         # Not a coroutine: Tornado makes a task of each coroutine a handler returns, and waits for it,
@@ -717,14 +806,8 @@ class ConsoleRelay(WebSocketHandler):
         if self.upstream is None or self._ended:
             return None
         if self._handshake is not None:
-            return self._handshake_message(message)
+            return self._advance_browser_handshake(message)
         return self._to_desktop(message)
-
-    async def _handshake_message(self, message: bytes) -> None:
-        try:
-            await self._continue_browser_handshake(message)
-        except WebSocketClosedError:
-            self.end(CLOSE_NORMAL, "browser closed the connection")
 
     def _to_desktop(self, message: bytes) -> Awaitable[None] | None:
         """Frame and write the browser's message; an awaitable while the desktop has not taken it all."""
@@ -740,6 +823,10 @@ class ConsoleRelay(WebSocketHandler):
                 return None
             is_input, self._rfb.client.input_seen = self._rfb.client.input_seen, False
         size = sum(map(len, pieces))
+        if self._wire is not None:
+            self._wire.write_desktop(pieces)
+            self._relayed_to_desktop(size, is_input)
+            return None
         try:
             sent = ws_frames.write_pieces(self.upstream, pieces) if pieces else None
         except StreamClosedError:
@@ -791,6 +878,10 @@ class ConsoleRelay(WebSocketHandler):
         """Close both sides of the tunnel; safe to call more than once."""
         self.close(code, close_reason(reason))
         self._teardown(reason)
+
+    def browser_closed(self) -> None:
+        """The browser's socket is gone (the wire's; Tornado calls on_close for its own)."""
+        self.on_close()
 
     def on_close(self) -> None:
         self._client_gone = True

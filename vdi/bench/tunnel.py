@@ -22,6 +22,7 @@ relay process's memory per idle tunnel. Failed tunnels are counted with their re
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import multiprocessing
@@ -39,9 +40,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.util import _websocket_mask
+from tornado.websocket import WebSocketClientConnection
 
 from broker.db import Database
 from broker.db.config import DatabaseSettings
@@ -195,6 +197,96 @@ class WsTransport(Transport):
         self.conn.close()
 
 
+class LeanWsTransport(Transport):
+    """A browser's side of a WebSocket as lean as the raw path's client: asyncio streams, frames parsed
+    from whatever one read brings, masked sends through Tornado's C mask. A browser's WebSocket is native
+    code; timing a Python WebSocket library's per-message steps (Tornado's client costs tens of µs per
+    message) would charge the relay with the client's work."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: bytes) -> None:
+        self.reader, self.writer = reader, writer
+        self.pending = bytearray(pending)
+
+    @classmethod
+    async def connect(cls, url: str) -> LeanWsTransport:
+        parts = urlsplit(url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.transport.set_write_buffer_limits(high=4 * MIB)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        writer.write(
+            (
+                f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: {ORIGIN}\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            writer.close()
+            status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            raise BenchError(f"the relay refused the upgrade: {status}")
+        return cls(reader, writer, b"")
+
+    async def recv(self) -> bytes:
+        while True:
+            payload = self._frames()
+            if payload:
+                return payload
+            data = await self.reader.read(MIB)
+            if not data:
+                raise BenchError("the relay closed the connection")
+            self.pending += data
+
+    def _frames(self) -> bytes:
+        """The payloads of the binary frames complete in `pending` (a close frame raises)."""
+        out = []
+        view = self.pending
+        at = 0
+        while len(view) - at >= 2:
+            opcode, length, header = view[at] & 0x0F, view[at + 1] & 0x7F, 2
+            if length == 126:
+                header = 4
+            elif length == 127:
+                header = 10
+            if len(view) - at < header:
+                break
+            if length == 126:
+                length = struct.unpack_from(">H", view, at + 2)[0]
+            elif length == 127:
+                length = struct.unpack_from(">Q", view, at + 2)[0]
+            if len(view) - at < header + length:
+                break
+            payload = bytes(view[at + header : at + header + length])
+            at += header + length
+            if opcode == 0x8:
+                code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+                raise BenchError(
+                    f"the relay closed the tunnel: {code} {payload[2:].decode(errors='replace')}"
+                )
+            if opcode == 0x2 or opcode == 0x0:
+                out.append(payload)
+        del self.pending[:at]
+        return b"".join(out)
+
+    async def send(self, data: bytes) -> None:
+        mask = os.urandom(4)
+        size = len(data)
+        if size < 126:
+            header = struct.pack(">BB", 0x82, 0x80 | size)
+        elif size <= 0xFFFF:
+            header = struct.pack(">BBH", 0x82, 0x80 | 126, size)
+        else:
+            header = struct.pack(">BBQ", 0x82, 0x80 | 127, size)
+        self.writer.writelines([header, mask, _websocket_mask(mask, data)])
+        if self.writer.transport.get_write_buffer_size() > 4 * MIB:
+            await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class Reader:
     """Exact reads over a transport that hands out chunks."""
 
@@ -282,9 +374,8 @@ async def open_tunnel(path: Route, ports: dict[str, int], mode: str, token: str 
         reader, writer = await asyncio.open_connection("127.0.0.1", ports[mode])
         writer.transport.set_write_buffer_limits(high=4 * MIB)
         return await client_handshake(TcpTransport(reader, writer), log_in=True)
-    request = HTTPRequest(f"{path.ws_url}?token={token}", headers={"Origin": ORIGIN}, connect_timeout=60)
-    conn = await websocket_connect(request, max_message_size=64 * MIB)
-    return await client_handshake(WsTransport(conn), log_in=path.log_in)
+    transport = await LeanWsTransport.connect(f"{path.ws_url}?token={token}")
+    return await client_handshake(transport, log_in=path.log_in)
 
 
 # -- measurements ---------------------------------------------------------------------------------------
@@ -478,12 +569,18 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
     def tokens(mode: str, count: int) -> list[str | None]:
         return path.tokens.issue(mode, count) if path.tokens else [None] * count
 
-    result = {
-        "down_mb_s": round(await download(path, ports, tokens("down", 1)[0], args.mb), 1),
-        "up_mb_s": round(await upload(path, ports, tokens("up", 1)[0], args.mb), 1),
-        "round_trip": await round_trips(path, ports, tokens("rtt", 1)[0], args.round_trips),
-    }
+    # The relay's CPU for each kind of work (seconds of its process, user and system): a figure that
+    # other load on the machine disturbs much less than the rates. websockify forks per tunnel, so only
+    # the gateway's is known.
+    cpu = _Cpu(pid if path.name == "gateway" else None)
+    result: dict = {"down_mb_s": round(await download(path, ports, tokens("down", 1)[0], args.mb), 1)}
+    cpu.note("us_per_mb_down", args.mb)
+    result["up_mb_s"] = round(await upload(path, ports, tokens("up", 1)[0], args.mb), 1)
+    cpu.note("us_per_mb_up", args.mb)
+    result["round_trip"] = await round_trips(path, ports, tokens("rtt", 1)[0], args.round_trips)
+    cpu.note("us_per_round_trip", args.round_trips)
     result["new_tunnels"] = await new_tunnels(path, ports, tokens("idle", args.tunnels), args.concurrency)
+    cpu.note("us_per_new_tunnel", args.tunnels)
     # One at a time: the time a user waits for a console, without the queueing of `concurrency` at once
     # (at 50 in flight, p99 is at least 50 / rate by Little's law).
     serial = getattr(args, "serial_tunnels", 0)
@@ -492,7 +589,31 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
     # websockify forks a process per tunnel: a thousand of them would take the machine, not measure it.
     idle = args.idle if path.name != "websockify" else min(args.idle, args.websockify_idle)
     result["idle_tunnels"] = await idle_tunnels(path, ports, tokens("idle", idle), pid)
+    if cpu.figures:
+        result["relay_cpu"] = cpu.figures
     return result
+
+
+class _Cpu:
+    """CPU time of the relay's process between notes, per unit of the work done in between (µs)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.figures: dict[str, float] = {}
+        self._last = self._seconds()
+
+    def _seconds(self) -> float:
+        if self.pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def note(self, name: str, units: int) -> None:
+        if self.pid is None or not units:
+            return
+        now = self._seconds()
+        self.figures[name] = round((now - self._last) / units * 1e6, 1)
+        self._last = now
 
 
 def _with_ratios(results: dict) -> dict:

@@ -8,12 +8,16 @@ the host (hypervisor/session_scripts.py has the scripts and the layout):
    takes a free display :N atomically, and writes the session's state file;
 2. checks the user can run the session's programs, writes the session's VNC password (`vncpasswd -f`,
    password on stdin) and a fresh X cookie into files only that user can read, and makes the session's
-   cgroups with the pool's CPU and memory limits (all of this in one SSH round trip);
+   cgroups with the pool's CPU and memory limits;
 3. starts `Xvnc :N` as the user (`setpriv --reuid --regid --init-groups --reset-env`, no PAM, no systemd
    needed) inside those cgroups, listening on 127.0.0.1:5900+N only, VncAuth with that password, X clients
-   authenticated by the cookie (so another user on the host cannot open the display's X socket either);
+   authenticated by the cookie (so another user on the host cannot open the display's X socket either), and
+   waits for Xvnc's own word that it accepts connections (-displayfd into a FIFO, no polling);
 4. starts the window manager and the desktop session, or the published application, the same way with
    DISPLAY and XAUTHORITY set, in the user's home.
+
+All four steps are one script (scripts.START) in one SSH round trip; the user's names and commands reach it
+as positional arguments only.
 
 Destroying a session kills what is in its cgroups (cgroup.kill): the session's processes, never the user's
 others, and nothing the user started can leave them (only root may move processes between them). The

@@ -10,7 +10,10 @@ not "up"). A host that answers again goes back up, and is reconciled on every pa
 - a domain the database has as provisioning, running on the host, older than ADOPT_AFTER_S → adopted as
   running (the broker that started it died before recording it);
 - a domain of ours the database does not know, or knows as deleted → orphan: reported, or destroyed when
-  `[monitor] orphans = "destroy"`.
+  `[monitor] orphans = "destroy"`;
+- a running desktop that ended by itself on its host (an SBC session whose user logged out from the desktop's
+  panel, or whose published application was closed) → removed from the host and recorded like a logoff: the
+  desktop deleted, its sessions ended, its slot free.
 
 Everything is level-triggered: a pass looks at what is, not at what happened, so it is idempotent and
 catches up after a broker restart or a lost event.
@@ -228,6 +231,30 @@ def adopt_running(db: Session, desktop_id: int, endpoint: DisplayEndpoint) -> bo
     return True
 
 
+def record_ended(db: Session, desktop_ids: list[int]) -> tuple[list[str], int]:
+    """Desktops whose session ended on the host, now removed from it: deleted, their sessions ended, like a
+    logoff. Returns the names recorded and how many sessions ended; rows that moved on are left alone."""
+    names, ended = [], 0
+    for desktop in db.scalars(select(Desktop).where(Desktop.id.in_(desktop_ids))).all():
+        if not move_state(db, Desktop, desktop.id, ("running",), "deleted"):
+            continue  # a logoff or another broker's monitor recorded it first
+        names.append(desktop.domain_name)
+        ended += _end_sessions(db, desktop, "session_ended")
+        db.add(_audit("session_ended", "success", desktop.pool_name, desktop=desktop.domain_name))
+        RECONCILE_FIXES.labels(fix=ReconcileFix.ENDED.value).inc()
+    return names, ended
+
+
+def running_desktops(db: Session, name: str, domains: list[str]) -> dict[str, int]:
+    """Domain name → id of the host's desktops among `domains` that the database has as running."""
+    rows = db.execute(
+        select(Desktop.domain_name, Desktop.id).where(
+            Desktop.host_name == name, Desktop.state == "running", Desktop.domain_name.in_(domains)
+        )
+    )
+    return dict(rows.all())
+
+
 def record_orphan(db: Session, host: str, domain: str, action: OrphanAction) -> None:
     db.add(_audit("orphan_domain", action.value, host, domain=domain))
 
@@ -389,6 +416,31 @@ class HostMonitor(PeriodicTask):
             await self._adopt(name, desktop_id, domain)
         for domain in plan.orphans:
             await self._orphan(name, domain)
+        await self._remove_ended(name)
+
+    async def _remove_ended(self, name: str) -> None:
+        """Desktops of the host that ended by themselves (a user who logged out of an SBC desktop): remove
+        what is left of them on the host and record it like a logoff, so their slots are free at once."""
+        try:
+            ended = await self._call(name, lambda provider: provider.ended_desktops())
+            if not ended:
+                return
+            candidates = await self.db.run(partial(running_desktops, name=name, domains=ended))
+            # Listed again after the database was read: a desktop recorded running meanwhile had finished
+            # starting, so one still listed as ended really ended (the same care as _still_missing).
+            confirmed = set(await self._call(name, lambda provider: provider.ended_desktops()))
+            gone = {domain: desktop_id for domain, desktop_id in candidates.items() if domain in confirmed}
+            for domain in gone:
+                await self._call(name, lambda provider, domain=domain: provider.destroy_desktop(domain))
+        except HypervisorError as exc:
+            log.info("host %s: cannot remove ended desktops now: %s", name, exc.message)
+            return
+        if not gone:
+            return
+        names, sessions = await self.db.run(partial(record_ended, desktop_ids=list(gone.values())))
+        SESSIONS_ACTIVE.dec(sessions)
+        if names:
+            log.info("host %s: %s ended on the host; removed like a logoff", name, ", ".join(names))
 
     async def _still_missing(self, name: str, lost: list[int]) -> list[int]:
         """Of the desktops the plan found missing, those still missing from a second listing.

@@ -83,6 +83,11 @@ class DesktopProvider(ABC):
     def list_desktops(self) -> list[str]:
         """Names of the desktops on this host that smartwork-vdi created."""
 
+    def ended_desktops(self) -> list[str]:
+        """Names of desktops that ended by themselves but are still on the host (an SBC session whose
+        program exited: the user logged out); empty for providers whose desktops do not end that way."""
+        return []
+
     # -- the host ----------------------------------------------------------------------------------
 
     def probe(self) -> str:

@@ -8,12 +8,16 @@ the host (hypervisor/session_scripts.py has the scripts and the layout):
    takes a free display :N atomically, and writes the session's state file;
 2. checks the user can run the session's programs, writes the session's VNC password (`vncpasswd -f`,
    password on stdin) and a fresh X cookie into files only that user can read, and makes the session's
-   cgroups with the pool's CPU and memory limits (all of this in one SSH round trip);
+   cgroups with the pool's CPU and memory limits;
 3. starts `Xvnc :N` as the user (`setpriv --reuid --regid --init-groups --reset-env`, no PAM, no systemd
    needed) inside those cgroups, listening on 127.0.0.1:5900+N only, VncAuth with that password, X clients
-   authenticated by the cookie (so another user on the host cannot open the display's X socket either);
+   authenticated by the cookie (so another user on the host cannot open the display's X socket either), and
+   waits for Xvnc's own word that it accepts connections (-displayfd into a FIFO, no polling);
 4. starts the window manager and the desktop session, or the published application, the same way with
    DISPLAY and XAUTHORITY set, in the user's home.
+
+All four steps are one script (scripts.START) in one SSH round trip; the user's names and commands reach it
+as positional arguments only.
 
 Destroying a session kills what is in its cgroups (cgroup.kill): the session's processes, never the user's
 others, and nothing the user started can leave them (only root may move processes between them). The
@@ -28,10 +32,10 @@ from __future__ import annotations
 
 import logging
 import re
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
 import hypervisor.session_scripts as scripts
@@ -60,9 +64,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10
-# The session's program must stay up this many 20 ms steps after it started (0.2 s): one that exits at once
-# (cannot open its display, bad arguments) fails the start instead of leaving a session that is over.
-APP_SETTLE_STEPS = 10
+# The session's program must stay up this long (s) after it started: one that exits at once (cannot open its
+# display, bad arguments) fails the start instead of leaving a session that is over.
+APP_SETTLE_S = "0.2"
 DEFAULT_GEOMETRY = "1280x800"
 DEFAULT_SESSION = ("openbox-session",)
 RFB_BANNER = b"RFB "
@@ -74,6 +78,10 @@ PREPARE_ERRORS = {
     scripts.EXIT_NO_CGROUPS: "has no cgroup hierarchy under /sys/fs/cgroup to hold sessions",
     scripts.EXIT_BAD_ACCOUNT: "has an account {user} whose home or ids are not plain paths and numbers",
 }
+
+
+class SessionNameTaken(HypervisorError):
+    """The host already has a session of that name (not ours to remove)."""
 
 
 @dataclass(frozen=True)
@@ -183,9 +191,10 @@ class SessionHostProvider(DesktopProvider):
     def create_desktop(self, spec: DesktopSpec) -> DisplayEndpoint:
         self._check_spec(spec)
         started = time.monotonic()
-        prepared = self._prepare(spec)
         try:
-            self._start(spec, prepared)
+            prepared = self._start_session(spec)
+        except SessionNameTaken:
+            raise  # that session is not ours to remove
         except BaseException:
             self._undo(spec.domain_name)
             raise
@@ -214,6 +223,10 @@ class SessionHostProvider(DesktopProvider):
 
     def list_desktops(self) -> list[str]:
         return sorted(self._sessions())
+
+    def ended_desktops(self) -> list[str]:
+        # Xvnc or the session's program gone: the user logged out, or the application was closed.
+        return sorted(name for name, session in self._sessions().items() if not session.running)
 
     def sessions(self) -> list[SessionInfo]:
         """Every session of ours on the host, with its user and what of it still runs."""
@@ -286,80 +299,46 @@ class SessionHostProvider(DesktopProvider):
         if not NAME_PATTERN.match(name):
             raise HypervisorError(self.host.name, f"not a session name: {name!r}")
 
-    def _prepare(self, spec: DesktopSpec) -> Prepared:
+    def _start_session(self, spec: DesktopSpec) -> Prepared:
+        """Prepare, then start Xvnc, the window manager and the program, all in one SSH round trip
+        (scripts.START); the step that failed is the last one the script named."""
         cpu = str(int(spec.cpu_limit * 100_000)) if spec.cpu_limit else "max"
         memory = str(spec.memory_limit_mib * 1024 * 1024) if spec.memory_limit_mib else "max"
         password = (spec.vnc_password or "").encode() + b"\n"
-        programs = [command[0] for command in (spec.window_manager, self._program(spec)) if command]
+        wm, program = list(spec.window_manager), self._program(spec)
+        arguments = [spec.domain_name, spec.user, cpu, memory, spec.kind, spec.label or spec.domain_name]
+        arguments += [DEFAULT_GEOMETRY, str(START_TIMEOUT_S), APP_SETTLE_S, str(len(wm)), *wm, *program]
+        steps = 1 + bool(wm) + 1
         status, out, err = self._script(
-            scripts.PREPARE, spec.domain_name, spec.user, cpu, memory, spec.kind, *programs, stdin=password
+            scripts.START, *arguments, stdin=password, timeout=steps * START_TIMEOUT_S + COMMAND_TIMEOUT_S
         )
+        lines = [line.split() for line in out.splitlines() if line.strip()]
+        prepared = next((line[1:] for line in lines if line[0] == "prepared"), None)
+        if prepared is None:
+            self._prepare_failed(spec, status, err)
+        display, gid, *cgroups = prepared
+        started = Prepared(spec.domain_name, int(display), gid, tuple(cgroups))
+        if status != 0 or ["ready"] not in lines:
+            failed = next((line[1] for line in reversed(lines) if line[0] == "step"), "xvnc")
+            self._start_failed(spec.domain_name, failed, status)
+        return started
+
+    def _prepare_failed(self, spec: DesktopSpec, status: int, err: str) -> NoReturn:
         if status == scripts.EXIT_NO_COMMAND:
             raise HypervisorError(
                 self.host.name, f"session {spec.domain_name}: {spec.user} cannot run {err!r} on this host"
             )
-        if status != 0:
-            if status != scripts.EXIT_EXISTS:  # an existing session of that name is not ours to remove
-                self._undo(spec.domain_name)
-            reason = PREPARE_ERRORS.get(status)
-            if reason is None:
-                raise self._fail(spec.domain_name, "prepare", err)
-            raise HypervisorError(self.host.name, reason.format(user=spec.user, name=spec.domain_name))
-        display, gid, *cgroups = out.split()
-        return Prepared(spec.domain_name, int(display), gid, tuple(cgroups))
+        reason = PREPARE_ERRORS.get(status)
+        if reason is None:
+            raise self._fail(spec.domain_name, "prepare", err)
+        error = SessionNameTaken if status == scripts.EXIT_EXISTS else HypervisorError
+        raise error(self.host.name, reason.format(user=spec.user, name=spec.domain_name))
 
     @staticmethod
     def _program(spec: DesktopSpec) -> list[str]:
         return list(spec.command or DEFAULT_SESSION)
 
-    def _start(self, spec: DesktopSpec, prepared: Prepared) -> None:
-        """Xvnc (until its X socket exists), the window manager, then the program, in one SSH round trip:
-        each is launched and waited for before the next; the step that failed is the last one named."""
-        steps = [("xvnc", self._xvnc(spec, prepared))]
-        if spec.window_manager:
-            steps.append(("wm", list(spec.window_manager)))
-        steps.append(("app", self._program(spec)))
-        chain = " && ".join(
-            f"echo {what} && {self._launch(prepared, spec.user, what, argv)}" for what, argv in steps
-        )
-        # The detached processes must not hold the SSH channel open (their output goes to their logs).
-        result = self.ssh.run(
-            ["true"], suffix=" && " + chain, timeout=len(steps) * START_TIMEOUT_S + COMMAND_TIMEOUT_S
-        )
-        if result.status != 0:
-            failed = (result.stdout.split() or ["xvnc"])[-1]
-            self._start_failed(prepared.name, failed, result.status)
-
-    @staticmethod
-    def _xvnc(spec: DesktopSpec, prepared: Prepared) -> list[str]:
-        directory = f"{scripts.SESSIONS_DIR}/{prepared.name}"
-        # Loopback only (-interface, -localhost); VNC password and X cookie in files only the user reads.
-        return [
-            "Xvnc", f":{prepared.display}", "-interface", LOOPBACK, "-localhost", "-rfbport", str(prepared.port),
-            "-SecurityTypes", "VncAuth", "-PasswordFile", f"{directory}/passwd", "-auth", f"{directory}/xauth",
-            "-nolisten", "tcp", "-geometry", DEFAULT_GEOMETRY, "-depth", "24", "-desktop", spec.label or spec.domain_name,
-        ]  # fmt: skip
-
-    def _launch(self, prepared: Prepared, user: str, what: str, argv: list[str]) -> str:
-        """Shell text: start argv as the user in the session's cgroups, detached (setsid --fork), in the
-        user's home, then wait until it runs (Xvnc: until its X socket exists; the program: 0.2 s on)."""
-        directory = f"{scripts.SESSIONS_DIR}/{prepared.name}"
-        env = ["env", "LANG=C.UTF-8"]
-        if what != "xvnc":
-            env += [f"DISPLAY=:{prepared.display}", f"XAUTHORITY={directory}/xauth"]
-        as_user = ["setpriv", f"--reuid={user}", f"--regid={prepared.gid}", "--init-groups", "--reset-env"]
-        # setpriv --reset-env sets HOME (and PATH, USER, SHELL) from the account.
-        command = [*as_user, "sh", "-c", 'cd "$HOME" && exec "$@"', "sh", *env, *argv]
-        launcher = ["setsid", "--fork", "sh", "-c", scripts.JOIN_AND_RUN, "sh", directory, what]
-        wait = ["sh", "-c", scripts.WAIT_STARTED, "sh", prepared.name, what, str(START_TIMEOUT_S)]
-        if what == "xvnc":
-            wait.append("x")
-        elif what == "app":
-            wait += ["", str(APP_SETTLE_STEPS)]
-        launch = shlex.join([*launcher, *prepared.cgroups, "--", *command])
-        return f"{launch} </dev/null >/dev/null 2>&1 && {shlex.join(wait)}"
-
-    def _start_failed(self, name: str, what: str, status: int) -> None:
+    def _start_failed(self, name: str, what: str, status: int) -> NoReturn:
         label = {"xvnc": "Xvnc", "wm": "the window manager", "app": "the session's program"}[what]
         detail = (
             "exited at once" if status == scripts.EXIT_DIED else f"did not start within {START_TIMEOUT_S} s"

@@ -17,6 +17,8 @@ Layout on a host:
 
 from __future__ import annotations
 
+import shlex
+
 SESSIONS_DIR = "/var/lib/smartwork-vdi/sessions"
 CGROUP_NAME = "smartwork-vdi"
 FIRST_DISPLAY = 10
@@ -30,16 +32,17 @@ EXIT_EXISTS = 7
 EXIT_DIED = 8
 EXIT_NO_CGROUPS = 9
 EXIT_BAD_ACCOUNT = 10
+EXIT_SLOW = 11
 
 # `running PID`: the process exists and is not a zombie. A session's programs are orphans (setsid --fork) whose
 # parent is the host's init, which may reap them late; `kill -0` alone takes an exited one for alive.
 RUNNING = """running() { s=$(sed -n 's/.*) \\([A-Za-z]\\).*/\\1/p' "/proc/$1/stat" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }"""
 
-# $1 name, $2 user, $3 cpu quota in µs per 100 ms period or "max", $4 memory limit in bytes or "max",
-# $5 kind, $6.. the programs the session will run (first words); stdin: the VNC password on one line.
-# Prints the display number, the gid and the cgroups.
+# The common part of starting a session: $1 name, $2 user, $3 cpu quota in µs per 100 ms period or "max", $4
+# memory limit in bytes or "max", $5 kind, then the programs the session will run (first words); stdin: the VNC
+# password on one line. Leaves display n, uid, gid, home, dir and cgroups set, and everything of the session
+# on the host but its processes.
 PREPARE = f"""
-set -eu
 name=$1 user=$2 cpu=$3 mem=$4 kind=$5
 shift 5
 base={SESSIONS_DIR}
@@ -104,11 +107,12 @@ else
   m=/sys/fs/cgroup/memory/{CGROUP_NAME}/$name
   if [ -d "$m" ] && [ "$mem" != max ]; then echo "$mem" > "$m/memory.limit_in_bytes"; fi
 fi
-echo "$n $gid $cgroups"
 """
 
 # Runs (detached by setsid --fork) as root: join the session's cgroups, record the pid, become the user.
-# $1 session dir, $2 what (xvnc, wm, app), $3.. cgroup directories, "--", then the command.
+# $1 session dir, $2 what (xvnc, wm, app), $3.. cgroup directories, "--", then the command. Xvnc gets the
+# session's `ready` FIFO as file descriptor 3 and writes its display number there once it accepts
+# connections (-displayfd 3); opening the FIFO waits for START's reader.
 JOIN_AND_RUN = """
 dir=$1 what=$2
 shift 2
@@ -117,35 +121,91 @@ shift
 echo $$ > "$dir/$what.pid.new" && mv "$dir/$what.pid.new" "$dir/$what.pid"
 # The log is root's alone (what a program prints is its user's business); the umask is not inherited.
 (umask 077; : > "$dir/$what.log")
+[ "$what" = xvnc ] && exec 3> "$dir/ready"
 exec "$@" >> "$dir/$what.log" 2>&1 < /dev/null
 """
 
-# $1 name, $2 what, $3 seconds; waits until the process recorded its pid, then checks it is alive. With
-# $4 = "x", also waits for the X server's socket. $5, if given, is a number of 20 ms steps the process must
-# then stay alive (a program that exits at once, e.g. one that cannot open its display, is caught here).
-WAIT_STARTED = f"""
+# The whole start of a session in one SSH round trip: PREPARE, then Xvnc, the window manager and the
+# program, each launched detached as the user in the session's cgroups and waited for before the next.
+# $1 name, $2 user, $3 cpu, $4 memory (as PREPARE), $5 kind, $6 the desktop's name (Xvnc's -desktop), $7
+# geometry, $8 seconds each step may take, $9 seconds the program must then stay up, $10 how many words the
+# window manager's command has (0: none), then the window manager's words, then the program's. Prints `prepared <display> <gid> <cgroups>`, then `step <what>` before each step and `ready`.
+# Xvnc is not polled for: it says when it accepts connections (-displayfd into the session's FIFO).
+START = f"""
+set -eu
 {RUNNING}
-dir={SESSIONS_DIR}/$1 what=$2 limit=$3 x=${{4:-}} settle=${{5:-0}}
-. "$dir/session"
-end=$(( $(date +%s) + limit ))
-while :; do
-  if [ -s "$dir/$what.pid" ]; then
-    pid=$(cat "$dir/$what.pid")
-    running "$pid" || exit {EXIT_DIED}
-    if [ -z "$x" ] || [ -S "/tmp/.X11-unix/X$display" ]; then
-      i=0
-      while [ "$i" -lt "$settle" ]; do
-        sleep 0.02
-        running "$pid" || exit {EXIT_DIED}
-        i=$((i + 1))
-      done
-      exit 0
-    fi
-  fi
-  [ "$(date +%s)" -le "$end" ] || exit 1
-  sleep 0.02
+prepare() {{
+{PREPARE}
+}}
+name=$1 user=$2 cpu=$3 mem=$4 kind=$5 label=$6 geometry=$7 limit=$8 settle=$9 nwm=${{10}}
+shift 10
+first_wm= first_app=
+[ "$nwm" -gt 0 ] && first_wm=$1
+i=0
+for word in "$@"; do
+  [ "$i" -eq "$nwm" ] && {{ first_app=$word; break; }}
+  i=$((i + 1))
 done
+prepare "$name" "$user" "$cpu" "$mem" "$kind" ${{first_wm:+"$first_wm"}} "$first_app"
+echo "prepared $n $gid $cgroups"
+set +e
+join={shlex.quote(JOIN_AND_RUN)}
+# $1 what, then the command: run it detached as the user in the session's cgroups, in the user's home.
+launch() {{
+  what=$1
+  shift
+  setsid --fork sh -c "$join" sh "$dir" "$what" $cgroups -- \\
+    setpriv --reuid="$uid" --regid="$gid" --init-groups --reset-env sh -c 'cd "$HOME" && exec "$@"' sh "$@" \\
+    </dev/null >/dev/null 2>&1
+}}
+# $1 what, $2 words to skip, $3 words to take, then all the words: launch that slice of them.
+launch_words() {{
+  what=$1 skip=$2 take=$3
+  shift 3
+  shift "$skip"
+  rest=$(($# - take)) i=0
+  while [ "$i" -lt "$take" ]; do set -- "$@" "$1"; shift; i=$((i + 1)); done
+  shift "$rest"
+  launch "$what" env LANG=C.UTF-8 DISPLAY=":$n" XAUTHORITY="$dir/xauth" "$@"
+}}
+# $1 what, $2 seconds it must stay up ("0": none): its pid recorded and the process (still) running. A
+# program that exits at once (it cannot open its display, bad arguments) fails the start.
+started() {{
+  end=$(( $(date +%s) + limit ))
+  until [ -s "$dir/$1.pid" ]; do
+    [ "$(date +%s)" -le "$end" ] || exit {EXIT_SLOW}
+    sleep 0.02
+  done
+  read -r pid < "$dir/$1.pid"
+  running "$pid" || exit {EXIT_DIED}
+  [ "$2" = 0 ] && return 0
+  sleep "$2"
+  running "$pid" || exit {EXIT_DIED}
+}}
+echo step xvnc
+mkfifo -m 0600 "$dir/ready"
+# Loopback only (-interface, -localhost); VNC password and X cookie in files only the user reads.
+launch xvnc env LANG=C.UTF-8 Xvnc ":$n" -interface 127.0.0.1 -localhost -rfbport $((5900 + n)) \\
+  -SecurityTypes VncAuth -PasswordFile "$dir/passwd" -auth "$dir/xauth" -nolisten tcp \\
+  -geometry "$geometry" -depth 24 -desktop "$label" -displayfd 3
+# Xvnc writes its display number into the FIFO once it accepts connections; end of file first: it died.
+timeout "$limit" sh -c 'read -r shown < "$1" && [ -n "$shown" ]' sh "$dir/ready"
+case $? in
+  0) ;;
+  124) started xvnc 0; exit {EXIT_SLOW};;
+  *) exit {EXIT_DIED};;
+esac
+if [ "$nwm" -gt 0 ]; then
+  echo step wm
+  launch_words wm 0 "$nwm" "$@"
+  started wm 0
+fi
+echo step app
+launch_words app "$nwm" $(($# - nwm)) "$@"
+started app "$settle"
+echo ready
 """
+
 
 # $1 name. Kills every process of the session (its cgroups), removes its cgroups, files and display.
 DESTROY = f"""

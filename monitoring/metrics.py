@@ -401,6 +401,7 @@ class OrphanAction(Enum):
 class ReconcileFix(Enum):
     LOST = "lost"  # the database said running; the host has no such domain
     ADOPTED = "adopted"  # the database said provisioning (a broker died mid-start); the domain runs
+    ENDED = "ended"  # a session ended on its host (the user logged out): removed and its slot freed
 
 
 HOST_DOWN_TRANSITIONS = Counter(

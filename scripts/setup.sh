@@ -18,7 +18,7 @@ DEBIAN_PACKAGES=(
   x11-utils fonts-dejavu-core
   python3-apt python3-venv
   prometheus
-  xfwm4 xfce4-panel xfce4-terminal ibus-gtk3 dbus-bin dbus-daemon
+  xfwm4 xfce4-panel xfce4-terminal ibus-gtk3 dbus-bin dbus-daemon libglib2.0-bin adwaita-icon-theme
 )
 
 missing_packages() {

@@ -2,7 +2,8 @@
 
 Placement chooses the session host (labels, max_desktops as the host's session limit); the session-host provider
 starts Xvnc as the user's own account. Reconnect goes back to the live session, logoff destroys it, and a
-session that ended by itself is replaced at the next connect.
+session that ended by itself (the user logged out, or closed the published application) is removed by the host
+monitor like a logoff, or replaced at the next connect if that comes first.
 """
 
 from __future__ import annotations
@@ -137,6 +138,38 @@ def test_an_app_session_that_ended_is_replaced_at_the_next_connect(sbc_url, prov
     second = connect(lee, "mois-terminal")
     assert second["desktop"]["name"] != desktop
     assert where(providers, desktop) == []  # the ended session was cleaned away
+
+
+def test_a_session_that_ended_on_its_host_is_removed_like_a_logoff_and_frees_its_slot(
+    tmp_path, sbc_url, providers, lab_session_hosts
+):
+    config = sbc_config(tmp_path, lab_session_hosts)
+    runner = MonitorRunner(config, providers)
+    try:
+        kim = signed_in(sbc_url, "kimmj")
+        first = connect(kim, "mois-terminal")
+        desktop = first["desktop"]["name"]
+        [host] = where(providers, desktop)
+        app_pid = (lab_session_hosts.sessions_dir(host) / desktop / "app.pid").read_text().strip()
+        assert (
+            lab_session_hosts.run(host, ["kill", app_pid]).returncode == 0
+        )  # the user closed the application
+
+        def ended() -> bool:
+            return kim.get(f"/api/v1/sessions/{first['session_id']}").json()["state"] == "ended"
+
+        wait_until(ended, 30, "the monitor to end the session")
+        session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
+        assert session["desktop"]["state"] == "deleted"
+        assert where(providers, desktop) == []  # Xvnc and all else of the session removed from the host
+        [event] = audit_actions(runner.db, "session_ended")
+        assert (event.actor, event.target, event.detail["desktop"]) == ("monitor", "mois-terminal", desktop)
+    finally:
+        runner.stop()
+    # Its slot is free: both hosts (one session each at most) take a session again.
+    lee = signed_in(sbc_url, "leesy")
+    placed = {where(providers, connect(user, "mois-desktop")["desktop"]["name"])[0] for user in (kim, lee)}
+    assert placed == set(HOSTS)
 
 
 def test_a_user_without_an_account_on_the_hosts_gets_a_clear_error(sbc_url, providers):

@@ -58,6 +58,15 @@ WHITE_AREA = """
           y: box.top + ((y0 + y1) / 2) * box.height / canvas.height};
 }
 """
+# The panel's right end, in page coordinates: its last item is the "Log out" launcher (xfce4-panel.xml).
+LOG_OUT_ITEM = """
+() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width) return null;
+  const box = canvas.getBoundingClientRect();
+  return {x: box.left + (canvas.width - 12) * box.width / canvas.width, y: box.top + 14 * box.height / canvas.height};
+}
+"""
 FRAMEBUFFER = """
 () => {
   const canvas = document.querySelector('#screen canvas');
@@ -192,6 +201,35 @@ def test_sbc_desktop_with_panel_and_hangul_survives_a_second_browser(
         other.close()
         lab_session_hosts.run(host, ["rm", "-f", memo])
     assert desktop not in sbc_providers[host].list_desktops()
+
+
+def test_log_out_on_the_panel_ends_the_session_and_the_broker_frees_it(
+    sbc_stack, page, demo_users, sbc_providers
+):
+    user = user_in(demo_users, "mois")
+    sign_in(page, sbc_stack.base_url, user)
+    open_console(page, sbc_stack.base_url, "mois-sbc")
+    connected(page)
+    session_id = page.url.rsplit("/", 1)[1]
+    desktop = desktop_name(page)
+    host = host_of(sbc_providers, desktop)
+    page.wait_for_function(PANEL_SHOWN, arg=list(PANEL_RGB), timeout=60_000)
+    wait_until(lambda: follows_the_window(page), 30, "the session to take the browser's size")
+    item = page.evaluate(LOG_OUT_ITEM)
+    page.mouse.click(item["x"], item["y"])
+
+    def session() -> dict:
+        return page.request.get(f"{sbc_stack.base_url}/api/v1/sessions/{session_id}").json()
+
+    # The broker's host monitor notices the session ended on the host and records it like a logoff.
+    try:
+        wait_until(lambda: session()["state"] == "ended", 60, "the session to end after Log out")
+    except pytest.fail.Exception:
+        page.screenshot(path=str(ARTIFACTS / "e2e-sbc-log-out.png"))
+        raise
+    assert session()["desktop"]["state"] == "deleted"
+    assert desktop not in sbc_providers[host].list_desktops()  # every process of it killed, its display free
+    page.locator("#console-status:not([data-state=connected])").wait_for(timeout=30_000)
 
 
 def test_a_published_application_shows_alone(sbc_stack, page, demo_users, lab_session_hosts, sbc_providers):

@@ -227,6 +227,7 @@ class Screen:
 class RunTimes:
     first_frame_s: float
     desktop_screen_s: float | None  # None: not drawn before the deadline, or not asked for
+    connect_s: float = 0.0  # until the broker answered the connect (placement and the desktop's start)
 
 
 async def _console_times(
@@ -275,6 +276,7 @@ def one_run(
 ) -> RunTimes:
     started = time.perf_counter()
     session = portal.post(f"/api/v1/pools/{pool}/connect")
+    connected = time.perf_counter() - started
     limit = 120 + (screen_timeout_s or 0)
     times = asyncio.run(
         asyncio.wait_for(
@@ -282,6 +284,7 @@ def one_run(
         )
     )
     portal.post(f"/api/v1/sessions/{session['session_id']}/logoff")
+    times.connect_s = connected
     return times
 
 
@@ -329,7 +332,25 @@ def measure(
             **(summary(drawn) if drawn else {"runs": 0}),
             "missing": runs - len(drawn),
         }
+    report["steps"] = steps(results)
     return report
+
+
+def steps(results: list[RunTimes]) -> dict:
+    """Where the time went, each step's p50 and p99: the broker's connect (placement and the desktop's
+    start), then token, gateway and RFB login to the first frame, then the desktop drawing its own screen."""
+    parts = {
+        "connect": [r.connect_s for r in results],
+        "console_to_first_frame": [r.first_frame_s - r.connect_s for r in results],
+        "first_frame_to_screen": [
+            r.desktop_screen_s - r.first_frame_s for r in results if r.desktop_screen_s is not None
+        ],
+    }
+    return {
+        name: {key: summary(values)[key] for key in ("p50_ms", "p99_ms")}
+        for name, values in parts.items()
+        if values
+    }
 
 
 def virt_types(portal: Portal) -> str:

@@ -15,8 +15,8 @@ has of its own:
 Xvnc, the desktop (XFCE's xfwm4 and panel, IBus with ibus-hangul) and the applications are the machine's
 packages (scripts/setup.sh, which also generates the ko_KR.UTF-8 locale). The desktop's own files, the same
 the smartwork_session_host role installs (ansible/roles/smartwork_session_host/files), go into each host's /etc
-at every `up()`: the session script /etc/smartwork-vdi/xsession and the panel's layout. Sessions'
-cgroups live in the machine's cgroup tree under `smartwork-vdi/<session>` (names are unique per session);
+at every `up()`: the session script /etc/smartwork-vdi/xsession, its log-out item and the panel's layout.
+Sessions' cgroups live in the machine's cgroup tree under `smartwork-vdi/<session>` (names are unique per session);
 `down()` removes those of its hosts' sessions after stopping every process in their namespaces.
 
 `uri(name)` is the session-host provider's URI: `ssh://root@<address>?keyfile=…&known_hosts=…`.
@@ -42,6 +42,7 @@ ROLE_FILES = Path(__file__).resolve().parents[2] / "ansible" / "roles" / "smartw
 DESKTOP_FILES = (
     ("smartwork-xsession", "smartwork-vdi/xsession", 0o755),
     ("xfce4-panel.xml", "xdg/xfce4/xfconf/xfce-perchannel-xml/xfce4-panel.xml", 0o644),
+    ("logout.desktop", "smartwork-vdi/logout.desktop", 0o644),
 )
 XSESSION = "/etc/smartwork-vdi/xsession"
 

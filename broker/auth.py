@@ -139,8 +139,9 @@ def audit_login(
 def load_user(db: Session, id_hash: str) -> PortalUser | None:
     """The user of a live portal session: not revoked, not expired."""
     # Compared in SQL, where both sides are UTC on every backend (SQLite hands back naive datetimes).
+    # Columns, not the User entity: this runs for every request, and ORM instances cost more than the query.
     row = db.execute(
-        select(PortalSession.method, User)
+        select(PortalSession.method, User.username, User.display_name, User.groups)
         .join(User, User.username == PortalSession.username)
         .where(
             PortalSession.id_hash == id_hash,
@@ -150,8 +151,8 @@ def load_user(db: Session, id_hash: str) -> PortalUser | None:
     ).one_or_none()
     if row is None:
         return None
-    method, user = row
-    return PortalUser(user.username, user.display_name, list(user.groups or []), method)
+    method, username, display_name, groups = row
+    return PortalUser(username, display_name, list(groups or []), method)
 
 
 def revoke(db: Session, id_hash: str, client_ip: str) -> str | None:

@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -118,6 +119,13 @@ def record_login(
     db.add(audit_login(identity.username, "success", client_ip, method, "authenticated", audit_detail))
 
 
+def _record_login_and_reset(db: Session, user_key: str, reserved: str | None, **login: Any) -> None:
+    """One transaction for a login that got through: its session and audit, a fresh lockout count for the
+    user name, and the address's reserved attempt given back (guard.finish_success)."""
+    guard.finish_success(db, user_key, reserved)
+    record_login(db, **login)
+
+
 def audit_login(
     actor: str, result: str, client_ip: str, method: str, reason: str, extra: dict | None = None
 ) -> AuditEvent:
@@ -134,8 +142,9 @@ def audit_login(
 def load_user(db: Session, id_hash: str) -> PortalUser | None:
     """The user of a live portal session: not revoked, not expired."""
     # Compared in SQL, where both sides are UTC on every backend (SQLite hands back naive datetimes).
+    # Columns, not the User entity: this runs for every request, and ORM instances cost more than the query.
     row = db.execute(
-        select(PortalSession.method, User)
+        select(PortalSession.method, User.username, User.display_name, User.groups)
         .join(User, User.username == PortalSession.username)
         .where(
             PortalSession.id_hash == id_hash,
@@ -145,8 +154,8 @@ def load_user(db: Session, id_hash: str) -> PortalUser | None:
     ).one_or_none()
     if row is None:
         return None
-    method, user = row
-    return PortalUser(user.username, user.display_name, list(user.groups or []), method)
+    method, username, display_name, groups = row
+    return PortalUser(username, display_name, list(groups or []), method)
 
 
 def revoke(db: Session, id_hash: str, client_ip: str) -> str | None:
@@ -224,11 +233,15 @@ class PortalAuth:
             if method.counts_failures:
                 await self._release_attempt(user_key, client_ip)
             raise
-        if method.counts_failures:
-            await self._release_attempt(user_key, client_ip)  # the right secret is no guess
         if self.second_factor.required(method.name, client_ip):
+            if method.counts_failures:
+                await self._release_attempt(user_key, client_ip)  # the right secret is no guess
             await self._ask_for_totp(login, client_ip)
-        return await self._open_session(login.identity, method.name, client_ip, login.audit, device=device)
+        # The right secret is no guess: the session's own transaction gives the attempt back.
+        reserved = client_ip if method.counts_failures else None
+        return await self._open_session(
+            login.identity, method.name, client_ip, login.audit, device=device, reserved=reserved
+        )
 
     def enrolment_allowed(self, client_ip: str) -> bool:
         return self.second_factor.enrolment_allowed(client_ip)
@@ -336,10 +349,13 @@ class PortalAuth:
         except BaseException:
             await self._release_attempt(user_key, client_ip)
             raise
-        await self._release_attempt(user_key, client_ip)
         TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
-        await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
-        return await self._open_session(identity, method, client_ip, second_factor=True)
+        try:
+            await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
+        except BaseException:
+            await self._release_attempt(user_key, client_ip)
+            raise
+        return await self._open_session(identity, method, client_ip, second_factor=True, reserved=client_ip)
 
     async def _totp_refused(self, username: str, method: str, client_ip: str, exc: TotpError) -> None:
         TOTP_VERIFICATIONS.labels(result=exc.result).inc()
@@ -402,30 +418,40 @@ class PortalAuth:
         audit_detail: dict | None = None,
         second_factor: bool = False,
         device: bytes | None = None,
+        reserved: str | None = None,
     ) -> tuple[PortalUser, str]:
+        """`reserved`: the client address whose lockout place this login's secret took (a right secret is
+        no guess): given back in the session's transaction, or on its own if the login stops before it."""
+        user_key = normalize_username(identity.username)
         seat_ends = None
-        if self.seat_gate is not None:
-            try:
-                seat_ends = await self.seat_gate(identity.username, client_ip, device)
-            except errors.LoginRefused:
-                LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
-                raise
-        session_id = new_session_id()
-        # The session and its audit say how the user got in; the login counter counts by method only.
-        session_method = f"{method}+totp" if second_factor else method
-        await self.db.run(
-            partial(
-                record_login,
-                identity=identity,
-                id_hash=hash_session_id(session_id),
-                method=session_method,
-                client_ip=client_ip,
-                lifetime_s=self.session_lifetime_s,
-                audit_detail=audit_detail or None,
-                until=seat_ends,
+        try:
+            if self.seat_gate is not None:
+                try:
+                    seat_ends = await self.seat_gate(identity.username, client_ip, device)
+                except errors.LoginRefused:
+                    LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+                    raise
+            session_id = new_session_id()
+            # The session and its audit say how the user got in; the login counter counts by method only.
+            session_method = f"{method}+totp" if second_factor else method
+            await self.db.run(
+                partial(
+                    _record_login_and_reset,
+                    identity=identity,
+                    id_hash=hash_session_id(session_id),
+                    method=session_method,
+                    client_ip=client_ip,
+                    lifetime_s=self.session_lifetime_s,
+                    audit_detail=audit_detail or None,
+                    user_key=user_key,
+                    reserved=reserved,
+                    until=seat_ends,
+                )
             )
-        )
-        await self.db.run(partial(guard.reset_user, user_key=normalize_username(identity.username)))
+        except BaseException:
+            if reserved:
+                await self._release_attempt(user_key, reserved)
+            raise
         LOGINS.labels(method=method, result=LoginResult.SUCCESS.value).inc()
         log.info("login succeeded: user=%s method=%s ip=%s", identity.username, session_method, client_ip)
         user = PortalUser(identity.username, identity.display_name, list(identity.groups), session_method)

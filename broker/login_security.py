@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import delete, update
+from sqlalchemy import case, delete, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -95,19 +95,20 @@ class TotpNotEnrolled(errors.NotFound):
 
 
 def _counter(db: Session, kind: str, key: str, now: dt.datetime) -> LoginThrottle:
-    """The counter row, created if missing, locked for this transaction.
+    """The counter row, created if missing, locked for this transaction: one statement.
 
-    Two brokers may count the first failure of a key at once: INSERT … ON CONFLICT DO NOTHING lets both
-    go on (a plain INSERT would fail one of them). The insert also takes SQLite's write lock, and FOR
-    UPDATE the row lock on PostgreSQL, so the read-modify-write that follows loses no count.
+    INSERT … ON CONFLICT DO UPDATE … RETURNING creates the row or, when it is there (another broker may
+    have made it a moment ago), updates it to what it is, which takes PostgreSQL's row lock, and hands it
+    back either way; on SQLite the insert takes the write lock. The read-modify-write that follows loses
+    no count. (It was INSERT … DO NOTHING, then SELECT … FOR UPDATE: two round trips a counter.)
     """
     insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
-    db.execute(
-        insert(LoginThrottle)
-        .values(kind=kind, key=key, failures=0, window_started_at=now)
-        .on_conflict_do_nothing()
-    )
-    return db.get(LoginThrottle, (kind, key), with_for_update=True, populate_existing=True)
+    statement = insert(LoginThrottle).values(kind=kind, key=key, failures=0, window_started_at=now)
+    statement = statement.on_conflict_do_update(
+        index_elements=[LoginThrottle.kind, LoginThrottle.key],
+        set_={"failures": LoginThrottle.failures},
+    ).returning(LoginThrottle)
+    return db.scalars(statement, execution_options={"populate_existing": True}).one()
 
 
 def _counters(
@@ -139,8 +140,29 @@ def reserve_attempt(
 
 
 def release_attempt(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> None:
-    for _, counter in _counters(db, user_key, client_ip, now):
-        lockout.release_attempt(counter)
+    """Give the reserved attempt back on both counters: one conditional UPDATE each, no read (the user's
+    row first, as reserve_attempt locks them, so two transactions never wait for each other in a circle)."""
+    for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip)):
+        if key:
+            _give_back(db, kind, key)
+
+
+def _give_back(db: Session, kind: str, key: str) -> None:
+    failures = LoginThrottle.failures
+    db.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.kind == kind, LoginThrottle.key == key)
+        .values(failures=case((failures > 0, failures - 1), else_=0))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def finish_success(db: Session, user_key: str, client_ip: str | None) -> None:
+    """A login succeeded: its user name starts afresh (the counter goes), and the address gets back the
+    attempt it reserved when `client_ip` is given (a password, or a TOTP code)."""
+    reset_user(db, user_key)
+    if client_ip:
+        _give_back(db, lockout.SOURCE, client_ip)
 
 
 def settle_failure(

@@ -1,7 +1,7 @@
 """Password login against an LDAP directory (OpenLDAP, Active Directory) with ldap3.
 
 One login: find the user's entry with the service account (or anonymously), bind as that entry's DN with the
-password on a fresh connection, then read the user's groups over the service connection. ldap3 is blocking, so
+password on a connection kept for such binds only, then read the user's groups over the service connection. ldap3 is blocking, so
 the whole exchange runs on a worker thread and the event loop only awaits its result.
 """
 
@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from ldap3 import BASE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import BASE, NONE, SIMPLE, SUBTREE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPCommunicationError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from pyasn1.error import PyAsn1Error
@@ -72,6 +72,8 @@ class LdapAuthenticator(Authenticator):
         # Bound service connections kept between logins (at most one per worker): a login then costs the
         # directory one search, one user bind and one group search, not also a TCP/TLS set-up and a bind.
         self._idle_service: list[_PooledConnection] = []
+        # Connections for the users' binds (the password check), kept the same way; never used to search.
+        self._idle_binders: list[_PooledConnection] = []
         self._service_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -81,7 +83,8 @@ class LdapAuthenticator(Authenticator):
         """Release the worker threads; logins already running finish on their own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._service_lock:
-            idle, self._idle_service = self._idle_service, []
+            idle, self._idle_service = self._idle_service + self._idle_binders, []
+            self._idle_binders = []
         for pooled in idle:
             pooled.close()
 
@@ -208,10 +211,34 @@ class LdapAuthenticator(Authenticator):
     # --- ldap3 plumbing -------------------------------------------------------------------------------------
 
     def _bind(self, dn: str, password: str) -> dict:
-        """Simple bind on a fresh connection, so the service connection keeps its own identity."""
-        with self._connection(dn, password) as connection:
+        """Simple bind as `dn`, on a connection kept for password checks only (never searched on), so the
+        service connection keeps its own identity. A kept connection is bound again for the next login:
+        no TCP (and TLS) set-up and teardown per logon (vdi bench logon-storm)."""
+        with self._service_lock:
+            pooled = self._idle_binders.pop() if self._idle_binders else None
+        if pooled is not None:
+            try:
+                return self._bind_on(pooled, dn, password)
+            except LDAPCommunicationError:
+                pass  # the directory restarted or dropped it while idle: once more, on a fresh one
+        return self._bind_on(_PooledConnection(self._open_connection(dn, password)), dn, password)
+
+    def _bind_on(self, pooled: _PooledConnection, dn: str, password: str) -> dict:
+        connection = pooled.connection
+        connection.authentication = SIMPLE
+        connection.user, connection.password = dn, password
+        try:
             connection.bind()
-            return connection.result
+            result = dict(connection.result)
+        except BaseException:
+            pooled.close()
+            raise
+        finally:
+            connection.password = None  # an idle connection keeps no password
+        # Refused or not, the connection is fine: a refused bind leaves it anonymous until the next one.
+        with self._service_lock:
+            self._idle_binders.append(pooled)
+        return result
 
     @contextmanager
     def _service_connection(self, reuse: bool = True) -> Iterator[Connection]:
@@ -249,14 +276,6 @@ class LdapAuthenticator(Authenticator):
             description = connection.result["description"]
             raise DirectoryUnavailable(f"service bind as {s.bind_dn} to {s.url} refused: {description}")
         return pooled
-
-    @contextmanager
-    def _connection(self, dn: str | None, password: str | None) -> Iterator[Connection]:
-        connection = self._open_connection(dn, password)
-        try:
-            yield connection
-        finally:
-            connection.unbind()
 
     def _open_connection(self, dn: str | None, password: str | None) -> Connection:
         # Certificates are checked for ldaps:// (ldap3 does not by default); referrals are not followed, so the

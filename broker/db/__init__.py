@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, event, text, update
+from sqlalchemy import create_engine, event, exc, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -20,9 +21,9 @@ T = TypeVar("T")
 
 # Degraded mode (docs/database.md): with PostgreSQL down or out of reach, a request must fail within 2 s,
 # not hang. A new connection gives up after CONNECT_TIMEOUT_S (libpq's connect_timeout); a request
-# waiting for a pooled connection gives up after POOL_TIMEOUT_S; a pooled connection is tested before use
-# (pool_pre_ping), so connections the server dropped while it was stopped are replaced, and everything
-# works again by itself once the server is back.
+# waiting for a pooled connection gives up after POOL_TIMEOUT_S; a pooled connection is checked before use
+# (_check_idle_connection), so connections the server dropped while it was stopped are replaced, and
+# everything works again by itself once the server is back.
 CONNECT_TIMEOUT_S = 2
 POOL_TIMEOUT_S = 2.0
 
@@ -105,6 +106,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _idle_connection_broken(dbapi_connection) -> bool:
+    """Whether a pooled psycopg connection is known to be unusable, without a round trip to the server.
+
+    An idle connection has nothing to read: the server sends nothing unasked (the brokers LISTEN to
+    nothing). A readable socket is a server that ended the connection (its goodbye, an error, or end of
+    file after a stop or a restart); only then is a real query tried. pool_pre_ping's SELECT 1 was a round
+    trip before every transaction, and under load each one waited for the GIL as well (vdi bench
+    logon-storm).
+    """
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    try:
+        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    if not readable:
+        return False
+    try:
+        dbapi_connection.execute("SELECT 1")
+    except Exception:
+        return True
+    return False
+
+
+def _check_idle_connection(dbapi_connection, _record, _proxy) -> None:
+    if _idle_connection_broken(dbapi_connection):
+        # The pool throws this connection away and checks out (or makes) another.
+        raise exc.DisconnectionError("the database closed this pooled connection")
+
+
 def make_engine(url: str, pool_size: int = 5) -> Engine:
     if url.startswith("sqlite"):
         # As many pooled connections as the executor has threads: past SQLAlchemy's default of 5 (+10
@@ -112,13 +143,14 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=pool_size)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
-        pool_pre_ping=True,
         pool_timeout=POOL_TIMEOUT_S,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )
+    event.listen(engine, "checkout", _check_idle_connection)
+    return engine
 
 
 class Database:

@@ -103,7 +103,14 @@ class PlacementEngine:
         top = np.argpartition(-totals, best - 1)[:best] if best < len(rows) else np.arange(len(rows))
         top = top[np.argsort(-totals[top], kind="stable")]
         decision.top = [(table.hosts[rows[i]].name, float(totals[i])) for i in top]
-        decision.host = self._rng.choice(decision.top)[0]
+        # Hosts weighed exactly like the last of the best are as good: the pick is among all of them.
+        # Without this, equal hosts ranked by their order in the table, so every broker's first choices
+        # were the same few hosts, and the brokers lost claim after claim to each other there.
+        tied = np.flatnonzero(totals >= totals[top[-1]])
+        if len(tied) > len(top):
+            decision.host = table.hosts[rows[tied[self._rng.randrange(len(tied))]]].name
+        else:
+            decision.host = self._rng.choice(decision.top)[0]
         decision.explanation.append(
             "top candidates: " + ", ".join(f"{name}={weight:.3f}" for name, weight in decision.top)
         )

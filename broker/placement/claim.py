@@ -36,6 +36,10 @@ from monitoring.metrics import PLACEMENT_CLAIM_CONFLICTS, ClaimConflict
 HOLDING_STATES = ("provisioning", "running", "starting", "stopping", "stopped", "suspending", "suspended")
 
 
+# A lost claim reads every host again if the catalog is older than this (HostCatalog.refresh_after_loss).
+LOSS_REFRESH_S = 1.0
+
+
 class ClaimLost(Exception):
     """Another request changed the host since the decision, or the host filled up; place again."""
 
@@ -124,15 +128,25 @@ def claim_host(session: Session, host_name: str, generation: int) -> bool:
     The host must also still be up and enabled: a decision taken on figures read a moment ago (a
     catalog) must not land on a host the monitor or an administrator has taken out since.
     """
-    result = session.execute(
-        update(Host)
+    # The row is locked through a SKIP LOCKED sub-select (PostgreSQL; SQLite has one writer and ignores
+    # it): a host another broker's transaction is claiming now is lost at once, as it would be anyway
+    # once that one commits a new generation, instead of waited for.
+    unclaimed = (
+        select(Host.name)
         .where(
             Host.name == host_name,
             Host.generation == generation,
             Host.state == "up",
             Host.admin_state == "enabled",
         )
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = session.execute(
+        update(Host)
+        .where(Host.name == unclaimed, Host.generation == generation)
         .values(generation=Host.generation + 1)
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
 
@@ -270,6 +284,17 @@ class HostCatalog:
         with self._lock:
             self._table = table
             self._loaded_at = time.monotonic()
+
+    def refresh_after_loss(self, name: str) -> None:
+        """A claim on `name` was lost: another broker has been claiming since the catalog was read. All
+        hosts are read again when the catalog is older than LOSS_REFRESH_S (the other broker's claims
+        since then are all traps like this one), else only that host."""
+        with self._lock:
+            stale = time.monotonic() - self._loaded_at > LOSS_REFRESH_S
+        if stale:
+            self.refresh()
+        else:
+            self.refresh_host(name)
 
     def refresh_host(self, name: str) -> None:
         """Forget what this process assumed about the host (a lost claim) and read it again."""

@@ -25,7 +25,7 @@ class PlacementSettings(BaseModel):
     )
     best_of: int = Field(3, ge=1, le=100, description="pick at random among this many best-weighed hosts")
     claim_attempts: int = Field(
-        3, ge=1, le=20, description="placements tried when claims are lost to concurrent requests"
+        8, ge=1, le=20, description="placements tried when claims are lost to concurrent requests"
     )
     catalog_max_age_s: float = Field(
         5.0,

@@ -129,7 +129,7 @@ class PlacementWorker:
             except ClaimLost as lost:
                 log.info("%s (attempt %d of %d); placing again", lost, attempt, self.attempts)
                 self.catalog.claim_done(chosen.name)
-                self.catalog.refresh_host(chosen.name)
+                self.catalog.refresh_after_loss(chosen.name)
                 PLACEMENT_RETRIES.inc()
                 continue
             except BaseException:

@@ -148,12 +148,18 @@ def test_the_service_connection_is_reused_and_replaced_when_dropped(
         authenticator = make_authenticator(settings_for(ldap_settings, f"ldap://127.0.0.1:{proxy.port}"))
         for _ in range(3):
             asyncio.run(authenticator.authenticate("kimmj", DEMO_PASSWORD))
-        # One service connection for all three, plus one fresh connection per user bind.
-        assert proxy.accepted == 1 + 3
+        # One service connection for all three, and one connection for the three users' binds.
+        assert proxy.accepted == 1 + 1
 
         proxy.drop_all()
         identity = asyncio.run(authenticator.authenticate("leesy", DEMO_PASSWORD))
         assert identity.username == "leesy"
+        assert proxy.accepted == 2 + 2  # both were replaced
+        # A wrong password on the kept bind connection is refused, and the next right one still works.
+        with pytest.raises(InvalidCredentials):
+            asyncio.run(authenticator.authenticate("kimmj", "not the password"))
+        assert asyncio.run(authenticator.authenticate("kimmj", DEMO_PASSWORD)).username == "kimmj"
+        assert proxy.accepted == 2 + 2
     finally:
         proxy.close()
 

@@ -276,12 +276,53 @@ class LoopThread:
         self.thread.join(10)
 
 
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tree_cpu_s(pid: int, children: dict[int, list[int]]) -> float:
+    """CPU seconds of a process, its reaped children (cutime, cstime) and its live descendants."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # After the command: state is field 3, utime..cstime are fields 14..17 (proc(5)).
+    ticks = sum(int(value) for value in fields[11:15])
+    own = ticks / os.sysconf("SC_CLK_TCK")
+    return own + sum(_tree_cpu_s(child, children) for child in children.get(pid, []))
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each named group of process trees (brokers, gateways, postgres …)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children[int(fields[1])].append(int(stat.parent.name))
+    return {name: sum(_tree_cpu_s(pid, children) for pid in group) for name, group in pids.items()}
+
+
+def cpu_per_logon(before: dict[str, float], after: dict[str, float], logons: int) -> dict[str, float]:
+    """Milliseconds of CPU per succeeded logon, per group and in all: load disturbs this less than
+    logons/s on a shared machine."""
+    spent = {name: after[name] - before[name] for name in before}
+    # The bench's own process (clients, RFB stub, py-spy) is the load, not the product.
+    spent["all_servers"] = sum(v for name, v in spent.items() if name != "rfb_stub_and_client")
+    return {name: round(1000 * seconds / max(logons, 1), 2) for name, seconds in spent.items()}
+
+
 def profile_broker(pid: int, seconds: float, out: Path) -> subprocess.Popen:
-    """py-spy sampling one broker while the storm runs (raw collapsed stacks in `out`)."""
+    """py-spy sampling one broker while the storm runs (raw collapsed stacks in `out`): only the thread
+    holding the GIL, so the shares are of the Python CPU time, not of threads waiting on sockets."""
     py_spy = Path(sys.executable).with_name("py-spy")
     return subprocess.Popen(
         [str(py_spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-         "--format", "raw", "--output", str(out), "--nonblocking"],
+         "--format", "raw", "--output", str(out), "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -357,6 +398,16 @@ def main(args) -> int:
         lab.start()
         tls = client_tls(lab.certificate)
         _wait_for_spares(lab, args.spares)
+        processes = {
+            "brokers": [m.process.pid for m in lab.of_kind("broker")],
+            "gateways": [m.process.pid for m in lab.of_kind("gateway")],
+            "postgres": [_pid_in(postgres.data_dir / "postmaster.pid")],
+            "slapd": [_pid_in(slapd.pid_file)],
+            "haproxy": [_pid_in(lab.haproxy.pid_file)],
+            "rfb_stub_and_client": [os.getpid()],
+        }
+        processes = {name: [pid for pid in pids if pid] for name, pids in processes.items()}
+        cpu_before = cpu_seconds(processes)
         profiler = None
         if args.profile_s:
             broker_pid = lab.of_kind("broker")[0].process.pid
@@ -377,6 +428,8 @@ def main(args) -> int:
         )
         wall = time.perf_counter() - started
         output = report(results, wall, args)
+        output["cpu_ms_per_logon"] = cpu_per_logon(cpu_before, cpu_seconds(processes), results.succeeded)
+        output["load_average"] = list(os.getloadavg())
         if profiler is not None:
             profiler.wait(timeout=args.profile_s + 60)
             output["profile_broker_b1"] = summarise_profile(state / "profile.raw")

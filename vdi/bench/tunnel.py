@@ -59,6 +59,9 @@ PASSWORD = "bench123"  # noqa: S105 - the fake desktop's, on loopback, for the l
 KEY = "tunnel-bench-key-0123456789abcdef"
 ORIGIN = "http://127.0.0.1:8080"
 MODES = ("down", "up", "rtt", "idle")
+# The clients' stream buffers (raw and WebSocket alike): large enough that a 1 MiB frame is read without
+# the stream pausing and resuming its socket on the way.
+STREAM_LIMIT = 4 * 1024 * 1024
 # 256 x 256 pixels, 32 bits each: one FramebufferUpdate of one raw rectangle, sent back to back.
 RECT = 256
 FRAME = struct.pack(">BxH", 0, 1) + struct.pack(">HHHHi", 0, 0, RECT, RECT, 0) + b"\x5a" * (RECT * RECT * 4)
@@ -203,14 +206,13 @@ class LeanWsTransport(Transport):
     code; timing a Python WebSocket library's per-message steps (Tornado's client costs tens of µs per
     message) would charge the relay with the client's work."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: bytes) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.pending = bytearray(pending)
 
     @classmethod
     async def connect(cls, url: str) -> LeanWsTransport:
         parts = urlsplit(url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=STREAM_LIMIT)
         writer.transport.set_write_buffer_limits(high=4 * MIB)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -227,48 +229,29 @@ class LeanWsTransport(Transport):
             writer.close()
             status = head.split(b"\r\n", 1)[0].decode(errors="replace")
             raise BenchError(f"the relay refused the upgrade: {status}")
-        return cls(reader, writer, b"")
+        return cls(reader, writer)
 
     async def recv(self) -> bytes:
-        while True:
-            payload = self._frames()
-            if payload:
-                return payload
-            data = await self.reader.read(MIB)
-            if not data:
-                raise BenchError("the relay closed the connection")
-            self.pending += data
-
-    def _frames(self) -> bytes:
-        """The payloads of the binary frames complete in `pending` (a close frame raises)."""
-        out = []
-        view = self.pending
-        at = 0
-        while len(view) - at >= 2:
-            opcode, length, header = view[at] & 0x0F, view[at + 1] & 0x7F, 2
-            if length == 126:
-                header = 4
-            elif length == 127:
-                header = 10
-            if len(view) - at < header:
-                break
-            if length == 126:
-                length = struct.unpack_from(">H", view, at + 2)[0]
-            elif length == 127:
-                length = struct.unpack_from(">Q", view, at + 2)[0]
-            if len(view) - at < header + length:
-                break
-            payload = bytes(view[at + header : at + header + length])
-            at += header + length
-            if opcode == 0x8:
-                code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
-                raise BenchError(
-                    f"the relay closed the tunnel: {code} {payload[2:].decode(errors='replace')}"
-                )
-            if opcode == 0x2 or opcode == 0x0:
-                out.append(payload)
-        del self.pending[:at]
-        return b"".join(out)
+        """The next binary frame's payload: the header read first, then exactly the payload, one copy out
+        of the stream's buffer as the raw path's read makes (a close frame raises)."""
+        try:
+            while True:
+                first, second = await self.reader.readexactly(2)
+                length = second & 0x7F
+                if length == 126:
+                    length = struct.unpack(">H", await self.reader.readexactly(2))[0]
+                elif length == 127:
+                    length = struct.unpack(">Q", await self.reader.readexactly(8))[0]
+                payload = await self.reader.readexactly(length) if length else b""
+                opcode = first & 0x0F
+                if opcode == 0x8:
+                    code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
+                    reason = payload[2:].decode(errors="replace")
+                    raise BenchError(f"the relay closed the tunnel: {code} {reason}")
+                if opcode in (0x0, 0x2):
+                    return payload
+        except asyncio.IncompleteReadError:
+            raise BenchError("the relay closed the connection") from None
 
     async def send(self, data: bytes) -> None:
         mask = os.urandom(4)
@@ -371,7 +354,7 @@ class TokenSource:
 
 async def open_tunnel(path: Route, ports: dict[str, int], mode: str, token: str | None = None) -> Reader:
     if path.ws_url is None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[mode])
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[mode], limit=STREAM_LIMIT)
         writer.transport.set_write_buffer_limits(high=4 * MIB)
         return await client_handshake(TcpTransport(reader, writer), log_in=True)
     transport = await LeanWsTransport.connect(f"{path.ws_url}?token={token}")

@@ -590,7 +590,16 @@ class ConsoleRelay(WebSocketHandler):
 
     async def _start_relay(self, upstream: IOStream) -> None:
         if self.gateway.protocol_relay:
-            await self._take_sockets(upstream)
+            try:
+                await self._take_sockets(upstream)
+            except OSError as exc:
+                log.warning(
+                    "console closed: session %s: its sockets could not be handed to the event loop: %s",
+                    self.session_id,
+                    exc,
+                )
+                self.end(CLOSE_INTERNAL_ERROR, "console relay failed")
+                return
         if self._ended:
             return
         if self._server_init is not None:

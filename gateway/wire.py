@@ -270,8 +270,19 @@ class Wire:
         RFB handshake, when the gateway logged in). Bytes the streams had read are handled first."""
         loop = asyncio.get_running_loop()
         self._early_desktop = desktop_bytes
-        await loop.connect_accepted_socket(lambda: _DesktopProtocol(self), sock=desktop)
-        await loop.connect_accepted_socket(lambda: _BrowserProtocol(self), sock=browser)
+        try:
+            await loop.connect_accepted_socket(lambda: _DesktopProtocol(self), sock=desktop)
+            await loop.connect_accepted_socket(lambda: _BrowserProtocol(self), sock=browser)
+        except BaseException:
+            # A socket without its transport is still ours to close; a transport closes its own.
+            for transport, sock in ((self.desktop, desktop), (self.browser, browser)):
+                if transport is None:
+                    sock.close()
+                else:
+                    transport.abort()
+            if not self.done.done():
+                self.done.set_result(None)
+            raise
         if self.desktop is not None and not self._desktop_reading:
             self.desktop.pause_reading()
         self._schedule_ping(self._ping_interval_s)

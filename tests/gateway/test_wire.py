@@ -11,7 +11,7 @@ import pytest
 from tornado.util import _websocket_mask
 
 from gateway import app as gateway_app
-from gateway.wire import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, OPCODE_BINARY, BrowserReader, WireError
+from gateway.wire import CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, OPCODE_BINARY, BrowserReader, Wire, WireError
 from tests.fixtures.gateway import (
     ORIGIN,
     RFB_BANNER,
@@ -232,5 +232,29 @@ def test_consoles_of_one_session_opened_at_once_each_count_once_against_the_limi
                     conn.close()
                 await eventually(lambda: len(gateway.app.tunnels) == 0, what="consoles closed")
                 tokens[:] = [console_db.issue(session) for _ in range(2)]
+
+    run_async(scenario())
+
+
+def test_a_tunnel_whose_socket_cannot_go_to_the_event_loop_is_closed_and_forgotten(
+    console_db, fake_vnc, gateway_config, monkeypatch
+):
+    """The browser's socket is gone by the time the relay hands it to the loop (closed under it here):
+    the console is refused as failed, the desktop's side is closed and the tunnel leaves the registry."""
+    token = console_db.issue(console_db.add_session(vnc_port=fake_vnc.port))
+    start = Wire.start
+
+    async def start_with_a_dead_browser_socket(self, browser, browser_bytes, desktop, desktop_bytes):
+        browser.close()
+        await start(self, browser, browser_bytes, desktop, desktop_bytes)
+
+    monkeypatch.setattr(Wire, "start", start_with_a_dead_browser_socket)
+
+    async def scenario():
+        async with fake_vnc.serving(), running_gateway(gateway_config, console_db.db) as gateway:
+            conn = await gateway.connect(token)
+            assert await conn.read_message() is None  # the gateway's end of the browser's socket closed
+            await eventually(lambda: len(gateway.app.tunnels) == 0, what="tunnel forgotten")
+            await eventually(lambda: not fake_vnc.streams, what="desktop side closed")
 
     run_async(scenario())

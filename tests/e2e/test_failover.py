@@ -22,7 +22,8 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.common import wait_until, wait_until_async
+from tests.fixtures.common import wait_until
+from tests.fixtures.gateway import eventually
 from tests.fixtures.ha import POOL
 from tests.fixtures.portal import user_in
 from vdi.bench.logon_storm import Results, client_tls, new_client, one_logon, storm
@@ -141,11 +142,11 @@ def test_an_open_console_outlives_every_broker(ha_lab, demo_users):
         async with new_client() as http:
             _, console = await session_console(http, lab, user)
             await console.key()
-            await wait_until_async(lambda: stub.key_events >= 2, 30, "keys before")
+            await eventually(lambda: stub.key_events >= 2, 30, "keys before")
             for broker in lab.of_kind("broker"):
                 lab.kill(broker.name)
             await console.key()
-            await wait_until_async(lambda: stub.key_events >= 4, 30, "keys after every broker died")
+            await eventually(lambda: stub.key_events >= 4, 30, "keys after every broker died")
             assert not console.socket.closed
             assert stub.open == 1
 
@@ -188,7 +189,7 @@ def test_a_console_comes_back_through_the_other_gateway_with_a_fresh_token(ha_la
             _, console = await session_console(http, lab, user, session_id)
             assert health(other)["tunnels_open"] == 1
             await console.key()
-            await wait_until_async(lambda: stub.key_events >= 2, 30, "keys through the other gateway")
+            await eventually(lambda: stub.key_events >= 2, 30, "keys through the other gateway")
             await console.socket.close()
 
     asyncio.run(scenario())

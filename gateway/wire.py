@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 import numpy as np
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream
 from tornado.util import _websocket_mask
 
 from gateway.ws_frames import frame_header
@@ -83,7 +83,7 @@ class WireError(Exception):
 def can_take(stream: IOStream) -> bool:
     """A stream whose socket the relay may take: plain TCP (a TLS session stays with its stream), with
     nothing queued to write."""
-    return type(stream) is IOStream and not isinstance(stream, SSLIOStream) and not stream.writing()
+    return type(stream) is IOStream and not stream.writing()  # SSLIOStream is a subclass: excluded
 
 
 def take_socket(stream: IOStream) -> tuple[socket.socket, bytes]:

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vdi.bench import tree_cpu_s
+
 STEPS = ("portal", "login", "desktops", "connect", "token", "console")
 PASSWORD = "storm-pass-1!"  # noqa: S105 - the bench's own throwaway accounts in its own slapd
 GROUP = "storm"
@@ -283,18 +285,6 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
-def _tree_cpu_s(pid: int, children: dict[int, list[int]]) -> float:
-    """CPU seconds of a process, its reaped children (cutime, cstime) and its live descendants."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    # After the command: state is field 3, utime..cstime are fields 14..17 (proc(5)).
-    ticks = sum(int(value) for value in fields[11:15])
-    own = ticks / os.sysconf("SC_CLK_TCK")
-    return own + sum(_tree_cpu_s(child, children) for child in children.get(pid, []))
-
-
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds so far of each named group of process trees (brokers, gateways, postgres …)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
@@ -304,7 +294,7 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
         except OSError:
             continue
         children[int(fields[1])].append(int(stat.parent.name))
-    return {name: sum(_tree_cpu_s(pid, children) for pid in group) for name, group in pids.items()}
+    return {name: sum(tree_cpu_s(pid, children) for pid in group) for name, group in pids.items()}
 
 
 def cpu_per_logon(before: dict[str, float], after: dict[str, float], logons: int) -> dict[str, float]:

@@ -53,6 +53,7 @@ from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox
 from gateway.app import raise_open_files_limit
 from gateway.rfb import vnc_auth_response
+from vdi.bench import tree_cpu_s
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "bench123"  # noqa: S105 - the fake desktop's, on loopback, for the length of a run
@@ -586,10 +587,7 @@ class _Cpu:
         self._last = self._seconds()
 
     def _seconds(self) -> float:
-        if self.pid is None:
-            return 0.0
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.pid is None else tree_cpu_s(self.pid)
 
     def note(self, name: str, units: int) -> None:
         if self.pid is None or not units:

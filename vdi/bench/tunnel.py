@@ -11,7 +11,10 @@ connection. The same client code measures three paths to it:
   bench fills, the password sealed in the desktop's row and injected by the gateway, the clipboard policy
   on: the browser side speaks WebSocket with masked frames, as browsers do, and gets security type None;
 - `websockify`: stock websockify with the project's token plugin (byte relay; the client logs in itself,
-  since websockify cannot inject a password).
+  since websockify cannot inject a password);
+- `haproxy-tcp`: Debian's HAProxy in TCP mode, one thread, a plain byte relay in C with no WebSocket, no token
+  and no RFB framing (the client logs in itself): what one extra hop costs on this machine whatever the
+  relay does, the ceiling any relay can reach here.
 
 Figures: server→browser and browser→server MB/s (upload as ClientCutText messages, which the gateway
 reads whole and puts through the clipboard policy), 6-byte round trip p50/p99 (µs), new tunnels per second
@@ -54,6 +57,7 @@ from broker.db.vnc_passwords import VncPasswordBox
 from gateway.app import raise_open_files_limit
 from gateway.rfb import vnc_auth_response
 from vdi.bench import tree_cpu_s
+from vdi.lab.haproxy import HAPROXY
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "bench123"  # noqa: S105 - the fake desktop's, on loopback, for the length of a run
@@ -316,8 +320,9 @@ async def client_handshake(transport: Transport, *, log_in: bool) -> Reader:
 class Route:
     name: str
     ws_url: str | None  # None: raw TCP
-    log_in: bool  # the client itself logs in to the desktop (raw, websockify)
+    log_in: bool  # the client itself logs in to the desktop (raw, websockify, haproxy-tcp)
     tokens: TokenSource | None = None
+    ports: dict[str, int] | None = None  # TCP paths: the port per mode, when not the desktop's own
 
 
 class TokenSource:
@@ -355,7 +360,8 @@ class TokenSource:
 
 async def open_tunnel(path: Route, ports: dict[str, int], mode: str, token: str | None = None) -> Reader:
     if path.ws_url is None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", ports[mode], limit=STREAM_LIMIT)
+        port = (path.ports or ports)[mode]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=STREAM_LIMIT)
         writer.transport.set_write_buffer_limits(high=4 * MIB)
         return await client_handshake(TcpTransport(reader, writer), log_in=True)
     transport = await LeanWsTransport.connect(f"{path.ws_url}?token={token}")
@@ -525,6 +531,20 @@ def _gateway_config(path: Path, database: Path, port: int, extra: str = "") -> P
     return path
 
 
+def _haproxy_config(path: Path, desktop_ports: dict[str, int], relay_ports: dict[str, int]) -> Path:
+    """HAProxy as a bare TCP relay, one thread (as the gateway has one event loop), a listener per mode;
+    9,000 connections at most (two files each: it must fit under the hard limit of open files)."""
+    listens = "".join(
+        f"listen {mode}\n  bind 127.0.0.1:{relay_ports[mode]}\n  server desktop 127.0.0.1:{desktop_ports[mode]}\n"
+        for mode in MODES
+    )
+    path.write_text(
+        "global\n  nbthread 1\n  maxconn 9000\n\n"
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n\n" + listens
+    )
+    return path
+
+
 def _start(argv: list[str], log: Path, port: int) -> subprocess.Popen:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=more_files)
@@ -555,8 +575,8 @@ async def measure(path: Route, ports, args, pid: int | None) -> dict:
 
     # The relay's CPU for each kind of work (seconds of its process, user and system): a figure that
     # other load on the machine disturbs much less than the rates. websockify forks per tunnel, so only
-    # the gateway's is known.
-    cpu = _Cpu(pid if path.name == "gateway" else None)
+    # the gateway's and HAProxy's are known.
+    cpu = _Cpu(pid if path.name in ("gateway", "haproxy-tcp") else None)
     result: dict = {"down_mb_s": round(await download(path, ports, tokens("down", 1)[0], args.mb), 1)}
     cpu.note("us_per_mb_down", args.mb)
     result["up_mb_s"] = round(await upload(path, ports, tokens("up", 1)[0], args.mb), 1)
@@ -645,6 +665,13 @@ def run(args) -> dict:
             websockify_port,
         )
         processes.append(websockify)
+        relay_ports = {mode: _free_port() for mode in MODES}
+        haproxy = _start(
+            [HAPROXY, "-db", "-f", str(_haproxy_config(scratch / "haproxy.cfg", ports, relay_ports))],
+            scratch / "haproxy.log",
+            relay_ports["idle"],
+        )
+        processes.append(haproxy)
         paths = [
             Route("raw", None, log_in=True),
             Route(
@@ -659,8 +686,9 @@ def run(args) -> dict:
                 log_in=True,
                 tokens=TokenSource(db, _seed(db, ports, sealed=False)),
             ),
+            Route("haproxy-tcp", None, log_in=True, ports=relay_ports),
         ]
-        pids = {"raw": None, "gateway": gateway.pid, "websockify": None}
+        pids = {"raw": None, "gateway": gateway.pid, "websockify": None, "haproxy-tcp": haproxy.pid}
         results = {}
         for path in paths:
             if args.only and path.name not in args.only and path.name != "raw":

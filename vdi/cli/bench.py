@@ -96,7 +96,7 @@ def add_commands(sub) -> None:
         "--websockify-idle", type=int, default=100, help="idle tunnels for websockify (a process each)"
     )
     tunnel.add_argument(
-        "--only", action="append", choices=["gateway", "websockify"], help="paths besides raw"
+        "--only", action="append", choices=["gateway", "websockify", "haproxy-tcp"], help="paths besides raw"
     )
     text = "console recording: storage per hour of a real Xvnc desktop, and what recording costs the relay"
     recording = kinds.add_parser("recording", help=text, description=text)

@@ -1,4 +1,4 @@
-"""`vdi bench tunnel` measures raw TCP, the gateway and websockify against its fake desktop and prints JSON.
+"""`vdi bench tunnel` measures raw TCP, the gateway, websockify and HAProxy (TCP mode) against its fake desktop and prints JSON.
 
 Not a timed test: the figures are for the report (docs/gateway.md), not asserted.
 """
@@ -14,7 +14,7 @@ def test_small_run_prints_figures_for_every_path(capsys):
     code = main(["--config", "/nonexistent.toml", "bench", "tunnel", *size])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert set(report["results"]) == {"raw", "gateway", "websockify"}
+    assert set(report["results"]) == {"raw", "gateway", "websockify", "haproxy-tcp"}
     for name, figures in report["results"].items():
         assert figures["down_mb_s"] > 0 and figures["up_mb_s"] > 0, name
         assert figures["round_trip"]["p99_us"] >= figures["round_trip"]["p50_us"] > 0, name
@@ -27,3 +27,8 @@ def test_small_run_prints_figures_for_every_path(capsys):
     # buffers' pages after the throughput runs, so it can even come out below zero); the bench's default of
     # 1,000 tunnels gives the real figure. Here: it is measured and reported.
     assert isinstance(report["results"]["gateway"]["idle_tunnels"]["kb_per_tunnel"], float)
+    # The relays whose process is known report their CPU per unit of work, HAProxy's as the C reference
+    # (4 MiB can take HAProxy less than the kernel's 10 ms accounting tick: zero is a figure too).
+    for name in ("gateway", "haproxy-tcp"):
+        assert set(report["results"][name]["relay_cpu"]) >= {"us_per_mb_down", "us_per_new_tunnel"}, name
+        assert report["results"][name]["relay_cpu"]["us_per_mb_down"] >= 0, name

@@ -8,12 +8,14 @@ not atomic. Each attempt now reserves its place before the bind.
 
 from __future__ import annotations
 
+import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 
 from broker.db import Database
-from broker.db.models import AuditEvent, LoginThrottle
+from broker.db.models import AuditEvent, LoginThrottle, SeatReservation, utcnow
+from broker.reservations import slot_floor
 from sso import lockout as lockout_policy
 from tests.fixtures.centers import CENTER
 from tests.fixtures.common import wait_until
@@ -83,6 +85,27 @@ def add_nat_center(url: str) -> None:
     assert response.status == 201, response.text
 
 
+def book_seats(config, users: list[str]) -> None:
+    """A business seat each at the NAT center from the current slot for two hours."""
+    starts = slot_floor(utcnow())
+    db = Database(config.database)
+    try:
+        with db.transaction() as s:
+            for seat, username in enumerate(users, start=1):
+                s.add(
+                    SeatReservation(
+                        center=CENTER["name"],
+                        zone="business",
+                        seat=seat,
+                        username=username,
+                        starts_at=starts,
+                        ends_at=starts + dt.timedelta(hours=2),
+                    )
+                )
+    finally:
+        db.close()
+
+
 def throttle(config, kind: str, key: str) -> int:
     """The count of a lockout counter row (0 when there is none)."""
     db = Database(config.database)
@@ -113,6 +136,8 @@ def test_issue_14_a_center_nat_address_logs_everyone_in_at_once(broker_server, t
     ]
     add_nat_center(brokers[0][0])
     users = [user.uid for user in DEMO_USERS]
+    # Everyone has booked a seat (a walk-in each, all at once, is the seat bookings' own race).
+    book_seats(brokers[0][1], users)
 
     def log_in(index: int) -> int:
         return SourceClient(brokers[index % 2][0], NAT_ADDRESS).login(users[index], DEMO_PASSWORD).status

@@ -119,7 +119,9 @@ def record_login(
     db.add(audit_login(identity.username, "success", client_ip, method, "authenticated", audit_detail))
 
 
-def _record_login_and_reset(db: Session, user_key: str, reserved: str | None, **login: Any) -> None:
+def _record_login_and_reset(
+    db: Session, user_key: str, reserved: guard.Reservation | None, **login: Any
+) -> None:
     """One transaction for a login that got through: its session and audit, a fresh lockout count for the
     user name, and the address's reserved attempt given back (guard.finish_success)."""
     guard.finish_success(db, user_key, reserved)
@@ -220,25 +222,25 @@ class PortalAuth:
         method = self.method(method_name)
         username = method.username_of(credentials)
         user_key = normalize_username(username)
+        reserved = None
         if method.counts_failures:
             # Before the method sees the secret: at most the lockout limit of guesses are ever checked.
-            await self._reserve_attempt(user_key, username, client_ip, method.name)
+            reserved = await self._reserve_attempt(user_key, username, client_ip, method.name)
         audit: dict[str, str] = {}
         try:
             login = await method.login(credentials, audit)
         except AuthError as exc:
-            await self._refused(method, username, client_ip, exc, audit)
+            await self._refused(method, username, client_ip, exc, audit, reserved)
             raise
         except BaseException:
-            if method.counts_failures:
-                await self._release_attempt(user_key, client_ip)
+            if reserved is not None:
+                await self._release_attempt(reserved)
             raise
         if self.second_factor.required(method.name, client_ip):
-            if method.counts_failures:
-                await self._release_attempt(user_key, client_ip)  # the right secret is no guess
+            if reserved is not None:
+                await self._release_attempt(reserved)  # the right secret is no guess
             await self._ask_for_totp(login, client_ip)
         # The right secret is no guess: the session's own transaction gives the attempt back.
-        reserved = client_ip if method.counts_failures else None
         return await self._open_session(
             login.identity, method.name, client_ip, login.audit, device=device, reserved=reserved
         )
@@ -246,8 +248,10 @@ class PortalAuth:
     def enrolment_allowed(self, client_ip: str) -> bool:
         return self.second_factor.enrolment_allowed(client_ip)
 
-    async def _reserve_attempt(self, user_key: str, username: str, client_ip: str, method: str) -> None:
-        user_wait, source_wait = await self.db.run(
+    async def _reserve_attempt(
+        self, user_key: str, username: str, client_ip: str, method: str
+    ) -> guard.Reservation:
+        reservation = await self.db.run(
             partial(
                 guard.reserve_attempt,
                 settings=self.lockout,
@@ -256,9 +260,14 @@ class PortalAuth:
                 now=utcnow(),
             )
         )
-        if not (user_wait or source_wait):
-            return
-        reason = "source address locked" if source_wait else "user locked"
+        if not reservation.refused:
+            return reservation
+        source_wait = reservation.source_wait
+        if reservation.busy:
+            # A center address with its cap of logins in flight: nothing is locked, the next may go soon.
+            reason = "source address busy: too many logins in flight"
+        else:
+            reason = "source address locked" if source_wait else "user locked"
         LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
         log.warning(
             "login refused: user=%r method=%s ip=%s reason=%s", username[:128], method, client_ip, reason
@@ -266,20 +275,12 @@ class PortalAuth:
         await self._audit(username, LoginResult.FAILURE.value, client_ip, method, reason)
         raise guard.SourceLocked(source_wait) if source_wait else guard.AccountLocked()
 
-    async def _release_attempt(self, user_key: str, client_ip: str) -> None:
-        await self.db.run(
-            partial(guard.release_attempt, user_key=user_key, client_ip=client_ip, now=utcnow())
-        )
+    async def _release_attempt(self, reservation: guard.Reservation) -> None:
+        await self.db.run(partial(guard.release_attempt, reservation=reservation))
 
-    async def _settle_failure(self, username: str, client_ip: str) -> None:
+    async def _settle_failure(self, username: str, client_ip: str, reservation: guard.Reservation) -> None:
         locked = await self.db.run(
-            partial(
-                guard.settle_failure,
-                settings=self.lockout,
-                user_key=normalize_username(username),
-                client_ip=client_ip,
-                now=utcnow(),
-            )
+            partial(guard.settle_failure, settings=self.lockout, reservation=reservation, now=utcnow())
         )
         await self._report_locks(locked, username, client_ip)
 
@@ -336,7 +337,7 @@ class PortalAuth:
         identity, method = waiting
         # Six digits can be guessed whatever the first step was: each code takes a place under the lock.
         user_key = normalize_username(identity.username)
-        await self._reserve_attempt(user_key, identity.username, client_ip, method)
+        reserved = await self._reserve_attempt(user_key, identity.username, client_ip, method)
         try:
             await self.db.run(
                 partial(
@@ -344,26 +345,28 @@ class PortalAuth:
                 )
             )
         except TotpError as exc:
-            await self._totp_refused(identity.username, method, client_ip, exc)
+            await self._totp_refused(identity.username, method, client_ip, exc, reserved)
             raise guard.InvalidTotp() from None
         except BaseException:
-            await self._release_attempt(user_key, client_ip)
+            await self._release_attempt(reserved)
             raise
         TOTP_VERIFICATIONS.labels(result=TotpResult.SUCCESS.value).inc()
         try:
             await self.db.run(partial(guard.drop_pending, id_hash=id_hash))
         except BaseException:
-            await self._release_attempt(user_key, client_ip)
+            await self._release_attempt(reserved)
             raise
-        return await self._open_session(identity, method, client_ip, second_factor=True, reserved=client_ip)
+        return await self._open_session(identity, method, client_ip, second_factor=True, reserved=reserved)
 
-    async def _totp_refused(self, username: str, method: str, client_ip: str, exc: TotpError) -> None:
+    async def _totp_refused(
+        self, username: str, method: str, client_ip: str, exc: TotpError, reserved: guard.Reservation
+    ) -> None:
         TOTP_VERIFICATIONS.labels(result=exc.result).inc()
         LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
         log.warning("login refused: user=%r method=totp ip=%s reason=%s", username, client_ip, exc.reason)
         await self._audit(username, LoginResult.FAILURE.value, client_ip, "totp", exc.reason)
         # A wrong code counts like a wrong password (its place was reserved): the same lock stops guessing.
-        await self._settle_failure(username, client_ip)
+        await self._settle_failure(username, client_ip, reserved)
 
     # -- enrolment (only from inside a center: the place where the user's identity is vouched for) --
 
@@ -418,10 +421,10 @@ class PortalAuth:
         audit_detail: dict | None = None,
         second_factor: bool = False,
         device: bytes | None = None,
-        reserved: str | None = None,
+        reserved: guard.Reservation | None = None,
     ) -> tuple[PortalUser, str]:
-        """`reserved`: the client address whose lockout place this login's secret took (a right secret is
-        no guess): given back in the session's transaction, or on its own if the login stops before it."""
+        """`reserved`: the lockout places this login's secret took (a right secret is no guess): the
+        address's is given back in the session's transaction, both if the login stops before it."""
         user_key = normalize_username(identity.username)
         seat_ends = None
         try:
@@ -449,8 +452,8 @@ class PortalAuth:
                 )
             )
         except BaseException:
-            if reserved:
-                await self._release_attempt(user_key, reserved)
+            if reserved is not None:
+                await self._release_attempt(reserved)
             raise
         LOGINS.labels(method=method, result=LoginResult.SUCCESS.value).inc()
         log.info("login succeeded: user=%s method=%s ip=%s", identity.username, session_method, client_ip)
@@ -462,16 +465,22 @@ class PortalAuth:
         await self._audit_refusal(method, "", client_ip, exc, audit)
 
     async def _refused(
-        self, method: LoginMethod, username: str, client_ip: str, exc: AuthError, audit: dict
+        self,
+        method: LoginMethod,
+        username: str,
+        client_ip: str,
+        exc: AuthError,
+        audit: dict,
+        reserved: guard.Reservation | None,
     ) -> None:
         await self._audit_refusal(method.name, username, client_ip, exc, audit)
-        if not method.counts_failures:
+        if reserved is None:
             return
         if exc.status == 401:
-            await self._settle_failure(username, client_ip)
+            await self._settle_failure(username, client_ip, reserved)
         else:
             # A directory outage is nobody's guess: only refused credentials keep their place counted.
-            await self._release_attempt(normalize_username(username), client_ip)
+            await self._release_attempt(reserved)
 
     async def _audit_refusal(
         self, method: str, username: str, client_ip: str, exc: AuthError, audit: dict

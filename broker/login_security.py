@@ -6,14 +6,16 @@ Every function here runs in Database.run's worker thread, inside one transaction
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
-from sqlalchemy import case, delete, update
+from sqlalchemy import case, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.db.models import AuditEvent, LoginThrottle, PendingLogin, TotpCredential, User
+from broker.centers import network_holding
+from broker.db.models import AuditEvent, Center, LoginThrottle, PendingLogin, TotpCredential, User
 from sso import lockout
 from sso.base import Identity
 from sso.config import LockoutSettings
@@ -27,11 +29,12 @@ class AccountLocked(errors.InvalidCredentials):
 
 
 class SourceLocked(errors.LoginRefused):
-    """Too many failures from one address: 429 with Retry-After (RFC 6585 section 4)."""
+    """Too many failures from one address, or (a center address) too many logins in flight at once: 429
+    with Retry-After (RFC 6585 section 4)."""
 
     status = 429
     reason = "too_many_attempts"
-    message = "Too many failed sign-in attempts from this address. Please try again later."
+    message = "Too many sign-in attempts from this address. Please try again later."
 
     def __init__(self, retry_after_s: int) -> None:
         super().__init__()
@@ -121,11 +124,48 @@ def _counters(
     ]
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """The answer of reserve_attempt: the places an attempt took, or the seconds it has to wait.
+
+    `at_center`: the address is on a registered center terminal network, so the attempt's address place is
+    in the in-flight cap, not in the failure window; release and settle give back that one, whatever an
+    administrator changed in between.
+    """
+
+    user_key: str
+    client_ip: str
+    at_center: bool = False
+    user_wait: int = 0
+    source_wait: int = 0
+    busy: bool = False  # refused by the in-flight cap of a center address, not by a lock
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.user_wait or self.source_wait)
+
+    @property
+    def source_kind(self) -> str:
+        """The counter holding the attempt's place on its address."""
+        return lockout.IN_FLIGHT if self.at_center else lockout.SOURCE
+
+
+def at_center(db: Session, client_ip: str) -> bool:
+    """Whether the address is on a terminal network of a registered center (the centers table, as the
+    portal's arrival_at reads it: every broker sees an administrator's change with its next login)."""
+    if not client_ip:
+        return False
+    networks = [network for row in db.scalars(select(Center.networks)) for network in row or []]
+    return network_holding(client_ip, networks) is not None
+
+
 def reserve_attempt(
     db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
-) -> tuple[int, int]:
+) -> Reservation:
     """Reserve one attempt on the user name and on the address, both or neither (one transaction, rows
-    locked). Returns the seconds each one still has to wait; (0, 0) means the attempt may go ahead."""
+    locked). The answer says how long each one still has to wait; no wait means the attempt may go ahead."""
+    if at_center(db, client_ip):
+        return _reserve_at_center(db, settings, user_key, client_ip, now)
     counters = _counters(db, user_key, client_ip, now)
     waits = {kind: lockout.seconds_locked(counter, now) for kind, counter in counters}
     if not any(waits.values()):
@@ -136,15 +176,39 @@ def reserve_attempt(
             for kind, counter in counters:
                 if not waits[kind]:
                     lockout.release_attempt(counter)
-    return waits.get(lockout.USER, 0), waits.get(lockout.SOURCE, 0)
+    return Reservation(user_key, client_ip, False, waits.get(lockout.USER, 0), waits.get(lockout.SOURCE, 0))
 
 
-def release_attempt(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> None:
+def _reserve_at_center(
+    db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
+) -> Reservation:
+    """A center address: the user name's place as anywhere, and a place in the address's in-flight cap;
+    the address's failure window is only read (is it locked?), so logins still being checked never fill it.
+    Rows are locked in the order user, source, in flight, as everywhere here: no waiting in a circle."""
+    user = _counter(db, lockout.USER, user_key, now) if user_key else None
+    source = db.scalars(
+        select(LoginThrottle).where(LoginThrottle.kind == lockout.SOURCE, LoginThrottle.key == client_ip)
+    ).one_or_none()
+    user_wait, source_wait = lockout.seconds_locked(user, now), lockout.seconds_locked(source, now)
+    if user_wait or source_wait:
+        return Reservation(user_key, client_ip, True, user_wait, source_wait)
+    if user is not None:
+        user_wait = lockout.reserve_attempt(user, lockout.USER, settings, now)
+        if user_wait:
+            return Reservation(user_key, client_ip, True, user_wait)
+    source_wait = lockout.reserve_in_flight(_counter(db, lockout.IN_FLIGHT, client_ip, now), settings, now)
+    if source_wait and user is not None:
+        lockout.release_attempt(user)  # the attempt does not happen
+    return Reservation(user_key, client_ip, True, 0, source_wait, busy=bool(source_wait))
+
+
+def release_attempt(db: Session, reservation: Reservation) -> None:
     """Give the reserved attempt back on both counters: one conditional UPDATE each, no read (the user's
     row first, as reserve_attempt locks them, so two transactions never wait for each other in a circle)."""
-    for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip)):
-        if key:
-            _give_back(db, kind, key)
+    if reservation.user_key:
+        _give_back(db, lockout.USER, reservation.user_key)
+    if reservation.client_ip:
+        _give_back(db, reservation.source_kind, reservation.client_ip)
 
 
 def _give_back(db: Session, kind: str, key: str) -> None:
@@ -157,23 +221,37 @@ def _give_back(db: Session, kind: str, key: str) -> None:
     )
 
 
-def finish_success(db: Session, user_key: str, client_ip: str | None) -> None:
+def finish_success(db: Session, user_key: str, reserved: Reservation | None) -> None:
     """A login succeeded: its user name starts afresh (the counter goes), and the address gets back the
-    attempt it reserved when `client_ip` is given (a password, or a TOTP code)."""
+    attempt it reserved when `reserved` is given (a password, or a TOTP code)."""
     reset_user(db, user_key)
-    if client_ip:
-        _give_back(db, lockout.SOURCE, client_ip)
+    if reserved is not None and reserved.client_ip:
+        _give_back(db, reserved.source_kind, reserved.client_ip)
 
 
 def settle_failure(
-    db: Session, settings: LockoutSettings, user_key: str, client_ip: str, now: dt.datetime
+    db: Session, settings: LockoutSettings, reservation: Reservation, now: dt.datetime
 ) -> list[str]:
-    """The reserved attempt failed: lock what it used up; return the kinds it newly locked."""
-    return [
-        kind
-        for kind, counter in _counters(db, user_key, client_ip, now)
-        if lockout.settle_failure(counter, kind, settings, now)
-    ]
+    """The reserved attempt failed: lock what it used up; return the kinds it newly locked.
+
+    From a center address the failure is counted in the address's window now (it took no place there) and
+    its place in the in-flight cap is given back."""
+    user_key, client_ip = reservation.user_key, reservation.client_ip
+    if not reservation.at_center:
+        return [
+            kind
+            for kind, counter in _counters(db, user_key, client_ip, now)
+            if lockout.settle_failure(counter, kind, settings, now)
+        ]
+    locked = []
+    if user_key and lockout.settle_failure(
+        _counter(db, lockout.USER, user_key, now), lockout.USER, settings, now
+    ):
+        locked.append(lockout.USER)
+    if lockout.record_failure(_counter(db, lockout.SOURCE, client_ip, now), settings, now):
+        locked.append(lockout.SOURCE)
+    _give_back(db, lockout.IN_FLIGHT, client_ip)
+    return locked
 
 
 def reset_user(db: Session, user_key: str) -> None:

@@ -68,11 +68,27 @@ class LockoutSettings(BaseModel):
         20,
         ge=1,
         le=100000,
-        description="failed logins from one source address within window_s that lock it (a center's "
-        "terminals may share one address, hence higher than the per-user limit)",
+        description="failed logins from one source address within window_s that lock it; a login takes its "
+        "place while it is being checked (addresses on a registered center terminal network count by "
+        "center_source_max_failures and center_source_max_in_flight instead)",
     )
     lock_s: int = Field(
         300, ge=1, le=86400, description="how long a locked user name or address stays locked"
+    )
+    center_source_max_failures: int = Field(
+        100,
+        ge=1,
+        le=100000,
+        description="failed logins from one address on a registered center terminal network within window_s "
+        "that lock it; there only completed failures count, not logins still being checked (all of a "
+        "center's terminals may reach the broker through one NAT address)",
+    )
+    center_source_max_in_flight: int = Field(
+        200,
+        ge=1,
+        le=100000,
+        description="logins from one center-network address being checked at the same time, counted across "
+        "brokers in the database; more are refused with 429 until some finish",
     )
 
 

@@ -69,6 +69,25 @@ def test_attempts_in_flight_hold_their_places_and_a_success_gives_its_place_back
     assert lockout.reserve_attempt(counter, lockout.USER, settings, NOW) == 0
 
 
+def test_a_center_address_counts_completed_failures_only_and_caps_attempts_in_flight():
+    settings = LockoutSettings(center_source_max_failures=3, center_source_max_in_flight=2)
+    in_flight = SimpleNamespace(failures=0, window_started_at=NOW, locked_until=None)
+    assert [lockout.reserve_in_flight(in_flight, settings, NOW) for _ in range(3)] == [0, 0, 5]
+    lockout.release_attempt(in_flight)
+    assert lockout.reserve_in_flight(in_flight, settings, NOW) == 0
+    # Places of attempts whose broker died are free again with the next window.
+    later = NOW + dt.timedelta(seconds=301)
+    assert lockout.reserve_in_flight(in_flight, settings, later) == 0
+    assert in_flight.failures == 1
+
+    source = SimpleNamespace(failures=0, window_started_at=NOW, locked_until=None)
+    assert [lockout.record_failure(source, settings, NOW) for _ in range(3)] == [False, False, True]
+    assert lockout.seconds_locked(source, NOW) == 300
+    assert not lockout.record_failure(source, settings, NOW)  # already locked: counted no further
+    assert not lockout.record_failure(source, settings, NOW + dt.timedelta(seconds=301))
+    assert (source.failures, source.locked_until) == (1, None)  # the lock's end starts a fresh window
+
+
 def test_user_names_are_counted_case_insensitively():
     assert lockout.normalize_username("  KimMJ ") == "kimmj"
 

@@ -1,10 +1,12 @@
 """The placement worker against a real SQLite database: it places from host figures it keeps, so it
 must notice what changed behind its back — a host taken out, capacity freed — and never overcommit."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from broker.db import Database
 from broker.db.models import Desktop, Host
@@ -151,3 +153,21 @@ def test_two_brokers_placing_at_once_keep_the_spread_even(database):
     counts = desktops_per_host(database)
     assert sum(counts.values()) == sum(1 for host in hosts if host) > 0
     assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_a_desktop_refused_in_a_batch_fails_only_its_own_request(database, worker):
+    add_host(database, "a", max_desktops=10)
+    place(worker, 1)
+    release = threading.Event()
+    # The worker's thread waits in this request's guard while the next two queue up behind it, so they
+    # are claimed together; one of them repeats the first desktop's name, which the database refuses.
+    held = worker.submit(REQUEST, lambda: desktop_row(2), guard=lambda _db: release.wait(timeout=60))
+    duplicate = worker.submit(REQUEST, lambda: desktop_row(1))
+    fresh = worker.submit(REQUEST, lambda: desktop_row(3))
+    release.set()
+
+    assert held.result().desktop.host_name == "a"
+    with pytest.raises(IntegrityError):
+        duplicate.result()
+    assert fresh.result().desktop.host_name == "a"
+    assert desktops_per_host(database) == {"a": 3}

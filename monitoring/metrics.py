@@ -176,6 +176,8 @@ class PlacementReason(Enum):
 class ClaimConflict(Enum):
     GENERATION = "generation"  # another request claimed the host since we read it
     CAPACITY = "capacity"  # the re-check in the claim transaction found the host full
+    BUSY = "busy"  # another transaction (another broker) was claiming the host at that moment
+    CHANGED = "changed"  # the host as the claim found it no longer passes the filters (down, relabelled)
 
 
 class HostHealth(Enum):

@@ -84,6 +84,17 @@ class PlacementEngine:
         """The decision the engine would take now, without counting it in the metrics."""
         return self._decide(as_table(hosts), request, None)
 
+    def refusal(self, host: HostCandidate, request: PlacementRequest) -> str | None:
+        """The first filter that drops this one host for the request, by name; None if every one keeps it.
+
+        The claim asks this about the host as it finds it under its lock (broker/placement/claim.py), so
+        a decision taken on older figures lands only where the decision would still be allowed now.
+        """
+        for host_filter in self.filters:
+            if host_filter.applies(request) and not host_filter.host_passes(host, request):
+                return host_filter.name
+        return None
+
     def _decide(
         self, table: HostTable, request: PlacementRequest, exclude: np.ndarray | None
     ) -> PlacementDecision:

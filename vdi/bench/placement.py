@@ -1,17 +1,19 @@
 """Placement at scale: `vdi bench placement --hosts 1000 --concurrency 50 [--requests N] [--policy …]`.
 
-A real SQLite file migrated by Alembic holds the hosts and the desktops; the real engine decides
-(filters and weighers from PlacementSettings), and the real claim code (generation guard, host
-state and capacity re-check in one transaction) records each desktop. `concurrency` request
-threads hand their requests to one PlacementWorker, as the broker's connect flow does, and wait.
+A real SQLite file (or, with --postgresql, the lab's PostgreSQL) migrated by Alembic holds the hosts
+and the desktops; the real engine decides (filters and weighers from PlacementSettings), and the real
+claim code (the host locked and judged again as it now is, capacity re-checked, one transaction per
+batch of queued requests) records each desktop. `concurrency` request threads hand their requests to
+one PlacementWorker, as the broker's connect flow does, and wait; --brokers N runs N such brokers as
+processes at once.
 No driver is involved: placement never calls one, so no stand-in (libvirt's test:///) is needed.
 
 Figures: decisions per second; decision latency: the engine's filtering and weighing as wall
 time (decision_ms), the worker thread's CPU time for the whole decision (decision_cpu_ms) and its
 wall time with the catalog (decision_with_queue_ms); request latency (the queue for the worker +
-decision + claim + retries), claim conflicts and retries, hosts over capacity at the end (must be
-0, read back from the database), and the balance of the hosts' utilisation (max/mean and
-coefficient of variation) for spread and pack.
+decision + claim + retries), CPU per placement of the brokers and of the PostgreSQL server, claim
+conflicts and retries, hosts over capacity at the end (must be 0, read back from the database), and
+the balance of the hosts' utilisation (max/mean and coefficient of variation) for spread and pack.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -39,6 +42,7 @@ from broker.placement.claim import load_host_candidates
 from broker.placement.config import PlacementSettings
 from broker.placement.worker import ClaimsKeptFailing, DecisionTiming, NoHostFits, PlacementWorker
 from monitoring.metrics import ClaimConflict
+from vdi.bench import tree_cpu_s
 
 POOL = "bench"
 REQUEST = PlacementRequest(pool=POOL, vcpus=2, memory_mib=4096, image="demo:bench")
@@ -227,7 +231,9 @@ def run_broker(
         engine = PlacementEngine.from_settings(settings, rng=random.Random(seed + broker))
         runner = Runner(db, engine, settings, policy, broker)
         conflicts_before = conflict_counts()
+        cpu_started = time.process_time()
         wall_s = runner.run(requests, concurrency)
+        cpu_s = time.process_time() - cpu_started
         conflicts = {
             kind: int(count - conflicts_before[kind])
             for kind, count in conflict_counts().items()
@@ -238,6 +244,7 @@ def run_broker(
     tally = runner.tally
     return {
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "conflicts": conflicts,
         **{name: getattr(tally, name) for name in ("placed", "no_host", "gave_up", "retries")},
         **{name: getattr(tally, name) for name in ("decision_s", "decision_cpu_s", "decide_s", "request_s")},
@@ -302,6 +309,7 @@ def run_policy(
     seed: int,
     brokers: int = 1,
     best_of: int | None = None,
+    server_cpu_s=None,
 ) -> dict:
     upgrade(url)
     db = Database(DatabaseSettings(url=url, pool_size=DB_WORKERS))
@@ -309,13 +317,19 @@ def run_policy(
         create_hosts(db, hosts)
     finally:
         db.close()  # no connection of ours crosses the fork into the brokers
-    tally, wall_s, conflicts = merge(run_brokers(url, policy, requests, concurrency, seed, brokers, best_of))
+    server_started = server_cpu_s() if server_cpu_s else 0.0
+    parts = run_brokers(url, policy, requests, concurrency, seed, brokers, best_of)
+    tally, wall_s, conflicts = merge(parts)
+    broker_cpu_s = sum(part["cpu_s"] for part in parts)
+    # The brokers' server processes have exited with their connections: their CPU is the server's now.
+    database_cpu_s = server_cpu_s() - server_started if server_cpu_s else None
     db = Database(DatabaseSettings(url=url, pool_size=DB_WORKERS))
     try:
         with db.transaction() as session:
             final = load_host_candidates(session)
     finally:
         db.close()
+    per_placement = 1000 / tally.placed if tally.placed else 0.0
     return {
         "policy": policy,
         "brokers": brokers,
@@ -343,6 +357,12 @@ def run_policy(
         "request_ms": {
             "p50": percentile_ms(tally.request_s, 0.5),
             "p99": percentile_ms(tally.request_s, 0.99),
+        },
+        # CPU per desktop placed: the broker processes (request threads included), and the PostgreSQL
+        # server (its backends for the brokers' connections; SQLite works inside the brokers).
+        "cpu_ms_per_placement": {
+            "brokers": round(broker_cpu_s * per_placement, 3),
+            "database": None if database_cpu_s is None else round(database_cpu_s * per_placement, 3),
         },
         "claim_conflicts": dict(sorted(conflicts.items())),
         "retries": tally.retries,
@@ -376,6 +396,7 @@ def main(args) -> int:
                     args.seed,
                     args.brokers,
                     args.best_of,
+                    None if postgres is None else partial(postgres_cpu_s, postgres),
                 )
             )
     report = {
@@ -390,6 +411,20 @@ def main(args) -> int:
         print(f"placement benchmark: {args.hosts} hosts, {args.concurrency} concurrent", file=sys.stderr)
     print(json.dumps(report, indent=2))
     return 0 if all(result["hosts_over_capacity"] == 0 for result in results) else 1
+
+
+def postgres_cpu_s(server) -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster, its live processes (WAL writer,
+    checkpointer…) and the backends it has reaped."""
+    pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    return tree_cpu_s(pid, children)
 
 
 @contextlib.contextmanager

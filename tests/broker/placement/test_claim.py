@@ -11,7 +11,15 @@ from sqlalchemy import select
 
 from broker.db.models import Desktop, Host
 from broker.placement import PlacementEngine, PlacementRequest
-from broker.placement.claim import ClaimLost, HostCatalog, claim_slot, load_host_candidates, reserve
+from broker.placement.claim import (
+    ClaimLost,
+    HostCatalog,
+    claim_slot,
+    load_host_candidates,
+    reserve,
+    reserve_many,
+    with_desktop,
+)
 from broker.placement.config import PlacementSettings
 from monitoring.metrics import ClaimConflict
 from tests.fixtures.placement import add_host, desktop_row, new_database
@@ -69,6 +77,62 @@ def test_capacity_is_rechecked_inside_the_claim(database):
     with database.transaction() as session:
         # The failed claim rolled back: the generation did not move.
         assert session.scalar(select(Host.generation).where(Host.name == "a")) == 1
+
+
+def candidate(database, name):
+    with database.transaction() as session:
+        (host,) = load_host_candidates(session, [name])
+    return host
+
+
+def test_a_claim_without_a_generation_takes_a_host_changed_since_if_it_still_fits(database):
+    # The placement worker's way: another broker's claim moved the generation, the host still has room.
+    add_host(database, "a", vcpus=8, memory_mib=8192)
+    engine = PlacementEngine.default()
+    with database.transaction() as session:
+        reserve(session, "a", 0, REQUEST, desktop_row(1))
+    with database.transaction() as session:
+        _, after = reserve(session, "a", None, REQUEST, desktop_row(2), engine.refusal)
+    assert (after.desktops, after.generation) == (1, 2)
+    assert candidate(database, "a").desktops == 2
+
+
+def test_a_claim_refuses_a_host_the_filters_would_now_drop(database):
+    # Moved to the internet zone after the decision: the filters, asked again under the claim's lock, say no.
+    add_host(database, "a")
+    decided = candidate(database, "a")
+    with database.transaction() as session:
+        session.get(Host, "a").labels = {"zone": "internet"}
+    before = conflicts("changed")
+    engine = PlacementEngine.from_settings(PlacementSettings())
+    with database.transaction() as session:
+        (answer,) = reserve_many(session, [(decided, REQUEST, desktop_row(1))], engine.refusal)
+    assert isinstance(answer, ClaimLost) and answer.kind is ClaimConflict.CHANGED
+    assert conflicts("changed") == before + 1
+    assert candidate(database, "a").desktops == 0
+
+
+def test_claims_together_lose_only_on_their_own_host(database):
+    add_host(database, "a")
+    add_host(database, "b", max_desktops=1)
+    add_host(database, "c")
+    decided = {name: candidate(database, name) for name in ("a", "b", "c")}
+    with database.transaction() as session:
+        reserve(session, "a", None, REQUEST, desktop_row(0))  # another broker placed on "a" since
+    claims = [
+        (decided["a"], REQUEST, desktop_row(1)),  # lost: "a" holds more than the decision counted
+        (decided["b"], REQUEST, desktop_row(2)),
+        # Decided counting the one above (the catalog's own claim in flight): lost as "b" is full.
+        (with_desktop(decided["b"], REQUEST, 0), REQUEST, desktop_row(3)),
+        (decided["c"], REQUEST, desktop_row(4)),
+    ]
+    with database.transaction() as session:
+        answers = reserve_many(session, claims, PlacementEngine.default().refusal)
+    kinds = [answer.kind if isinstance(answer, ClaimLost) else answer[0].host_name for answer in answers]
+    assert kinds == [ClaimConflict.GENERATION, "b", ClaimConflict.CAPACITY, "c"]
+    with database.transaction() as session:
+        placed = dict(session.execute(select(Desktop.domain_name, Desktop.host_name)).all())
+    assert placed == {"vdi-p-0": "a", "vdi-p-2": "b", "vdi-p-4": "c"}
 
 
 HOSTS = st.lists(

@@ -1,15 +1,21 @@
 """The placement worker against a real SQLite database: it places from host figures it keeps, so it
 must notice what changed behind its back — a host taken out, capacity freed — and never overcommit."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
+from broker.db import Database
 from broker.db.models import Desktop, Host
 from broker.placement import PlacementEngine, PlacementRequest
 from broker.placement.claim import load_host_candidates
-from broker.placement.worker import NoHostFits, PlacementWorker
+from broker.placement.filters.capacity import DesktopCapacityFilter
+from broker.placement.filters.host_state import HostStateFilter
+from broker.placement.weighers.desktop_count import DesktopCountWeigher
+from broker.placement.worker import ClaimsKeptFailing, NoHostFits, PlacementWorker
 from tests.fixtures.placement import add_host, desktop_row, new_database
 
 REQUEST = PlacementRequest(pool="p", vcpus=1, memory_mib=512)
@@ -91,3 +97,77 @@ def test_requests_from_many_threads_never_overcommit(database, worker):
     with database.transaction() as session:
         final = {host.name: host.desktops for host in load_host_candidates(session)}
     assert final == {"a": 5, "b": 5, "c": 5}
+
+
+def two_brokers(database):
+    """Two brokers' placement: each its own database engine, catalog, engine and worker thread."""
+    workers = []
+    for _ in range(2):
+        engine = PlacementEngine([HostStateFilter(), DesktopCapacityFilter()], [DesktopCountWeigher(1.0)], 1)
+        workers.append(PlacementWorker(Database(database.settings), engine, attempts=8, max_age_s=3600))
+    return workers
+
+
+def place_on_both(workers, count):
+    """`count` requests from 16 threads, alternately to each broker; the hosts they landed on (None: no room)."""
+
+    def attempt(number):
+        try:
+            submitted = workers[number % 2].submit(REQUEST, lambda: desktop_row(number))
+            return submitted.result().desktop.host_name
+        except (NoHostFits, ClaimsKeptFailing):
+            return None
+
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(attempt, range(count)))
+    finally:
+        for placer in workers:
+            placer.close()
+            placer.database.close()
+
+
+def desktops_per_host(database):
+    with database.transaction() as session:
+        return {host.name: host.desktops for host in load_host_candidates(session)}
+
+
+def test_two_brokers_placing_at_once_never_overcommit(database):
+    for name in ("a", "b", "c", "d"):
+        add_host(database, name, max_desktops=5)
+
+    hosts = place_on_both(two_brokers(database), 30)
+
+    assert sum(1 for host in hosts if host) == 20
+    assert desktops_per_host(database) == {"a": 5, "b": 5, "c": 5, "d": 5}
+
+
+def test_two_brokers_placing_at_once_keep_the_spread_even(database):
+    # A claim on a host the other broker placed on since the decision is lost and decided again, so no
+    # host ever gets a desktop while another holds fewer: equal hosts end within one desktop of each other.
+    for index in range(8):
+        add_host(database, f"h{index}", max_desktops=20)
+
+    hosts = place_on_both(two_brokers(database), 60)
+
+    counts = desktops_per_host(database)
+    assert sum(counts.values()) == sum(1 for host in hosts if host) > 0
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+
+
+def test_a_desktop_refused_in_a_batch_fails_only_its_own_request(database, worker):
+    add_host(database, "a", max_desktops=10)
+    place(worker, 1)
+    release = threading.Event()
+    # The worker's thread waits in this request's guard while the next two queue up behind it, so they
+    # are claimed together; one of them repeats the first desktop's name, which the database refuses.
+    held = worker.submit(REQUEST, lambda: desktop_row(2), guard=lambda _db: release.wait(timeout=60))
+    duplicate = worker.submit(REQUEST, lambda: desktop_row(1))
+    fresh = worker.submit(REQUEST, lambda: desktop_row(3))
+    release.set()
+
+    assert held.result().desktop.host_name == "a"
+    with pytest.raises(IntegrityError):
+        duplicate.result()
+    assert fresh.result().desktop.host_name == "a"
+    assert desktops_per_host(database) == {"a": 3}

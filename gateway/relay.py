@@ -436,7 +436,7 @@ class Console:
 
     async def _consume_token(self, token: str | None) -> ConsoleTarget | None:
         try:
-            return await self.db.run(lambda session: consume_token(session, token))
+            return await self.db.run_statements(lambda connection: consume_token(connection, token))
         except TokenRefused as exc:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.TOKEN.value).inc()
             log.warning("console refused: %s (token %s)", exc.reason, mask(token) or "missing")

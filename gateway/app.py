@@ -27,6 +27,7 @@ from gateway.recorder import RecordingService
 from gateway.relay import ConsoleRelay, TunnelRegistry, vnc_password_box
 from gateway.session_watch import SessionWatch
 from gateway.ssh_channel import SshChannels
+from gateway.upgrade import ConsoleUpgrades, GatewayServer
 from monitoring.access import scrape_allowed
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ PING_INTERVAL_S = 30
 PING_TIMEOUT_S = 30
 SHUTDOWN_GRACE_S = 5.0
 MAX_UPGRADE_BODY_BYTES = 4096
+# Request heads up to this are read (Tornado's default); past it the gateway answers 431.
+MAX_HEAD_BYTES = 65536
+# The largest WebSocket message from a browser (Tornado's default); RFB's own limit is gateway.max_message_bytes.
+MAX_WEBSOCKET_MESSAGE_BYTES = 10 * 1024 * 1024
 # Open files the gateway asks for at start: 10,000 idle tunnels in one process (docs/gateway.md).
 OPEN_FILES_WANTED = 65536
 # Descriptors besides tunnels: listening sockets, the database, the event loop, logs.
@@ -108,7 +113,7 @@ class GatewayApplication(tornado.web.Application):
         self.tunnels.on_add = self.session_watch.ensure_started
         self.ssh_channels = SshChannels(config.gateway)
         self.recordings = RecordingService(config.gateway)
-        relay_args = {
+        self.relay_args = relay_args = {
             "settings": config.gateway,
             "db": db,
             "tunnels": self.tunnels,
@@ -116,7 +121,7 @@ class GatewayApplication(tornado.web.Application):
             "vnc_passwords": vnc_password_box(config.gateway),
             "recordings": self.recordings,
         }
-        console_paths = dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH])
+        self.console_paths = console_paths = list(dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH]))
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]
         routes += [(r"/healthz", HealthHandler), (r"/metrics", MetricsHandler)]
         super().__init__(
@@ -125,6 +130,7 @@ class GatewayApplication(tornado.web.Application):
             default_handler_class=NotFoundHandler,
             websocket_ping_interval=PING_INTERVAL_S,
             websocket_ping_timeout=PING_TIMEOUT_S,
+            websocket_max_message_size=MAX_WEBSOCKET_MESSAGE_BYTES,
             gateway=config.gateway,
         )
 
@@ -134,13 +140,22 @@ class GatewayApplication(tornado.web.Application):
 
 
 def http_server(app: GatewayApplication, settings: GatewaySettings) -> HTTPServer:
-    """The gateway's HTTP server: TLS when configured, and short limits before the WebSocket upgrade."""
-    return HTTPServer(
+    """The gateway's HTTP server: TLS when configured, and short limits before the WebSocket upgrade. On
+    plain listeners with the protocol relay, consoles' upgrades are the gateway's own (gateway/upgrade.py)."""
+    tls = tls_context(settings)
+    upgrades = None
+    if tls is None and settings.protocol_relay:
+        upgrades = ConsoleUpgrades(
+            app, handshake_timeout_s=settings.handshake_timeout_s, max_head_bytes=MAX_HEAD_BYTES
+        )
+    return GatewayServer(
         app,
-        ssl_options=tls_context(settings),
+        ssl_options=tls,
         # Tornado's default waits an hour for the upgrade request; a WebSocket upgrade has no body.
         idle_connection_timeout=settings.handshake_timeout_s,
         max_body_size=MAX_UPGRADE_BODY_BYTES,
+        max_header_size=MAX_HEAD_BYTES,
+        upgrades=upgrades,
     )
 
 

@@ -86,8 +86,9 @@ class GatewaySettings(MetricsAccessSettings):
     protocol_relay: bool = Field(
         True,
         description="once a console is open, drive its two sockets with the event loop's protocols instead "
-        "of Tornado's streams (fewer steps per message: vdi bench tunnel); consoles over TLS (wss:// served "
-        "by the gateway itself) always stay on Tornado's streams",
+        "of Tornado's streams (fewer steps per message: vdi bench tunnel), and on plain listeners upgrade "
+        "consoles' WebSockets without Tornado's HTTP server (less CPU per new console); consoles over TLS "
+        "(wss:// served by the gateway itself) always stay on Tornado's server and streams",
     )
     ssh_idle_close_s: float = Field(
         300.0, gt=0, le=86400, description="an SSH connection to a host with no tunnel left closes after this"

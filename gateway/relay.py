@@ -195,7 +195,7 @@ class TunnelRegistry:
     """The open tunnels of one gateway process, by session id, so a session's consoles can be closed."""
 
     def __init__(self) -> None:
-        self._by_session: dict[str, set[ConsoleRelay]] = {}
+        self._by_session: dict[str, set[Console]] = {}
         # Tunnels of a session between their token's acceptance and their upstream's connection.
         self._opening: dict[str, int] = {}
         # Called at every new tunnel; the gateway starts its session watch from here, on the running loop.
@@ -221,12 +221,12 @@ class TunnelRegistry:
         else:
             self._opening.pop(session_id, None)
 
-    def add(self, relay: ConsoleRelay) -> None:
+    def add(self, relay: Console) -> None:
         self._by_session.setdefault(relay.session_id, set()).add(relay)
         if self.on_add is not None:
             self.on_add()
 
-    def discard(self, relay: ConsoleRelay) -> None:
+    def discard(self, relay: Console) -> None:
         relays = self._by_session.get(relay.session_id)
         if relays is not None:
             relays.discard(relay)
@@ -304,10 +304,17 @@ def vnc_password_box(settings: GatewaySettings) -> VncPasswordBox | None:
     return VncPasswordBox(key.get_secret_value()) if key else None
 
 
-class ConsoleRelay(WebSocketHandler):
-    """One console tunnel. The URL carries the token; the token decides the desktop."""
+class Console:
+    """One console tunnel. The URL carries the token; the token decides the desktop.
 
-    def initialize(
+    The opening (token, session limit, the desktop's connection and login, the recording's start, each
+    refusal with its close code) and the relaying are the same whichever server upgraded the browser's
+    WebSocket: Tornado's (ConsoleRelay) or the gateway's own on plain listeners (gateway/upgrade.py).
+    Subclasses say how the browser's side is written to and closed while it is not on the wire, and how
+    the sockets get there.
+    """
+
+    def _setup(
         self,
         settings: GatewaySettings,
         db: Database,
@@ -343,46 +350,57 @@ class ConsoleRelay(WebSocketHandler):
         self._handshake_deadline: object | None = None
         self._rfb: rfb.RfbSession | None = None
         self._side_tasks: set[asyncio.Task] = set()
-        # Once the tunnel is open, its sockets taken from Tornado's streams (gateway/wire.py).
+        # Once the tunnel is open, its sockets driven by the loop's protocols (gateway/wire.py).
         self._wire: wire.Wire | None = None
 
-    # -- handshake -------------------------------------------------------------------------------
+    # -- what the server that upgraded the browser's WebSocket provides ---------------------------
 
-    def prepare(self) -> None:
-        # The broker request that issued the token named itself in the URL (`rid`, docs/logging.md); this
-        # tunnel's lines carry it. Bound here, before the upgrade, so the tunnel's task and its pumps inherit it.
-        request_id = request_id_from_query(self.request.uri or "")
-        logs.bind(request_id=request_id or logs.new_request_id(), user=None, session=None)
+    def _close_browser(self, code: int | None, reason: str | None) -> None:
+        """Close the browser's WebSocket while its socket is not on the wire."""
+        raise NotImplementedError
 
-    def check_origin(self, origin: str) -> bool:
-        # The token alone does not stop cross-site WebSocket hijacking: any page the user visits
-        # could open a socket with a token it phished, so browsers must come from the portal.
-        if origin_allowed(origin, self.gateway.allowed_origins):
-            return True
-        TUNNELS_REFUSED.labels(reason=TunnelRefusal.ORIGIN.value).inc()
-        log.warning("console refused: origin %r is not allowed", origin)
-        return False
+    def _write_browser(self, message: bytes | str) -> None:
+        """A whole message to the browser while its socket is not on the wire."""
+        raise NotImplementedError
 
-    def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        protocol = super().get_websocket_protocol()
-        if protocol is not None and hasattr(protocol, "_read_bytes"):
-            protocol._read_bytes = partial(_read_frame_bytes, protocol)
-        return protocol
+    def _browser_nodelay(self) -> None:
+        raise NotImplementedError
 
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        # noVNC before 1.0 insists on the "binary" subprotocol; current noVNC offers none.
-        return "binary" if "binary" in subprotocols else None
+    async def _take_sockets(self, upstream: IOStream) -> None:
+        """Put both sides on the wire (_hand_to_wire) when they can go."""
+        raise NotImplementedError
 
-    def log_exception(
-        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    def _start_pump(self) -> None:
+        """Relay the desktop's stream to a browser that is not on the wire."""
+        raise NotImplementedError
+
+    async def _hand_to_wire(
+        self,
+        browser: socket.socket,
+        browser_bytes: bytes,
+        upstream: IOStream,
+        *,
+        max_message: int,
+        ping_interval_s: float,
+        ping_timeout_s: float,
     ) -> None:
-        # Tornado's own version logs the request URI, which carries the token.
-        log.error("uncaught exception in console relay %s", self.request.path, exc_info=(typ, value, tb))
+        """Both sockets to the loop's protocols (the browser's with the bytes read past its upgrade)."""
+        desktop, desktop_bytes = wire.take_socket(upstream)
+        self._wire = wire.Wire(
+            self,
+            ReadBuffer(READ_CHUNK),
+            max_message=max_message,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+        )
+        await self._wire.start(browser, browser_bytes, desktop, desktop_bytes)
 
     # -- opening ---------------------------------------------------------------------------------
 
-    async def open(self, *args: str, **kwargs: str) -> None:
-        target = await self._consume_token(token_from_query(self.request.uri or ""))
+    async def _open_tunnel(self, uri: str) -> None:
+        """Token, session limit, the desktop's connection and login, the recording, then the relay; a
+        refusal closes the browser's WebSocket saying why."""
+        target = await self._consume_token(token_from_query(uri))
         if target is None or self._client_gone:
             return
         logs.bind(user=target.username or None, session=target.session_id)
@@ -405,10 +423,6 @@ class ConsoleRelay(WebSocketHandler):
             # console of the session never counts this one twice.
             self.tunnels.release(target.session_id)
         await self._start_relay(upstream)
-        if self._wire is not None:
-            # Tornado reads the browser's frames once open() returns: with the socket taken, not before
-            # the tunnel is over (it then finds the stream closed and calls on_close, which is harmless).
-            await self._wire.done
 
     def _refuse_over_limit(self, target: ConsoleTarget) -> None:
         # OSSN-0008: one session must not fan out into unbounded tunnels to its desktop.
@@ -422,7 +436,7 @@ class ConsoleRelay(WebSocketHandler):
 
     async def _consume_token(self, token: str | None) -> ConsoleTarget | None:
         try:
-            return await self.db.run(lambda session: consume_token(session, token))
+            return await self.db.run_statements(lambda connection: consume_token(connection, token))
         except TokenRefused as exc:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.TOKEN.value).inc()
             log.warning("console refused: %s (token %s)", exc.reason, mask(token) or "missing")
@@ -582,7 +596,7 @@ class ConsoleRelay(WebSocketHandler):
     def _start_tunnel(self, target: ConsoleTarget, upstream: IOStream) -> None:
         self.target, self.upstream, self.session_id = target, upstream, target.session_id
         self._opened_at = time.monotonic()
-        self.set_nodelay(True)
+        self._browser_nodelay()
         self.tunnels.add(self)
         TUNNELS_OPEN.inc()
         via = f" via ssh {target.ssh}" if target.route == "ssh" else ""
@@ -607,49 +621,24 @@ class ConsoleRelay(WebSocketHandler):
             return
         self._start_desktop_reads()
 
-    async def _take_sockets(self, upstream: IOStream) -> None:
-        """Move both sides from Tornado's streams to the loop's protocols (gateway/wire.py), when both are
-        plain sockets with nothing queued; TLS browsers stay on Tornado's stream."""
-        connection = self.ws_connection
-        if connection is None or connection.stream is None:
-            return
-        if not (wire.can_take(connection.stream) and wire.can_take(upstream)):
-            return
-        pinging = getattr(connection, "_ping_coroutine", None)
-        if pinging is not None:
-            pinging.cancel()  # the wire pings on the same schedule
-        browser, browser_bytes = wire.take_socket(connection.stream)
-        desktop, desktop_bytes = wire.take_socket(upstream)
-        self._wire = wire.Wire(
-            self,
-            ReadBuffer(READ_CHUNK),
-            max_message=self.max_message_size,
-            ping_interval_s=self.ping_interval or 0.0,
-            ping_timeout_s=self.ping_timeout or 0.0,
-        )
-        await self._wire.start(browser, browser_bytes, desktop, desktop_bytes)
-
     def _start_desktop_reads(self) -> None:
         if self._wire is not None:
             self._wire.start_desktop()
             return
-        # Held so the task is not garbage-collected mid-relay (the loop keeps only weak references).
-        assert self.upstream is not None
-        self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
+        self._start_pump()
 
     def _send_browser(self, message: bytes | str) -> None:
         """A whole message to the browser (binary for bytes); nothing once it is closing."""
         if self._wire is not None:
             self._wire.send(message)
             return
-        with contextlib.suppress(WebSocketClosedError):
-            self.write_message(message, binary=isinstance(message, bytes))
+        self._write_browser(message)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         if self._wire is not None:
             self._wire.close(code, reason or "")
             return
-        super().close(code, reason)
+        self._close_browser(code, reason)
 
     # -- the browser's RFB handshake (credential-injected tunnels) --------------------------------
 
@@ -746,48 +735,6 @@ class ConsoleRelay(WebSocketHandler):
         task.add_done_callback(self._side_tasks.discard)
 
     # -- relaying --------------------------------------------------------------------------------
-
-    async def _relay_desktop_to_client(self, upstream: IOStream) -> None:
-        try:
-            await self._pump_desktop_to_client(upstream)
-        except rfb.RfbError as exc:
-            self._close_on_rfb_error(exc, "desktop")
-        except StreamClosedError:
-            self.end(CLOSE_NORMAL, "desktop closed the connection")
-        except WebSocketClosedError:
-            self.end(CLOSE_NORMAL, "browser closed the connection")
-        except Exception:
-            # Nobody awaits this task: without this the tunnel would stay half open and silent.
-            log.exception("console relay of session %s failed", self.session_id)
-            self.end(CLOSE_INTERNAL_ERROR, "console relay failed")
-
-    async def _pump_desktop_to_client(self, upstream: IOStream) -> None:
-        """Reads go straight into one buffer of the tunnel, and frames go out as slices of it: no byte
-        of pixel data is copied in the gateway (vdi bench tunnel). The buffer is anonymous memory, so
-        a tunnel costs the pages it has used, not READ_CHUNK, and the relay gives them back when the
-        desktop goes quiet."""
-        buffer = ReadBuffer(READ_CHUNK)
-        while True:
-            size = await upstream.read_into(buffer.view, partial=True)
-            data = buffer.view[:size]
-            pieces = data if self._rfb is None else self._rfb.server.feed(data)
-            if not pieces:
-                buffer.used(size)
-                continue
-            if self._rfb is None:
-                pieces = [pieces]
-            if self._recorder is not None:
-                # A copy (the buffer is reused), a stamp and a queue put: the writer thread does the rest.
-                self._recorder.server(b"".join(pieces))
-            sent = ws_frames.send_binary(self.ws_connection, pieces)
-            if sent is not None:
-                # Awaiting the write is the backpressure (and the buffer is reused only after it).
-                try:
-                    await sent
-                except StreamClosedError:
-                    raise WebSocketClosedError() from None
-            self.relayed_to_client(sum(map(len, pieces)))
-            buffer.used(size)
 
     def relayed_to_client(self, size: int) -> None:
         self._bytes_to_client += size
@@ -931,3 +878,129 @@ class ConsoleRelay(WebSocketHandler):
             self._bytes_to_client,
             time.monotonic() - self._opened_at,
         )
+
+
+class ConsoleRelay(Console, WebSocketHandler):
+    """A console whose WebSocket Tornado upgraded: served over TLS by the gateway itself, or with
+    gateway.protocol_relay off; then moved to the wire when both sides are plain sockets."""
+
+    def initialize(self, **kwargs) -> None:
+        self._setup(**kwargs)
+
+    # -- handshake -------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        # The broker request that issued the token named itself in the URL (`rid`, docs/logging.md); this
+        # tunnel's lines carry it. Bound here, before the upgrade, so the tunnel's task and its pumps inherit it.
+        request_id = request_id_from_query(self.request.uri or "")
+        logs.bind(request_id=request_id or logs.new_request_id(), user=None, session=None)
+
+    def check_origin(self, origin: str) -> bool:
+        # The token alone does not stop cross-site WebSocket hijacking: any page the user visits
+        # could open a socket with a token it phished, so browsers must come from the portal.
+        if origin_allowed(origin, self.gateway.allowed_origins):
+            return True
+        TUNNELS_REFUSED.labels(reason=TunnelRefusal.ORIGIN.value).inc()
+        log.warning("console refused: origin %r is not allowed", origin)
+        return False
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        protocol = super().get_websocket_protocol()
+        if protocol is not None and hasattr(protocol, "_read_bytes"):
+            protocol._read_bytes = partial(_read_frame_bytes, protocol)
+        return protocol
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        # noVNC before 1.0 insists on the "binary" subprotocol; current noVNC offers none.
+        return "binary" if "binary" in subprotocols else None
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Tornado's own version logs the request URI, which carries the token.
+        log.error("uncaught exception in console relay %s", self.request.path, exc_info=(typ, value, tb))
+
+    async def open(self, *args: str, **kwargs: str) -> None:
+        await self._open_tunnel(self.request.uri or "")
+        if self._wire is not None:
+            # Tornado reads the browser's frames once open() returns: with the socket taken, not before
+            # the tunnel is over (it then finds the stream closed and calls on_close, which is harmless).
+            await self._wire.done
+
+    def _close_browser(self, code: int | None, reason: str | None) -> None:
+        WebSocketHandler.close(self, code, reason)
+
+    def _write_browser(self, message: bytes | str) -> None:
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    def _browser_nodelay(self) -> None:
+        self.set_nodelay(True)
+
+    def _start_pump(self) -> None:
+        # Held so the task is not garbage-collected mid-relay (the loop keeps only weak references).
+        assert self.upstream is not None
+        self._pump = asyncio.create_task(self._relay_desktop_to_client(self.upstream))
+
+    async def _take_sockets(self, upstream: IOStream) -> None:
+        """Move both sides from Tornado's streams to the loop's protocols (gateway/wire.py), when both are
+        plain sockets with nothing queued; TLS browsers stay on Tornado's stream."""
+        connection = self.ws_connection
+        if connection is None or connection.stream is None:
+            return
+        if not (wire.can_take(connection.stream) and wire.can_take(upstream)):
+            return
+        pinging = getattr(connection, "_ping_coroutine", None)
+        if pinging is not None:
+            pinging.cancel()  # the wire pings on the same schedule
+        browser, browser_bytes = wire.take_socket(connection.stream)
+        await self._hand_to_wire(
+            browser,
+            browser_bytes,
+            upstream,
+            max_message=self.max_message_size,
+            ping_interval_s=self.ping_interval or 0.0,
+            ping_timeout_s=self.ping_timeout or 0.0,
+        )
+
+    async def _relay_desktop_to_client(self, upstream: IOStream) -> None:
+        try:
+            await self._pump_desktop_to_client(upstream)
+        except rfb.RfbError as exc:
+            self._close_on_rfb_error(exc, "desktop")
+        except StreamClosedError:
+            self.end(CLOSE_NORMAL, "desktop closed the connection")
+        except WebSocketClosedError:
+            self.end(CLOSE_NORMAL, "browser closed the connection")
+        except Exception:
+            # Nobody awaits this task: without this the tunnel would stay half open and silent.
+            log.exception("console relay of session %s failed", self.session_id)
+            self.end(CLOSE_INTERNAL_ERROR, "console relay failed")
+
+    async def _pump_desktop_to_client(self, upstream: IOStream) -> None:
+        """Reads go straight into one buffer of the tunnel, and frames go out as slices of it: no byte
+        of pixel data is copied in the gateway (vdi bench tunnel). The buffer is anonymous memory, so
+        a tunnel costs the pages it has used, not READ_CHUNK, and the relay gives them back when the
+        desktop goes quiet."""
+        buffer = ReadBuffer(READ_CHUNK)
+        while True:
+            size = await upstream.read_into(buffer.view, partial=True)
+            data = buffer.view[:size]
+            pieces = data if self._rfb is None else self._rfb.server.feed(data)
+            if not pieces:
+                buffer.used(size)
+                continue
+            if self._rfb is None:
+                pieces = [pieces]
+            if self._recorder is not None:
+                # A copy (the buffer is reused), a stamp and a queue put: the writer thread does the rest.
+                self._recorder.server(b"".join(pieces))
+            sent = ws_frames.send_binary(self.ws_connection, pieces)
+            if sent is not None:
+                # Awaiting the write is the backpressure (and the buffer is reused only after it).
+                try:
+                    await sent
+                except StreamClosedError:
+                    raise WebSocketClosedError() from None
+            self.relayed_to_client(sum(map(len, pieces)))
+            buffer.used(size)

@@ -264,19 +264,25 @@ class Wire:
         self._early_desktop = b""
 
     async def start(
-        self, browser: socket.socket, browser_bytes: bytes, desktop: socket.socket, desktop_bytes: bytes
+        self,
+        browser: socket.socket,
+        browser_bytes: bytes,
+        desktop: socket.socket | None,
+        desktop_bytes: bytes = b"",
     ) -> None:
         """Connect both protocols; the desktop's reads start with `start_desktop` (after the browser's
-        RFB handshake, when the gateway logged in). Bytes the streams had read are handled first."""
+        RFB handshake, when the gateway logged in). Bytes the streams had read are handled first. Without
+        a desktop (a console refused before it had one) the wire carries the browser's closing handshake."""
         loop = asyncio.get_running_loop()
         self._early_desktop = desktop_bytes
         try:
-            await loop.connect_accepted_socket(lambda: _DesktopProtocol(self), sock=desktop)
+            if desktop is not None:
+                await loop.connect_accepted_socket(lambda: _DesktopProtocol(self), sock=desktop)
             await loop.connect_accepted_socket(lambda: _BrowserProtocol(self), sock=browser)
         except BaseException:
             # A socket without its transport is still ours to close; a transport closes its own.
             for transport, sock in ((self.desktop, desktop), (self.browser, browser)):
-                if transport is None:
+                if transport is None and sock is not None:
                     sock.close()
                 else:
                     transport.abort()

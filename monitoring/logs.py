@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import sys
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
@@ -59,7 +59,9 @@ class LoggingSettings(BaseModel):
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits, as uuid4().hex gave, for a sixth of its CPU (every console without `rid` makes
+    one: vdi bench tunnel)."""
+    return secrets.token_hex(16)
 
 
 def valid_request_id(value: str | None) -> bool:

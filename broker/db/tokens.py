@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from broker.db.models import ConsoleToken, Desktop, DesktopSession, utcnow
@@ -143,8 +144,11 @@ def issue_token(
     return token
 
 
-def consume_token(db: Session, token: str | None, now: dt.datetime | None = None) -> ConsoleTarget:
-    """Mark the token used and return its target, or raise TokenRefused saying why."""
+def consume_token(
+    db: Session | Connection, token: str | None, now: dt.datetime | None = None
+) -> ConsoleTarget:
+    """Mark the token used and return its target, or raise TokenRefused saying why (in the transaction of
+    `db`: an ORM session, or a Core connection, which costs less: Database.run_statements)."""
     if not token or not TOKEN_SHAPE.match(token):
         raise TokenRefused("missing or malformed console token")
     now = now or utcnow()
@@ -153,7 +157,7 @@ def consume_token(db: Session, token: str | None, now: dt.datetime | None = None
     # it, so only a token that may open something costs a write (and a write lock: vdi bench tunnel).
     # Statements are built once, with parameters, and run on the session's connection: building and
     # running them through the ORM cost more than SQLite itself (vdi bench tunnel, new tunnels).
-    connection = db.connection()
+    connection = db.connection() if isinstance(db, Session) else db
     row = connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none()
     if row is None:
         raise TokenRefused("unknown console token")

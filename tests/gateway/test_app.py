@@ -18,6 +18,8 @@ class BrokenDatabase:
     async def run(self, fn):
         raise RuntimeError("driver bug")
 
+    run_statements = run
+
 
 def _fetch(url: str, **kwargs):
     return AsyncHTTPClient().fetch(url, raise_error=False, **kwargs)

@@ -59,6 +59,23 @@ def test_token_opens_its_own_target_once(db):
         consume(db, token)
 
 
+def test_a_token_claimed_on_a_core_connection_opens_once_too(db):
+    """Database.run_statements (the gateway's claim): no ORM session, same answers."""
+    token, expired = issue(db), issue(db, ttl_s=30, now=utcnow() - dt.timedelta(seconds=31))
+
+    def claim(value):
+        with db.engine.begin() as connection:
+            return consume_token(connection, value)
+
+    assert claim(token).session_id == "s1"
+    with pytest.raises(TokenRefused, match="already used"):
+        claim(token)
+    with pytest.raises(TokenRefused, match="expired"):
+        claim(expired)
+    with pytest.raises(TokenRefused, match="unknown"):
+        claim("x" * 43)
+
+
 def test_expired_token_is_refused(db):
     token = issue(db, ttl_s=30, now=utcnow() - dt.timedelta(seconds=31))
     with pytest.raises(TokenRefused, match="expired"):

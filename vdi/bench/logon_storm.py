@@ -22,6 +22,7 @@ goes (py-spy). Never a timed test: a benchmark.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import os
@@ -34,6 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vdi.bench import tree_cpu_s
 
@@ -73,8 +75,10 @@ def client_tls(certificate: Path) -> ssl.SSLContext:
 async def one_logon(
     http, front: str, username: str, password: str, pool: str, tls, through: str = "console"
 ) -> dict[str, float]:
-    """Run the path once in `http` (an aiohttp ClientSession) up to and with the step `through`;
-    step → seconds. StepFailed otherwise."""
+    """Run the path once in `http` (an aiohttp ClientSession, or a LeanBrowser) up to and with the step
+    `through`; step → seconds. StepFailed otherwise."""
+    if isinstance(http, LeanBrowser):
+        return await http.logon(username, password, pool, through)
     import aiohttp
 
     times: dict[str, float] = {}
@@ -114,6 +118,189 @@ async def one_logon(
         raise StepFailed("console", type(exc).__name__) from None
     times["console"] = time.perf_counter() - started
     return times
+
+
+class HttpClosed(Exception):
+    """The server closed a kept connection before answering."""
+
+
+class LeanBrowser:
+    """One virtual user's browser for the storm: its own TLS connection to the front, kept alive across its
+    steps, its own cookies, and a WebSocket of its own for the console, like a browser's.
+
+    HTTP/1.1 on asyncio streams with only what the path needs (cookies by name, Content-Length or chunked
+    bodies, the XSRF header), not aiohttp: the load generator shares the machine's two cores with the
+    servers it measures, and aiohttp's per-request machinery (request and response objects, cookie jar
+    filtering, timers) cost it more CPU per logon than the brokers spend (docs/ha.md). A browser's HTTP
+    stack is native code; what the bench should weigh is the servers."""
+
+    def __init__(
+        self, front: str, tls: ssl.SSLContext, source: str | None = None, timeout_s: float = 60.0
+    ) -> None:
+        parts = urlsplit(front)
+        self.front, self.tls, self.source, self.timeout_s = front, tls, source, timeout_s
+        self.host, self.port, self.netloc = parts.hostname, parts.port or 443, parts.netloc
+        self.cookies: dict[str, str] = {}
+        self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def __aenter__(self) -> LeanBrowser:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream[1].close()
+            self._stream = None
+
+    async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        local = (self.source, 0) if self.source else None
+        return await asyncio.open_connection(host, port, ssl=self.tls, local_addr=local, limit=2**20)
+
+    def _cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+
+    def _take_cookie(self, line: str) -> None:
+        pair, _, attributes = line.partition(";")
+        name, _, value = pair.strip().partition("=")
+        if "max-age=0" in attributes.lower().replace(" ", ""):
+            self.cookies.pop(name, None)  # cleared (Tornado's clear_cookie)
+        else:
+            self.cookies[name] = value.strip('"')
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request on the kept connection (opened again if the server closed it)."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.netloc}"]
+        if self.cookies:
+            lines.append(f"Cookie: {self._cookie_header()}")
+        if method == "POST":
+            lines.append(f"X-XSRFToken: {self.cookies.get('_xsrf', '')}")
+            lines.append("Content-Type: application/json")
+        if payload or method == "POST":
+            lines.append(f"Content-Length: {len(payload)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        async with asyncio.timeout(self.timeout_s):
+            for attempt in (1, 2):
+                reused = self._stream is not None
+                if self._stream is None:
+                    self._stream = await self._connect(self.host, self.port)
+                reader, writer = self._stream
+                writer.write(head + payload)
+                try:
+                    return await self._response(reader)
+                except HttpClosed:
+                    self.close()
+                    # A kept connection the front closed while idle: a browser sends again on a new one.
+                    if not reused or attempt == 2:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _response(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise HttpClosed() from None
+            raise
+        status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        length, chunked, close = None, False, False
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "set-cookie":
+                self._take_cookie(value.strip())
+            elif name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding":
+                chunked = "chunked" in value.lower()
+            elif name == "connection":
+                close = "close" in value.lower()
+        if chunked:
+            parts = []
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                parts.append(await reader.readexactly(size + 2))
+            await reader.readuntil(b"\r\n")
+            data = b"".join(part[:-2] for part in parts)
+        elif length is not None:
+            data = await reader.readexactly(length)
+        else:
+            data, close = await reader.read(), True
+        if close:
+            self.close()
+        return status, data
+
+    async def console_banner(self, url: str) -> bytes:
+        """Open the console's WebSocket (its own connection, as a browser's) and read the first binary
+        message: the desktop's RFB banner."""
+        parts = urlsplit(url)
+        key = base64.b64encode(os.urandom(16)).decode()
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        async with asyncio.timeout(30):
+            reader, writer = await self._connect(parts.hostname, parts.port or 443)
+            try:
+                writer.write(
+                    (
+                        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                        f"Origin: {self.front}\r\n\r\n"
+                    ).encode()
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 101"):
+                    raise StepFailed("console", f"HTTP {head[9:12].decode(errors='replace')}")
+                while True:
+                    first, second = await reader.readexactly(2)
+                    size = second & 0x7F
+                    if size == 126:
+                        size = int.from_bytes(await reader.readexactly(2), "big")
+                    elif size == 127:
+                        size = int.from_bytes(await reader.readexactly(8), "big")
+                    payload = await reader.readexactly(size)
+                    if first & 0x0F == 0x8:
+                        raise StepFailed("console", "closed")
+                    if first & 0x0F == 0x2:
+                        break
+                # A close frame (masked, code 1000), then the connection: the browser leaves the page.
+                writer.write(bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
+                return payload
+            finally:
+                writer.close()
+
+    async def logon(self, username: str, password: str, pool: str, through: str = "console") -> dict:
+        """One_logon's path through this browser; step → seconds."""
+        times: dict[str, float] = {}
+
+        async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
+            started = time.perf_counter()
+            try:
+                status, data = await self.request(method, path, body)
+            except (TimeoutError, OSError, HttpClosed, asyncio.IncompleteReadError, ValueError) as exc:
+                raise StepFailed(name, type(exc).__name__) from None
+            if status != 200:
+                raise StepFailed(name, f"HTTP {status}")
+            times[name] = time.perf_counter() - started
+            return json.loads(data) if data[:1] in (b"{", b"[") else {}
+
+        await step("portal", "GET", "/login")
+        await step("login", "POST", "/api/v1/login", {"username": username, "password": password})
+        await step("desktops", "GET", "/api/v1/desktops")
+        if through == "desktops":
+            return times
+        session = await step("connect", "POST", f"/api/v1/pools/{pool}/connect")
+        grant = await step("token", "POST", f"/api/v1/sessions/{session['session_id']}/console-token")
+        started = time.perf_counter()
+        try:
+            separator = "&" if "?" in grant["gateway_url"] else "?"  # it may carry the request id (?rid=…)
+            banner = await self.console_banner(f"{grant['gateway_url']}{separator}token={grant['token']}")
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise StepFailed("console", type(exc).__name__) from None
+        if not banner.startswith(b"RFB 003."):
+            raise StepFailed("console", "no RFB banner")
+        times["console"] = time.perf_counter() - started
+        return times
 
 
 def source_address(index: int, sources: int) -> str | None:
@@ -161,11 +348,11 @@ async def storm(
     t0 = results.t0 = time.perf_counter()
 
     async def run(index: int) -> None:
-        async with in_flight, new_client(source=source_address(index, sources)) as http:
+        async with in_flight, LeanBrowser(front, tls, source_address(index, sources)) as browser:
             started = time.perf_counter()
             try:
                 user = users[index % len(users)]
-                times = await one_logon(http, front, user, password, pool, tls, through)
+                times = await browser.logon(user, password, pool, through)
             except StepFailed as exc:
                 results.failures[f"{exc.step}: {exc.reason}"] += 1
                 results.timeline.append((started - t0, False))

@@ -17,6 +17,8 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from broker import errors
@@ -98,14 +100,20 @@ def record_login(
     """`until`: the session ends then at the latest (a center terminal's seat ends)."""
     now = utcnow()
     expires_at = now + dt.timedelta(seconds=lifetime_s)
-    user = db.get(User, identity.username) or User(username=identity.username)
-    user.display_name = identity.display_name
-    user.groups = list(identity.groups)
-    user.last_login_at = now
-    db.add(user)
-    # The models declare no relationships, so the unit of work does not order the inserts by
-    # foreign key: the user row must exist before its portal session.
-    db.flush()
+    # The user row, made or refreshed in one statement (INSERT … ON CONFLICT DO UPDATE) rather than read,
+    # changed and flushed through the ORM: every login pays this. It is written before the portal session,
+    # whose foreign key needs it (the models declare no relationships to order the unit of work by).
+    insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
+    values = {
+        "display_name": identity.display_name,
+        "groups": list(identity.groups),
+        "last_login_at": now,
+    }
+    db.execute(
+        insert(User)
+        .values(username=identity.username, **values)
+        .on_conflict_do_update(index_elements=[User.username], set_=values)
+    )
     db.add(
         PortalSession(
             id_hash=id_hash,

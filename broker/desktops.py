@@ -281,6 +281,16 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
     return spare
 
 
+def current_or_spare(db: Session, pool: PoolSettings, username: str) -> tuple[Desktop | None, bool]:
+    """Connect's first read, one transaction: the user's current desktop in the pool (False), else a spare
+    just assigned to them (True), else (None, False)."""
+    current = find_current_desktop(db, pool.name, username)
+    if current is not None:
+        return current, False
+    spare = take_spare(db, pool, username)
+    return spare, spare is not None
+
+
 def load_candidates(db: Session, host_names: list[str]) -> list[HostCandidate]:
     return load_host_candidates(db, host_names)
 
@@ -714,9 +724,14 @@ class DesktopService:
     async def _connect(
         self, user: PortalUser, pool: PoolSettings, client_ip: str, device_sha256: str | None
     ) -> SessionView:
-        desktop = await self._reusable_desktop(user, pool)
-        if desktop is None:
-            desktop = await self._spare_desktop(user, pool)
+        # Most connects of a morning find no desktop of the user's and take a spare: both in one transaction.
+        found, spare = await self.db.run(partial(current_or_spare, pool=pool, username=user.username))
+        if spare:
+            desktop = await self._check_spare(user, pool, found)
+        else:
+            desktop = await self._reusable_desktop(user, pool, found) if found is not None else None
+            if desktop is None and found is not None:
+                desktop = await self._spare_desktop(user, pool)
         if desktop is None:
             desktop = await self._start_desktop(user, pool, client_ip)
         session, desktop, created = await self._open_session(user, pool, desktop, client_ip, device_sha256)
@@ -765,11 +780,10 @@ class DesktopService:
             self.pool_changed()  # our desktop went back to the pool as a spare
         return joined[0], joined[1], False
 
-    async def _reusable_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
+    async def _reusable_desktop(
+        self, user: PortalUser, pool: PoolSettings, desktop: Desktop
+    ) -> Desktop | None:
         """The user's desktop in the pool if it is really running; anything else is cleaned up."""
-        desktop = await self.db.run(partial(find_current_desktop, pool=pool.name, username=user.username))
-        if desktop is None:
-            return None
         if desktop.state == "provisioning":
             if (utcnow() - desktop.created_at).total_seconds() < STALE_PROVISIONING_S:
                 raise errors.DesktopStarting()
@@ -869,8 +883,10 @@ class DesktopService:
     async def _spare_desktop(self, user: PortalUser, pool: PoolSettings) -> Desktop | None:
         """Fast path: take a prewarmed spare of the pool, if its host confirms it is running."""
         desktop = await self.db.run(partial(take_spare, pool=pool, username=user.username))
-        if desktop is None:
-            return None
+        return None if desktop is None else await self._check_spare(user, pool, desktop)
+
+    async def _check_spare(self, user: PortalUser, pool: PoolSettings, desktop: Desktop) -> Desktop | None:
+        """A spare just assigned to the user, if its host confirms it is running; else it is replaced."""
         self.pool_changed()
         actual = await self.desktop_state(desktop)
         if actual == "running":

@@ -87,6 +87,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         level = logging.DEBUG if request.path.startswith(QUIET_PATHS) else logging.INFO
     else:
         level = logging.WARNING if status < 500 else logging.ERROR
+    if not access_log.isEnabledFor(level):
+        return
     access_log.log(
         level,
         "%d %s %s (%s) %.2fms",
@@ -155,12 +157,14 @@ class BaseHandler(tornado.web.RequestHandler):
     @property
     def client_scheme(self) -> str:
         """ "https" or "http" as the browser sees the portal (X-Forwarded-Proto from trusted proxies only)."""
-        return client_scheme(
-            self.peer_ip,
-            self.request.protocol,
-            self.request.headers.get(PROTO_HEADER),
-            self.config.broker.trusted_proxies,
-        )
+        if not hasattr(self, "_client_scheme"):  # asked for by every header and cookie set
+            self._client_scheme = client_scheme(
+                self.peer_ip,
+                self.request.protocol,
+                self.request.headers.get(PROTO_HEADER),
+                self.config.broker.trusted_proxies,
+            )
+        return self._client_scheme
 
     @property
     def client_ip(self) -> str:

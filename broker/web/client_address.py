@@ -9,6 +9,7 @@ client sent and prove nothing). Tornado's own `xheaders` option believes the hea
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -26,6 +27,10 @@ MAX_HEADER_CHARS = 4096
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# Every request parses its TCP peer (the proxy, one address) and its X-Forwarded-For entries, two or three
+# times over (client address, scheme, request id): ipaddress parsing showed in the brokers' profile under
+# a logon storm. Addresses are immutable, so parsed ones are kept, a bounded number.
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> Address | None:
     try:
         return ipaddress.ip_address(text.strip())

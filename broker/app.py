@@ -34,7 +34,7 @@ from broker.pool_catalog import PoolCatalog, take_pools_from_database
 from broker.pool_images import PoolSettingsError, check_pool_images
 from broker.pools import PoolManager
 from broker.power_manager import PowerManager
-from broker.reservations import Reservations
+from broker.reservations import Reservations, at_center
 from broker.rollout import RolloutManager
 from broker.seat_ends import SeatEnds
 from broker.settings_file import ConfigError
@@ -105,6 +105,7 @@ class BrokerApp:
             totp=config.totp,
             totp_key=(config.totp.secret_key or config.broker.cookie_secret).get_secret_value(),
             seat_gate=self.reservations.gate,
+            at_center=at_center,
         )
         self.pool_manager = PoolManager(config, db, self.desktops)  # docs/pools.md
         self.session_lifecycle = SessionLifecycle(config, db, self.desktops)

@@ -136,6 +136,17 @@ def _record_login_and_reset(
     record_login(db, **login)
 
 
+def _record_unless_at_center(
+    db: Session, at_center: Callable[[Session], bool], record: Callable[..., None]
+) -> bool:
+    """Record the login (`record`) unless its client is at a center, whose seat gate must decide first
+    (PortalAuth._open_session); True when recorded."""
+    if at_center(db):
+        return False
+    record(db)
+    return True
+
+
 def audit_login(
     actor: str, result: str, client_ip: str, method: str, reason: str, extra: dict | None = None
 ) -> AuditEvent:
@@ -197,11 +208,15 @@ class PortalAuth:
         totp: TotpSettings | None = None,
         totp_key: str = "",
         seat_gate: Callable[[str, str, bytes | None], Awaitable[dt.datetime | None]] | None = None,
+        at_center: Callable[[Session, str, bytes | None], bool] | None = None,
     ) -> None:
         self.db = db
         # At a center terminal a login needs a seat (broker/reservations.py): it refuses, audited, without;
         # with one, it answers when the seat ends, and the portal session ends then too.
         self.seat_gate = seat_gate
+        # Whether a client (address, device certificate) is at a center, asked in a transaction: away from
+        # centers the gate has nothing to say, so the login's own transaction asks and records it at once.
+        self.at_center = at_center
         self.methods = dict(methods)
         self.session_lifetime_s = session_lifetime_s
         self.lockout = lockout or LockoutSettings()
@@ -434,31 +449,37 @@ class PortalAuth:
         """`reserved`: the lockout places this login's secret took (a right secret is no guess): the
         address's is given back in the session's transaction, both if the login stops before it."""
         user_key = normalize_username(identity.username)
-        seat_ends = None
+        session_id = new_session_id()
+        # The session and its audit say how the user got in; the login counter counts by method only.
+        session_method = f"{method}+totp" if second_factor else method
+        record = partial(
+            _record_login_and_reset,
+            identity=identity,
+            id_hash=hash_session_id(session_id),
+            method=session_method,
+            client_ip=client_ip,
+            lifetime_s=self.session_lifetime_s,
+            audit_detail=audit_detail or None,
+            user_key=user_key,
+            reserved=reserved,
+        )
         try:
-            if self.seat_gate is not None:
-                try:
-                    seat_ends = await self.seat_gate(identity.username, client_ip, device)
-                except errors.LoginRefused:
-                    LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
-                    raise
-            session_id = new_session_id()
-            # The session and its audit say how the user got in; the login counter counts by method only.
-            session_method = f"{method}+totp" if second_factor else method
-            await self.db.run(
-                partial(
-                    _record_login_and_reset,
-                    identity=identity,
-                    id_hash=hash_session_id(session_id),
-                    method=session_method,
-                    client_ip=client_ip,
-                    lifetime_s=self.session_lifetime_s,
-                    audit_detail=audit_detail or None,
-                    user_key=user_key,
-                    reserved=reserved,
-                    until=seat_ends,
+            recorded = False
+            if self.seat_gate is not None and self.at_center is not None:
+                # Most logins come from away from any center: one transaction finds that and records them.
+                at_center = partial(self.at_center, client_ip=client_ip, device=device)
+                recorded = await self.db.run(
+                    partial(_record_unless_at_center, at_center=at_center, record=record)
                 )
-            )
+            if not recorded:
+                seat_ends = None
+                if self.seat_gate is not None:
+                    try:
+                        seat_ends = await self.seat_gate(identity.username, client_ip, device)
+                    except errors.LoginRefused:
+                        LOGINS.labels(method=method, result=LoginResult.FAILURE.value).inc()
+                        raise
+                await self.db.run(partial(record, until=seat_ends))
         except BaseException:
             if reserved is not None:
                 await self._release_attempt(reserved)

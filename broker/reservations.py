@@ -464,6 +464,12 @@ def occupancy(db: Session, name: str, day: dt.date) -> Occupancy:
 # -- the service (on the event loop) ----------------------------------------------------------------
 
 
+def at_center(db: Session, client_ip: str, device: bytes | None = None) -> bool:
+    """Whether a login from `client_ip` (with the TLS client certificate `device`, DER) is at a center,
+    where Reservations.gate decides; away from centers the gate admits without a word."""
+    return arrival_at(db, client_ip, None if device is None else fingerprint(device)) is not None
+
+
 class Reservations:
     """Books and cancels seats, and admits logins at center terminals (PortalAuth's seat gate).
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import email.utils
 import json
 import os
 import shutil
@@ -120,6 +121,13 @@ async def one_logon(
     return times
 
 
+def _in_the_past(http_date: str) -> bool:
+    try:
+        return email.utils.parsedate_to_datetime(http_date.strip()).timestamp() < time.time()
+    except (TypeError, ValueError):
+        return False
+
+
 class HttpClosed(Exception):
     """The server closed a kept connection before answering."""
 
@@ -135,11 +143,13 @@ class LeanBrowser:
     stack is native code; what the bench should weigh is the servers."""
 
     def __init__(
-        self, front: str, tls: ssl.SSLContext, source: str | None = None, timeout_s: float = 60.0
+        self, front: str, tls: ssl.SSLContext | None, source: str | None = None, timeout_s: float = 60.0
     ) -> None:
+        """`tls`: the context for an https:// front (None: plain http://, as a test's server speaks)."""
         parts = urlsplit(front)
         self.front, self.tls, self.source, self.timeout_s = front, tls, source, timeout_s
-        self.host, self.port, self.netloc = parts.hostname, parts.port or 443, parts.netloc
+        self.default_port = 443 if tls is not None else 80
+        self.host, self.port, self.netloc = parts.hostname, parts.port or self.default_port, parts.netloc
         self.cookies: dict[str, str] = {}
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
@@ -162,12 +172,17 @@ class LeanBrowser:
         return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
 
     def _take_cookie(self, line: str) -> None:
-        pair, _, attributes = line.partition(";")
+        pair, *attributes = line.split(";")
         name, _, value = pair.strip().partition("=")
-        if "max-age=0" in attributes.lower().replace(" ", ""):
-            self.cookies.pop(name, None)  # cleared (Tornado's clear_cookie)
-        else:
-            self.cookies[name] = value.strip('"')
+        for attribute in attributes:
+            key, _, setting = attribute.strip().partition("=")
+            key = key.lower()
+            if (key == "max-age" and setting.strip().lstrip("-").isdigit() and int(setting) <= 0) or (
+                key == "expires" and _in_the_past(setting)
+            ):
+                self.cookies.pop(name, None)  # cleared (Tornado's clear_cookie: an expiry in the past)
+                return
+        self.cookies[name] = value.strip('"')
 
     async def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         """(status, body) of one request on the kept connection (opened again if the server closed it)."""
@@ -239,7 +254,7 @@ class LeanBrowser:
         key = base64.b64encode(os.urandom(16)).decode()
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         async with asyncio.timeout(30):
-            reader, writer = await self._connect(parts.hostname, parts.port or 443)
+            reader, writer = await self._connect(parts.hostname, parts.port or self.default_port)
             try:
                 writer.write(
                     (
@@ -472,8 +487,23 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
+# The group that is the bench's own process: its threads only. The servers the bench starts (brokers,
+# gateways, slapd) are its child processes, so its process tree would count them a second time.
+OWN_PROCESS = "rfb_stub_and_client"
+
+
+def own_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of the process itself, without any child."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds so far of each named group of process trees (brokers, gateways, postgres …)."""
+    """CPU seconds so far of each named group of process trees (brokers, gateways, postgres …); of the
+    bench's own process (OWN_PROCESS) without its children."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -481,7 +511,10 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
         except OSError:
             continue
         children[int(fields[1])].append(int(stat.parent.name))
-    return {name: sum(tree_cpu_s(pid, children) for pid in group) for name, group in pids.items()}
+    return {
+        name: sum(own_cpu_s(pid) if name == OWN_PROCESS else tree_cpu_s(pid, children) for pid in group)
+        for name, group in pids.items()
+    }
 
 
 def cpu_per_logon(before: dict[str, float], after: dict[str, float], logons: int) -> dict[str, float]:
@@ -489,7 +522,7 @@ def cpu_per_logon(before: dict[str, float], after: dict[str, float], logons: int
     logons/s on a shared machine."""
     spent = {name: after[name] - before[name] for name in before}
     # The bench's own process (clients, RFB stub, py-spy) is the load, not the product.
-    spent["all_servers"] = sum(v for name, v in spent.items() if name != "rfb_stub_and_client")
+    spent["all_servers"] = sum(v for name, v in spent.items() if name != OWN_PROCESS)
     return {name: round(1000 * seconds / max(logons, 1), 2) for name, seconds in spent.items()}
 
 
@@ -581,7 +614,7 @@ def main(args) -> int:
             "postgres": [_pid_in(postgres.data_dir / "postmaster.pid")],
             "slapd": [_pid_in(slapd.pid_file)],
             "haproxy": [_pid_in(lab.haproxy.pid_file)],
-            "rfb_stub_and_client": [os.getpid()],
+            OWN_PROCESS: [os.getpid()],
         }
         processes = {name: [pid for pid in pids if pid] for name, pids in processes.items()}
         cpu_before = cpu_seconds(processes)

@@ -14,7 +14,10 @@ open-loop at `--rate` per second for `--duration` seconds; logon k is user k mod
   token    POST /api/v1/sessions/<id>/console-token
   console  WebSocket wss://…/ws?token=… to the RFB banner (through a gateway, which logs in to the desktop)
 
-Each virtual user has its own connections (a browser's), kept alive across its steps. The JSON gives
+Each virtual user has its own connections (a browser's: one kept alive across its steps, one for the
+WebSocket), on a lean HTTP/1.1 client (LeanBrowser) rather than aiohttp. `cpu_ms_per_logon` counts the
+bench's own process (`rfb_stub_and_client`) without its children: the brokers, gateways and slapd it
+starts are counted in their own groups. The JSON gives
 logons/s achieved, p50/p99 per step, failures by reason and, with `--profile-s`, where one broker's CPU
 goes (py-spy). Never a timed test: a benchmark.
 """

@@ -2,9 +2,15 @@
 
 Time is cut into slots of SLOT_MINUTES. A reservation holds one seat of one zone for a range of whole
 slots, and owns one `seat_slots` row per slot. That table's primary key (center, zone, seat, slot) is the
-guarantee against double booking: of two bookings racing for the same seat, only one commits, whatever
-the database (SQLite serialises writers; PostgreSQL makes the second insert wait, then fail on the unique
-key). The loser picks another free seat and tries again, a few times, then gets 409.
+guarantee against double booking: of two bookings writing the same seat, only one commits, whatever the
+database.
+
+A center's bookings are taken one at a time (`lock_center`): a booking locks its center's row before it
+reads the free seats, so when many arrive at once (9 o'clock at a center, on one broker or several) each
+sees the seats the ones before it took, and takes the lowest seat still free; none chooses a seat another
+is taking. Only a writer that skips the lock (a broker of an older version during an upgrade) can still
+take the chosen seat first: then the primary key refuses the second, which reads again and takes another
+(`ATTEMPTS`), counted as `race_lost`.
 
 At a center terminal (the client address is on one of the center's terminal networks) a login needs a
 seat: the user's booking for now, or under the `walk_in` policy a free seat given on the spot for
@@ -20,14 +26,14 @@ from functools import partial
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.centers import Arrival, CenterView, UnknownCenter, arrival_at, load_center
 from broker.db import Database
-from broker.db.models import AuditEvent, SeatReservation, SeatSlot, utcnow
+from broker.db.models import AuditEvent, Center, SeatReservation, SeatSlot, utcnow
 from broker.terminals import DeviceCertificates, TerminalView, fingerprint, identify
 from monitoring.metrics import (
     CENTER_LOGINS_REFUSED,
@@ -43,7 +49,7 @@ SLOT = dt.timedelta(minutes=SLOT_MINUTES)
 MAX_BOOKING = dt.timedelta(hours=24)
 BOOKING_HORIZON = dt.timedelta(days=60)  # how far ahead a seat can be booked
 NEXT_FREE_SEARCH = dt.timedelta(days=14)  # how far ahead a refusal looks for the next free time
-ATTEMPTS = 5  # a booking that lost its seat to a concurrent one tries another this often
+ATTEMPTS = 5  # a booking that lost its seat to a writer outside the center lock tries another this often
 
 
 # -- errors --------------------------------------------------------------------------------------
@@ -102,7 +108,8 @@ class TerminalCertificateRefused(UnregisteredTerminal):
 
 
 class SeatRaceLost(Exception):
-    """The chosen seat was booked by a concurrent transaction; choose again."""
+    """The chosen seat was booked by a concurrent transaction that did not hold the center lock; choose
+    again."""
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -264,12 +271,39 @@ class Booking:
     kind: str = "booking"  # booking | walk_in
 
 
-def take_seat(db: Session, booking: Booking) -> ReservationView | None:
-    """Book the lowest free seat for the whole range; None when every seat is taken.
+def lock_center(db: Session, name: str) -> Center:
+    """The center's row, locked until the transaction ends: its bookings are taken one at a time.
 
-    Raises SeatRaceLost when a concurrent booking took the chosen seat between reading and writing.
+    The first statement of a booking's transaction, before anything is read. PostgreSQL: SELECT … FOR NO
+    KEY UPDATE, so a second booking at the same center waits here until the first commits, then (READ
+    COMMITTED: each statement sees what is committed when it starts) reads the seats the first took.
+    Bookings at other centers do not wait; FOR NO KEY UPDATE leaves the key share that rows referring to
+    the center take alone. SQLite: pysqlite begins the transaction at the first write, and reads before it
+    hold no lock, so two bookings could both read the same free seats and both write; an UPDATE as the
+    first statement takes the database's one write lock at once (waiting `busy_timeout` for another writer)
+    and the reads after it see every earlier commit. UnknownCenter without such a center.
     """
-    center = load_center(db, booking.center)
+    if db.get_bind().dialect.name == "sqlite":
+        db.execute(
+            update(Center)
+            .where(Center.name == name)
+            .values(name_en=Center.name_en)
+            .execution_options(synchronize_session=False)
+        )
+    query = select(Center).where(Center.name == name).with_for_update(key_share=True)
+    row = db.scalars(query, execution_options={"populate_existing": True}).first()
+    if row is None:
+        load_center(db, name)  # raises UnknownCenter
+    return row
+
+
+def take_seat(db: Session, booking: Booking, center: Center) -> ReservationView | None:
+    """Book the lowest free seat of `center` (locked by the caller: lock_center) for the whole range; None
+    when every seat is taken.
+
+    Raises SeatRaceLost when a writer that does not take the center lock took the chosen seat between
+    reading and writing.
+    """
     wanted = slots(booking.starts_at, booking.ends_at)
     taken = _taken_seats(db, booking.center, booking.zone, wanted)
     free = [seat for seat in range(1, int(center.seats.get(booking.zone, 0)) + 1) if seat not in taken]
@@ -298,14 +332,16 @@ def take_seat(db: Session, booking: Booking) -> ReservationView | None:
 
 
 def book(db: Session, booking: Booking, client_ip: str) -> ReservationView | None:
-    """One attempt: refuse a second booking of the same user at the same time, then take a seat."""
+    """One attempt: lock the center, refuse a second booking of the same user at the same time, then take
+    a seat."""
+    center = lock_center(db, booking.center)
     mine = _overlapping(db, booking.username, booking.starts_at, booking.ends_at)
     if mine is not None:
         raise AlreadyBooked(
             f"You already have seat {seat_label(mine.zone, mine.seat)} at {mine.center} for part of this time.",
             field="starts_at",
         )
-    view = take_seat(db, booking)
+    view = take_seat(db, booking, center)
     if view is not None:
         _audit(
             db,
@@ -615,16 +651,16 @@ class Reservations:
         self, arrival: Arrival, username: str, client_ip: str, now: dt.datetime
     ) -> ReservationView:
         center, zone = arrival.center, arrival.zone
-        upcoming = await self.db.run(partial(next_free, center=center, zone=zone, after=now))
-        local = "" if upcoming is None else upcoming.astimezone(center.tz).strftime("%Y-%m-%d %H:%M")
         hours = center.hours_on(now.astimezone(center.tz).date())
         if hours is None or not hours[0] <= now < hours[1]:
+            local = await self._next_free_local(center, zone, now)
             raise CenterClosed(
                 f"{center.name_en} is closed now; it next has a free seat at {local or 'no time soon'}.",
                 next_free=local,
                 center=center,
             )
         if center.booking_policy == "require_booking":
+            local = await self._next_free_local(center, zone, now)
             raise BookingRequired(
                 f"{center.name_en} needs a seat booked in advance; the next free time is {local or 'not soon'}.",
                 next_free=local,
@@ -632,13 +668,29 @@ class Reservations:
             )
         start = slot_floor(now)
         end = min(start + dt.timedelta(minutes=center.walk_in_minutes), hours[1])
-        view = await self._take(Booking(username, center.name, zone, start, end, "walk_in"), client_ip)
+        try:
+            view = await self._take(Booking(username, center.name, zone, start, end, "walk_in"), client_ip)
+        except AlreadyBooked:
+            # The same user logging in at two terminals at once: the other login's walk-in is the seat.
+            mine = await self.seat_now(center.name, username)
+            if mine is None:
+                raise
+            return mine
         if view is None:
+            # Read after the seats were found taken: the walk-ins that filled the center a moment ago
+            # count, so the time named is when one of their seats comes free.
+            upcoming = await self.db.run(partial(next_free, center=center, zone=zone, after=now))
             later = upcoming if upcoming is not None and upcoming > now else None
-            raise CenterFull(self._full(center, later, None).message, local if later else "", center)
+            local = "" if later is None else later.astimezone(center.tz).strftime("%Y-%m-%d %H:%M")
+            raise CenterFull(self._full(center, later, None).message, local, center)
         SEAT_BOOKINGS.labels(result=SeatBookingResult.WALK_IN.value).inc()
         log.info("walk-in seat: user=%s center=%s seat=%s", username, center.name, view.seat_label)
         return view
+
+    async def _next_free_local(self, center: CenterView, zone: str, now: dt.datetime) -> str:
+        """The next time with a free seat of `zone`, in the center's local time ("" when none soon)."""
+        upcoming = await self.db.run(partial(next_free, center=center, zone=zone, after=now))
+        return "" if upcoming is None else upcoming.astimezone(center.tz).strftime("%Y-%m-%d %H:%M")
 
     async def _refused(
         self, username: str, client_ip: str, center: CenterView, exc: errors.BrokerError

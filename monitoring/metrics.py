@@ -612,7 +612,7 @@ class SeatBookingResult(Enum):
     WALK_IN = "walk_in"  # a free seat given at a login without a booking
     CANCELLED = "cancelled"
     FULL = "full"  # refused: no seat of the zone free for the whole range
-    RACE_LOST = "race_lost"  # the chosen seat was taken by a concurrent booking; tried again
+    RACE_LOST = "race_lost"  # a writer outside the center lock took the chosen seat; tried again
 
 
 class CenterLoginRefusal(Enum):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 from pathlib import Path
+from urllib.parse import SplitResult
 
 
 def tree_cpu_s(pid: int, children: dict[int, list[int]] | None = None) -> float:
@@ -17,3 +20,26 @@ def tree_cpu_s(pid: int, children: dict[int, list[int]] | None = None) -> float:
     ticks = sum(int(value) for value in fields[11:15])
     own = ticks / os.sysconf("SC_CLK_TCK")
     return own + sum(tree_cpu_s(child, children) for child in (children or {}).get(pid, []))
+
+
+def websocket_upgrade(parts: SplitResult, origin: str) -> bytes:
+    """A browser's WebSocket upgrade request (RFC 6455 section 4.1) for the URL `parts`, with a fresh key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    return (
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: {origin}\r\n\r\n"
+    ).encode()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One frame from a server (unmasked): its opcode and payload, the header read first, then exactly the
+    payload (one copy out of the stream's buffer)."""
+    first, second = await reader.readexactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(length) if length else b""

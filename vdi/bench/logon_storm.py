@@ -25,7 +25,6 @@ goes (py-spy). Never a timed test: a benchmark.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import email.utils
 import json
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from vdi.bench import tree_cpu_s
+from vdi.bench import read_frame, tree_cpu_s, websocket_upgrade
 
 STEPS = ("portal", "login", "desktops", "connect", "token", "console")
 PASSWORD = "storm-pass-1!"  # noqa: S105 - the bench's own throwaway accounts in its own slapd
@@ -85,10 +84,7 @@ async def one_logon(
         return await http.logon(username, password, pool, through)
     import aiohttp
 
-    times: dict[str, float] = {}
-
-    async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
-        started = time.perf_counter()
+    async def request(name: str, method: str, path: str, body: dict | None) -> dict:
         headers = {}
         if method == "POST":
             xsrf = next((c.value for c in http.cookie_jar if c.key == "_xsrf"), "")
@@ -100,8 +96,29 @@ async def one_logon(
                     raise StepFailed(name, f"HTTP {reply.status}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise StepFailed(name, type(exc).__name__) from None
-        times[name] = time.perf_counter() - started
         return json.loads(data) if data[:1] in (b"{", b"[") else {}
+
+    async def console(url: str) -> bytes:
+        try:
+            async with http.ws_connect(url, origin=front, ssl=tls, autoping=False) as socket:
+                return await socket.receive_bytes(timeout=30)
+        except (aiohttp.ClientError, TimeoutError, OSError, TypeError) as exc:
+            raise StepFailed("console", type(exc).__name__) from None
+
+    return await walk(request, console, username, password, pool, through)
+
+
+async def walk(request, console, username: str, password: str, pool: str, through: str) -> dict[str, float]:
+    """The path itself, whatever the client: `request(step, method, path, body)` answers a step's JSON (or
+    {}) and raises StepFailed; `console(url)` opens the console's WebSocket and answers its first message.
+    Step → seconds."""
+    times: dict[str, float] = {}
+
+    async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
+        started = time.perf_counter()
+        answer = await request(name, method, path, body)
+        times[name] = time.perf_counter() - started
+        return answer
 
     await step("portal", "GET", "/login")
     await step("login", "POST", "/api/v1/login", {"username": username, "password": password})
@@ -111,15 +128,10 @@ async def one_logon(
     session = await step("connect", "POST", f"/api/v1/pools/{pool}/connect")
     grant = await step("token", "POST", f"/api/v1/sessions/{session['session_id']}/console-token")
     started = time.perf_counter()
-    try:
-        separator = "&" if "?" in grant["gateway_url"] else "?"  # it may carry the request id (?rid=…)
-        url = f"{grant['gateway_url']}{separator}token={grant['token']}"
-        async with http.ws_connect(url, origin=front, ssl=tls, autoping=False) as socket:
-            banner = await socket.receive_bytes(timeout=30)
-            if not banner.startswith(b"RFB 003."):
-                raise StepFailed("console", "no RFB banner")
-    except (aiohttp.ClientError, TimeoutError, OSError, TypeError) as exc:
-        raise StepFailed("console", type(exc).__name__) from None
+    separator = "&" if "?" in grant["gateway_url"] else "?"  # it may carry the request id (?rid=…)
+    banner = await console(f"{grant['gateway_url']}{separator}token={grant['token']}")
+    if not banner.startswith(b"RFB 003."):
+        raise StepFailed("console", "no RFB banner")
     times["console"] = time.perf_counter() - started
     return times
 
@@ -254,32 +266,18 @@ class LeanBrowser:
         """Open the console's WebSocket (its own connection, as a browser's) and read the first binary
         message: the desktop's RFB banner."""
         parts = urlsplit(url)
-        key = base64.b64encode(os.urandom(16)).decode()
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
         async with asyncio.timeout(30):
             reader, writer = await self._connect(parts.hostname, parts.port or self.default_port)
             try:
-                writer.write(
-                    (
-                        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                        f"Origin: {self.front}\r\n\r\n"
-                    ).encode()
-                )
+                writer.write(websocket_upgrade(parts, self.front))
                 head = await reader.readuntil(b"\r\n\r\n")
                 if not head.startswith(b"HTTP/1.1 101"):
                     raise StepFailed("console", f"HTTP {head[9:12].decode(errors='replace')}")
                 while True:
-                    first, second = await reader.readexactly(2)
-                    size = second & 0x7F
-                    if size == 126:
-                        size = int.from_bytes(await reader.readexactly(2), "big")
-                    elif size == 127:
-                        size = int.from_bytes(await reader.readexactly(8), "big")
-                    payload = await reader.readexactly(size)
-                    if first & 0x0F == 0x8:
+                    opcode, payload = await read_frame(reader)
+                    if opcode == 0x8:
                         raise StepFailed("console", "closed")
-                    if first & 0x0F == 0x2:
+                    if opcode == 0x2:
                         break
                 # A close frame (masked, code 1000), then the connection: the browser leaves the page.
                 writer.write(bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))
@@ -289,36 +287,23 @@ class LeanBrowser:
 
     async def logon(self, username: str, password: str, pool: str, through: str = "console") -> dict:
         """One_logon's path through this browser; step → seconds."""
-        times: dict[str, float] = {}
 
-        async def step(name: str, method: str, path: str, body: dict | None = None) -> dict:
-            started = time.perf_counter()
+        async def request(name: str, method: str, path: str, body: dict | None) -> dict:
             try:
                 status, data = await self.request(method, path, body)
             except (TimeoutError, OSError, HttpClosed, asyncio.IncompleteReadError, ValueError) as exc:
                 raise StepFailed(name, type(exc).__name__) from None
             if status != 200:
                 raise StepFailed(name, f"HTTP {status}")
-            times[name] = time.perf_counter() - started
             return json.loads(data) if data[:1] in (b"{", b"[") else {}
 
-        await step("portal", "GET", "/login")
-        await step("login", "POST", "/api/v1/login", {"username": username, "password": password})
-        await step("desktops", "GET", "/api/v1/desktops")
-        if through == "desktops":
-            return times
-        session = await step("connect", "POST", f"/api/v1/pools/{pool}/connect")
-        grant = await step("token", "POST", f"/api/v1/sessions/{session['session_id']}/console-token")
-        started = time.perf_counter()
-        try:
-            separator = "&" if "?" in grant["gateway_url"] else "?"  # it may carry the request id (?rid=…)
-            banner = await self.console_banner(f"{grant['gateway_url']}{separator}token={grant['token']}")
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise StepFailed("console", type(exc).__name__) from None
-        if not banner.startswith(b"RFB 003."):
-            raise StepFailed("console", "no RFB banner")
-        times["console"] = time.perf_counter() - started
-        return times
+        async def console(url: str) -> bytes:
+            try:
+                return await self.console_banner(url)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                raise StepFailed("console", type(exc).__name__) from None
+
+        return await walk(request, console, username, password, pool, through)
 
 
 def source_address(index: int, sources: int) -> str | None:

@@ -25,7 +25,6 @@ relay process's memory per idle tunnel. Failed tunnels are counted with their re
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import multiprocessing
@@ -56,7 +55,7 @@ from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox
 from gateway.app import raise_open_files_limit
 from gateway.rfb import vnc_auth_response
-from vdi.bench import tree_cpu_s
+from vdi.bench import read_frame, tree_cpu_s, websocket_upgrade
 from vdi.lab.haproxy import HAPROXY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,15 +219,7 @@ class LeanWsTransport(Transport):
         reader, writer = await asyncio.open_connection(parts.hostname, parts.port, limit=STREAM_LIMIT)
         writer.transport.set_write_buffer_limits(high=4 * MIB)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        key = base64.b64encode(os.urandom(16)).decode()
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        writer.write(
-            (
-                f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                f"Origin: {ORIGIN}\r\n\r\n"
-            ).encode()
-        )
+        writer.write(websocket_upgrade(parts, ORIGIN))
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             writer.close()
@@ -241,14 +232,7 @@ class LeanWsTransport(Transport):
         of the stream's buffer as the raw path's read makes (a close frame raises)."""
         try:
             while True:
-                first, second = await self.reader.readexactly(2)
-                length = second & 0x7F
-                if length == 126:
-                    length = struct.unpack(">H", await self.reader.readexactly(2))[0]
-                elif length == 127:
-                    length = struct.unpack(">Q", await self.reader.readexactly(8))[0]
-                payload = await self.reader.readexactly(length) if length else b""
-                opcode = first & 0x0F
+                opcode, payload = await read_frame(self.reader)
                 if opcode == 0x8:
                     code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
                     reason = payload[2:].decode(errors="replace")

@@ -260,7 +260,8 @@ class Arrival:
 # -- database work (in Database.run's worker thread) -----------------------------------------------
 
 
-def _audit(db: Session, actor: str, action: str, target: str, client_ip: str, **detail: Any) -> None:
+def audit_change(db: Session, actor: str, action: str, target: str, client_ip: str, **detail: Any) -> None:
+    """The audit line of a successful change to a center or its terminals (the actor cut to the column's 128)."""
     db.add(
         AuditEvent(
             actor=actor[:128],
@@ -316,7 +317,7 @@ def insert_center(db: Session, new: NewCenter, actor: str, client_ip: str) -> Ce
     _check_networks_free(db, new.name, values["networks"])
     row = Center(**values)
     db.add(row)
-    _audit(db, actor, "center.add", new.name, client_ip, **_audit_fields(values))
+    audit_change(db, actor, "center.add", new.name, client_ip, **_audit_fields(values))
     return CenterView.of(row)
 
 
@@ -327,7 +328,7 @@ def change_center(db: Session, name: str, change: CenterChange, actor: str, clie
         _check_networks_free(db, name, values["networks"])
     for key, value in values.items():
         setattr(row, key, value)
-    _audit(db, actor, "center.change", name, client_ip, **_audit_fields(values))
+    audit_change(db, actor, "center.change", name, client_ip, **_audit_fields(values))
     return CenterView.of(row)
 
 
@@ -356,7 +357,7 @@ def delete_center(db: Session, name: str, actor: str, client_ip: str, now: dt.da
         db.execute(model.__table__.delete().where(model.center == name))
     db.execute(SeatReservation.__table__.delete().where(SeatReservation.center == name))
     db.delete(row)
-    _audit(db, actor, "center.remove", name, client_ip)
+    audit_change(db, actor, "center.remove", name, client_ip)
 
 
 def arrival_at(db: Session, address: str, device_sha256: str | None = None) -> Arrival | None:

@@ -15,11 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.background import PeriodicTask
-from broker.config import BrokerConfig, PoolSettings
-from broker.db import Database
+from broker.config import PoolSettings
 from broker.db.models import Desktop, DesktopSession, utcnow
-from broker.desktops import DesktopService
+from broker.pool_task import PoolTask
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +52,11 @@ def still_overdue(db: Session, session_id: str, pool: PoolSettings, now: dt.date
     return overdue_action(pool, session, now)
 
 
-class SessionLifecycle(PeriodicTask):
+class SessionLifecycle(PoolTask):
     """One asyncio task on the broker's loop that logs off sessions over their pool's limits."""
 
     name = "session-lifecycle"
-
-    def __init__(
-        self,
-        config: BrokerConfig,
-        db: Database,
-        desktops: DesktopService,
-        interval_s: float = PASS_INTERVAL_S,
-    ) -> None:
-        super().__init__(interval_s)
-        self.config = config
-        self.db = db
-        self.desktops = desktops
+    pass_interval_s = PASS_INTERVAL_S
 
     @property
     def wanted(self) -> bool:

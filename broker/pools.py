@@ -25,13 +25,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.background import PeriodicTask
-from broker.config import BrokerConfig, PoolSettings
-from broker.db import Database
+from broker.config import PoolSettings
 from broker.db.models import Desktop, DesktopSession, Pool, utcnow
-from broker.desktops import DesktopService, spare_conditions
+from broker.desktops import spare_conditions
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import PoolSizeGuard
+from broker.pool_task import PoolTask
 from broker.rollout import remove_spare, retire_outdated_spares
 from hypervisor.base import Readiness
 from monitoring.metrics import (
@@ -131,25 +130,17 @@ def mark_ready(db: Session, desktop_id: int) -> bool:
     )
 
 
-class PoolManager(PeriodicTask):
+class PoolManager(PoolTask):
     """One asyncio task on the broker's loop; `kick()` runs the next pass now instead of on the timer."""
 
     name = "pool-manager"
+    pass_interval_s = PASS_INTERVAL_S
 
-    def __init__(
-        self,
-        config: BrokerConfig,
-        db: Database,
-        desktops: DesktopService,
-        interval_s: float = PASS_INTERVAL_S,
-    ) -> None:
-        super().__init__(interval_s)
-        self.config = config
-        self.db = db
-        self.desktops = desktops
-        self.size_guard = PoolSizeGuard(config.pools)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.size_guard = PoolSizeGuard(self.config.pools)
         self._watching: dict[int, asyncio.Task] = {}
-        for pool in config.pools:
+        for pool in self.config.pools:
             publish(pool.name, PoolCounts(0, 0, 0))
 
     @property

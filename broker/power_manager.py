@@ -4,32 +4,22 @@ from __future__ import annotations
 
 from functools import partial
 
-from broker.background import PeriodicTask
-from broker.config import BrokerConfig, PoolSettings
-from broker.db import Database
+from broker.config import PoolSettings
 from broker.db.models import utcnow
-from broker.desktops import DesktopService
+from broker.pool_task import PoolTask
 from broker.power import PASS_INTERVAL_S, POWER_OFF, power_counts, publish_power, unused_desktops
 from monitoring.metrics import PowerState
 
 
-class PowerManager(PeriodicTask):
+class PowerManager(PoolTask):
     """Applies each dedicated pool's power policy to desktops nobody is logged on to."""
 
     name = "power-manager"
+    pass_interval_s = PASS_INTERVAL_S
 
-    def __init__(
-        self,
-        config: BrokerConfig,
-        db: Database,
-        desktops: DesktopService,
-        interval_s: float = PASS_INTERVAL_S,
-    ) -> None:
-        super().__init__(interval_s)
-        self.config = config
-        self.db = db
-        self.desktops = desktops
-        for pool in config.pools:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for pool in self.config.pools:
             publish_power(pool.name, dict.fromkeys(PowerState, 0))
 
     @property

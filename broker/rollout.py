@@ -43,14 +43,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.background import PeriodicTask
-from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
+from broker.config import SESSION_KINDS, PoolSettings
 from broker.db import Database, move_state
 from broker.db.models import AuditEvent, Desktop, DesktopSession, Host, Rollout, utcnow
 from broker.desktops import DesktopService, DesktopView, canary_owner, domain_prefix
 from broker.image_catalog import Catalog, CatalogError
 from broker.placement.claim import HOLDING_STATES
 from broker.pool_images import BUILT_IN_IMAGES, configured_version, image_ref, promoted_rollout
+from broker.pool_task import PoolTask
 from images.boot import ImageError
 from images.config import ImageSettings
 from monitoring.metrics import (
@@ -427,24 +427,16 @@ def publish_states(pools: list[str], states: dict[str, str]) -> None:
             POOL_ROLLOUT_STATE.labels(pool=pool, state=state.value).set(1 if state.value == current else 0)
 
 
-class RolloutManager(PeriodicTask):
+class RolloutManager(PoolTask):
     """Drives unfinished rollouts on the broker's loop; `kick()` after a request runs a pass at once."""
 
     name = "rollout-manager"
+    pass_interval_s = PASS_INTERVAL_S
 
-    def __init__(
-        self,
-        config: BrokerConfig,
-        db: Database,
-        desktops: DesktopService,
-        interval_s: float = PASS_INTERVAL_S,
-    ) -> None:
-        super().__init__(interval_s)
-        self.config = config
-        self.db = db
-        self.desktops = desktops
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self._creating: dict[int, asyncio.Task] = {}
-        publish_states([pool.name for pool in config.pools], {})
+        publish_states([pool.name for pool in self.config.pools], {})
 
     async def stop(self) -> None:
         for task in list(self._creating.values()):

@@ -19,7 +19,6 @@ import hashlib
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -28,9 +27,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from broker import errors
-from broker.centers import CenterView, load_center, network_holding
+from broker.centers import CenterView, audit_change, load_center, network_holding
 from broker.config import BrokerSettings, TerminalSettings
-from broker.db.models import AuditEvent, Terminal
+from broker.db.models import Terminal
 from monitoring.metrics import RevocationResult
 from sso.base import AuthError
 from sso.config import CertificateSettings
@@ -120,19 +119,6 @@ class TerminalView:
         }
 
 
-def _audit(db: Session, actor: str, action: str, target: str, client_ip: str, **detail: Any) -> None:
-    db.add(
-        AuditEvent(
-            actor=actor[:128],
-            action=action,
-            result="success",
-            target=target,
-            source_ip=client_ip,
-            detail=detail,
-        )
-    )
-
-
 def list_terminals(db: Session, center: str) -> list[TerminalView]:
     load_center(db, center)
     rows = db.scalars(select(Terminal).where(Terminal.center == center).order_by(Terminal.name))
@@ -169,7 +155,7 @@ def add_terminal(db: Session, center: str, new: NewTerminal, actor: str, client_
     )
     db.add(row)
     db.flush()
-    _audit(
+    audit_change(
         db,
         actor,
         "terminal.add",
@@ -186,7 +172,7 @@ def remove_terminal(db: Session, center: str, name: str, actor: str, client_ip: 
     if row is None:
         raise UnknownTerminal(f"Center {center} has no terminal named {name}.", field="name")
     db.delete(row)
-    _audit(db, actor, "terminal.remove", f"{center}/{name}", client_ip)
+    audit_change(db, actor, "terminal.remove", f"{center}/{name}", client_ip)
 
 
 def identify(db: Session, center: str, client_ip: str, device: bytes | None) -> TerminalView | None:

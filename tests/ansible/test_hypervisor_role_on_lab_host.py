@@ -11,7 +11,6 @@ loopback. The account is machine-wide (/etc/passwd is shared): a unique name, re
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from hypervisor.config import SshAddress
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from monitoring.metrics import SshChannelResult
-from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, apply_playbook, assert_gateway_account, lab_host_inventory
 from tests.fixtures.lab_hosts import POOLS_DIR, lab_host_settings
 from tests.fixtures.libvirt import destroy_quietly
 from tests.fixtures.sshd import generate_key
@@ -38,7 +37,6 @@ PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "hypervisor.yml")
 HOST = "hv4"
 HOST_OCTET = 14
 RFB_BANNER = b"RFB 003.008\n"
-KEY_OPTIONS = 'restrict,port-forwarding,permitopen="127.0.0.1:*",command="/bin/false"'
 
 
 @dataclass
@@ -68,27 +66,6 @@ class RoleOnLabHost:
         return self.hosts.run(HOST, argv)
 
 
-def inventory(hosts: LabHosts, path: Path) -> Path:
-    host = {
-        "ansible_connection": "ssh",
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(hosts.client_key),
-        # The lab's client configuration: its known_hosts, strict host key checking, batch mode.
-        "ansible_ssh_common_args": f"-F {hosts.ssh_config}",
-        # No master connection outliving the run.
-        "ansible_ssh_args": "-o ControlMaster=no",
-        # Root logs in; the hosts have no sudo.
-        "ansible_become": False,
-    }
-    tree = {"all": {"children": {"hypervisors": {"hosts": {hosts.address(HOST): host}}}}}
-    path.write_text(json.dumps(tree, indent=2))  # JSON is YAML
-    return path
-
-
-def apply_role(inventory_file: Path, variables: dict[str, str]) -> dict[str, int]:
-    return recap(ansible_playbook("-i", str(inventory_file), PLAYBOOK, "-e", json.dumps(variables)))
-
-
 @pytest.fixture(scope="module")
 def role_on_hv4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabHost]:
     work = tmp_path_factory.mktemp("role-on-hv4")
@@ -109,9 +86,9 @@ def role_on_hv4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabH
             "smartwork_hypervisor_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
         }
         answered_before = hosts.healthy(HOST)
-        inventory_file = inventory(hosts, work / "inventory.yml")
-        first = apply_role(inventory_file, variables)
-        second = apply_role(inventory_file, variables)
+        inventory_file = lab_host_inventory(hosts, HOST, "hypervisors", work / "inventory.yml")
+        first = apply_playbook(inventory_file, PLAYBOOK, variables)
+        second = apply_playbook(inventory_file, PLAYBOOK, variables)
         yield RoleOnLabHost(hosts, pool, user, gateway_key, answered_before, first, second)
     finally:
         hosts.down()  # stops the role's libvirtd and every login with the host
@@ -131,10 +108,7 @@ def test_role_starts_libvirt_makes_the_pool_and_the_gateway_account_and_is_idemp
     assert info.returncode == 0, info.stderr
     assert "State:          running" in info.stdout and "Autostart:      yes" in info.stdout
     assert f"<path>{POOLS_DIR}/{run.pool}</path>" in run.virsh("pool-dumpxml", run.pool).stdout
-    account = run.on_host("getent", "passwd", run.user).stdout.strip().split(":")
-    assert (account[0], account[5], account[6]) == (run.user, f"/home/{run.user}", "/bin/sh")
-    keys = run.on_host("cat", f"/home/{run.user}/.ssh/authorized_keys").stdout
-    assert keys == f"{KEY_OPTIONS} {(run.gateway_key.parent / 'gateway_key.pub').read_text().strip()}\n"
+    assert_gateway_account(run.on_host, run.user, run.gateway_key)
 
 
 def test_gateway_account_gets_no_command(role_on_hv4):

@@ -14,7 +14,6 @@ authorized keys live in the machine's /root.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 from hypervisor.config import SshAddress
 from hypervisor.session_host import SessionHostProvider
 from hypervisor.ssh_host import ChannelRefused, SshHost
-from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, apply_playbook, assert_gateway_account, lab_host_inventory
 from tests.fixtures.common import wait_until
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 from tests.fixtures.sshd import generate_key
@@ -36,7 +35,6 @@ from vdi.lab.session_hosts import DESKTOP_FILES, ROLE_FILES, XSESSION, LabSessio
 PLAYBOOK = str(ANSIBLE_DIR / "playbooks" / "session_host.yml")
 HOST = "sh4"
 HOST_OCTET = 24
-KEY_OPTIONS = 'restrict,port-forwarding,permitopen="127.0.0.1:*",command="/bin/false"'
 
 
 @dataclass
@@ -49,21 +47,6 @@ class RoleOnLabHost:
 
     def on_host(self, *argv: str) -> subprocess.CompletedProcess:
         return self.hosts.run(HOST, argv)
-
-
-def inventory(hosts: LabSessionHosts, path: Path) -> Path:
-    host = {
-        "ansible_connection": "ssh",
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(hosts.client_key),
-        # The lab's client configuration: its known_hosts, strict host key checking, batch mode.
-        "ansible_ssh_common_args": f"-F {hosts.ssh_config}",
-        "ansible_ssh_args": "-o ControlMaster=no",
-        "ansible_become": False,
-    }
-    tree = {"all": {"children": {"session_hosts": {"hosts": {hosts.address(HOST): host}}}}}
-    path.write_text(json.dumps(tree, indent=2))  # JSON is YAML
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +66,8 @@ def role_on_sh4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabH
             "smartwork_session_host_gateway_home": f"/home/{user}",
             "smartwork_session_host_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
         }
-        inventory_file = inventory(hosts, work / "inventory.yml")
-        runs = [
-            recap(ansible_playbook("-i", str(inventory_file), PLAYBOOK, "-e", json.dumps(variables)))
-            for _ in range(2)
-        ]
+        inventory_file = lab_host_inventory(hosts, HOST, "session_hosts", work / "inventory.yml")
+        runs = [apply_playbook(inventory_file, PLAYBOOK, variables) for _ in range(2)]
         yield RoleOnLabHost(hosts, user, gateway_key, *runs)
     finally:
         hosts.down()  # every process and login of sh4 ends; its /etc, /home and accounts go with it
@@ -101,10 +81,7 @@ def test_role_makes_the_state_directory_and_the_gateway_account_and_is_idempoten
         "root",
         "711",
     ]
-    account = run.on_host("getent", "passwd", run.user).stdout.strip().split(":")
-    assert (account[0], account[5], account[6]) == (run.user, f"/home/{run.user}", "/bin/sh")
-    keys = run.on_host("cat", f"/home/{run.user}/.ssh/authorized_keys").stdout
-    assert keys == f"{KEY_OPTIONS} {(run.gateway_key.parent / 'gateway_key.pub').read_text().strip()}\n"
+    assert_gateway_account(run.on_host, run.user, run.gateway_key)
     # The account exists on sh4 only.
     assert subprocess.run(["getent", "passwd", run.user], capture_output=True, check=False).returncode != 0
 

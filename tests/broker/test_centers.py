@@ -2,21 +2,18 @@
 and which center a client address is at (X-Forwarded-For believed from the trusted proxy only)."""
 
 import pytest
-from sqlalchemy import select
 
-from broker.db import Database
 from broker.db.models import AuditEvent, Center
 from tests.fixtures.broker import BrokerClient
-from tests.fixtures.centers import AWAY_ADDRESS, CENTER, CENTER_ADDRESS, INTERNET_ADDRESS, add_center, at
-
-
-def rows(config, model, *where):
-    database = Database(config.database)
-    try:
-        with database.transaction() as session:
-            return session.scalars(select(model).where(*where)).all()
-    finally:
-        database.close()
+from tests.fixtures.centers import (
+    AWAY_ADDRESS,
+    CENTER,
+    CENTER_ADDRESS,
+    INTERNET_ADDRESS,
+    add_center,
+    at,
+    stored,
+)
 
 
 def test_add_list_change_and_remove_a_center_audited(center_admin, centers_config):
@@ -33,7 +30,7 @@ def test_add_list_change_and_remove_a_center_audited(center_admin, centers_confi
     assert changed.status == 200 and changed.json()["seats"] == {"business": 20, "internet": 4}
     assert center_admin.request("DELETE", "/api/v1/admin/centers/seoul-station").status == 204
     assert center_admin.get("/api/v1/admin/centers/seoul-station").status == 404
-    events = rows(centers_config, AuditEvent, AuditEvent.action.like("center.%"))
+    events = stored(centers_config, AuditEvent, AuditEvent.action.like("center.%"))
     assert [(e.action, e.actor, e.target) for e in events] == [
         ("center.add", "kimmj", "seoul-station"),
         ("center.change", "kimmj", "seoul-station"),
@@ -73,7 +70,7 @@ def test_bad_input_names_the_field_and_stores_nothing(center_admin, centers_conf
     response = center_admin.post("/api/v1/admin/centers", json={**CENTER, **change})
     assert response.status == 400, response.text
     assert response.json()["error"]["field"] == field
-    assert rows(centers_config, Center) == []
+    assert stored(centers_config, Center) == []
 
 
 def test_a_network_belongs_to_one_center(center_admin, centers_config):

@@ -71,10 +71,10 @@ class SessionScopedDriver(LibvirtProvider):
         return [name for name in super().list_desktops() if name.startswith(self.prefix)]
 
 
-@pytest.fixture
-def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
-    """Two hosts on the real libvirtd (one behind the relay), the broker, and cleanup of every domain."""
-    config = two_host_config(tmp_path, libvirt_host, relay)
+def start_lab(
+    config, demo_image: DemoImage, broker_server
+) -> tuple[dict[str, LibvirtProvider], str, Database]:
+    """The broker on `config`'s hosts (the real libvirtd) booting the demo image: its drivers, URL and database."""
     upgrade(config.database.url)
     drivers = {host.name: LibvirtProvider(host) for host in config.hosts}
     url = broker_server(
@@ -83,7 +83,14 @@ def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
         providers=drivers,
         image_resolver=lambda pool: BootImage.of(demo_image),
     )
-    db = Database(config.database)
+    return drivers, url, Database(config.database)
+
+
+@pytest.fixture
+def lab(tmp_path, libvirt_host, relay, demo_image: DemoImage, broker_server):
+    """Two hosts on the real libvirtd (one behind the relay), the broker, and cleanup of every domain."""
+    config = two_host_config(tmp_path, libvirt_host, relay)
+    drivers, url, db = start_lab(config, demo_image, broker_server)
     yield config, drivers, url, db
     cleaner = LibvirtProvider(libvirt_host)
     with db.transaction() as session:
@@ -135,17 +142,9 @@ def qemu_pid(domain: str) -> int:
     return int(Path(f"/run/libvirt/qemu/{domain}.pid").read_text().strip())
 
 
-def test_a_crashed_desktop_is_lost_at_once_from_the_hosts_lifecycle_event(lab):
-    """A guest whose QEMU dies is noticed from libvirt's lifecycle event, not by waiting for polls."""
-    config, drivers, url, db = lab
-    set_admin_state(db, "flaky", "disabled")
-    client = BrokerClient(url)
-    client.login("kimmj")
-    first = client.post("/api/v1/pools/mois-office/connect").json()
-    domain = first["desktop"]["name"]
-    assert desktop_by_domain(db, domain).host_name == "healthy"
-
-    # Polls far apart: only the event can mark the desktop lost within the wait below.
+def crash_on_healthy(config, drivers, db: Database, domain: str, state: str, what: str) -> None:
+    """Kill the QEMU of `domain` (on host healthy) under a monitor whose polls are a minute apart, so that only
+    libvirt's lifecycle event can act in time, and wait until the desktop is in `state`."""
     slow = config.model_copy(
         update={"monitor": config.monitor.model_copy(update={"poll_interval_s": 60.0, "down_after_s": 60.0})}
     )
@@ -156,11 +155,22 @@ def test_a_crashed_desktop_is_lost_at_once_from_the_hosts_lifecycle_event(lab):
             lambda: row(db, Host, "healthy").vcpus is not None, 20, "the first health sample of healthy"
         )
         os.kill(qemu_pid(domain), signal.SIGKILL)
-        wait_until(
-            lambda: desktop_by_domain(db, domain).state == "lost", 20, "the crashed desktop marked lost"
-        )
+        wait_until(lambda: desktop_by_domain(db, domain).state == state, 20, what)
     finally:
         runner.stop()
+
+
+def test_a_crashed_desktop_is_lost_at_once_from_the_hosts_lifecycle_event(lab):
+    """A guest whose QEMU dies is noticed from libvirt's lifecycle event, not by waiting for polls."""
+    config, drivers, url, db = lab
+    set_admin_state(db, "flaky", "disabled")
+    client = BrokerClient(url)
+    client.login("kimmj")
+    first = client.post("/api/v1/pools/mois-office/connect").json()
+    domain = first["desktop"]["name"]
+    assert desktop_by_domain(db, domain).host_name == "healthy"
+
+    crash_on_healthy(config, drivers, db, domain, "lost", "the crashed desktop marked lost")
 
     assert desktop_by_domain(db, domain).error == "desktop_crashed"
     (crash,) = audit_actions(db, "desktop_crashed")
@@ -190,35 +200,13 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
     config = two_host_config(tmp_path, libvirt_host, relay)
     pools = [pool.model_copy(update={"kind": "dedicated"}) for pool in config.pools]
     config = config.model_copy(update={"pools": pools})
-    upgrade(config.database.url)
-    drivers = {host.name: LibvirtProvider(host) for host in config.hosts}
-    url = broker_server(
-        config,
-        authenticator=FakeAuthenticator(),
-        providers=drivers,
-        image_resolver=lambda pool: BootImage.of(demo_image),
-    )
-    db = Database(config.database)
+    drivers, url, db = start_lab(config, demo_image, broker_server)
     set_admin_state(db, "flaky", "disabled")
     client = BrokerClient(url)
     client.login("kimmj")
     first = client.post("/api/v1/pools/mois-office/connect").json()
     domain = first["desktop"]["name"]
-    slow = config.model_copy(
-        update={"monitor": config.monitor.model_copy(update={"poll_interval_s": 60.0, "down_after_s": 60.0})}
-    )
-    runner = MonitorRunner(slow, drivers)
-    try:
-        # The first poll (physical size, asserted below) may otherwise commit after the crash event's update.
-        wait_until(
-            lambda: row(db, Host, "healthy").vcpus is not None, 20, "the first health sample of healthy"
-        )
-        os.kill(qemu_pid(domain), signal.SIGKILL)
-        wait_until(
-            lambda: desktop_by_domain(db, domain).state == "stopped", 20, "the crashed desktop stopped"
-        )
-    finally:
-        runner.stop()
+    crash_on_healthy(config, drivers, db, domain, "stopped", "the crashed desktop stopped")
     try:
         assert desktop_by_domain(db, domain).error == "desktop_crashed"
         session = client.get(f"/api/v1/sessions/{first['session_id']}").json()
@@ -237,16 +225,22 @@ def test_a_crashed_dedicated_desktop_is_started_again_from_its_own_disk(
         db.close()
 
 
-@pytest.mark.parametrize("policy", ["report", "destroy"])
-def test_orphan_domain_is_reported_or_destroyed(
-    policy, tmp_path, libvirt_host, relay, demo_image, libvirt_session_token
-):
-    config = two_host_config(tmp_path, libvirt_host, relay, orphans=policy)
+def prepared_database(config) -> Database:
+    """The config's database, migrated and seeded as a broker's start does it, with no broker running."""
     upgrade(config.database.url)
     db = Database(config.database)
     prepare = LoopThread("prepare")
     prepare.call(prepare_database(db, config))
     prepare.close()
+    return db
+
+
+@pytest.mark.parametrize("policy", ["report", "destroy"])
+def test_orphan_domain_is_reported_or_destroyed(
+    policy, tmp_path, libvirt_host, relay, demo_image, libvirt_session_token
+):
+    config = two_host_config(tmp_path, libvirt_host, relay, orphans=policy)
+    db = prepared_database(config)
     healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
     orphan = f"{desktop_prefix(libvirt_session_token)}orphan-{policy}"
     healthy.create_desktop(DesktopSpec(domain_name=orphan, image=BootImage.of(demo_image)))
@@ -269,11 +263,7 @@ def test_reconcile_marks_vanished_desktops_lost_and_adopts_ones_a_dead_broker_le
     tmp_path, libvirt_host, relay, demo_image, libvirt_session_token
 ):
     config = two_host_config(tmp_path, libvirt_host, relay)
-    upgrade(config.database.url)
-    db = Database(config.database)
-    prepare = LoopThread("prepare")
-    prepare.call(prepare_database(db, config))
-    prepare.close()
+    db = prepared_database(config)
     healthy = SessionScopedDriver(config.hosts[1], desktop_prefix(libvirt_session_token))
     started = f"{desktop_prefix(libvirt_session_token)}adopt"
     healthy.create_desktop(DesktopSpec(domain_name=started, image=BootImage.of(demo_image)))

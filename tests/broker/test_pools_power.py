@@ -18,14 +18,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from broker.db import Database
-from broker.db.migrate import upgrade
 from broker.db.models import AuditEvent, Desktop
 from broker.power import POWER_ACTOR
-from hypervisor.base import BootImage
-from tests.fixtures.broker import BrokerThread, make_broker_config
+from tests.fixtures.broker import BrokerThread, demo_image_broker, make_broker_config, migrated_database
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
-from tests.fixtures.libvirt import destroy_desktops, wait_for_console
+from tests.fixtures.libvirt import wait_for_console
 from vdi.config import ConfigError
 
 pytestmark = pytest.mark.e2e
@@ -55,21 +53,16 @@ def power_config(tmp_path, libvirt_host):
 
 @pytest.fixture
 def power_db(power_config) -> Iterator[Database]:
-    upgrade(power_config.database.url)
-    db = Database(power_config.database)
-    yield db
-    db.close()
+    with migrated_database(power_config) as db:
+        yield db
 
 
 @pytest.fixture
 def broker(power_config, power_db, fake_authenticator, demo_image, libvirt_host) -> Iterator[BrokerThread]:
-    broker = BrokerThread(
-        power_config, authenticator=fake_authenticator, image_resolver=lambda pool: BootImage.of(demo_image)
-    )
-    yield broker
-    broker._loop_thread.call(broker.app.power_manager.stop())
-    broker.stop()
-    destroy_desktops(power_db, libvirt_host)
+    with demo_image_broker(
+        power_config, power_db, fake_authenticator, demo_image, libvirt_host, "power_manager"
+    ) as broker:
+        yield broker
 
 
 def desktop_state(db: Database, name: str) -> str:

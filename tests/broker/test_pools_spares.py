@@ -16,11 +16,15 @@ from broker.db.migrate import upgrade
 from broker.db.models import Desktop, User, utcnow
 from broker.desktops import take_spare
 from broker.pools import pool_counts
-from hypervisor.base import BootImage
 from hypervisor.libvirt_provider import LibvirtProvider
-from tests.fixtures.broker import BrokerClient, BrokerThread, make_broker_config
+from tests.fixtures.broker import (
+    BrokerClient,
+    BrokerThread,
+    demo_image_broker,
+    make_broker_config,
+    migrated_database,
+)
 from tests.fixtures.common import wait_until
-from tests.fixtures.libvirt import destroy_desktops
 
 pytestmark = pytest.mark.e2e
 
@@ -39,22 +43,17 @@ def spares_config(tmp_path, libvirt_host):
 
 @pytest.fixture
 def spares_db(spares_config) -> Iterator[Database]:
-    upgrade(spares_config.database.url)
-    db = Database(spares_config.database)
-    yield db
-    db.close()
+    with migrated_database(spares_config) as db:
+        yield db
 
 
 @pytest.fixture
 def broker(spares_config, spares_db, fake_authenticator, demo_image, libvirt_host) -> Iterator[BrokerThread]:
-    broker = BrokerThread(
-        spares_config, authenticator=fake_authenticator, image_resolver=lambda pool: BootImage.of(demo_image)
-    )
-    yield broker
-    # Stop refilling before removing what the test started.
-    broker._loop_thread.call(broker.app.pool_manager.stop())
-    broker.stop()
-    destroy_desktops(spares_db, libvirt_host)
+    # The pool manager stops refilling before what the test started is removed.
+    with demo_image_broker(
+        spares_config, spares_db, fake_authenticator, demo_image, libvirt_host, "pool_manager"
+    ) as broker:
+        yield broker
 
 
 def running_spares(db: Database) -> list[str]:

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from broker.db import Database
@@ -30,17 +29,9 @@ from tests.fixtures.centers import (
     add_center,
     booking,
     login_at,
+    stored,
     tomorrow_at,
 )
-
-
-def stored(config, model, *where):
-    database = Database(config.database)
-    try:
-        with database.transaction() as session:
-            return session.scalars(select(model).where(*where)).all()
-    finally:
-        database.close()
 
 
 def metric(name, **labels):

@@ -4,23 +4,12 @@ limits and the scanning hook (a real command), who may approve, and the audit (n
 import base64
 
 import pytest
-from sqlalchemy import select
 
-from broker.db import Database
 from broker.db.models import AuditEvent, TransferRequest
 from tests.fixtures.broker_api import signed_in
-from tests.fixtures.centers import INTERNET_ADDRESS, add_center, at
+from tests.fixtures.centers import INTERNET_ADDRESS, add_center, at, stored
 
 EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-
-def rows(config, model, *where):
-    database = Database(config.database)
-    try:
-        with database.transaction() as session:
-            return session.scalars(select(model).where(*where)).all()
-    finally:
-        database.close()
 
 
 def ask(client, **body):
@@ -49,9 +38,9 @@ def test_a_text_goes_from_request_to_approval_to_delivery(transfers_url, transfe
     delivered = user.get(f"/api/v1/transfers/{request['id']}/content")
     assert delivered.status == 200 and delivered.text == "회의 자료: 3층 대회의실"
     assert user.get(f"/api/v1/transfers/{request['id']}/content").status == 409  # once
-    (row,) = rows(transfers_config, TransferRequest)
+    (row,) = stored(transfers_config, TransferRequest)
     assert (row.state, row.content) == ("delivered", None)
-    events = rows(transfers_config, AuditEvent, AuditEvent.action.like("transfer.%"))
+    events = stored(transfers_config, AuditEvent, AuditEvent.action.like("transfer.%"))
     assert [e.action for e in events] == ["transfer.request", "transfer.decide", "transfer.deliver"]
     assert all("회의" not in str(e.detail) for e in events)  # size and hash, never the content
 
@@ -66,7 +55,7 @@ def test_a_rejected_file_delivers_nothing(transfers_url, transfers_config):
     )
     assert rejected.json()["state"] == "rejected"
     assert user.get(f"/api/v1/transfers/{request['id']}/content").status == 409
-    assert rows(transfers_config, TransferRequest)[0].content is None
+    assert stored(transfers_config, TransferRequest)[0].content is None
 
 
 def test_the_scanning_hook_blocks_an_infected_file(transfers_url, transfers_config):
@@ -74,9 +63,9 @@ def test_the_scanning_hook_blocks_an_infected_file(transfers_url, transfers_conf
     request = ask(user, filename="note.txt", content_base64=base64.b64encode(EICAR.encode()).decode()).json()
     assert (request["state"], request["scan_result"]) == ("blocked", "infected")
     assert approver.get("/api/v1/transfers/approvals").json()["transfers"] == []
-    (row,) = rows(transfers_config, TransferRequest)
+    (row,) = stored(transfers_config, TransferRequest)
     assert row.content is None
-    (event,) = rows(transfers_config, AuditEvent, AuditEvent.action == "transfer.request")
+    (event,) = stored(transfers_config, AuditEvent, AuditEvent.action == "transfer.request")
     assert (event.result, event.detail["scan"]) == ("blocked", "infected")
 
 
@@ -107,7 +96,7 @@ def test_bad_requests_name_the_field_and_store_nothing(transfers_url, transfers_
     response = ask(signed_in(transfers_url, "kimmj"), **body)
     assert response.status == 400, response.text
     assert response.json()["error"]["field"] == field
-    assert rows(transfers_config, TransferRequest) == []
+    assert stored(transfers_config, TransferRequest) == []
 
 
 def test_at_a_center_terminal_a_request_leaves_the_terminals_zone(transfers_url):

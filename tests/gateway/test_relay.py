@@ -58,12 +58,19 @@ def test_binary_subprotocol_is_chosen_when_offered(console_db, fake_vnc, gateway
     run_async(scenario())
 
 
-def test_websockify_path_is_served_too(console_db, fake_vnc, gateway_config):
+@pytest.mark.parametrize(
+    "connect_args",
+    [{"path": "/websockify"}, {"origin": "HTTP://127.0.0.1:8080"}],
+    ids=["websockify-path", "origin-in-capitals"],
+)
+def test_websockify_path_is_served_too_and_origin_matches_case_insensitively(
+    console_db, fake_vnc, gateway_config, connect_args
+):
     token = console_db.issue(console_db.add_session(vnc_port=fake_vnc.port))
 
     async def scenario():
         async with fake_vnc.serving(), running_gateway(gateway_config, console_db.db) as gateway:
-            conn = await gateway.connect(token, path="/websockify")
+            conn = await gateway.connect(token, **connect_args)
             await receive_until(conn, RFB_BANNER)
             conn.close()
 
@@ -164,18 +171,6 @@ def test_foreign_origin_is_refused_at_handshake(console_db, fake_vnc, gateway_co
 
     run_async(scenario())
     assert metric(REFUSED, reason="origin") == refused_before + 1
-
-
-def test_origin_matches_case_insensitively(console_db, fake_vnc, gateway_config):
-    token = console_db.issue(console_db.add_session(vnc_port=fake_vnc.port))
-
-    async def scenario():
-        async with fake_vnc.serving(), running_gateway(gateway_config, console_db.db) as gateway:
-            conn = await gateway.connect(token, origin="HTTP://127.0.0.1:8080")
-            await receive_until(conn, RFB_BANNER)
-            conn.close()
-
-    run_async(scenario())
 
 
 def test_bytes_and_open_tunnels_are_counted(console_db, fake_vnc, gateway_config):

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-
-def cmd_bench_placement(config, args) -> int:
-    from vdi.bench.placement import main
-
-    return main(args)
+import argparse
+import importlib
 
 
-def cmd_bench_time_to_desktop(config, args) -> int:
-    from vdi.bench.time_to_desktop import main
+def run_benchmark(module: str, *, with_config: bool = False):
+    """The command of a benchmark: `vdi.bench.<module>.main`, imported only when that benchmark runs; those
+    `with_config` get the configuration (None without a file) as well as the arguments."""
 
-    return main(config, args)
+    def run(config, args: argparse.Namespace) -> int:
+        main = importlib.import_module(f"vdi.bench.{module}").main
+        return main(config, args) if with_config else main(args)
 
-
-def cmd_bench_login_timing(config, args) -> int:
-    from vdi.bench.login_timing import main
-
-    return main(args)
-
-
-def cmd_bench_tunnel(config, args) -> int:
-    from vdi.bench.tunnel import main
-
-    return main(args)
-
-
-def cmd_bench_recording(config, args) -> int:
-    from vdi.bench.recording import main
-
-    return main(args)
+    return run
 
 
 def geometry(text: str) -> tuple[int, int]:
@@ -38,24 +22,17 @@ def geometry(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def cmd_bench_session_density(config, args) -> int:
-    from vdi.bench.session_density import main
-
-    return main(config, args)
-
-
-def cmd_bench_logon_storm(config, args) -> int:
-    from vdi.bench.logon_storm import main
-
-    return main(args)
-
-
 def add_commands(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks (JSON out)", description="benchmarks (JSON out)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+
+    def add(name: str, text: str, module: str, needs_config="optional", with_config=False):
+        parser = kinds.add_parser(name, help=text, description=text)
+        parser.set_defaults(fn=run_benchmark(module, with_config=with_config), needs_config=needs_config)
+        return parser
+
     text = "placement at scale: many hosts, concurrent requests, real engine, claims and SQLite"
-    placement = kinds.add_parser("placement", help=text, description=text)
-    placement.set_defaults(fn=cmd_bench_placement, needs_config="optional")
+    placement = add("placement", text, "placement")
     placement.add_argument("--hosts", type=int, default=1000, help="hosts in the inventory (default 1000)")
     placement.add_argument("--concurrency", type=int, default=50, help="concurrent requests (default 50)")
     placement.add_argument("--requests", type=int, default=5000, help="placements per policy (default 5000)")
@@ -79,8 +56,7 @@ def add_commands(sub) -> None:
         help="placement.best_of: pick among this many best hosts (default: the setting's)",
     )
     text = "console tunnel speed: raw TCP, the gateway and stock websockify against one fake desktop"
-    tunnel = kinds.add_parser("tunnel", help=text, description=text)
-    tunnel.set_defaults(fn=cmd_bench_tunnel, needs_config="optional")
+    tunnel = add("tunnel", text, "tunnel")
     tunnel.add_argument("--mb", type=int, default=256, help="MiB each way per path (default 256)")
     tunnel.add_argument("--round-trips", type=int, default=2000, help="6-byte round trips (default 2000)")
     tunnel.add_argument("--tunnels", type=int, default=2000, help="new tunnels per path (default 2000)")
@@ -99,8 +75,7 @@ def add_commands(sub) -> None:
         "--only", action="append", choices=["gateway", "websockify", "haproxy-tcp"], help="paths besides raw"
     )
     text = "console recording: storage per hour of a real Xvnc desktop, and what recording costs the relay"
-    recording = kinds.add_parser("recording", help=text, description=text)
-    recording.set_defaults(fn=cmd_bench_recording, needs_config="optional")
+    recording = add("recording", text, "recording")
     recording.add_argument(
         "--seconds", type=float, default=60.0, help="time watched and recorded (default 60)"
     )
@@ -120,14 +95,12 @@ def add_commands(sub) -> None:
         "--mb", type=int, default=256, help="MiB streamed with recording off and on (default 256; 0 skips)"
     )
     text = "timing of refused password logins, known user against unknown, on a lab slapd it starts"
-    timing = kinds.add_parser("login-timing", help=text, description=text)
-    timing.set_defaults(fn=cmd_bench_login_timing, needs_config="optional")
+    timing = add("login-timing", text, "login_timing")
     timing.add_argument(
         "--runs", type=int, default=200, help="refusals of each kind per set-up (default 200)"
     )
     text = "time from connect to the first framebuffer update through the gateway, against a running broker"
-    ttd = kinds.add_parser("time-to-desktop", help=text, description=text)
-    ttd.set_defaults(fn=cmd_bench_time_to_desktop, needs_config="full")
+    ttd = add("time-to-desktop", text, "time_to_desktop", needs_config="full", with_config=True)
     ttd.add_argument("--runs", type=int, default=20, help="connects per pool (default 20)")
     ttd.add_argument("--user", default="kimmj", help="user to sign in as (default: demo user kimmj)")
     ttd.add_argument("--password", default="demo1234!", help="that user's password (default: the demo's)")
@@ -157,8 +130,7 @@ def add_commands(sub) -> None:
     text = (
         "sessions on one lab session host until a memory budget: start time, idle memory and CPU per session"
     )
-    density = kinds.add_parser("session-density", help=text, description=text)
-    density.set_defaults(fn=cmd_bench_session_density, needs_config="optional")
+    density = add("session-density", text, "session_density", with_config=True)
     density.add_argument("--host", default="sh1", help="lab session host (default sh1)")
     density.add_argument("--max-sessions", type=int, default=20, help="most sessions to start (default 20)")
     density.add_argument(
@@ -175,8 +147,7 @@ def add_commands(sub) -> None:
         "--command", nargs="+", default=["xterm"], help="session program argv (default xterm)"
     )
     text = "whole logon path of many users at a target rate through HAProxy, two brokers and gateways, PostgreSQL"
-    logon = kinds.add_parser("logon-storm", help=text, description=text)
-    logon.set_defaults(fn=cmd_bench_logon_storm, needs_config="optional")
+    logon = add("logon-storm", text, "logon_storm")
     logon.add_argument("--rate", type=float, default=300.0, help="logons started per second (default 300)")
     logon.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals (default 60)")
     logon.add_argument(

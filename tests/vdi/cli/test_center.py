@@ -7,42 +7,19 @@ from sqlalchemy import select
 
 from broker.db import Database
 from broker.db.models import AuditEvent
-from tests.fixtures.broker import COOKIE_SECRET
+from tests.fixtures.cli import cli_runner, write_cli_config
 from vdi.cli import main
 from vdi.config import load_config
-
-CONFIG = """
-[database]
-url = "sqlite:///{db}"
-
-[broker]
-cookie_secret = "{secret}"
-
-[ldap]
-user_base = "ou=people,dc=test"
-group_base = "ou=groups,dc=test"
-
-[[hosts]]
-name = "seeded"
-uri = "test:///default"
-"""
 
 
 @pytest.fixture
 def config_path(tmp_path):
-    path = tmp_path / "vdi.toml"
-    path.write_text(CONFIG.format(db=tmp_path / "vdi.db", secret=COOKIE_SECRET))
-    return path
+    return write_cli_config(tmp_path)
 
 
 @pytest.fixture
 def vdi(config_path, capsys):
-    def run(*args):
-        code = main(["--config", str(config_path), "center", *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
+    return cli_runner(config_path, "center", capsys)
 
 
 def test_center_lifecycle_from_the_command_line(vdi, config_path):

@@ -5,24 +5,10 @@ import sys
 
 import pytest
 
-from tests.fixtures.broker import COOKIE_SECRET
+from tests.fixtures.cli import write_cli_config
 from tests.fixtures.common import ROOT
 
-CONFIG = """
-[database]
-url = "sqlite:///{db}"
-
-[broker]
-cookie_secret = "{secret}"
-
-[ldap]
-user_base = "ou=people,dc=test"
-group_base = "ou=groups,dc=test"
-
-[[hosts]]
-name = "seeded"
-uri = "test:///default"
-
+POOL = """
 [[pools]]
 name = "mois-office"
 display_name = "행정안전부"
@@ -34,8 +20,7 @@ MIGRATION_WORDS = ("alembic", "migration", "Running upgrade", "Context impl", "n
 
 @pytest.fixture
 def vdi(tmp_path):
-    path = tmp_path / "vdi.toml"
-    path.write_text(CONFIG.format(db=tmp_path / "vdi.db", secret=COOKIE_SECRET))
+    path = write_cli_config(tmp_path, POOL)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "vdi.cli", "--config", str(path), *args]

@@ -4,38 +4,15 @@ import json
 
 import pytest
 
-from tests.fixtures.broker import COOKIE_SECRET
+from tests.fixtures.cli import cli_runner, write_cli_config
 from vdi.cli import main
 
-CONFIG = """
-[database]
-url = "sqlite:///{db}"
-
-[broker]
-cookie_secret = "{secret}"
-
-[ldap]
-user_base = "ou=people,dc=test"
-group_base = "ou=groups,dc=test"
-
-[[hosts]]
-name = "seeded"
-uri = "test:///default"
-labels = {{ zone = "business" }}
-"""
+SEEDED_LABELS = 'labels = { zone = "business" }\n'  # keys of the seeded host
 
 
 @pytest.fixture
 def vdi(tmp_path, capsys):
-    path = tmp_path / "vdi.toml"
-    path.write_text(CONFIG.format(db=tmp_path / "vdi.db", secret=COOKIE_SECRET))
-
-    def run(*args):
-        code = main(["--config", str(path), "host", *args])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return run
+    return cli_runner(write_cli_config(tmp_path, SEEDED_LABELS), "host", capsys)
 
 
 def test_host_lifecycle_from_the_command_line(vdi):
@@ -109,11 +86,11 @@ def test_bad_console_route_names_the_field_and_stores_nothing(vdi, options, fiel
 
 
 def test_qemu_ssh_hosts_default_to_the_ssh_route(tmp_path, capsys):
-    path = tmp_path / "vdi.toml"
-    path.write_text(
-        CONFIG.format(db=tmp_path / "vdi.db", secret=COOKIE_SECRET)
+    path = write_cli_config(
+        tmp_path,
+        SEEDED_LABELS
         + '\n[[hosts]]\nname = "remote"\nuri = "qemu+ssh://admin@hv9.example:2222/system"\n'
-        + '\n[[hosts]]\nname = "plain"\nuri = "qemu+ssh://hv8.example/system"\n'
+        + '\n[[hosts]]\nname = "plain"\nuri = "qemu+ssh://hv8.example/system"\n',
     )
     assert main(["--config", str(path), "host", "list", "--json"]) == 0
     hosts = {h["name"]: h for h in json.loads(capsys.readouterr().out)}

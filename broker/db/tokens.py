@@ -151,40 +151,67 @@ def consume_token(
     `db`: an ORM session, or a Core connection, which costs less: Database.run_statements)."""
     if not token or not TOKEN_SHAPE.match(token):
         raise TokenRefused("missing or malformed console token")
-    now = now or utcnow()
-    digest = hash_token(token)
-    # One read brings the token with its session and desktop; an unknown or used token is answered from
-    # it, so only a token that may open something costs a write (and a write lock: vdi bench tunnel).
-    # Statements are built once, with parameters, and run on the session's connection: building and
-    # running them through the ORM cost more than SQLite itself (vdi bench tunnel, new tunnels).
     connection = db.connection() if isinstance(db, Session) else db
+    return _claim(connection, token, now or utcnow())
+
+
+def consume_tokens(
+    connection: Connection, tokens: list[str], now: dt.datetime | None = None
+) -> list[ConsoleTarget | TokenRefused]:
+    """consume_token for each of `tokens` in one transaction (the gateway's claims gathered while the
+    previous ones ran: gateway/claims.py): a target or the refusal, in order. A refusal never leaves a
+    write behind (every check that can refuse comes before the claim), so the claims of the others
+    stand whatever one token's answer is; the same token twice opens once."""
+    now = now or utcnow()
+    answers: list[ConsoleTarget | TokenRefused] = []
+    for token in tokens:
+        try:
+            if not TOKEN_SHAPE.match(token):
+                raise TokenRefused("missing or malformed console token")
+            answers.append(_claim(connection, token, now))
+        except TokenRefused as refused:
+            answers.append(refused)
+    return answers
+
+
+def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarget:
+    digest = hash_token(token)
+    # One read brings the token with its session and desktop; an unknown, used or expired token, an ended
+    # session, a stopped desktop are answered from it, so only a token that opens its console costs a
+    # write (and a write lock: vdi bench tunnel). Statements are built once, with parameters, and run on
+    # the connection: building and running them through the ORM cost more than SQLite itself.
     row = connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none()
     if row is None:
         raise TokenRefused("unknown console token")
     if row.used_at is not None:
         raise TokenRefused("console token already used")
+    if row.expires_at <= now:
+        raise TokenRefused("console token expired")
+    if row.session_state is None or row.session_state == "ended":
+        raise TokenRefused("session has ended")
+    if row.desktop_state != "running":
+        raise TokenRefused("desktop is not running")
+    target = _routed(
+        ConsoleTarget(
+            row.session_id,
+            row.desktop_id,
+            row.target_host,
+            row.target_port,
+            host_name=row.host_name,
+            username=row.username,
+            domain_name=row.domain_name,
+            vnc_password_sealed=row.vnc_password_sealed,
+            policy=ConsolePolicy.of(row.policy),
+            pool_name=row.pool_name,
+        ),
+        row,
+    )
     # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
     # sees rowcount 1, on SQLite and PostgreSQL alike.
     if not connection.execute(_CLAIM, {"digest": digest, "now": now}).rowcount:
         used_at = connection.execute(_USED_AT, {"digest": digest}).scalar()
         raise TokenRefused("console token already used" if used_at is not None else "console token expired")
-    if row.session_state is None or row.session_state == "ended":
-        raise TokenRefused("session has ended")
-    if row.desktop_state != "running":
-        raise TokenRefused("desktop is not running")
-    target = ConsoleTarget(
-        row.session_id,
-        row.desktop_id,
-        row.target_host,
-        row.target_port,
-        host_name=row.host_name,
-        username=row.username,
-        domain_name=row.domain_name,
-        vnc_password_sealed=row.vnc_password_sealed,
-        policy=ConsolePolicy.of(row.policy),
-        pool_name=row.pool_name,
-    )
-    return _routed(target, row)
+    return target
 
 
 _TOKEN_WITH_STATE = (
@@ -197,6 +224,7 @@ _TOKEN_WITH_STATE = (
         ConsoleToken.ssh_address,
         ConsoleToken.policy,
         ConsoleToken.used_at,
+        ConsoleToken.expires_at,
         DesktopSession.state.label("session_state"),
         DesktopSession.username,
         Desktop.state.label("desktop_state"),

@@ -159,19 +159,53 @@ def consume_tokens(
     connection: Connection, tokens: list[str], now: dt.datetime | None = None
 ) -> list[ConsoleTarget | TokenRefused]:
     """consume_token for each of `tokens` in one transaction (the gateway's claims gathered while the
-    previous ones ran: gateway/claims.py): a target or the refusal, in order. A refusal never leaves a
-    write behind (every check that can refuse comes before the claim), so the claims of the others
-    stand whatever one token's answer is; the same token twice opens once."""
+    previous ones ran: gateway/claims.py): a target or the refusal, in order, with the same reasons.
+
+    A few statements whatever the number of tokens: one read of them all, one conditional UPDATE of those
+    that may open (RETURNING the ones it claimed), and a read of the used times only when some lost a
+    race. Each statement is a round trip to the database, and on the gateway's worker thread a hand-over
+    of the interpreter's lock to and from its event loop. A refusal never leaves a write behind (every
+    check that can refuse comes before the claim), so the others' claims stand whatever one token's
+    answer is; the same token twice opens once.
+    """
     now = now or utcnow()
-    answers: list[ConsoleTarget | TokenRefused] = []
-    for token in tokens:
+    answers: list[ConsoleTarget | TokenRefused | None] = [None] * len(tokens)
+    digests: dict[str, int] = {}  # digest → index of its first occurrence
+    for index, token in enumerate(tokens):
+        if not TOKEN_SHAPE.match(token):
+            answers[index] = TokenRefused("missing or malformed console token")
+        else:
+            digests.setdefault(hash_token(token), index)
+    rows = {}
+    if digests:
+        rows = {
+            row.token_hash: row for row in connection.execute(_TOKENS_WITH_STATE, {"digests": list(digests)})
+        }
+    candidates: dict[str, ConsoleTarget] = {}
+    for digest, index in digests.items():
         try:
-            if not TOKEN_SHAPE.match(token):
-                raise TokenRefused("missing or malformed console token")
-            answers.append(_claim(connection, token, now))
+            candidates[digest] = _target(rows.get(digest), now)
         except TokenRefused as refused:
-            answers.append(refused)
-    return answers
+            answers[index] = refused
+    if candidates:
+        claimed = set(connection.scalars(_CLAIM_ALL, {"digests": list(candidates), "now": now}))
+        lost = [digest for digest in candidates if digest not in claimed]
+        used = dict(connection.execute(_USED_AT_ALL, {"digests": lost}).tuples().all()) if lost else {}
+        for digest, target in candidates.items():
+            if digest in claimed:
+                answers[digests[digest]] = target
+            else:
+                reason = (
+                    "console token already used" if used.get(digest) is not None else "console token expired"
+                )
+                answers[digests[digest]] = TokenRefused(reason)
+    for index, token in enumerate(tokens):
+        if answers[index] is None:  # a repeat of a token earlier in the list
+            first = answers[digests[hash_token(token)]]
+            answers[index] = (
+                first if isinstance(first, TokenRefused) else TokenRefused("console token already used")
+            )
+    return answers  # type: ignore[return-value]
 
 
 def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarget:
@@ -180,7 +214,17 @@ def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarge
     # session, a stopped desktop are answered from it, so only a token that opens its console costs a
     # write (and a write lock: vdi bench tunnel). Statements are built once, with parameters, and run on
     # the connection: building and running them through the ORM cost more than SQLite itself.
-    row = connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none()
+    target = _target(connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none(), now)
+    # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
+    # sees rowcount 1, on SQLite and PostgreSQL alike.
+    if not connection.execute(_CLAIM, {"digest": digest, "now": now}).rowcount:
+        used_at = connection.execute(_USED_AT, {"digest": digest}).scalar()
+        raise TokenRefused("console token already used" if used_at is not None else "console token expired")
+    return target
+
+
+def _target(row: Any, now: dt.datetime) -> ConsoleTarget:
+    """The target of a token's row as read, or why it cannot open anything (checked before any write)."""
     if row is None:
         raise TokenRefused("unknown console token")
     if row.used_at is not None:
@@ -191,7 +235,7 @@ def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarge
         raise TokenRefused("session has ended")
     if row.desktop_state != "running":
         raise TokenRefused("desktop is not running")
-    target = _routed(
+    return _routed(
         ConsoleTarget(
             row.session_id,
             row.desktop_id,
@@ -206,16 +250,11 @@ def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarge
         ),
         row,
     )
-    # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
-    # sees rowcount 1, on SQLite and PostgreSQL alike.
-    if not connection.execute(_CLAIM, {"digest": digest, "now": now}).rowcount:
-        used_at = connection.execute(_USED_AT, {"digest": digest}).scalar()
-        raise TokenRefused("console token already used" if used_at is not None else "console token expired")
-    return target
 
 
-_TOKEN_WITH_STATE = (
+_TOKEN_STATE = (
     select(
+        ConsoleToken.token_hash,
         ConsoleToken.session_id,
         ConsoleToken.desktop_id,
         ConsoleToken.target_host,
@@ -235,8 +274,8 @@ _TOKEN_WITH_STATE = (
     )
     .outerjoin(DesktopSession, DesktopSession.id == ConsoleToken.session_id)
     .outerjoin(Desktop, Desktop.id == DesktopSession.desktop_id)
-    .where(ConsoleToken.token_hash == bindparam("digest"))
 )
+_TOKEN_WITH_STATE = _TOKEN_STATE.where(ConsoleToken.token_hash == bindparam("digest"))
 _CLAIM = (
     update(ConsoleToken.__table__)
     .where(
@@ -247,6 +286,21 @@ _CLAIM = (
     .values(used_at=bindparam("now"))
 )
 _USED_AT = select(ConsoleToken.used_at).where(ConsoleToken.token_hash == bindparam("digest"))
+# The same for many tokens at once (consume_tokens).
+_TOKENS_WITH_STATE = _TOKEN_STATE.where(ConsoleToken.token_hash.in_(bindparam("digests", expanding=True)))
+_CLAIM_ALL = (
+    update(ConsoleToken.__table__)
+    .where(
+        ConsoleToken.token_hash.in_(bindparam("digests", expanding=True)),
+        ConsoleToken.used_at.is_(None),
+        ConsoleToken.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("now"))
+    .returning(ConsoleToken.token_hash)
+)
+_USED_AT_ALL = select(ConsoleToken.token_hash, ConsoleToken.used_at).where(
+    ConsoleToken.token_hash.in_(bindparam("digests", expanding=True))
+)
 
 
 def _routed(target: ConsoleTarget, row: Any) -> ConsoleTarget:

@@ -504,9 +504,9 @@ class Console:
         if password is None:
             return False
         try:
-            self._server_init = await asyncio.wait_for(
-                vnc_login.log_in(upstream, password), self.gateway.rfb_handshake_timeout_s
-            )
+            # A timeout scope, not wait_for: that made a task of the login (a task per tunnel).
+            async with asyncio.timeout(self.gateway.rfb_handshake_timeout_s):
+                self._server_init = await vnc_login.log_in(upstream, password)
         except rfb.RfbError as exc:
             self._refuse_desktop(target, _RFB_REFUSALS[exc.kind], exc.reason)
             return False

@@ -42,12 +42,12 @@ class TokenClaims:
         self._waiting.append((token, claimed))
         if not self._running:
             self._running = True
-            asyncio.get_running_loop().call_soon(self._next)
+            self._next()
         return await claimed
 
     def _next(self) -> None:
-        """Start the transaction of the tokens waiting now (called on the loop, once the previous one
-        is over, so that what came in meanwhile goes together)."""
+        """Start the transaction of the tokens waiting now: at once for a claim when none runs, else once
+        the running one is over, so that what came in meanwhile goes together."""
         batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
         if not batch:
             self._running = False

@@ -169,6 +169,13 @@ def consume_tokens(
     answer is; the same token twice opens once.
     """
     now = now or utcnow()
+    if len(tokens) == 1:
+        # Alone, the token's own prebuilt statements cost less than the ones for many (an IN list
+        # rendered at each run, RETURNING): a console opened by itself costs what it did.
+        try:
+            return [consume_token(connection, tokens[0], now)]
+        except TokenRefused as refused:
+            return [refused]
     answers: list[ConsoleTarget | TokenRefused | None] = [None] * len(tokens)
     digests: dict[str, int] = {}  # digest → index of its first occurrence
     for index, token in enumerate(tokens):

@@ -21,7 +21,9 @@ async def first_answer(conn) -> object:
     return "opened" if message.startswith(RFB_BANNER[:4]) else message
 
 
-def test_claims_made_together_share_one_transaction_and_keep_their_own_answers(console_db, fake_vnc):
+def test_claims_made_while_one_runs_share_the_next_transaction_and_keep_their_own_answers(
+    console_db, fake_vnc
+):
     sessions = [console_db.add_session(vnc_port=fake_vnc.port) for _ in range(3)]
     tokens = [console_db.issue(session) for session in sessions]
     transactions: list[object] = []
@@ -39,16 +41,19 @@ def test_claims_made_together_share_one_transaction_and_keep_their_own_answers(c
             "unknown console token",
             "missing or malformed console token",
         ]
-        assert len(transactions) == 1  # the malformed one never reached the database
+        # The first went at once, alone; the others came while it ran and went together; the malformed
+        # one never reached the database.
+        assert len(transactions) == 2
         with pytest.raises(TokenRefused, match="already used"):
             await claims.consume(tokens[1])
-        assert len(transactions) == 2
+        assert len(transactions) == 3
 
     run_async(scenario())
 
 
 def test_a_database_error_fails_every_claim_of_its_transaction_and_the_next_ones_run(console_db, fake_vnc):
-    token = console_db.issue(console_db.add_session(vnc_port=fake_vnc.port))
+    session = console_db.add_session(vnc_port=fake_vnc.port)
+    token = console_db.issue(session)
     failures = [RuntimeError("driver bug")]
 
     class FailingOnce:
@@ -59,9 +64,13 @@ def test_a_database_error_fails_every_claim_of_its_transaction_and_the_next_ones
 
     async def scenario():
         claims = TokenClaims(FailingOnce())
-        first = await asyncio.gather(claims.consume(token), claims.consume(token), return_exceptions=True)
-        assert [type(answer) for answer in first] == [RuntimeError, RuntimeError]
-        assert (await claims.consume(token)).desktop_id > 0  # the failed transaction claimed nothing
+        tokens = [token, token, *(console_db.issue(session) for _ in range(2))]
+        answers = await asyncio.gather(*(claims.consume(value) for value in tokens), return_exceptions=True)
+        # The first transaction (the first claim, alone) failed and claimed nothing; the next one, of the
+        # three that came meanwhile, opened the same token and the two others.
+        assert [type(answer).__name__ for answer in answers] == ["RuntimeError", *["ConsoleTarget"] * 3]
+        with pytest.raises(TokenRefused, match="already used"):
+            await claims.consume(token)
 
     run_async(scenario())
 

@@ -22,6 +22,7 @@ from tornado.log import access_log
 from tornado.netutil import bind_sockets
 
 from broker.db import Database, check_reachable
+from gateway.claims import TokenClaims
 from gateway.config import GatewayConfig, GatewaySettings
 from gateway.recorder import RecordingService
 from gateway.relay import ConsoleRelay, TunnelRegistry, vnc_password_box
@@ -120,6 +121,7 @@ class GatewayApplication(tornado.web.Application):
             "ssh_channels": self.ssh_channels,
             "vnc_passwords": vnc_password_box(config.gateway),
             "recordings": self.recordings,
+            "claims": TokenClaims(db),
         }
         self.console_paths = console_paths = list(dict.fromkeys([config.gateway.path, WEBSOCKIFY_PATH]))
         routes = [(re.escape(path), ConsoleRelay, relay_args) for path in console_paths]

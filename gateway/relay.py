@@ -40,9 +40,10 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 
 from broker.db import Database, database_unavailable
 from broker.db.models import AuditEvent, DesktopSession, utcnow
-from broker.db.tokens import ConsoleTarget, TokenRefused, consume_token, mask
+from broker.db.tokens import ConsoleTarget, TokenRefused, mask
 from broker.db.vnc_passwords import SealError, VncPasswordBox
 from gateway import rfb, vnc_login, wire, ws_frames
+from gateway.claims import TokenClaims
 from gateway.clipboard import TO_CLIENT, TO_DESKTOP, ClipboardEvent, ClipboardFilter
 from gateway.config import GatewaySettings
 from gateway.recorder import Recorder, RecordingFailed, RecordingService
@@ -322,8 +323,11 @@ class Console:
         ssh_channels: SshChannels,
         vnc_passwords: VncPasswordBox | None = None,
         recordings: RecordingService | None = None,
+        claims: TokenClaims | None = None,
     ) -> None:
         self.gateway = settings
+        # The gateway's (claims gathered across its consoles: gateway/claims.py), or one of its own.
+        self.claims = claims if claims is not None else TokenClaims(db)
         self.recordings = recordings
         self._recorder: Recorder | None = None
         self.vnc_passwords = vnc_passwords
@@ -436,7 +440,7 @@ class Console:
 
     async def _consume_token(self, token: str | None) -> ConsoleTarget | None:
         try:
-            return await self.db.run_statements(lambda connection: consume_token(connection, token))
+            return await self.claims.consume(token)
         except TokenRefused as exc:
             TUNNELS_REFUSED.labels(reason=TunnelRefusal.TOKEN.value).inc()
             log.warning("console refused: %s (token %s)", exc.reason, mask(token) or "missing")
@@ -500,9 +504,9 @@ class Console:
         if password is None:
             return False
         try:
-            self._server_init = await asyncio.wait_for(
-                vnc_login.log_in(upstream, password), self.gateway.rfb_handshake_timeout_s
-            )
+            # A timeout scope, not wait_for: that made a task of the login (a task per tunnel).
+            async with asyncio.timeout(self.gateway.rfb_handshake_timeout_s):
+                self._server_init = await vnc_login.log_in(upstream, password)
         except rfb.RfbError as exc:
             self._refuse_desktop(target, _RFB_REFUSALS[exc.kind], exc.reason)
             return False

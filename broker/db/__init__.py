@@ -178,16 +178,17 @@ class Database:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
-    async def run_statements(self, fn: Callable[[Connection], T]) -> T:
+    def run_statements(self, fn: Callable[[Connection], T]) -> asyncio.Future[T]:
         """As `run`, with a Core connection instead of an ORM session: for work that is a few prepared
         statements, where the session's own bookkeeping would cost more than the statements (the console
-        token's claim: vdi bench tunnel)."""
+        token's claim: vdi bench tunnel). Returns the executor's future itself (awaited like `run`): no
+        coroutine, so a caller that does not await at once needs no task to drive it."""
 
         def work() -> T:
             with self.engine.begin() as connection:
                 return fn(connection)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        return asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

@@ -151,44 +151,117 @@ def consume_token(
     `db`: an ORM session, or a Core connection, which costs less: Database.run_statements)."""
     if not token or not TOKEN_SHAPE.match(token):
         raise TokenRefused("missing or malformed console token")
-    now = now or utcnow()
-    digest = hash_token(token)
-    # One read brings the token with its session and desktop; an unknown or used token is answered from
-    # it, so only a token that may open something costs a write (and a write lock: vdi bench tunnel).
-    # Statements are built once, with parameters, and run on the session's connection: building and
-    # running them through the ORM cost more than SQLite itself (vdi bench tunnel, new tunnels).
     connection = db.connection() if isinstance(db, Session) else db
-    row = connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none()
-    if row is None:
-        raise TokenRefused("unknown console token")
-    if row.used_at is not None:
-        raise TokenRefused("console token already used")
+    return _claim(connection, token, now or utcnow())
+
+
+def consume_tokens(
+    connection: Connection, tokens: list[str], now: dt.datetime | None = None
+) -> list[ConsoleTarget | TokenRefused]:
+    """consume_token for each of `tokens` in one transaction (the gateway's claims gathered while the
+    previous ones ran: gateway/claims.py): a target or the refusal, in order, with the same reasons.
+
+    A few statements whatever the number of tokens: one read of them all, one conditional UPDATE of those
+    that may open (RETURNING the ones it claimed), and a read of the used times only when some lost a
+    race. Each statement is a round trip to the database, and on the gateway's worker thread a hand-over
+    of the interpreter's lock to and from its event loop. A refusal never leaves a write behind (every
+    check that can refuse comes before the claim), so the others' claims stand whatever one token's
+    answer is; the same token twice opens once.
+    """
+    now = now or utcnow()
+    if len(tokens) == 1:
+        # Alone, the token's own prebuilt statements cost less than the ones for many (an IN list
+        # rendered at each run, RETURNING): a console opened by itself costs what it did.
+        try:
+            return [consume_token(connection, tokens[0], now)]
+        except TokenRefused as refused:
+            return [refused]
+    answers: list[ConsoleTarget | TokenRefused | None] = [None] * len(tokens)
+    digests: dict[str, int] = {}  # digest → index of its first occurrence
+    for index, token in enumerate(tokens):
+        if not TOKEN_SHAPE.match(token):
+            answers[index] = TokenRefused("missing or malformed console token")
+        else:
+            digests.setdefault(hash_token(token), index)
+    rows = {}
+    if digests:
+        rows = {
+            row.token_hash: row for row in connection.execute(_TOKENS_WITH_STATE, {"digests": list(digests)})
+        }
+    candidates: dict[str, ConsoleTarget] = {}
+    for digest, index in digests.items():
+        try:
+            candidates[digest] = _target(rows.get(digest), now)
+        except TokenRefused as refused:
+            answers[index] = refused
+    if candidates:
+        claimed = set(connection.scalars(_CLAIM_ALL, {"digests": list(candidates), "now": now}))
+        lost = [digest for digest in candidates if digest not in claimed]
+        used = dict(connection.execute(_USED_AT_ALL, {"digests": lost}).tuples().all()) if lost else {}
+        for digest, target in candidates.items():
+            if digest in claimed:
+                answers[digests[digest]] = target
+            else:
+                reason = (
+                    "console token already used" if used.get(digest) is not None else "console token expired"
+                )
+                answers[digests[digest]] = TokenRefused(reason)
+    for index, token in enumerate(tokens):
+        if answers[index] is None:  # a repeat of a token earlier in the list
+            first = answers[digests[hash_token(token)]]
+            answers[index] = (
+                first if isinstance(first, TokenRefused) else TokenRefused("console token already used")
+            )
+    return answers  # type: ignore[return-value]
+
+
+def _claim(connection: Connection, token: str, now: dt.datetime) -> ConsoleTarget:
+    digest = hash_token(token)
+    # One read brings the token with its session and desktop; an unknown, used or expired token, an ended
+    # session, a stopped desktop are answered from it, so only a token that opens its console costs a
+    # write (and a write lock: vdi bench tunnel). Statements are built once, with parameters, and run on
+    # the connection: building and running them through the ORM cost more than SQLite itself.
+    target = _target(connection.execute(_TOKEN_WITH_STATE, {"digest": digest}).one_or_none(), now)
     # The conditional UPDATE is the single-use guarantee: of two racing consumers exactly one
     # sees rowcount 1, on SQLite and PostgreSQL alike.
     if not connection.execute(_CLAIM, {"digest": digest, "now": now}).rowcount:
         used_at = connection.execute(_USED_AT, {"digest": digest}).scalar()
         raise TokenRefused("console token already used" if used_at is not None else "console token expired")
+    return target
+
+
+def _target(row: Any, now: dt.datetime) -> ConsoleTarget:
+    """The target of a token's row as read, or why it cannot open anything (checked before any write)."""
+    if row is None:
+        raise TokenRefused("unknown console token")
+    if row.used_at is not None:
+        raise TokenRefused("console token already used")
+    if row.expires_at <= now:
+        raise TokenRefused("console token expired")
     if row.session_state is None or row.session_state == "ended":
         raise TokenRefused("session has ended")
     if row.desktop_state != "running":
         raise TokenRefused("desktop is not running")
-    target = ConsoleTarget(
-        row.session_id,
-        row.desktop_id,
-        row.target_host,
-        row.target_port,
-        host_name=row.host_name,
-        username=row.username,
-        domain_name=row.domain_name,
-        vnc_password_sealed=row.vnc_password_sealed,
-        policy=ConsolePolicy.of(row.policy),
-        pool_name=row.pool_name,
+    return _routed(
+        ConsoleTarget(
+            row.session_id,
+            row.desktop_id,
+            row.target_host,
+            row.target_port,
+            host_name=row.host_name,
+            username=row.username,
+            domain_name=row.domain_name,
+            vnc_password_sealed=row.vnc_password_sealed,
+            policy=ConsolePolicy.of(row.policy),
+            pool_name=row.pool_name,
+        ),
+        row,
     )
-    return _routed(target, row)
 
 
-_TOKEN_WITH_STATE = (
+_TOKEN_STATE = (
     select(
+        ConsoleToken.token_hash,
         ConsoleToken.session_id,
         ConsoleToken.desktop_id,
         ConsoleToken.target_host,
@@ -197,6 +270,7 @@ _TOKEN_WITH_STATE = (
         ConsoleToken.ssh_address,
         ConsoleToken.policy,
         ConsoleToken.used_at,
+        ConsoleToken.expires_at,
         DesktopSession.state.label("session_state"),
         DesktopSession.username,
         Desktop.state.label("desktop_state"),
@@ -207,8 +281,8 @@ _TOKEN_WITH_STATE = (
     )
     .outerjoin(DesktopSession, DesktopSession.id == ConsoleToken.session_id)
     .outerjoin(Desktop, Desktop.id == DesktopSession.desktop_id)
-    .where(ConsoleToken.token_hash == bindparam("digest"))
 )
+_TOKEN_WITH_STATE = _TOKEN_STATE.where(ConsoleToken.token_hash == bindparam("digest"))
 _CLAIM = (
     update(ConsoleToken.__table__)
     .where(
@@ -219,6 +293,21 @@ _CLAIM = (
     .values(used_at=bindparam("now"))
 )
 _USED_AT = select(ConsoleToken.used_at).where(ConsoleToken.token_hash == bindparam("digest"))
+# The same for many tokens at once (consume_tokens).
+_TOKENS_WITH_STATE = _TOKEN_STATE.where(ConsoleToken.token_hash.in_(bindparam("digests", expanding=True)))
+_CLAIM_ALL = (
+    update(ConsoleToken.__table__)
+    .where(
+        ConsoleToken.token_hash.in_(bindparam("digests", expanding=True)),
+        ConsoleToken.used_at.is_(None),
+        ConsoleToken.expires_at > bindparam("now"),
+    )
+    .values(used_at=bindparam("now"))
+    .returning(ConsoleToken.token_hash)
+)
+_USED_AT_ALL = select(ConsoleToken.token_hash, ConsoleToken.used_at).where(
+    ConsoleToken.token_hash.in_(bindparam("digests", expanding=True))
+)
 
 
 def _routed(target: ConsoleTarget, row: Any) -> ConsoleTarget:

@@ -99,7 +99,9 @@ def test_tokens_never_reach_the_logs(console_db, fake_vnc, gateway_config, caplo
 
 def test_uncaught_errors_are_logged_without_the_token(gateway_config, caplog):
     caplog.set_level(logging.DEBUG)
-    token = "secret-token-never-logged-0123456789"
+    token = (
+        "secret-token-never-logged-0123456789-abcdef"  # well formed: malformed ones never reach the database
+    )
 
     async def scenario():
         async with running_gateway(gateway_config, BrokenDatabase()) as gateway:

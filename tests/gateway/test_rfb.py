@@ -153,6 +153,29 @@ def test_input_is_noticed_only_for_key_and_pointer_events():
     assert framers.client.input_seen
 
 
+def test_key_and_pointer_events_framed_alone_or_amid_other_messages_come_out_the_same():
+    """A lone key or pointer event skips the parser (the round trip's fast path); the same bytes in the
+    middle of another message (a QEMU message's sub-type, a cut text's text) or after a message begun
+    in an earlier input are still that message's."""
+    framers, to_desktop, _ = session()
+    pointer, key = CLIENT_MESSAGES["PointerEvent"], CLIENT_MESSAGES["KeyEvent"]
+    for message in (pointer, key, pointer):
+        framers.client.input_seen = False
+        assert framers.client.feed(message) == [message]
+        assert framers.client.input_seen
+    framers.client.input_seen = False
+    cut = struct.pack(">B3xi", 6, 6) + pointer
+    assert b"".join(framers.client.feed(cut[:8])) == b""
+    assert b"".join(framers.client.feed(pointer)) == cut
+    assert [seen.payload for seen in to_desktop.seen] == [pointer]
+    assert not framers.client.input_seen
+    assert framers.client.feed(pointer) == [pointer] and framers.client.buffered == 0
+    qemu, _, _ = session()
+    assert qemu.client.feed(b"\xff") == []
+    with pytest.raises(rfb.RfbError, match="QEMU client message 5"):  # its sub-type, not a pointer event
+        qemu.client.feed(pointer)
+
+
 def test_set_encodings_is_filtered_to_what_can_be_framed():
     framers, _, _ = session()
     asked = [

@@ -4,13 +4,21 @@ import datetime as dt
 import logging
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from broker.db import Database
 from broker.db.config import DatabaseSettings
 from broker.db.migrate import upgrade
 from broker.db.models import ConsoleToken, Desktop, DesktopSession, Host, Pool, User, utcnow
-from broker.db.tokens import TOKEN_BYTES, TokenRefused, consume_token, hash_token, issue_token, mask
+from broker.db.tokens import (
+    TOKEN_BYTES,
+    TokenRefused,
+    consume_token,
+    consume_tokens,
+    hash_token,
+    issue_token,
+    mask,
+)
 
 
 @pytest.fixture
@@ -105,3 +113,35 @@ def test_refusal_reason_never_contains_the_token(db, caplog):
         consume(db, token)
     assert token not in str(refused.value)
     assert mask(token) == "***"
+
+
+def test_tokens_claimed_together_each_get_their_own_answer_and_refusals_write_nothing(db):
+    """consume_tokens (the gateway's gathered claims): one transaction, an answer per token in order; a
+    used, unknown, expired or repeated token or an ended session is refused from the read, without a write,
+    and does not undo the others' claims."""
+    fresh, used = issue(db), issue(db)
+    expired = issue(db, ttl_s=30, now=utcnow() - dt.timedelta(seconds=31))
+    consume(db, used)
+    with db.transaction() as s:
+        s.add(DesktopSession(id="s2", username="kim", desktop_id=1, state="ended"))
+    with db.transaction() as s:
+        ended = issue_token(s, session_id="s2", desktop_id=1, host="127.0.0.1", port=5900, ttl_s=30)
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with db.engine.begin() as connection:
+        answers = consume_tokens(connection, [used, "x" * 43, fresh, expired, fresh, ended, "bad"])
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1  # the fresh token's claim; its repeat is refused from the read
+    assert answers[2].session_id == "s1" and answers[2].port == 5900
+    reasons = [str(answer) for index, answer in enumerate(answers) if index != 2]
+    assert reasons == [
+        "console token already used",
+        "unknown console token",
+        "console token expired",
+        "console token already used",
+        "session has ended",
+        "missing or malformed console token",
+    ]
+    assert all(isinstance(answer, TokenRefused) for index, answer in enumerate(answers) if index != 2)
+    with pytest.raises(TokenRefused, match="already used"):
+        consume(db, fresh)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from broker import errors
 from broker.attendance import record_arrival
-from broker.auth import PortalUser
+from broker.auth import PortalUser, SessionUser, user_of
 from broker.centers import arrival_at
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
@@ -61,6 +61,7 @@ from hypervisor.provider import DesktopProvider
 from images.boot import ImageError
 from images.built_in import BUILT_IN_IMAGES
 from images.config import ImageSettings
+from monitoring import logs
 from monitoring.metrics import (
     CONNECT_DURATION,
     CONNECTS_JOINED,
@@ -537,12 +538,16 @@ def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
 def issue_for_owner(
     db: Session,
     session_id: str,
-    username: str,
+    username: str | PortalUser | SessionUser,
     ttl_s: int,
     per_minute: int,
     policy_of: Callable[[str], ConsolePolicy] | None = None,
     device_sha256: str | None = None,
 ) -> str:
+    """A console token for the owner's session; `username` may be the request's SessionUser, whose user
+    is read here first (NotAuthenticated before anything else when its portal session is not live)."""
+    if not isinstance(username, str):
+        username = user_of(db, username).username
     session, desktop = load_owned_session(db, session_id, username)
     if tokens_minted_recently(db, username, utcnow()) >= per_minute:
         raise errors.ConsoleTokenRate()
@@ -595,6 +600,16 @@ def count_active_sessions(db: Session) -> int:
     return db.scalar(select(func.count()).select_from(DesktopSession).where(DesktopSession.state == "active"))
 
 
+def _signed_in(who: PortalUser | SessionUser) -> str:
+    """The user's name once `who` was read; a SessionUser's is bound to this request's log lines from here
+    on, as BaseHandler.prepare binds a user it read itself."""
+    if isinstance(who, PortalUser):
+        return who.username
+    assert who.user is not None
+    logs.bind(user=who.user.username)
+    return who.user.username
+
+
 # -- the service ----------------------------------------------------------------------------------
 
 
@@ -645,9 +660,19 @@ class DesktopService:
             raise errors.UnknownPool(f"There is no desktop pool named {name}.", pool=name)
         return pool
 
-    async def pools_for(self, user: PortalUser) -> list[PoolView]:
-        pools = entitled_pools(self.config.pools, user.groups)
-        current = await self.db.run(partial(users_desktops, username=user.username)) if pools else {}
+    async def pools_for(self, who: PortalUser | SessionUser) -> list[PoolView]:
+        """The pools the user is entitled to, with their desktops; a SessionUser's user is read in the same
+        transaction as the desktops."""
+
+        def read(db: Session) -> tuple[list[PoolSettings], dict]:
+            user = user_of(db, who)
+            pools = entitled_pools(self.config.pools, user.groups)
+            return pools, users_desktops(db, user.username) if pools else {}
+
+        if isinstance(who, SessionUser) or entitled_pools(self.config.pools, who.groups):
+            pools, current = await self.db.run(read)
+        else:
+            pools, current = [], {}
         views = []
         for pool in pools:
             desktop, session_id = current.get(pool.name, (None, None))
@@ -933,6 +958,10 @@ class DesktopService:
 
     async def pool_image(self, pool: PoolSettings) -> BootImage:
         """The image new desktops of the pool start from: a promoted rollout's version, else the resolver's."""
+        if isinstance(self.image_resolver, PoolImages):
+            # The broker's own resolver asks for a promoted rollout first itself (catalog_version), in the
+            # one transaction: no transaction of its own for that here (one per desktop made).
+            return await self._blocking(self.image_resolver, pool)
         promoted = await self.db.run(partial(promoted_rollout, pool=pool))
         if promoted is None:
             return await self._blocking(self.image_resolver, pool)
@@ -1038,14 +1067,15 @@ class DesktopService:
     # -- console token and logoff ----------------------------------------------------------------
 
     async def console_token(
-        self, user: PortalUser, session_id: str, device_sha256: str | None = None
+        self, who: PortalUser | SessionUser, session_id: str, device_sha256: str | None = None
     ) -> ConsoleGrant:
-        """`device_sha256`: the client's device certificate's fingerprint (a center terminal's), if any."""
+        """`device_sha256`: the client's device certificate's fingerprint (a center terminal's), if any.
+        A SessionUser's user is read in the token's own transaction."""
         ttl_s = self.config.broker.console_token_ttl_s
         issue = partial(
             issue_for_owner,
             session_id=session_id,
-            username=user.username,
+            username=who,
             ttl_s=ttl_s,
             per_minute=self.config.broker.console_tokens_per_minute,
             policy_of=lambda pool_name: console_policy(self.config.pool(pool_name)),
@@ -1057,12 +1087,13 @@ class DesktopService:
             CONSOLE_TOKENS_REFUSED.labels(reason=TokenRefusal.RATE.value).inc()
             log.warning(
                 "console token refused: user=%s over %d per minute",
-                user.username,
+                _signed_in(who),
                 issue.keywords["per_minute"],
             )
             raise
         CONSOLE_TOKENS_ISSUED.inc()
-        log.info("console token issued: user=%s session=%s ttl=%ss", user.username, session_id, ttl_s)
+        username = _signed_in(who)
+        log.info("console token issued: user=%s session=%s ttl=%ss", username, session_id, ttl_s)
         return ConsoleGrant(token, self.config.broker.gateway_url, ttl_s)
 
     async def logoff(self, user: PortalUser, session_id: str, client_ip: str) -> SessionView:

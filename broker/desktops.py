@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from broker import errors
 from broker.attendance import record_arrival
@@ -246,6 +247,28 @@ def _audit(actor: str, action: str, result: str, target: str, client_ip: str, **
     )
 
 
+_SESSIONS = DesktopSession.__table__
+# A new session row is written with every column (open_session sets them all on the new DesktopSession).
+_SESSION_COLUMNS = tuple(column.key for column in _SESSIONS.c)
+
+
+def insert_audit(
+    db: Session, actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any
+) -> None:
+    """The audit row of `_audit` as a plain INSERT, for the connect path (no ORM instance to flush)."""
+    db.execute(
+        insert(AuditEvent.__table__).values(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            result=result,
+            target=target,
+            source_ip=client_ip,
+            detail=detail,
+        )
+    )
+
+
 def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | None:
     return db.scalars(
         select(Desktop)
@@ -278,7 +301,9 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
     ).rowcount
     if not taken:
         return None
-    db.refresh(spare)
+    # The row is locked by us (FOR UPDATE, or SQLite's one writer): the only column that changed is the
+    # one just written, so no second read of the row (it was db.refresh: a SELECT per connect).
+    set_committed_value(spare, "assigned_user", username)
     return spare
 
 
@@ -452,23 +477,31 @@ def open_session(
         # The power manager of another broker powered it off between our check and now.
         raise errors.DesktopStarting()
     if created:
-        # The unique index on live sessions (models.DesktopSession) refuses a second one of the user in
-        # this pool: the IntegrityError reaches DesktopService._open_session, which joins the first.
         session = DesktopSession(
             id=str(uuid.uuid4()),
             username=username,
             desktop_id=desktop_id,
             pool_name=desktop.pool_name,
+            client_ip=client_ip,
+            state="active",
             started_at=utcnow(),
+            ended_at=None,
+            last_input_at=None,
+            center=None,
         )
-        db.add(session)
         # At a center terminal the session records its center; the day's first is the check-in.
         record_arrival(db, session, client_ip, device_sha256)
-    session.client_ip = client_ip
+        # A plain INSERT of the new row (no ORM instance to track and flush): the unique index on live
+        # sessions (models.DesktopSession) refuses a second one of the user in this pool at once, and the
+        # IntegrityError reaches DesktopService._open_session, which joins the first.
+        db.execute(insert(_SESSIONS).values({key: vars(session)[key] for key in _SESSION_COLUMNS}))
+        make_transient_to_detached(session)
+    else:
+        session.client_ip = client_ip
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
     action = "connect" if created else "reconnect"
-    db.add(_audit(username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created))
+    insert_audit(db, username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created)
     db.flush()
     return session, created
 
@@ -509,6 +542,29 @@ def load_owned_session(db: Session, session_id: str, username: str) -> tuple[Des
 
 TOKEN_RATE_WINDOW_S = 60
 
+# A console token's one read: the session, its desktop and the desktop's host, as plain columns (it was
+# three ORM look-ups); the host's columns keep their names, as console_route reads them from a Host.
+_hosts, _desktops = Host.__table__, Desktop.__table__
+_OWNED_SESSION = (
+    select(
+        _SESSIONS.c.username,
+        _SESSIONS.c.state.label("session_state"),
+        _SESSIONS.c.client_ip,
+        _SESSIONS.c.desktop_id,
+        _desktops.c.state.label("desktop_state"),
+        _desktops.c.pool_name,
+        _desktops.c.vnc_host,
+        _desktops.c.vnc_port,
+        _hosts.c.name,
+        _hosts.c.uri,
+        _hosts.c.console_access,
+        _hosts.c.ssh_address,
+    )
+    .join(_desktops, _desktops.c.id == _SESSIONS.c.desktop_id)
+    .outerjoin(_hosts, _hosts.c.name == _desktops.c.host_name)
+    .where(_SESSIONS.c.id == bindparam("session_id"))
+)
+
 
 def tokens_minted_recently(db: Session, username: str, now: dt.datetime) -> int:
     """Console tokens minted for the user's sessions in the last minute (all brokers: it is the database)."""
@@ -548,25 +604,29 @@ def issue_for_owner(
     is read here first (NotAuthenticated before anything else when its portal session is not live)."""
     if not isinstance(username, str):
         username = user_of(db, username).username
-    session, desktop = load_owned_session(db, session_id, username)
+    owned = db.execute(_OWNED_SESSION, {"session_id": session_id}).one_or_none()
+    # Another user's session answers exactly like a missing one, so ids cannot be probed.
+    if owned is None or owned.username != username:
+        raise errors.UnknownSession()
     if tokens_minted_recently(db, username, utcnow()) >= per_minute:
         raise errors.ConsoleTokenRate()
-    if session.state != "active":
+    if owned.session_state != "active":
         raise errors.SessionEnded()
-    if desktop.state != "running" or desktop.vnc_port is None:
+    if owned.desktop_state != "running" or owned.vnc_port is None:
         raise errors.DesktopNotRunning()
-    route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
-    policy = policy_of(desktop.pool_name) if policy_of else None
-    arrival = arrival_at(db, session.client_ip, device_sha256) if policy is not None else None
+    host = owned if owned.name is not None else None  # the host's columns, as console_route reads them
+    route, ssh_address = console_route(host, owned.vnc_host)
+    policy = policy_of(owned.pool_name) if policy_of else None
+    arrival = arrival_at(db, owned.client_ip, device_sha256) if policy is not None else None
     if arrival is not None:
         # At a center terminal the console knows the terminal's network zone (gateway/clipboard.py).
         policy = dataclasses.replace(policy, client_zone=arrival.zone)
     return issue_token(
         db,
-        session_id=session.id,
-        desktop_id=desktop.id,
-        host=desktop.vnc_host,
-        port=desktop.vnc_port,
+        session_id=session_id,
+        desktop_id=owned.desktop_id,
+        host=owned.vnc_host,
+        port=owned.vnc_port,
         ttl_s=ttl_s,
         route=route,
         ssh_address=ssh_address,

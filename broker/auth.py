@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from sqlalchemy import insert as insert_into
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -114,8 +115,9 @@ def record_login(
         .values(username=identity.username, **values)
         .on_conflict_do_update(index_elements=[User.username], set_=values)
     )
-    db.add(
-        PortalSession(
+    # The session and its audit row as plain INSERTs (no ORM instances to track and flush at commit).
+    db.execute(
+        insert_into(PortalSession.__table__).values(
             id_hash=id_hash,
             username=identity.username,
             method=method,
@@ -124,7 +126,17 @@ def record_login(
             expires_at=expires_at if until is None else min(expires_at, until),
         )
     )
-    db.add(audit_login(identity.username, "success", client_ip, method, "authenticated", audit_detail))
+    detail = audit_detail_of(method, "authenticated", audit_detail)
+    db.execute(
+        insert_into(AuditEvent.__table__).values(
+            at=now,
+            actor=identity.username[:128],
+            action="login",
+            result="success",
+            source_ip=client_ip,
+            detail=detail,
+        )
+    )
 
 
 def _record_login_and_reset(
@@ -156,8 +168,12 @@ def audit_login(
         action="login",
         result=result,
         source_ip=client_ip,
-        detail={**(extra or {}), "method": method, "reason": reason},
+        detail=audit_detail_of(method, reason, extra),
     )
+
+
+def audit_detail_of(method: str, reason: str, extra: dict | None = None) -> dict:
+    return {**(extra or {}), "method": method, "reason": reason}
 
 
 def load_user(db: Session, id_hash: str) -> PortalUser | None:
@@ -177,6 +193,35 @@ def load_user(db: Session, id_hash: str) -> PortalUser | None:
         return None
     method, username, display_name, groups = row
     return PortalUser(username, display_name, list(groups or []), method)
+
+
+class SessionUser:
+    """A request's portal session whose user is read in the first transaction of the request's own work
+    (`load`), rather than in a transaction of its own before it: one transaction less per request on the
+    logon path (docs/ha.md). The user is read from the database in that transaction like any other time,
+    so a session revoked on any broker is refused at once; nothing is kept between requests.
+    """
+
+    __slots__ = ("id_hash", "user")
+
+    def __init__(self, session_id: str | None) -> None:
+        self.id_hash = hash_session_id(session_id) if session_id else None
+        self.user: PortalUser | None = None
+
+    def load(self, db: Session) -> PortalUser:
+        """The session's user (live: not revoked, not expired), else NotAuthenticated, which rolls the
+        caller's transaction back before it did anything."""
+        if self.user is None:
+            user = load_user(db, self.id_hash) if self.id_hash else None
+            if user is None:
+                raise errors.NotAuthenticated()
+            self.user = user
+        return self.user
+
+
+def user_of(db: Session, who: PortalUser | SessionUser) -> PortalUser:
+    """`who` as a PortalUser: read in this transaction when it is a SessionUser."""
+    return who.load(db) if isinstance(who, SessionUser) else who
 
 
 def revoke(db: Session, id_hash: str, client_ip: str) -> str | None:

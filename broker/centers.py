@@ -12,6 +12,7 @@ Administrators manage centers through /api/v1/admin/centers and `vdi center …`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -239,14 +240,28 @@ def _clock(day: dt.date, text: str, tz: ZoneInfo) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(hour, minute), tz)
 
 
-def network_holding(address: str, networks: list[dict]) -> dict | None:
-    """The most specific of `networks` that holds `address` (None: none does, or no address)."""
+@functools.lru_cache(maxsize=4096)
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Parsed once per address and network text (every login, connect and console token asks, with the
+    # centers as the database has them now: only the parsing is kept, never the centers).
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(address)
     except ValueError:
         return None
-    holding = [n for n in networks if ip in ipaddress.ip_network(n["cidr"])]
-    return max(holding, key=lambda n: ipaddress.ip_network(n["cidr"]).prefixlen, default=None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr)
+
+
+def network_holding(address: str, networks: list[dict]) -> dict | None:
+    """The most specific of `networks` that holds `address` (None: none does, or no address)."""
+    ip = _ip(address) if address else None
+    if ip is None:
+        return None
+    holding = [n for n in networks if ip in _network(n["cidr"])]
+    return max(holding, key=lambda n: _network(n["cidr"]).prefixlen, default=None)
 
 
 @dataclass(frozen=True)
@@ -378,12 +393,18 @@ def center_arrival(view: CenterView) -> Arrival:
 
 
 def _arrival_by_network(db: Session, address: str) -> Arrival | None:
-    best: tuple[int, Arrival] | None = None
-    for view in list_centers(db):
-        network = network_holding(address, view.networks)
+    if _ip(address) is None:
+        return None
+    # Every center's networks as they are now, as plain rows: the center itself is read only when the
+    # address is on one of its networks (most logins are not).
+    best: tuple[int, str, str] | None = None
+    for name, networks in db.execute(select(Center.name, Center.networks).order_by(Center.name)):
+        network = network_holding(address, networks or [])
         if network is None:
             continue
-        length = ipaddress.ip_network(network["cidr"]).prefixlen
+        length = _network(network["cidr"]).prefixlen
         if best is None or length > best[0]:
-            best = (length, Arrival(view, network["zone"]))
-    return None if best is None else best[1]
+            best = (length, name, network["zone"])
+    if best is None:
+        return None
+    return Arrival(show_center(db, best[1]), best[2])

@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from broker import errors
 from broker.attendance import record_arrival
-from broker.auth import PortalUser
+from broker.auth import PortalUser, SessionUser, user_of
 from broker.centers import arrival_at
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
@@ -61,6 +62,7 @@ from hypervisor.provider import DesktopProvider
 from images.boot import ImageError
 from images.built_in import BUILT_IN_IMAGES
 from images.config import ImageSettings
+from monitoring import logs
 from monitoring.metrics import (
     CONNECT_DURATION,
     CONNECTS_JOINED,
@@ -245,6 +247,28 @@ def _audit(actor: str, action: str, result: str, target: str, client_ip: str, **
     )
 
 
+_SESSIONS = DesktopSession.__table__
+# A new session row is written with every column (open_session sets them all on the new DesktopSession).
+_SESSION_COLUMNS = tuple(column.key for column in _SESSIONS.c)
+
+
+def insert_audit(
+    db: Session, actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any
+) -> None:
+    """The audit row of `_audit` as a plain INSERT, for the connect path (no ORM instance to flush)."""
+    db.execute(
+        insert(AuditEvent.__table__).values(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            result=result,
+            target=target,
+            source_ip=client_ip,
+            detail=detail,
+        )
+    )
+
+
 def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | None:
     return db.scalars(
         select(Desktop)
@@ -277,7 +301,9 @@ def take_spare(db: Session, pool: PoolSettings, username: str) -> Desktop | None
     ).rowcount
     if not taken:
         return None
-    db.refresh(spare)
+    # The row is locked by us (FOR UPDATE, or SQLite's one writer): the only column that changed is the
+    # one just written, so no second read of the row (it was db.refresh: a SELECT per connect).
+    set_committed_value(spare, "assigned_user", username)
     return spare
 
 
@@ -451,23 +477,31 @@ def open_session(
         # The power manager of another broker powered it off between our check and now.
         raise errors.DesktopStarting()
     if created:
-        # The unique index on live sessions (models.DesktopSession) refuses a second one of the user in
-        # this pool: the IntegrityError reaches DesktopService._open_session, which joins the first.
         session = DesktopSession(
             id=str(uuid.uuid4()),
             username=username,
             desktop_id=desktop_id,
             pool_name=desktop.pool_name,
+            client_ip=client_ip,
+            state="active",
             started_at=utcnow(),
+            ended_at=None,
+            last_input_at=None,
+            center=None,
         )
-        db.add(session)
         # At a center terminal the session records its center; the day's first is the check-in.
         record_arrival(db, session, client_ip, device_sha256)
-    session.client_ip = client_ip
+        # A plain INSERT of the new row (no ORM instance to track and flush): the unique index on live
+        # sessions (models.DesktopSession) refuses a second one of the user in this pool at once, and the
+        # IntegrityError reaches DesktopService._open_session, which joins the first.
+        db.execute(insert(_SESSIONS).values({key: vars(session)[key] for key in _SESSION_COLUMNS}))
+        make_transient_to_detached(session)
+    else:
+        session.client_ip = client_ip
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
     action = "connect" if created else "reconnect"
-    db.add(_audit(username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created))
+    insert_audit(db, username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created)
     db.flush()
     return session, created
 
@@ -508,6 +542,29 @@ def load_owned_session(db: Session, session_id: str, username: str) -> tuple[Des
 
 TOKEN_RATE_WINDOW_S = 60
 
+# A console token's one read: the session, its desktop and the desktop's host, as plain columns (it was
+# three ORM look-ups); the host's columns keep their names, as console_route reads them from a Host.
+_hosts, _desktops = Host.__table__, Desktop.__table__
+_OWNED_SESSION = (
+    select(
+        _SESSIONS.c.username,
+        _SESSIONS.c.state.label("session_state"),
+        _SESSIONS.c.client_ip,
+        _SESSIONS.c.desktop_id,
+        _desktops.c.state.label("desktop_state"),
+        _desktops.c.pool_name,
+        _desktops.c.vnc_host,
+        _desktops.c.vnc_port,
+        _hosts.c.name,
+        _hosts.c.uri,
+        _hosts.c.console_access,
+        _hosts.c.ssh_address,
+    )
+    .join(_desktops, _desktops.c.id == _SESSIONS.c.desktop_id)
+    .outerjoin(_hosts, _hosts.c.name == _desktops.c.host_name)
+    .where(_SESSIONS.c.id == bindparam("session_id"))
+)
+
 
 def tokens_minted_recently(db: Session, username: str, now: dt.datetime) -> int:
     """Console tokens minted for the user's sessions in the last minute (all brokers: it is the database)."""
@@ -537,31 +594,39 @@ def console_policy(pool: PoolSettings | None) -> ConsolePolicy:
 def issue_for_owner(
     db: Session,
     session_id: str,
-    username: str,
+    username: str | PortalUser | SessionUser,
     ttl_s: int,
     per_minute: int,
     policy_of: Callable[[str], ConsolePolicy] | None = None,
     device_sha256: str | None = None,
 ) -> str:
-    session, desktop = load_owned_session(db, session_id, username)
+    """A console token for the owner's session; `username` may be the request's SessionUser, whose user
+    is read here first (NotAuthenticated before anything else when its portal session is not live)."""
+    if not isinstance(username, str):
+        username = user_of(db, username).username
+    owned = db.execute(_OWNED_SESSION, {"session_id": session_id}).one_or_none()
+    # Another user's session answers exactly like a missing one, so ids cannot be probed.
+    if owned is None or owned.username != username:
+        raise errors.UnknownSession()
     if tokens_minted_recently(db, username, utcnow()) >= per_minute:
         raise errors.ConsoleTokenRate()
-    if session.state != "active":
+    if owned.session_state != "active":
         raise errors.SessionEnded()
-    if desktop.state != "running" or desktop.vnc_port is None:
+    if owned.desktop_state != "running" or owned.vnc_port is None:
         raise errors.DesktopNotRunning()
-    route, ssh_address = console_route(db.get(Host, desktop.host_name or ""), desktop.vnc_host)
-    policy = policy_of(desktop.pool_name) if policy_of else None
-    arrival = arrival_at(db, session.client_ip, device_sha256) if policy is not None else None
+    host = owned if owned.name is not None else None  # the host's columns, as console_route reads them
+    route, ssh_address = console_route(host, owned.vnc_host)
+    policy = policy_of(owned.pool_name) if policy_of else None
+    arrival = arrival_at(db, owned.client_ip, device_sha256) if policy is not None else None
     if arrival is not None:
         # At a center terminal the console knows the terminal's network zone (gateway/clipboard.py).
         policy = dataclasses.replace(policy, client_zone=arrival.zone)
     return issue_token(
         db,
-        session_id=session.id,
-        desktop_id=desktop.id,
-        host=desktop.vnc_host,
-        port=desktop.vnc_port,
+        session_id=session_id,
+        desktop_id=owned.desktop_id,
+        host=owned.vnc_host,
+        port=owned.vnc_port,
         ttl_s=ttl_s,
         route=route,
         ssh_address=ssh_address,
@@ -593,6 +658,16 @@ def users_desktops(db: Session, username: str) -> dict[str, tuple[Desktop, str |
 
 def count_active_sessions(db: Session) -> int:
     return db.scalar(select(func.count()).select_from(DesktopSession).where(DesktopSession.state == "active"))
+
+
+def _signed_in(who: PortalUser | SessionUser) -> str:
+    """The user's name once `who` was read; a SessionUser's is bound to this request's log lines from here
+    on, as BaseHandler.prepare binds a user it read itself."""
+    if isinstance(who, PortalUser):
+        return who.username
+    assert who.user is not None
+    logs.bind(user=who.user.username)
+    return who.user.username
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -645,9 +720,19 @@ class DesktopService:
             raise errors.UnknownPool(f"There is no desktop pool named {name}.", pool=name)
         return pool
 
-    async def pools_for(self, user: PortalUser) -> list[PoolView]:
-        pools = entitled_pools(self.config.pools, user.groups)
-        current = await self.db.run(partial(users_desktops, username=user.username)) if pools else {}
+    async def pools_for(self, who: PortalUser | SessionUser) -> list[PoolView]:
+        """The pools the user is entitled to, with their desktops; a SessionUser's user is read in the same
+        transaction as the desktops."""
+
+        def read(db: Session) -> tuple[list[PoolSettings], dict]:
+            user = user_of(db, who)
+            pools = entitled_pools(self.config.pools, user.groups)
+            return pools, users_desktops(db, user.username) if pools else {}
+
+        if isinstance(who, SessionUser) or entitled_pools(self.config.pools, who.groups):
+            pools, current = await self.db.run(read)
+        else:
+            pools, current = [], {}
         views = []
         for pool in pools:
             desktop, session_id = current.get(pool.name, (None, None))
@@ -933,6 +1018,10 @@ class DesktopService:
 
     async def pool_image(self, pool: PoolSettings) -> BootImage:
         """The image new desktops of the pool start from: a promoted rollout's version, else the resolver's."""
+        if isinstance(self.image_resolver, PoolImages):
+            # The broker's own resolver asks for a promoted rollout first itself (catalog_version), in the
+            # one transaction: no transaction of its own for that here (one per desktop made).
+            return await self._blocking(self.image_resolver, pool)
         promoted = await self.db.run(partial(promoted_rollout, pool=pool))
         if promoted is None:
             return await self._blocking(self.image_resolver, pool)
@@ -1038,14 +1127,15 @@ class DesktopService:
     # -- console token and logoff ----------------------------------------------------------------
 
     async def console_token(
-        self, user: PortalUser, session_id: str, device_sha256: str | None = None
+        self, who: PortalUser | SessionUser, session_id: str, device_sha256: str | None = None
     ) -> ConsoleGrant:
-        """`device_sha256`: the client's device certificate's fingerprint (a center terminal's), if any."""
+        """`device_sha256`: the client's device certificate's fingerprint (a center terminal's), if any.
+        A SessionUser's user is read in the token's own transaction."""
         ttl_s = self.config.broker.console_token_ttl_s
         issue = partial(
             issue_for_owner,
             session_id=session_id,
-            username=user.username,
+            username=who,
             ttl_s=ttl_s,
             per_minute=self.config.broker.console_tokens_per_minute,
             policy_of=lambda pool_name: console_policy(self.config.pool(pool_name)),
@@ -1057,12 +1147,13 @@ class DesktopService:
             CONSOLE_TOKENS_REFUSED.labels(reason=TokenRefusal.RATE.value).inc()
             log.warning(
                 "console token refused: user=%s over %d per minute",
-                user.username,
+                _signed_in(who),
                 issue.keywords["per_minute"],
             )
             raise
         CONSOLE_TOKENS_ISSUED.inc()
-        log.info("console token issued: user=%s session=%s ttl=%ss", user.username, session_id, ttl_s)
+        username = _signed_in(who)
+        log.info("console token issued: user=%s session=%s ttl=%ss", username, session_id, ttl_s)
         return ConsoleGrant(token, self.config.broker.gateway_url, ttl_s)
 
     async def logoff(self, user: PortalUser, session_id: str, client_ip: str) -> SessionView:

@@ -97,26 +97,64 @@ class TotpNotEnrolled(errors.NotFound):
 # -- lockout counters -----------------------------------------------------------------------------
 
 
-def _counter(db: Session, kind: str, key: str, now: dt.datetime) -> LoginThrottle:
+_THROTTLES = LoginThrottle.__table__
+
+
+@dataclass
+class _Counter:
+    """A lockout counter row as read under its lock (sso.lockout's Counter), written back by `_save` when
+    sso.lockout changed it: plain Core statements, not ORM instances (every login pays this, docs/ha.md)."""
+
+    kind: str
+    key: str
+    failures: int
+    window_started_at: dt.datetime
+    locked_until: dt.datetime | None
+    read: tuple = ()
+
+    def values(self) -> tuple:
+        return (self.failures, self.window_started_at, self.locked_until)
+
+
+def _counter(db: Session, kind: str, key: str, now: dt.datetime) -> _Counter:
     """The counter row, created if missing, locked for this transaction: one statement.
 
     INSERT … ON CONFLICT DO UPDATE … RETURNING creates the row or, when it is there (another broker may
     have made it a moment ago), updates it to what it is, which takes PostgreSQL's row lock, and hands it
-    back either way; on SQLite the insert takes the write lock. The read-modify-write that follows loses
-    no count. (It was INSERT … DO NOTHING, then SELECT … FOR UPDATE: two round trips a counter.)
+    back either way; on SQLite the insert takes the write lock. The read-modify-write that follows (`_save`
+    in the same transaction) loses no count. (It was INSERT … DO NOTHING, then SELECT … FOR UPDATE: two
+    round trips a counter.)
     """
     insert = sqlite_insert if db.get_bind().dialect.name == "sqlite" else postgresql_insert
-    statement = insert(LoginThrottle).values(kind=kind, key=key, failures=0, window_started_at=now)
+    statement = insert(_THROTTLES).values(kind=kind, key=key, failures=0, window_started_at=now)
     statement = statement.on_conflict_do_update(
-        index_elements=[LoginThrottle.kind, LoginThrottle.key],
-        set_={"failures": LoginThrottle.failures},
-    ).returning(LoginThrottle)
-    return db.scalars(statement, execution_options={"populate_existing": True}).one()
+        index_elements=[_THROTTLES.c.kind, _THROTTLES.c.key],
+        set_={"failures": _THROTTLES.c.failures},
+    ).returning(_THROTTLES.c.failures, _THROTTLES.c.window_started_at, _THROTTLES.c.locked_until)
+    failures, window_started_at, locked_until = db.execute(statement).one()
+    counter = _Counter(kind, key, failures, window_started_at, locked_until)
+    counter.read = counter.values()
+    return counter
 
 
-def _counters(
-    db: Session, user_key: str, client_ip: str, now: dt.datetime
-) -> list[tuple[str, LoginThrottle]]:
+def _save(db: Session, *counters: _Counter | None) -> None:
+    """Write back what sso.lockout changed in these counters (one UPDATE each that changed)."""
+    for counter in counters:
+        if counter is None or counter.values() == counter.read:
+            continue
+        db.execute(
+            update(_THROTTLES)
+            .where(_THROTTLES.c.kind == counter.kind, _THROTTLES.c.key == counter.key)
+            .values(
+                failures=counter.failures,
+                window_started_at=counter.window_started_at,
+                locked_until=counter.locked_until,
+            )
+        )
+        counter.read = counter.values()
+
+
+def _counters(db: Session, user_key: str, client_ip: str, now: dt.datetime) -> list[tuple[str, _Counter]]:
     return [
         (kind, _counter(db, kind, key, now))
         for kind, key in ((lockout.USER, user_key), (lockout.SOURCE, client_ip))
@@ -176,6 +214,7 @@ def reserve_attempt(
             for kind, counter in counters:
                 if not waits[kind]:
                     lockout.release_attempt(counter)
+        _save(db, *(counter for _, counter in counters))
     return Reservation(user_key, client_ip, False, waits.get(lockout.USER, 0), waits.get(lockout.SOURCE, 0))
 
 
@@ -186,8 +225,10 @@ def _reserve_at_center(
     the address's failure window is only read (is it locked?), so logins still being checked never fill it.
     Rows are locked in the order user, source, in flight, as everywhere here: no waiting in a circle."""
     user = _counter(db, lockout.USER, user_key, now) if user_key else None
-    source = db.scalars(
-        select(LoginThrottle).where(LoginThrottle.kind == lockout.SOURCE, LoginThrottle.key == client_ip)
+    source = db.execute(
+        select(_THROTTLES.c.locked_until).where(
+            _THROTTLES.c.kind == lockout.SOURCE, _THROTTLES.c.key == client_ip
+        )
     ).one_or_none()
     user_wait, source_wait = lockout.seconds_locked(user, now), lockout.seconds_locked(source, now)
     if user_wait or source_wait:
@@ -195,10 +236,13 @@ def _reserve_at_center(
     if user is not None:
         user_wait = lockout.reserve_attempt(user, lockout.USER, settings, now)
         if user_wait:
+            _save(db, user)
             return Reservation(user_key, client_ip, True, user_wait)
-    source_wait = lockout.reserve_in_flight(_counter(db, lockout.IN_FLIGHT, client_ip, now), settings, now)
+    in_flight = _counter(db, lockout.IN_FLIGHT, client_ip, now)
+    source_wait = lockout.reserve_in_flight(in_flight, settings, now)
     if source_wait and user is not None:
         lockout.release_attempt(user)  # the attempt does not happen
+    _save(db, user, in_flight)
     return Reservation(user_key, client_ip, True, 0, source_wait, busy=bool(source_wait))
 
 
@@ -238,18 +282,18 @@ def settle_failure(
     its place in the in-flight cap is given back."""
     user_key, client_ip = reservation.user_key, reservation.client_ip
     if not reservation.at_center:
-        return [
-            kind
-            for kind, counter in _counters(db, user_key, client_ip, now)
-            if lockout.settle_failure(counter, kind, settings, now)
-        ]
+        counters = _counters(db, user_key, client_ip, now)
+        locked = [kind for kind, counter in counters if lockout.settle_failure(counter, kind, settings, now)]
+        _save(db, *(counter for _, counter in counters))
+        return locked
     locked = []
-    if user_key and lockout.settle_failure(
-        _counter(db, lockout.USER, user_key, now), lockout.USER, settings, now
-    ):
+    user = _counter(db, lockout.USER, user_key, now) if user_key else None
+    if user is not None and lockout.settle_failure(user, lockout.USER, settings, now):
         locked.append(lockout.USER)
-    if lockout.record_failure(_counter(db, lockout.SOURCE, client_ip, now), settings, now):
+    source = _counter(db, lockout.SOURCE, client_ip, now)
+    if lockout.record_failure(source, settings, now):
         locked.append(lockout.SOURCE)
+    _save(db, user, source)
     _give_back(db, lockout.IN_FLIGHT, client_ip)
     return locked
 

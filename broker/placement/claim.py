@@ -23,8 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from broker.db.models import Desktop, Host
 from broker.placement.candidates import HostCandidate, PlacementRequest
@@ -40,6 +40,7 @@ HOLDING_STATES = ("provisioning", "running", "starting", "stopping", "stopped", 
 
 
 _HOSTS = Host.__table__  # claims and catalog reads use the table's columns, not the ORM entity
+_DESKTOPS = Desktop.__table__
 
 # How often a decision first asks for every host's generation and re-reads the hosts whose generation
 # moved (HostCatalog.sync): other brokers' claims reach this broker's figures within this delay.
@@ -240,6 +241,29 @@ def _record(db: Session, desktop: Desktop, host_name: str, request: PlacementReq
     db.add(desktop)
 
 
+def insert_desktops(db: Session, desktops: list[Desktop]) -> None:
+    """Insert new (transient) Desktop objects with Core statements rather than the ORM's flush, and leave
+    each as the flush and commit would have: its id and every column set, detached from any session.
+
+    The unit of work (identity map, state tracking, the flush's ordering) was the largest single part of
+    a claim's transaction (docs/placement.md); the rows are the same. The columns a desktop leaves unset
+    get their defaults from the table, as in a flush; desktops that set the same columns go in one
+    statement (RETURNING every column, in the order of the desktops).
+    """
+    columns = [column.key for column in _DESKTOPS.c if column.key != "id"]
+    groups: dict[tuple[str, ...], list[Desktop]] = {}
+    for desktop in desktops:
+        given = vars(desktop)
+        groups.setdefault(tuple(key for key in columns if key in given), []).append(desktop)
+    for keys, group in groups.items():
+        statement = insert(_DESKTOPS).returning(*_DESKTOPS.c, sort_by_parameter_order=True)
+        rows = db.execute(statement, [{key: vars(desktop)[key] for key in keys} for desktop in group])
+        for desktop, row in zip(group, rows, strict=True):
+            for key, value in row._mapping.items():
+                setattr(desktop, key, value)
+            make_transient_to_detached(desktop)
+
+
 def reserve_many(
     db: Session,
     claims: list[tuple[HostCandidate, PlacementRequest, Desktop]],
@@ -260,6 +284,7 @@ def reserve_many(
     usage = host_usage(db, list(rows)) if rows else {}
     current = {name: candidate_of(row, usage.get(name, HostUsage())) for name, row in rows.items()}
     answers: list[tuple[Desktop, HostCandidate] | ClaimLost] = []
+    accepted: list[Desktop] = []
     for decided, request, desktop in claims:
         name = decided.name
         host = current.get(name)
@@ -274,10 +299,13 @@ def reserve_many(
         if lost is not None:
             answers.append(lost)
             continue
-        _record(db, desktop, name, request)
+        desktop.host_name = name
+        desktop.vcpus, desktop.memory_mib = request.vcpus, request.memory_mib
+        accepted.append(desktop)
         answers.append((desktop, host))
         current[name] = with_desktop(host, request, host.generation)
-    db.flush()
+    if accepted:
+        insert_desktops(db, accepted)
     return answers
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from tornado.log import access_log
 
 from broker import errors
-from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, login_refusal
+from broker.auth import SESSION_COOKIE, PortalAuth, PortalUser, SessionUser, login_refusal
 from broker.db import database_unavailable
 from broker.terminals import fingerprint
 from broker.web.client_address import HEADER as FORWARDED_FOR
@@ -132,6 +132,10 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # None: the configured default_language.
     fallback_language: str | None = None
+    # True: prepare() does not read the portal session's user in a transaction of its own; the handler
+    # hands `session_user()` to a service that reads it in the request's first transaction (and sets
+    # current_user with `signed_in`). Only for handlers of signed-in users whose work starts with one.
+    user_read_with_work = False
 
     @property
     def config(self) -> BrokerConfig:
@@ -197,8 +201,26 @@ class BaseHandler(tornado.web.RequestHandler):
     # -- user and cookies --------------------------------------------------------------------
 
     async def prepare(self) -> None:
+        if self.user_read_with_work:
+            self.current_user = None
+            return
         self.current_user = await self.portal_auth.user_for(self.portal_session_id())
         logs.bind(user=self.current_user.username if self.current_user else None)
+
+    def session_user(self) -> SessionUser:
+        """This request's portal session, for a service to read its user in its first transaction;
+        NotAuthenticated at once without a session cookie."""
+        who = SessionUser(self.portal_session_id())
+        if who.id_hash is None:
+            raise errors.NotAuthenticated()
+        return who
+
+    def signed_in(self, who: SessionUser) -> PortalUser:
+        """The user a service read for `who` (its first transaction succeeded), now this request's user."""
+        assert who.user is not None
+        self.current_user = who.user
+        logs.bind(user=who.user.username)
+        return who.user
 
     def get_current_user(self) -> PortalUser | None:
         # prepare() sets the user; this only runs when an error cut the request short before it.

@@ -60,3 +60,25 @@ def test_revoking_an_unknown_user_is_404_naming_the_field(secure_broker):
     answer = signed_in_from(url, "parkjh").post("/api/v1/admin/users/nobody/revoke-sessions")
     assert answer.status == 404
     assert answer.json()["error"]["field"] == "username"
+
+
+def test_a_session_signed_out_on_one_broker_gets_no_desktop_list_or_console_token_on_the_other(
+    secure_broker, tmp_path
+):
+    # The desktop list and the console token read the portal session's user in their own transaction
+    # (no transaction of its own before it): a revocation must still be seen by the very next request.
+    database = tmp_path / "shared.db"
+    first, _ = secure_broker(database=database)
+    second, _ = secure_broker(database=database)
+    here, there = signed_in_from(first, "kimmj"), signed_in_from(second, "kimmj", "127.0.0.4")
+    assert there.get("/api/v1/desktops").status == 200
+    unknown = there.post("/api/v1/sessions/no-such-session/console-token")
+    assert unknown.status == 404  # signed in: the session id is what is wrong
+
+    assert here.post("/api/v1/logout").status == 200
+
+    listed = there.get("/api/v1/desktops")
+    assert listed.status == 401 and listed.json()["error"]["reason"] == "not_authenticated"
+    token = there.post("/api/v1/sessions/no-such-session/console-token")
+    assert token.status == 401 and token.json()["error"]["reason"] == "not_authenticated"
+    assert SourceClient(second, "127.0.0.5").get("/api/v1/desktops").status == 401  # no cookie at all

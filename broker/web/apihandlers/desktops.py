@@ -28,9 +28,12 @@ class DesktopsAPIHandler(APIHandler):
         )
     }
 
+    user_read_with_work = True  # the session's user in the desktops' transaction
+
     async def get(self) -> None:
-        user = self.require_user()
-        pools = await self.desktops.pools_for(user)
+        who = self.session_user()
+        pools = await self.desktops.pools_for(who)
+        self.signed_in(who)
         self.write_json({"pools": [pool.as_json() for pool in pools]})
 
 

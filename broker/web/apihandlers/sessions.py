@@ -43,9 +43,12 @@ class ConsoleTokenAPIHandler(APIHandler):
         )
     }
 
+    user_read_with_work = True  # the session's user in the token's transaction
+
     async def post(self, session_id: str) -> None:
-        user = self.require_user()
-        grant = await self.desktops.console_token(user, session_id, self.device_fingerprint())
+        who = self.session_user()
+        grant = await self.desktops.console_token(who, session_id, self.device_fingerprint())
+        self.signed_in(who)
         self.bind_session(session_id)
         body = grant.as_json()
         body["gateway_url"] = with_request_id(grant.gateway_url, self.request_id)

@@ -171,3 +171,37 @@ def test_a_desktop_refused_in_a_batch_fails_only_its_own_request(database, worke
         duplicate.result()
     assert fresh.result().desktop.host_name == "a"
     assert desktops_per_host(database) == {"a": 3}
+
+
+def test_a_placed_desktop_comes_back_as_stored_with_every_column_and_its_defaults(database, worker):
+    # The claim inserts the desktops with Core (claim.insert_desktops): each comes back as the ORM's flush
+    # and commit left it, its id and defaults set, usable after its transaction ended.
+    add_host(database, "a", max_desktops=10)
+    bare = Desktop(pool_name="p", domain_name="vdi-p-bare", image="demo:test")  # state, created_at: defaults
+    sealed = Desktop(
+        pool_name="p", domain_name="vdi-p-sealed", image="demo:test", vnc_password_sealed="s", state="running"
+    )
+    futures = [worker.submit(REQUEST, lambda d=d: d) for d in (bare, sealed)]
+    placed = [future.result(timeout=30).desktop for future in futures]
+
+    with database.transaction() as session:
+        stored = {d.domain_name: d for d in session.scalars(select(Desktop))}
+    for desktop in placed:
+        row = stored[desktop.domain_name]
+        assert desktop.id == row.id
+        columns = (
+            "state",
+            "host_name",
+            "vcpus",
+            "memory_mib",
+            "created_at",
+            "vnc_password_sealed",
+            "ready_at",
+        )
+        assert {c: getattr(desktop, c) for c in columns} == {c: getattr(row, c) for c in columns}
+    assert (placed[0].state, placed[0].created_at is not None, placed[0].host_name) == (
+        "provisioning",
+        True,
+        "a",
+    )
+    assert placed[1].vnc_password_sealed == "s" and placed[1].vcpus == REQUEST.vcpus

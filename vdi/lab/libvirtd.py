@@ -8,7 +8,6 @@ host's, or one another session started) is used as it is.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import logging
 import os
@@ -17,8 +16,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from vdi.lab.locks import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,8 @@ class LibvirtDaemon:
             self._start()
             return True
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self.state_dir / ".lock")
 
     def _start(self) -> None:
         self._prepare_host()

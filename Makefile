@@ -35,9 +35,15 @@ POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.p
 	tests/broker/test_concurrency.py tests/broker/test_pool_catalog.py \
 	tests/gateway tests/security
 
+# Both passes run on pytest-xdist workers: most tests wait on real components (guests booting, slapd, sshd,
+# Chromium), so more workers than cores still gains. --dist loadgroup keeps the tests of a module with
+# module-scoped fixtures on one worker (tests/conftest.py). `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup lint
-	$(VENV)/bin/python -m pytest
-	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(POSTGRES_TESTS)
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)
+	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(POSTGRES_TESTS)
 
 # The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
 fuzz: setup

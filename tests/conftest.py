@@ -44,16 +44,25 @@ def module_scoped_fixtures(item: pytest.Item) -> bool:
     return any(d.scope in ("module", "class") for defs in info.name2fixturedefs.values() for d in defs)
 
 
-# Before xdist's own hook, which reads the xdist_group marks into the node ids its scheduler groups by.
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(session, config, items):
     # Once Playwright's sync API starts it keeps an asyncio loop running in the main thread, and
     # asyncio.run() then refuses to start; so every browser test runs after all the others. Under xdist
     # a worker runs what it is sent in collection order, so this holds on each worker too.
     items.sort(key=uses_browser)
+    groups = {}
     for item in items:
         if module_scoped_fixtures(item):
             # One group per module, and apart for its browser tests: a group is scheduled where its first
             # test stands, and a browser test must not run before a worker's non-browser tests.
-            group = item.module.__name__ + (".browser" if uses_browser(item) else "")
-            item.add_marker(pytest.mark.xdist_group(group))
+            groups[item] = item.module.__name__ + (".browser" if uses_browser(item) else "")
+            item.add_marker(pytest.mark.xdist_group(groups[item]))
+    yield
+    if getattr(config.option, "loadgroup", False):
+        # A worker of `--dist loadgroup` tells the scheduler a test's group as a suffix of its node id.
+        # pytest-xdist 3.8 writes it into item._nodeid, which pytest 9.2 no longer reads (the id is item._id
+        # now): without this every test would be scheduled on its own and a module's fixture made on each
+        # worker at once.
+        for item, group in groups.items():
+            if not item.nodeid.endswith(f"@{group}"):
+                item._id = type(item._id).parse(f"{item.nodeid}@{group}")

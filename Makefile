@@ -35,9 +35,17 @@ POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.p
 	tests/broker/test_concurrency.py tests/broker/test_pool_catalog.py \
 	tests/gateway tests/security
 
+# Both passes can run on pytest-xdist workers (`make test TEST_WORKERS=3`): most tests wait on real
+# components (guests booting, slapd, sshd, Chromium). --dist loadgroup keeps the tests of a module with
+# module-scoped fixtures on one worker (tests/conftest.py). 0 (one process) stays the default until the
+# tests that inject faults into the shared lab hosts (cut sh1/sh2's or hv3's network, kill hv2's libvirtd)
+# no longer disturb the other workers' tests on those hosts (docs/development.md, "Parallel runs").
+TEST_WORKERS ?= 0
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup lint
-	$(VENV)/bin/python -m pytest
-	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(POSTGRES_TESTS)
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)
+	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(POSTGRES_TESTS)
 
 # The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
 fuzz: setup

@@ -18,16 +18,15 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.ansible import ANSIBLE_DIR, REPO, ansible_playbook, recap
+from tests.fixtures.ansible import ANSIBLE_DIR, ansible_playbook, recap
 from tests.fixtures.broker import BrokerClient
-from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.common import build_wheel, free_port, wait_until
 from tests.fixtures.e2e import http_ok, port_open
 from vdi.lab.slapd import DEMO_PASSWORD, Slapd
 
@@ -108,11 +107,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iterator[tuple[Deployment, list]]:
     wheels = tmp_path_factory.mktemp("wheels")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
-        check=True,
-        capture_output=True,
-    )
+    built = build_wheel(wheels)
+    assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("smartwork_vdi-*.whl")
     # The service account walks to its files: not under pytest's private temporary tree.
     root = Path(tempfile.mkdtemp(prefix="swvdi-roles-"))

@@ -28,7 +28,7 @@ from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from monitoring.metrics import SshChannelResult
 from tests.fixtures.ansible import ANSIBLE_DIR, apply_playbook, assert_gateway_account, lab_host_inventory
-from tests.fixtures.lab_hosts import POOLS_DIR, lab_host_settings
+from tests.fixtures.lab_hosts import POOLS_DIR, lab_host_settings, own_lab_host
 from tests.fixtures.libvirt import destroy_quietly
 from tests.fixtures.sshd import generate_key
 from vdi.lab.hosts import ROOT_ADDRESS, LabHosts, LabHostsError
@@ -72,27 +72,28 @@ def role_on_hv4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabH
     token = secrets.token_hex(3)
     pool, user = f"swrole-{token}", f"swgw{token}"
     hosts = LabHosts(work / "lab", names=[HOST], first_octet=HOST_OCTET, libvirt=False)
-    try:
+    with own_lab_host(HOST):
         try:
-            hosts.up()
-        except LabHostsError as exc:
-            pytest.fail(f"cannot bring lab host {HOST} up: {exc}")
-        gateway_key = generate_key(work / "gateway_key", "smartwork-gw@test")
-        variables = {
-            "smartwork_hypervisor_storage_pool": pool,
-            "smartwork_hypervisor_storage_path": f"{POOLS_DIR}/{pool}",  # hv4's own /var/lib/smartwork-vdi
-            "smartwork_hypervisor_gateway_user": user,
-            "smartwork_hypervisor_gateway_home": f"/home/{user}",
-            "smartwork_hypervisor_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
-        }
-        answered_before = hosts.healthy(HOST)
-        inventory_file = lab_host_inventory(hosts, HOST, "hypervisors", work / "inventory.yml")
-        first = apply_playbook(inventory_file, PLAYBOOK, variables)
-        second = apply_playbook(inventory_file, PLAYBOOK, variables)
-        yield RoleOnLabHost(hosts, pool, user, gateway_key, answered_before, first, second)
-    finally:
-        hosts.down()  # stops the role's libvirtd and every login with the host
-        subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
+            try:
+                hosts.up()
+            except LabHostsError as exc:
+                pytest.fail(f"cannot bring lab host {HOST} up: {exc}")
+            gateway_key = generate_key(work / "gateway_key", "smartwork-gw@test")
+            variables = {
+                "smartwork_hypervisor_storage_pool": pool,
+                "smartwork_hypervisor_storage_path": f"{POOLS_DIR}/{pool}",  # hv4's own /var/lib/smartwork-vdi
+                "smartwork_hypervisor_gateway_user": user,
+                "smartwork_hypervisor_gateway_home": f"/home/{user}",
+                "smartwork_hypervisor_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
+            }
+            answered_before = hosts.healthy(HOST)
+            inventory_file = lab_host_inventory(hosts, HOST, "hypervisors", work / "inventory.yml")
+            first = apply_playbook(inventory_file, PLAYBOOK, variables)
+            second = apply_playbook(inventory_file, PLAYBOOK, variables)
+            yield RoleOnLabHost(hosts, pool, user, gateway_key, answered_before, first, second)
+        finally:
+            hosts.down()  # stops the role's libvirtd and every login with the host
+            subprocess.run(["userdel", "-r", user], capture_output=True, check=False)
 
 
 def test_role_starts_libvirt_makes_the_pool_and_the_gateway_account_and_is_idempotent(role_on_hv4):

@@ -27,6 +27,7 @@ from hypervisor.session_host import SessionHostProvider
 from hypervisor.ssh_host import ChannelRefused, SshHost
 from tests.fixtures.ansible import ANSIBLE_DIR, apply_playbook, assert_gateway_account, lab_host_inventory
 from tests.fixtures.common import wait_until
+from tests.fixtures.lab_hosts import own_lab_host
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 from tests.fixtures.sshd import generate_key
 from vdi.lab.hosts import ROOT_ADDRESS, LabHostsError
@@ -54,23 +55,24 @@ def role_on_sh4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleOnLabH
     work = tmp_path_factory.mktemp("role-on-sh4")
     user = f"swgw{secrets.token_hex(3)}"
     hosts = LabSessionHosts(work / "lab", names=[HOST], first_octet=HOST_OCTET, desktop_files=False)
-    try:
+    with own_lab_host(HOST):
         try:
-            hosts.up()
-        except LabHostsError as exc:
-            pytest.fail(f"cannot bring lab session host {HOST} up: {exc}")
-        gateway_key = generate_key(work / "gateway_key", "smartwork-gw@test")
-        variables = {
-            "smartwork_session_host_locale": "",
-            "smartwork_session_host_gateway_user": user,
-            "smartwork_session_host_gateway_home": f"/home/{user}",
-            "smartwork_session_host_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
-        }
-        inventory_file = lab_host_inventory(hosts, HOST, "session_hosts", work / "inventory.yml")
-        runs = [apply_playbook(inventory_file, PLAYBOOK, variables) for _ in range(2)]
-        yield RoleOnLabHost(hosts, user, gateway_key, *runs)
-    finally:
-        hosts.down()  # every process and login of sh4 ends; its /etc, /home and accounts go with it
+            try:
+                hosts.up()
+            except LabHostsError as exc:
+                pytest.fail(f"cannot bring lab session host {HOST} up: {exc}")
+            gateway_key = generate_key(work / "gateway_key", "smartwork-gw@test")
+            variables = {
+                "smartwork_session_host_locale": "",
+                "smartwork_session_host_gateway_user": user,
+                "smartwork_session_host_gateway_home": f"/home/{user}",
+                "smartwork_session_host_gateway_public_key": (work / "gateway_key.pub").read_text().strip(),
+            }
+            inventory_file = lab_host_inventory(hosts, HOST, "session_hosts", work / "inventory.yml")
+            runs = [apply_playbook(inventory_file, PLAYBOOK, variables) for _ in range(2)]
+            yield RoleOnLabHost(hosts, user, gateway_key, *runs)
+        finally:
+            hosts.down()  # every process and login of sh4 ends; its /etc, /home and accounts go with it
 
 
 def test_role_makes_the_state_directory_and_the_gateway_account_and_is_idempotent(role_on_sh4):

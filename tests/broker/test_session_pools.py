@@ -20,6 +20,7 @@ from sso.base import Identity
 from tests.fixtures.broker import COOKIE_SECRET, FakeAuthenticator, make_broker_config
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
+from tests.fixtures.lab_hosts import own_lab_host
 from tests.fixtures.monitor import MonitorRunner, audit_actions, row
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 from vdi.lab.session_hosts import LabSessionHosts
@@ -221,33 +222,34 @@ def test_a_session_host_whose_sshd_is_killed_is_marked_down_in_time(tmp_path, br
     # A session host of this test's own (sh6): killing sshd on the shared sh1 would cut other sessions off.
     hosts = LabSessionHosts(tmp_path / "lab", names=["sh6"], first_octet=26)
     provider = None
-    try:
-        hosts.up()
-        settings = session_host_settings(hosts, "sh6", labels={"provider": "session-host"})
-        provider = SessionHostProvider(settings)
-        providers = {"sh6": provider}
-        config = make_broker_config(
-            tmp_path / "broker.db", hosts=[settings.model_dump(exclude_none=True)], pools=POOLS
-        )
-        url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
-        runner = MonitorRunner(config, providers)
-        db = runner.db
+    with own_lab_host("sh6"):
         try:
-            kim = signed_in(url, "kimmj")
-            first = connect(kim, "mois-desktop")
-            wait_until(lambda: row(db, Host, "sh6").cpu_load is not None, 30, "a health sample of sh6")
-            hosts.kill_sshd("sh6")  # its connections drop, new ones are refused
-            wait_until(lambda: row(db, Host, "sh6").state == "down", 30, "sh6 marked down")
-            session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
-            assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
-            hosts.up()  # sshd again
-            wait_until(lambda: row(db, Host, "sh6").state == "up", 30, "sh6 marked up again")
+            hosts.up()
+            settings = session_host_settings(hosts, "sh6", labels={"provider": "session-host"})
+            provider = SessionHostProvider(settings)
+            providers = {"sh6": provider}
+            config = make_broker_config(
+                tmp_path / "broker.db", hosts=[settings.model_dump(exclude_none=True)], pools=POOLS
+            )
+            url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
+            runner = MonitorRunner(config, providers)
+            db = runner.db
+            try:
+                kim = signed_in(url, "kimmj")
+                first = connect(kim, "mois-desktop")
+                wait_until(lambda: row(db, Host, "sh6").cpu_load is not None, 30, "a health sample of sh6")
+                hosts.kill_sshd("sh6")  # its connections drop, new ones are refused
+                wait_until(lambda: row(db, Host, "sh6").state == "down", 30, "sh6 marked down")
+                session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
+                assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+                hosts.up()  # sshd again
+                wait_until(lambda: row(db, Host, "sh6").state == "up", 30, "sh6 marked up again")
+            finally:
+                runner.stop()
         finally:
-            runner.stop()
-    finally:
-        if provider is not None:
-            provider.close()
-        hosts.down()
+            if provider is not None:
+                provider.close()
+            hosts.down()
 
 
 @pytest.mark.parametrize(

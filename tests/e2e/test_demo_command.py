@@ -24,6 +24,7 @@ from broker.db.models import AuditEvent
 from tests.fixtures.broker import BrokerClient, _NoRedirect
 from tests.fixtures.common import ROOT, free_port, wait_until
 from tests.fixtures.e2e import port_open, write_config
+from tests.fixtures.lab_hosts import own_lab_host
 from tests.fixtures.portal import open_console, sign_in
 from vdi.config import load_config
 from vdi.demo_tls import P12_PASSWORD, DemoTls
@@ -207,57 +208,60 @@ def test_demo_starts_everything_and_make_stop_stops_it(
         # A session host of the demo's own, named apart from the test lab's sh1 and sh2.
         extra.write(f'session_hosts = ["{DEMO_SESSION_HOST}"]\nsession_host_first_octet = 41\n')
 
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=read_lines, args=(demo.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        wait_until(lambda: any("Stop with Ctrl-C" in line for line in lines), 120, "the demo banner")
-        output = "".join(lines)
-        assert "kimmj" in output and "demo1234!" in output
-        check_https_demo(tmp_path, config, output, broker_port, gateway_port)
-        console_over_wss(tmp_path / "lab" / "demo-https.toml")
-        tls = DemoTls(tmp_path / "lab" / "demo-pki")
-        browser_signs_in_with_the_p12_and_opens_a_console(browser, tls, f"https://127.0.0.1:{broker_port}")
-        sbc_desktop_over_wss(browser, f"https://127.0.0.1:{broker_port}")
-        assert port_open(ldap_port)
-        killed_broker = broker_restarts_after_sigkill(tmp_path / "lab", tls, broker_port, lines)
-        # `make stop` from another shell: `vdi demo --stop` asks the running demo to stop (SIGTERM, the same
-        # way out as Ctrl-C: tests/vdi/test_demo.py) and waits until it has.
-        stopper = subprocess.run(
-            [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo", "--stop"],
+    with own_lab_host(DEMO_SESSION_HOST):
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo"],
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=180,
         )
-        assert stopper.returncode == 0, stopper.stdout + stopper.stderr
-        assert "demo stopped" in stopper.stdout
-    finally:
-        if demo.poll() is None:
-            demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=60)
-        reader.join(timeout=10)
+        lines: list[str] = []
+        reader = threading.Thread(target=read_lines, args=(demo.stdout, lines), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any("Stop with Ctrl-C" in line for line in lines), 120, "the demo banner")
+            output = "".join(lines)
+            assert "kimmj" in output and "demo1234!" in output
+            check_https_demo(tmp_path, config, output, broker_port, gateway_port)
+            console_over_wss(tmp_path / "lab" / "demo-https.toml")
+            tls = DemoTls(tmp_path / "lab" / "demo-pki")
+            browser_signs_in_with_the_p12_and_opens_a_console(
+                browser, tls, f"https://127.0.0.1:{broker_port}"
+            )
+            sbc_desktop_over_wss(browser, f"https://127.0.0.1:{broker_port}")
+            assert port_open(ldap_port)
+            killed_broker = broker_restarts_after_sigkill(tmp_path / "lab", tls, broker_port, lines)
+            # `make stop` from another shell: `vdi demo --stop` asks the running demo to stop (SIGTERM, the same
+            # way out as Ctrl-C: tests/vdi/test_demo.py) and waits until it has.
+            stopper = subprocess.run(
+                [sys.executable, "-m", "vdi.cli", "--config", str(config), "demo", "--stop"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
+            assert stopper.returncode == 0, stopper.stdout + stopper.stderr
+            assert "demo stopped" in stopper.stdout
+        finally:
+            if demo.poll() is None:
+                demo.send_signal(signal.SIGINT)
+            demo.wait(timeout=60)
+            reader.join(timeout=10)
 
-    assert demo.returncode == 0, "".join(lines)
-    assert "demo stopped" in "".join(lines)
-    assert not port_open(broker_port)
-    assert not port_open(gateway_port)
-    for pid in killed_broker:
-        assert not pid_alive(pid), f"demo process {pid} left running"
-    assert not port_open(ldap_port)
-    assert (
-        f"swvdi-{DEMO_SESSION_HOST}"
-        not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    )
-    https_config = load_config(tmp_path / "lab" / "demo-https.toml")
-    assert not port_open(int(https_config.certificate.ocsp_url.rsplit(":", 1)[1].strip("/")))
+        assert demo.returncode == 0, "".join(lines)
+        assert "demo stopped" in "".join(lines)
+        assert not port_open(broker_port)
+        assert not port_open(gateway_port)
+        for pid in killed_broker:
+            assert not pid_alive(pid), f"demo process {pid} left running"
+        assert not port_open(ldap_port)
+        assert (
+            f"swvdi-{DEMO_SESSION_HOST}"
+            not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        )
+        https_config = load_config(tmp_path / "lab" / "demo-https.toml")
+        assert not port_open(int(https_config.certificate.ocsp_url.rsplit(":", 1)[1].strip("/")))
 
 
 def test_lab_start_status_stop(tmp_path, ldap_settings, libvirt_host, libvirtd):

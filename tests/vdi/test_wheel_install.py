@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.common import ROOT
+from tests.fixtures.common import build_wheel
 
 
 def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -15,9 +15,7 @@ def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_the_wheel_installs_into_a_clean_venv_and_vdi_runs(tmp_path):
-    built = run(
-        sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)
-    )
+    built = build_wheel(tmp_path / "dist")
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("smartwork_vdi-*.whl")
     venv = tmp_path / "venv"

@@ -30,7 +30,6 @@ the mounts go with the last process of each mount namespace.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -39,12 +38,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vdi.config import Config
 from vdi.lab.libvirtd import ensure_qemu_user
+from vdi.lab.locks import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -375,13 +375,9 @@ class LabHosts:
                 os.kill(int(entry.name), signal.SIGTERM)
                 log.warning("ended SSH client pid %s, still connected to a lab host", entry.name)
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
         # Two sessions (a test run and `vdi lab hosts up`) must not build or tear down hosts at once.
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with (self.state_dir / ".lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        return exclusive(self.state_dir / ".lock")
 
     # -- the root namespace's side ---------------------------------------------------------------------
 

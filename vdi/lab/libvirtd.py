@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from vdi.lab.locks import exclusive
+
 log = logging.getLogger(__name__)
 
 URI = "qemu:///system"
@@ -137,10 +139,23 @@ class LibvirtDaemon:
         owner = "started by the lab" if self._we_started_libvirtd() else "not started by the lab"
         return f"libvirtd at {URI}: {state} ({owner}; log {self.log_file})"
 
-    def start(self) -> None:
-        if self.healthy():
-            log.info("libvirtd already answers at %s; using it", URI)
-            return
+    def start(self) -> bool:
+        """Start virtlogd and libvirtd unless libvirtd already answers; True if this call started libvirtd.
+
+        Several processes (test sessions, `vdi lab start`) may call this at once: the check and the start
+        happen under an exclusive lock, so only one of them spawns the daemons and the others find them up.
+        """
+        with self._exclusive():
+            if self.healthy():
+                log.info("libvirtd already answers at %s; using it", URI)
+                return False
+            self._start()
+            return True
+
+    def _exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return exclusive(self.state_dir / ".lock")
+
+    def _start(self) -> None:
         self._prepare_host()
         if not _unix_socket_answers(VIRTLOGD_SOCKET):
             self._spawn("virtlogd", self.virtlogd_pid_file, self.virtlogd_log_file)
@@ -155,9 +170,13 @@ class LibvirtDaemon:
         log.info("libvirtd started; log in %s", self.log_file)
 
     def stop(self) -> None:
-        # libvirtd first: it holds connections to virtlogd for its guests' logs.
-        for name, pid_file in (("libvirtd", self.libvirtd_pid_file), ("virtlogd", self.virtlogd_pid_file)):
-            self._stop_one(name, pid_file)
+        with self._exclusive():
+            # libvirtd first: it holds connections to virtlogd for its guests' logs.
+            for name, pid_file in (
+                ("libvirtd", self.libvirtd_pid_file),
+                ("virtlogd", self.virtlogd_pid_file),
+            ):
+                self._stop_one(name, pid_file)
 
     def _we_started_libvirtd(self) -> bool:
         pid = _read_pid(self.libvirtd_pid_file)

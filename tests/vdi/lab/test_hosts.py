@@ -15,7 +15,7 @@ from hypervisor.base import BootImage, DesktopSpec
 from hypervisor.libvirt_provider import LibvirtProvider
 from images.demo import DemoImage
 from tests.fixtures.common import ROOT, wait_until
-from tests.fixtures.lab_hosts import lab_host_settings
+from tests.fixtures.lab_hosts import lab_host_settings, own_lab_host
 from tests.fixtures.libvirt import destroy_quietly
 from vdi.lab.hosts import LabHosts
 
@@ -148,8 +148,9 @@ def test_cli_status_names_each_host_with_its_address_and_uri(lab_hosts, lab_sess
 def throwaway_host(tmp_path: Path):
     """A one-host lab of its own (beside the session's), so a test can take it down."""
     hosts = LabHosts(tmp_path / "lab", names=["hvx"], first_octet=250)
-    yield hosts
-    hosts.down()
+    with own_lab_host("hvx"):
+        yield hosts
+        hosts.down()
 
 
 def namespace_pids(namespace: str) -> list[int]:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from broker import errors
 from broker import login_security as guard
 from broker.db import Database
-from broker.db.models import AuditEvent, PortalSession, User, utcnow
+from broker.db.models import AuditEvent, PortalSession, User, insert_audit_event, utcnow
 from broker.signout import SignedOut, sign_out_everywhere
 from monitoring.metrics import (
     LOCKOUTS,
@@ -126,16 +126,10 @@ def record_login(
             expires_at=expires_at if until is None else min(expires_at, until),
         )
     )
-    detail = audit_detail_of(method, "authenticated", audit_detail)
-    db.execute(
-        insert_into(AuditEvent.__table__).values(
-            at=now,
-            actor=identity.username[:128],
-            action="login",
-            result="success",
-            source_ip=client_ip,
-            detail=detail,
-        )
+    insert_audit_event(
+        db,
+        at=now,
+        **login_audit_columns(identity.username, "success", client_ip, method, "authenticated", audit_detail),
     )
 
 
@@ -162,18 +156,20 @@ def _record_unless_at_center(
 def audit_login(
     actor: str, result: str, client_ip: str, method: str, reason: str, extra: dict | None = None
 ) -> AuditEvent:
-    # `extra`: e.g. a certificate login's serial and issuer.
-    return AuditEvent(
-        actor=actor[:128],
-        action="login",
-        result=result,
-        source_ip=client_ip,
-        detail=audit_detail_of(method, reason, extra),
-    )
+    return AuditEvent(**login_audit_columns(actor, result, client_ip, method, reason, extra))
 
 
-def audit_detail_of(method: str, reason: str, extra: dict | None = None) -> dict:
-    return {**(extra or {}), "method": method, "reason": reason}
+def login_audit_columns(
+    actor: str, result: str, client_ip: str, method: str, reason: str, extra: dict | None = None
+) -> dict:
+    """A login's audit row (`extra`: e.g. a certificate login's serial and issuer)."""
+    return {
+        "actor": actor[:128],
+        "action": "login",
+        "result": result,
+        "source_ip": client_ip,
+        "detail": {**(extra or {}), "method": method, "reason": reason},
+    }
 
 
 def load_user(db: Session, id_hash: str) -> PortalUser | None:

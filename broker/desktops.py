@@ -36,7 +36,15 @@ from broker.centers import arrival_at
 from broker.config import SESSION_KINDS, BrokerConfig, PoolSettings
 from broker.console_route import console_route
 from broker.db import Database
-from broker.db.models import AuditEvent, ConsoleToken, Desktop, DesktopSession, Host, utcnow
+from broker.db.models import (
+    AuditEvent,
+    ConsoleToken,
+    Desktop,
+    DesktopSession,
+    Host,
+    insert_audit_event,
+    utcnow,
+)
 from broker.db.tokens import ConsolePolicy, issue_token
 from broker.db.vnc_passwords import VncPasswordBox, new_vnc_password
 from broker.entitlement import check_entitled, entitled_pools
@@ -242,31 +250,23 @@ def broker_error_for(exc: HypervisorError) -> errors.ServiceUnavailable:
 
 
 def _audit(actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any) -> AuditEvent:
-    return AuditEvent(
-        actor=actor, action=action, result=result, target=target, source_ip=client_ip, detail=detail
-    )
+    return AuditEvent(**_audit_columns(actor, action, result, target, client_ip, **detail))
+
+
+def _audit_columns(actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any) -> dict:
+    return {
+        "actor": actor,
+        "action": action,
+        "result": result,
+        "target": target,
+        "source_ip": client_ip,
+        "detail": detail,
+    }
 
 
 _SESSIONS = DesktopSession.__table__
 # A new session row is written with every column (open_session sets them all on the new DesktopSession).
 _SESSION_COLUMNS = tuple(column.key for column in _SESSIONS.c)
-
-
-def insert_audit(
-    db: Session, actor: str, action: str, result: str, target: str, client_ip: str, **detail: Any
-) -> None:
-    """The audit row of `_audit` as a plain INSERT, for the connect path (no ORM instance to flush)."""
-    db.execute(
-        insert(AuditEvent.__table__).values(
-            at=utcnow(),
-            actor=actor,
-            action=action,
-            result=result,
-            target=target,
-            source_ip=client_ip,
-            detail=detail,
-        )
-    )
 
 
 def find_current_desktop(db: Session, pool: str, username: str) -> Desktop | None:
@@ -501,7 +501,11 @@ def open_session(
     detail = {"desktop": desktop.domain_name, "host": desktop.host_name, "session": session.id}
     # Connecting while a session is active (another tab, another terminal) continues it: a reconnect.
     action = "connect" if created else "reconnect"
-    insert_audit(db, username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created)
+    # A plain INSERT of the audit row too (no ORM instance to flush).
+    columns = _audit_columns(
+        username, action, "success", desktop.pool_name, client_ip, **detail, new_session=created
+    )
+    insert_audit_event(db, **columns)
     db.flush()
     return session, created
 

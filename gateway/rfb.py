@@ -382,7 +382,7 @@ class ClientFramer(Framer):
         # Most of what a browser sends is one key or pointer event per WebSocket message: such a message,
         # arriving between messages, is forwarded as it is without a turn through the parser, which it
         # would leave where it was (vdi bench tunnel, round trip).
-        if self._between and len(data) == _INPUT_SIZES.get(data[0] if data else -1, 0) and not self._buffer:
+        if data and self._between and len(data) == _INPUT_SIZES.get(data[0]) and not self._buffer:
             self.input_seen = True
             return [data]
         return super().feed(data)

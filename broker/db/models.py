@@ -22,9 +22,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    insert,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
 def utcnow() -> dt.datetime:
@@ -216,6 +217,12 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(256), default="")
     source_ip: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+def insert_audit_event(db: Session, **columns: object) -> None:
+    """An AuditEvent row as a plain INSERT, for the logon path: no ORM instance to track and flush at
+    commit (docs/ha.md). Columns left out take the model's defaults, as they would in a flush."""
+    db.execute(insert(AuditEvent.__table__).values(**columns))
 
 
 class Image(Base):

@@ -236,9 +236,14 @@ def reserve(
 
 
 def _record(db: Session, desktop: Desktop, host_name: str, request: PlacementRequest) -> None:
+    _hold(desktop, host_name, request)
+    db.add(desktop)
+
+
+def _hold(desktop: Desktop, host_name: str, request: PlacementRequest) -> None:
+    """The desktop as placed: on its host, with the resources it holds there."""
     desktop.host_name = host_name
     desktop.vcpus, desktop.memory_mib = request.vcpus, request.memory_mib
-    db.add(desktop)
 
 
 def insert_desktops(db: Session, desktops: list[Desktop]) -> None:
@@ -299,8 +304,7 @@ def reserve_many(
         if lost is not None:
             answers.append(lost)
             continue
-        desktop.host_name = name
-        desktop.vcpus, desktop.memory_mib = request.vcpus, request.memory_mib
+        _hold(desktop, name, request)
         accepted.append(desktop)
         answers.append((desktop, host))
         current[name] = with_desktop(host, request, host.generation)

@@ -10,7 +10,8 @@ lets root in with the lab's key only, and a libvirtd reached over `qemu+ssh://`.
   host runs with `nsenter --target <holder> --mount --net --uts`;
 - in that mount namespace the host's own /run/libvirt, /run/sshd, /etc/libvirt (a fresh copy), /etc/ssh,
   /var/lib/libvirt, /var/log, /var/cache/libvirt and /var/lib/smartwork-vdi (the libvirt provider's storage pools),
-  bind-mounted from `<state>/<name>/fs/`, so a domain or a volume on hv1 does not exist on hv2;
+  bind-mounted from `<state>/<name>/fs/`, so a domain or a volume on hv1 does not exist on hv2; the machine's
+  root shell startup files (/root/.bashrc, …) read as empty there, so SSH commands run nothing of the machine's;
 - virtlogd, libvirtd and sshd (own host key, root by key only, TCP forwarding for the gateway's
   direct-tcpip channels to the host's loopback VNC, no PAM, no passwords; other accounts log in with the
   keys in their own ~/.ssh/authorized_keys). `LabHosts(..., libvirt=False)` makes hosts with sshd only,
@@ -72,6 +73,13 @@ HOST_MOUNTS: tuple[tuple[str, str], ...] = (
     ("/var/cache/libvirt", "cache-libvirt"),
     ("/var/lib/smartwork-vdi", "smartwork-vdi"),
 )
+
+# The machine's root shell startup files, empty inside the hosts. A host's root shares the machine's /root
+# (a test runs the machine's Python inside a host), but its SSH commands must not run what the machine's
+# root set up for itself: on this machine class, /root/.bashrc runs `pyenv init`, whose rehash takes a lock
+# under /root/.pyenv. A command killed with its host (a network cut, `down()`) left that lock behind, and
+# every later SSH command on every host then waited 60 s for it.
+ROOT_SHELL_STARTUP = ("/root/.bashrc", "/root/.profile", "/root/.bash_profile", "/root/.bash_login")
 
 SSHD_CONFIG = """\
 # sshd of lab host {name}; written by vdi.lab.hosts, inside the host's own /etc/ssh.
@@ -538,6 +546,9 @@ class LabHosts:
         _run([*enter, "hostname", host.name])
         for target, part in self._mount_order():
             _run([*enter, "mount", "--bind", str(self._fs(host, part)), target])
+        for startup in ROOT_SHELL_STARTUP:
+            if Path(startup).is_file():
+                _run([*enter, "mount", "--bind", "/dev/null", startup])
         self._mount_more(enter)
         starting = self._host_dir(host) / "holder.pid.starting"
         starting.rename(starting.with_suffix(""))

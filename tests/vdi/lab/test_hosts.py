@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from images.demo import DemoImage
 from tests.fixtures.common import ROOT, wait_until
 from tests.fixtures.lab_hosts import lab_host_settings, own_lab_host
 from tests.fixtures.libvirt import destroy_quietly
-from vdi.lab.hosts import LabHosts
+from vdi.lab.hosts import ROOT_SHELL_STARTUP, LabHosts
 
 READ_BANNER = (
     "import socket, sys\n"
@@ -98,6 +99,27 @@ def test_hosts_check_each_others_keys_and_refuse_unknown_ones(lab_hosts, tmp_pat
     )
     assert refused.returncode == 255
     assert "Host key verification failed" in refused.stderr
+
+
+def test_ssh_commands_on_a_host_run_none_of_the_machines_root_startup_files(lab_hosts):
+    # The machine's /root/.bashrc (pyenv init on this machine class) must not run, nor lock its files, on
+    # every SSH command: a lock left by a killed command once made each command on each host wait 60 s.
+    present = [path for path in ROOT_SHELL_STARTUP if Path(path).is_file()]
+    sizes = 'for f in "$@"; do echo "$f $(wc -c < "$f")"; done'
+    result = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            str(lab_hosts.ssh_config),
+            lab_hosts.address("hv3"),
+            shlex.join(["sh", "-c", sizes, "sh", *present]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.splitlines()) == (0, [f"{path} 0" for path in present])
 
 
 def test_desktop_on_hv2_has_its_display_on_hv2s_loopback_only(lab_hosts, lab_pool, demo_image: DemoImage):

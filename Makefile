@@ -38,8 +38,8 @@ POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.p
 # Both passes can run on pytest-xdist workers (`make test TEST_WORKERS=3`): most tests wait on real
 # components (guests booting, slapd, sshd, Chromium). --dist loadgroup keeps the tests of a module with
 # module-scoped fixtures on one worker (tests/conftest.py). 0 (one process) stays the default until the
-# tests that inject faults into the shared lab hosts (cut sh1/sh2's or hv3's network, kill hv2's libvirtd)
-# no longer disturb the other workers' tests on those hosts (docs/development.md, "Parallel runs").
+# browser tests run in a pass of their own and each worker has session hosts of its own
+# (docs/development.md, "Parallel runs", lists what failed on three workers).
 TEST_WORKERS ?= 0
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 

@@ -37,15 +37,23 @@ POSTGRES_TESTS := tests/broker/db tests/broker/placement tests/broker/test_api.p
 
 # Both passes can run on pytest-xdist workers (`make test TEST_WORKERS=3`): most tests wait on real
 # components (guests booting, slapd, sshd, Chromium). --dist loadgroup keeps the tests of a module with
-# module-scoped fixtures on one worker (tests/conftest.py). 0 (one process) stays the default until the
-# browser tests run in a pass of their own and each worker has session hosts of its own
-# (docs/development.md, "Parallel runs", lists what failed on three workers).
+# module-scoped fixtures on one worker (tests/conftest.py); the tests that use a browser run after the
+# others, in pytest runs of their own (Playwright keeps an asyncio loop running in its worker). 0 (one
+# process) stays the default until each worker has session hosts of its own (docs/development.md,
+# "Parallel runs", lists what failed on three workers).
 TEST_WORKERS ?= 0
 PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadgroup
 
 test: setup lint
+ifeq ($(TEST_WORKERS),0)
 	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL)
 	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) $(POSTGRES_TESTS)
+else
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m "not browser"
+	$(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m browser
+	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m "not browser" $(POSTGRES_TESTS)
+	VDI_TEST_DATABASE=postgresql $(VENV)/bin/python -m pytest $(PYTEST_PARALLEL) -m browser $(POSTGRES_TESTS)
+endif
 
 # The fuzzers of tests/security/test_fuzz.py with many more examples than `make test` gives them.
 fuzz: setup

@@ -1,6 +1,6 @@
 """Shared fixtures. Each area's fixtures live in its own plugin module, listed here.
 
-`make test` runs the suite on several pytest-xdist workers with `--dist loadgroup` (docs/development.md):
+`make test TEST_WORKERS=N` runs the suite on N pytest-xdist workers with `--dist loadgroup` (docs/development.md):
 tests go one by one to whichever worker is free, except those of a module with module-scoped fixtures (a
 booted desktop, a built image, a deployed role), which go to one worker together so that the fixture is
 made once, not once per worker.
@@ -47,11 +47,14 @@ def module_scoped_fixtures(item: pytest.Item) -> bool:
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(session, config, items):
     # Once Playwright's sync API starts it keeps an asyncio loop running in the main thread, and
-    # asyncio.run() then refuses to start; so every browser test runs after all the others. Under xdist
-    # a worker runs what it is sent in collection order, so this holds on each worker too.
+    # asyncio.run() then refuses to start; so every browser test runs after all the others.
     items.sort(key=uses_browser)
     groups = {}
     for item in items:
+        if uses_browser(item):
+            # On xdist workers the scheduler does not keep that order, so `make test TEST_WORKERS=N` runs
+            # the browser tests in a pytest run of their own: `-m "not browser"`, then `-m browser`.
+            item.add_marker(pytest.mark.browser)
         if module_scoped_fixtures(item):
             # One group per module, and apart for its browser tests: a group is scheduled where its first
             # test stands, and a browser test must not run before a worker's non-browser tests.

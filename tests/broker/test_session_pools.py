@@ -9,9 +9,6 @@ or cut its network do it to a session host of their own (sh6, sh7), never to sh1
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -19,13 +16,12 @@ from sqlalchemy import select
 from broker.config import PoolSettings
 from broker.db import Database
 from broker.db.models import Desktop, Host
-from hypervisor.config import HostSettings
 from hypervisor.session_host import SessionHostProvider
 from sso.base import Identity
 from tests.fixtures.broker import COOKIE_SECRET, FakeAuthenticator, make_broker_config
 from tests.fixtures.broker_api import connect, logoff, signed_in
 from tests.fixtures.common import wait_until
-from tests.fixtures.lab_hosts import own_lab_host
+from tests.fixtures.lab_hosts import own_lab_hosts
 from tests.fixtures.monitor import MonitorRunner, audit_actions, row
 from tests.fixtures.session_hosts import session_host_settings, session_spec
 from vdi.lab.session_hosts import LabSessionHosts
@@ -223,53 +219,44 @@ def test_an_application_that_fails_to_start_is_a_clear_error_audited_and_leaves_
     assert placed == set(HOSTS)
 
 
-@contextlib.contextmanager
-def own_session_host(
-    tmp_path, name: str, octet: int
-) -> Iterator[tuple[LabSessionHosts, HostSettings, SessionHostProvider]]:
-    """A session host of the test's own, for faults (sshd killed, network cut) that must not reach the shared
-    sh1/sh2, where other tests (other xdist workers, other sessions) keep their sessions meanwhile."""
-    hosts = LabSessionHosts(tmp_path / "lab", names=[name], first_octet=octet)
-    provider = None
-    with own_lab_host(name):
-        try:
-            hosts.up()
-            settings = session_host_settings(hosts, name, labels={"provider": "session-host"})
-            provider = SessionHostProvider(settings)
-            yield hosts, settings, provider
-        finally:
-            if provider is not None:
-                provider.close()
-            hosts.down()
-
-
-def monitored_broker(tmp_path, broker_server, settings: HostSettings, provider: SessionHostProvider):
-    """A broker and its host monitor on one host (the monitor as shipped: poll every 5 s, down after 15 s;
-    30 s is the production bound)."""
-    config = make_broker_config(
-        tmp_path / "broker.db", hosts=[settings.model_dump(exclude_none=True)], pools=POOLS
-    )
-    providers = {settings.name: provider}
-    url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
-    return url, MonitorRunner(config, providers)
-
-
-def test_a_session_host_whose_sshd_is_killed_is_marked_down_in_time(tmp_path, broker_server):
-    with own_session_host(tmp_path, "sh6", 26) as (hosts, settings, provider):
-        url, runner = monitored_broker(tmp_path, broker_server, settings, provider)
+def fault_marks_the_host_down_and_up_again(
+    tmp_path, broker_server, name: str, octet: int, inject, heal
+) -> None:
+    """On a session host of the test's own (faults must not reach the shared sh1/sh2, where other tests keep
+    their sessions meanwhile), with the monitor as shipped (poll every 5 s, down after 15 s; 30 s is the
+    production bound): `inject(hosts)` gets the host marked down and its session lost, `heal(hosts)` up."""
+    with own_lab_hosts(tmp_path / "lab", [name], octet, kind=LabSessionHosts) as hosts:
+        settings = session_host_settings(hosts, name, labels={"provider": "session-host"})
+        provider = SessionHostProvider(settings)
+        providers = {name: provider}
+        config = make_broker_config(
+            tmp_path / "broker.db", hosts=[settings.model_dump(exclude_none=True)], pools=POOLS
+        )
+        url = broker_server(config, authenticator=FakeAuthenticator(USERS), providers=providers)
+        runner = MonitorRunner(config, providers)
         db = runner.db
         try:
             kim = signed_in(url, "kimmj")
             first = connect(kim, "mois-desktop")
-            wait_until(lambda: row(db, Host, "sh6").cpu_load is not None, 30, "a health sample of sh6")
-            hosts.kill_sshd("sh6")  # its connections drop, new ones are refused
-            wait_until(lambda: row(db, Host, "sh6").state == "down", 30, "sh6 marked down")
-            session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
-            assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
-            hosts.up()  # sshd again
-            wait_until(lambda: row(db, Host, "sh6").state == "up", 30, "sh6 marked up again")
+            wait_until(lambda: row(db, Host, name).cpu_load is not None, 30, f"a health sample of {name}")
+            inject(hosts)
+            try:
+                wait_until(lambda: row(db, Host, name).state == "down", 30, f"{name} marked down")
+                session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
+                assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
+            finally:
+                heal(hosts)
+            wait_until(lambda: row(db, Host, name).state == "up", 30, f"{name} marked up again")
         finally:
             runner.stop()
+            provider.close()
+
+
+def test_a_session_host_whose_sshd_is_killed_is_marked_down_in_time(tmp_path, broker_server):
+    # Its connections drop and new ones are refused; up() starts sshd again.
+    fault_marks_the_host_down_and_up_again(
+        tmp_path, broker_server, "sh6", 26, lambda hosts: hosts.kill_sshd("sh6"), lambda hosts: hosts.up()
+    )
 
 
 @pytest.mark.parametrize(
@@ -301,24 +288,15 @@ def test_a_session_of_another_user_gets_no_console_token(sbc_url, providers):
 
 
 def test_a_session_host_that_drops_off_the_network_is_marked_down_in_time(tmp_path, broker_server):
-    with own_session_host(tmp_path, "sh7", 27) as (hosts, settings, provider):
-        url, runner = monitored_broker(tmp_path, broker_server, settings, provider)
-        db = runner.db
-        try:
-            kim = signed_in(url, "kimmj")
-            first = connect(kim, "mois-desktop")
-            wait_until(lambda: row(db, Host, "sh7").cpu_load is not None, 30, "a health sample of sh7")
-            # Packets to the host vanish: nothing refuses, only the SSH timeouts tell.
-            hosts.cut_network("sh7")
-            try:
-                wait_until(lambda: row(db, Host, "sh7").state == "down", 30, "sh7 marked down")
-                session = kim.get(f"/api/v1/sessions/{first['session_id']}").json()
-                assert (session["state"], session["desktop"]["state"]) == ("ended", "lost")
-            finally:
-                hosts.restore_network("sh7")
-            wait_until(lambda: row(db, Host, "sh7").state == "up", 30, "sh7 marked up again")
-        finally:
-            runner.stop()
+    # Packets to the host vanish: nothing refuses, only the SSH timeouts tell.
+    fault_marks_the_host_down_and_up_again(
+        tmp_path,
+        broker_server,
+        "sh7",
+        27,
+        lambda hosts: hosts.cut_network("sh7"),
+        lambda hosts: hosts.restore_network("sh7"),
+    )
 
 
 def test_another_broker_on_the_same_database_returns_the_user_to_the_live_session(
